@@ -1,0 +1,124 @@
+// AttentionMask: which keys each query may see.
+//
+// Positions are indices within the call: query i in 0..<queryLength, key j in 0..<keyLength. Structured masks are
+// aligned bottom-right, so that the last query is level with the last key (the decode convention):
+// the diagonal key of query i is d(i) = i + keyLength - queryLength.
+//
+//   causal                 j <= d(i)
+//   window(left:right:)    d(i) - left <= j <= d(i) + right        (left keys back, right keys ahead; the diagonal
+//                                                                   key itself always counts, so window(left: w,
+//                                                                   right: 0) shows w + 1 keys)
+//   sinks(count:window:)   j <= d(i) and (j < count or j > d(i) - window)
+//                                                                  (StreamingLLM: the first `count` keys plus the
+//                                                                   last `window` keys up to and including the
+//                                                                   diagonal: a cache of count + window tokens)
+//   custom(predicate)      predicate(i, j)
+//   intersection(a, b)     a and b
+
+/// Which keys each query position may attend to.
+///
+/// ```swift
+/// let mask: AttentionMask = .intersection(.causal, .custom { query, key in key % 2 == 0 })
+/// mask.allows(query: 3, key: 2, queryLength: 4, keyLength: 4)   // true
+/// ```
+public enum AttentionMask: Sendable {
+    /// Every query sees every key.
+    case none
+    /// Query i sees keys j <= i + keyLength - queryLength (bottom-right aligned).
+    case causal
+    /// Query i sees keys from `left` before to `right` after its diagonal key, both inclusive. Both must be >= 0.
+    case window(left: Int, right: Int)
+    /// StreamingLLM visibility: causal, restricted to the first `count` keys (the sink tokens) plus the last
+    /// `window` keys up to and including the diagonal. Not to be confused with `AttentionOptions.sinkLogits`
+    /// (learned per-head logits that add to the softmax denominator but are not keys).
+    case sinks(count: Int, window: Int)
+    /// An arbitrary predicate `(query, key) -> visible`, called with indices within the call. It must be pure:
+    /// kernels call it in any order, from any thread, possibly more than once per pair.
+    case custom(@Sendable (_ query: Int, _ key: Int) -> Bool)
+    /// Visible where both masks are visible.
+    indirect case intersection(AttentionMask, AttentionMask)
+
+    /// Whether query `query` may see key `key` in a call with the given sequence lengths.
+    public func allows(query: Int, key: Int, queryLength: Int, keyLength: Int) -> Bool {
+        if case .custom(let predicate) = self { return predicate(query, key) }
+        if case .intersection(let a, let b) = self {
+            return a.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+                && b.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+        }
+        return visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
+            .contains { $0.contains(key) }
+    }
+
+    /// Throws unless every window and count is >= 0.
+    package func validate(argument: String = "mask") throws {
+        switch self {
+        case .none, .causal, .custom:
+            return
+        case .window(let left, let right):
+            try AttentionError.require(left >= 0, "\(argument) window left", expected: ">= 0", actual: "\(left)")
+            try AttentionError.require(right >= 0, "\(argument) window right", expected: ">= 0", actual: "\(right)")
+        case .sinks(let count, let window):
+            try AttentionError.require(count >= 0, "\(argument) sinks count", expected: ">= 0", actual: "\(count)")
+            try AttentionError.require(window >= 0, "\(argument) sinks window", expected: ">= 0", actual: "\(window)")
+        case .intersection(let a, let b):
+            try a.validate(argument: argument)
+            try b.validate(argument: argument)
+        }
+    }
+
+    /// Whether visibility needs a per-element `custom` predicate call on top of `visibleSpans`.
+    package var hasPredicate: Bool {
+        switch self {
+        case .none, .causal, .window, .sinks: return false
+        case .custom: return true
+        case .intersection(let a, let b): return a.hasPredicate || b.hasPredicate
+        }
+    }
+
+    /// Sorted, disjoint key ranges that contain every visible key of query `query`. Exact for structured masks;
+    /// for masks with a predicate, keys in the spans must still be tested with `allows`.
+    package func visibleSpans(query: Int, queryLength: Int, keyLength: Int) -> [Range<Int>] {
+        // Every window is clamped to the total length first so the arithmetic below cannot overflow.
+        let limit = queryLength + keyLength
+        let diagonal = query + keyLength - queryLength
+        func span(_ lower: Int, _ upper: Int) -> [Range<Int>] {
+            let lower = Swift.max(lower, 0), upper = Swift.min(upper, keyLength)
+            return lower < upper ? [lower..<upper] : []
+        }
+        switch self {
+        case .none, .custom:
+            return span(0, keyLength)
+        case .causal:
+            return span(0, diagonal + 1)
+        case .window(let left, let right):
+            return span(diagonal - Swift.min(left, limit), diagonal + Swift.min(right, limit) + 1)
+        case .sinks(let count, let window):
+            let sinks = span(0, Swift.min(Swift.min(count, limit), diagonal + 1))
+            let recent = span(diagonal - Swift.min(window, limit) + 1, diagonal + 1)
+            return unionOfSpans(sinks + recent)
+        case .intersection(let a, let b):
+            let first = a.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
+            let second = b.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
+            var result: [Range<Int>] = []
+            for x in first {
+                for y in second where x.overlaps(y) {
+                    result.append(x.clamped(to: y))
+                }
+            }
+            return unionOfSpans(result)
+        }
+    }
+}
+
+/// Sorts ranges and merges the ones that overlap or touch.
+private func unionOfSpans(_ spans: [Range<Int>]) -> [Range<Int>] {
+    var merged: [Range<Int>] = []
+    for span in spans.sorted(by: { $0.lowerBound < $1.lowerBound }) where !span.isEmpty {
+        if let last = merged.last, span.lowerBound <= last.upperBound {
+            merged[merged.count - 1] = last.lowerBound..<Swift.max(last.upperBound, span.upperBound)
+        } else {
+            merged.append(span)
+        }
+    }
+    return merged
+}

@@ -1,0 +1,64 @@
+// AttentionOptions and AttentionKernel: how scores are formed and which kernel forms them.
+//
+// Score of query i and key j in query head h, in this order:
+//   s = scale * (q_i . k_j)
+//   s = softcap * tanh(s / softcap)                 if softcap is set
+//   s = s - alibiSlopes[h] * |d(i) - j|            if alibiSlopes is set; d(i) = i + keyLength - queryLength
+//   s = s + bias[b, h, i, j]                        if bias is set (broadcast over size-1 batch/head axes)
+// then masked keys are removed and p = softmax(s) over the visible keys, with sinkLogits[h] (if set) joining
+// the denominator only. A score of -infinity (e.g. from the bias) is treated exactly like a masked key.
+
+/// Which kernel computes attention.
+public enum AttentionKernel: Sendable, Hashable {
+    /// Let the library choose (see `AttentionKernel.resolved`).
+    case automatic
+    /// The quadratic baseline: materializes the whole [batch, queryHeads, queryLength, keyLength] score tensor.
+    /// Refuses calls whose score tensor exceeds `AttentionOptions.naiveMemoryBudget`.
+    case naive
+}
+
+/// Everything about an attention call besides the tensors and the mask.
+///
+/// ```swift
+/// var options = AttentionOptions()
+/// options.softcap = 50          // Gemma-2 style logit soft-capping
+/// options.threads = 1
+/// ```
+public struct AttentionOptions: Sendable {
+    /// The multiplier of q . k; `nil` means 1 / sqrt(headDimension). Must be finite.
+    public var scale: Float?
+    /// Logit soft-capping `c * tanh(s / c)`; must be finite and > 0 when set.
+    public var softcap: Float?
+    /// ALiBi slopes, one per query head (`queryHeads` values, finite). Adds `-slope * |d(i) - j|`.
+    public var alibiSlopes: [Float]?
+    /// An additive score bias of shape [batch or 1, queryHeads or 1, queryLength, keyLength].
+    /// Entries of -infinity act as a mask. Entries of +infinity or NaN poison their row (the math is undefined).
+    public var bias: Tensor?
+    /// Learned attention-sink logits (gpt-oss style), one per query head, finite: each adds `exp(sink)` to its
+    /// head's softmax denominator without adding an output term. Unrelated to sink *tokens*
+    /// (`AttentionMask.sinks`).
+    public var sinkLogits: [Float]?
+    /// The kernel to run.
+    public var kernel: AttentionKernel
+    /// Worker threads; `nil` means every active processor. Must be >= 1. Results are bitwise identical for
+    /// every thread count.
+    public var threads: Int?
+    /// The largest score tensor, in bytes, the naive kernel may allocate (default 4 GiB). Must be >= 0.
+    public var naiveMemoryBudget: Int
+
+    /// Creates options; every parameter defaults to plain scaled dot-product attention.
+    public init(
+        scale: Float? = nil, softcap: Float? = nil, alibiSlopes: [Float]? = nil, bias: Tensor? = nil,
+        sinkLogits: [Float]? = nil, kernel: AttentionKernel = .automatic, threads: Int? = nil,
+        naiveMemoryBudget: Int = 4 << 30
+    ) {
+        self.scale = scale
+        self.softcap = softcap
+        self.alibiSlopes = alibiSlopes
+        self.bias = bias
+        self.sinkLogits = sinkLogits
+        self.kernel = kernel
+        self.threads = threads
+        self.naiveMemoryBudget = naiveMemoryBudget
+    }
+}

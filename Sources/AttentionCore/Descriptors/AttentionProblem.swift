@@ -1,0 +1,108 @@
+// AttentionProblem: the validated description of one attention call, shared by every kernel.
+//
+// Shapes: queries [B, Hq, Nq, Dk], keys [B, Hkv, Nk, Dk], values [B, Hkv, Nk, Dv], output [B, Hq, Nq, Dv],
+// log-sum-exp [B, Hq, Nq]. Hq must be a multiple of Hkv; query head h reads key/value head h / (Hq / Hkv).
+
+/// A validated attention call: dimensions, the resolved scale and the per-head options.
+package struct AttentionProblem: Sendable {
+    package let batch: Int
+    package let queryHeads: Int
+    package let keyValueHeads: Int
+    package let queryLength: Int
+    package let keyLength: Int
+    package let keyDimension: Int
+    package let valueDimension: Int
+    package let scale: Float
+    package let mask: AttentionMask
+    package let options: AttentionOptions
+    package let threads: Int
+
+    /// Query heads per key/value head.
+    package var groupSize: Int { queryHeads / keyValueHeads }
+
+    /// The key/value head that query head `head` reads.
+    package func keyValueHead(of head: Int) -> Int { head / groupSize }
+
+    package var outputShape: [Int] { [batch, queryHeads, queryLength, valueDimension] }
+
+    /// Validates shapes and options and resolves defaults. Throws `AttentionError` naming the first bad argument.
+    package init(queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions) throws {
+        for (name, tensor) in [("queries", queries), ("keys", keys), ("values", values)] where tensor.rank != 4 {
+            throw AttentionError.shapeMismatch(
+                argument: name, expected: "rank 4 [batch, heads, sequence, headDimension]", actual: tensor.shape,
+                reason: "attention takes rank-4 tensors")
+        }
+        let (b, hq, nq, dk) = (queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3])
+        let (hkv, nk, dv) = (keys.shape[1], keys.shape[2], values.shape[3])
+        guard hq >= 1 else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "at least 1 head (axis 1)", actual: queries.shape,
+                reason: "attention needs a head")
+        }
+        guard dk >= 1 else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "headDimension (axis 3) >= 1", actual: queries.shape,
+                reason: "an empty head dimension has no scores")
+        }
+        guard keys.shape[0] == b, hkv >= 1, hq % hkv == 0, keys.shape[3] == dk else {
+            throw AttentionError.shapeMismatch(
+                argument: "keys", expected: "[\(b), H, N, \(dk)] with H >= 1 dividing \(hq)", actual: keys.shape,
+                reason: "keys must match the queries' batch and head dimension, and their head count must divide "
+                    + "the query head count \(hq)")
+        }
+        guard values.shape[0] == b, values.shape[1] == hkv, values.shape[2] == nk, dv >= 1 else {
+            throw AttentionError.shapeMismatch(
+                argument: "values", expected: "[\(b), \(hkv), \(nk), D] with D >= 1", actual: values.shape,
+                reason: "keys and values must have the same batch, head count and sequence length")
+        }
+        try mask.validate()
+        if let scale = options.scale {
+            try AttentionError.require(scale.isFinite, "options.scale", expected: "a finite number", actual: "\(scale)")
+        }
+        if let softcap = options.softcap {
+            try AttentionError.require(
+                softcap.isFinite && softcap > 0, "options.softcap", expected: "a finite number > 0",
+                actual: "\(softcap)")
+        }
+        try Self.validatePerHead(options.alibiSlopes, "options.alibiSlopes", heads: hq)
+        try Self.validatePerHead(options.sinkLogits, "options.sinkLogits", heads: hq)
+        if let bias = options.bias {
+            let fits = bias.rank == 4 && (bias.shape[0] == b || bias.shape[0] == 1)
+                && (bias.shape[1] == hq || bias.shape[1] == 1) && bias.shape[2] == nq && bias.shape[3] == nk
+            guard fits else {
+                throw AttentionError.shapeMismatch(
+                    argument: "options.bias", expected: "[\(b) or 1, \(hq) or 1, \(nq), \(nk)]", actual: bias.shape,
+                    reason: "the bias adds to the [batch, queryHeads, queryLength, keyLength] scores")
+            }
+        }
+        if let threads = options.threads {
+            try AttentionError.require(threads >= 1, "options.threads", expected: ">= 1", actual: "\(threads)")
+        }
+        try AttentionError.require(
+            options.naiveMemoryBudget >= 0, "options.naiveMemoryBudget", expected: ">= 0",
+            actual: "\(options.naiveMemoryBudget)")
+
+        batch = b
+        queryHeads = hq
+        keyValueHeads = hkv
+        queryLength = nq
+        keyLength = nk
+        keyDimension = dk
+        valueDimension = dv
+        scale = options.scale ?? 1 / Float(dk).squareRoot()
+        self.mask = mask
+        self.options = options
+        threads = options.threads ?? Parallel.defaultThreadCount
+    }
+
+    private static func validatePerHead(_ values: [Float]?, _ argument: String, heads: Int) throws {
+        guard let values else { return }
+        try AttentionError.require(
+            values.count == heads, "\(argument).count", expected: "\(heads) (one per query head)",
+            actual: "\(values.count)")
+        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+            throw AttentionError.invalidValue(
+                argument: "\(argument)[\(bad)]", expected: "a finite number", actual: "\(values[bad])")
+        }
+    }
+}

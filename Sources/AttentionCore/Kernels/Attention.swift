@@ -1,0 +1,67 @@
+// The public attention entry points: validate, pick a kernel, run it.
+//
+// Shapes: queries [B, Hq, Nq, Dk], keys [B, Hkv, Nk, Dk], values [B, Hkv, Nk, Dv] with Hq a multiple of Hkv;
+// output [B, Hq, Nq, Dv]; log-sum-exp [B, Hq, Nq]. The score formula is in AttentionOptions.swift, the mask
+// semantics in AttentionMask.swift.
+
+/// The output of an attention call together with what a caller needs to merge or account for it.
+public struct AttentionResult: Sendable {
+    /// [batch, queryHeads, queryLength, valueDimension].
+    public var output: Tensor
+    /// [batch, queryHeads, queryLength]: log of each row's softmax denominator (natural log), including the
+    /// row's sink logit if one was set; -infinity for a row that sees no key and has no sink logit.
+    public var logSumExp: Tensor
+    /// Bytes of scratch memory the kernel allocated for this call (score matrices, packed tiles), excluding the
+    /// output and log-sum-exp tensors.
+    public var workspaceBytes: Int
+}
+
+/// Scaled dot-product attention: `softmax(scale * Q K^T + bias, masked) V`, per batch and query head.
+///
+/// - Parameters:
+///   - queries: [batch, queryHeads, queryLength, headDimension].
+///   - keys: [batch, keyValueHeads, keyLength, headDimension]; `queryHeads` must be a multiple of
+///     `keyValueHeads` (grouped-query attention: query head h reads key/value head h / (queryHeads / keyValueHeads)).
+///   - values: [batch, keyValueHeads, keyLength, valueDimension].
+///   - mask: which keys each query sees (default: all). A query that sees no key outputs zeros.
+///   - options: scale, softcap, ALiBi, bias, sink logits, kernel choice and threads.
+/// - Returns: [batch, queryHeads, queryLength, valueDimension].
+/// - Throws: `AttentionError` for inconsistent shapes, invalid options, or a naive call over its memory budget.
+/// - Complexity: O(B * Hq * Nq * Nk * (Dk + Dv)) time; memory depends on the kernel (see `AttentionKernel`).
+///
+/// ```swift
+/// let q = try Tensor.randomNormal(shape: [1, 8, 128, 64], seed: 1)
+/// let k = try Tensor.randomNormal(shape: [1, 2, 128, 64], seed: 2)   // 4 query heads per key/value head
+/// let v = try Tensor.randomNormal(shape: [1, 2, 128, 64], seed: 3)
+/// let o = try attention(queries: q, keys: k, values: v, mask: .causal)  // [1, 8, 128, 64]
+/// ```
+public func attention(
+    queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> Tensor {
+    try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options).output
+}
+
+/// Like `attention(queries:keys:values:mask:options:)`, also returning each row's log-sum-exp and the kernel's
+/// workspace size.
+public func attentionWithLogSumExp(
+    queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> AttentionResult {
+    let problem = try AttentionProblem(queries: queries, keys: keys, values: values, mask: mask, options: options)
+    switch options.kernel.resolved(for: problem) {
+    case .naive, .automatic:
+        return try naiveAttention(problem, queries: queries, keys: keys, values: values)
+    }
+}
+
+extension AttentionKernel {
+    /// The one place that turns `.automatic` into a concrete kernel. Today only the naive kernel exists, so
+    /// `.automatic` runs it; the blockwise kernel (issue 3) will take over everything but tiny shapes.
+    package func resolved(for problem: AttentionProblem) -> AttentionKernel {
+        switch self {
+        case .automatic: return .naive
+        case .naive: return .naive
+        }
+    }
+}

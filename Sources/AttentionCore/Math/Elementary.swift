@@ -1,0 +1,11 @@
+// Scalar elementary functions on Double and Float, routed through Foundation in one place so the rest of the
+// module does not import it.
+
+#if canImport(Foundation)
+import Foundation
+#endif
+
+@inline(__always) package func _log(_ x: Double) -> Double { Foundation.log(x) }
+@inline(__always) package func _cos(_ x: Double) -> Double { Foundation.cos(x) }
+@inline(__always) package func _log(_ x: Float) -> Float { Foundation.logf(x) }
+@inline(__always) package func _tanh(_ x: Float) -> Float { Foundation.tanhf(x) }

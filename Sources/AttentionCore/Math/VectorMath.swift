@@ -1,0 +1,160 @@
+// Vectorized elementary math on SIMD16<Float>: exp, exp2 and dot products.
+//
+// exp(x): Cody-Waite range reduction x = n*ln2 + r with |r| <= ln2/2 (ln2 split into an 9-bit head and a tail so
+// n*head is exact), a degree-7 polynomial for e^r (1 + r + r^2 * P5(r), the classic single-precision minimax
+// coefficients from Moshier's Cephes library), and 2^n applied by adding n to the exponent bits.
+// exp2(x): n = round(x), r = (x - n) * ln2 (x - n is exact), then the same polynomial and scaling.
+//
+// Everything is plain multiply and add on purpose: on Swift's default x86_64 target (SSE2) a fused
+// multiply-add would be a libm call per lane. Rounding to the nearest integer uses the 1.5*2^23 "magic number"
+// trick instead of `rounded()`, which is also a libm call there.
+//
+// Accuracy (measured by VectorMathTests against Foundation's Double exp): <= 2 ulp over [-87.33, 88.72] for
+// exp and [-126, 128) for exp2. Results that would be subnormal are flushed to +0 (exp(x) for x < -87.3365,
+// exp2(x) for x < -126); these are weights below 1.2e-38, which no softmax row can notice. exp(-inf) = 0,
+// exp(+inf) = +inf, exp(NaN) = NaN.
+
+/// The SIMD width every kernel in this package is written for: 16 Float lanes (one AVX-512 register, four SSE).
+public typealias FloatVector = SIMD16<Float>
+
+/// Vectorized math on `SIMD16<Float>` and contiguous buffers.
+public enum VectorMath {
+    /// e^x for each lane, accurate to 2 ulp for results in Float's normal range (see the file header).
+    ///
+    /// ```swift
+    /// let y = VectorMath.exp(SIMD16<Float>(repeating: 1))   // every lane 2.7182817
+    /// ```
+    @inlinable
+    public static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorExp(x) }
+
+    /// 2^x for each lane, accurate to 2 ulp for results in Float's normal range (see the file header).
+    @inlinable
+    public static func exp2(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorExp2(x) }
+
+    /// The dot product of two equally long Float arrays, accumulated in Float with 64 lanes in flight.
+    /// - Throws: `AttentionError.invalidValue` when the lengths differ.
+    /// - Complexity: O(n).
+    public static func dot(_ x: [Float], _ y: [Float]) throws -> Float {
+        try AttentionError.require(x.count == y.count, "y.count", expected: "\(x.count) (x.count)", actual: "\(y.count)")
+        return x.withUnsafeBufferPointer { x in
+            y.withUnsafeBufferPointer { y in
+                dotProduct(x.baseAddress, y.baseAddress, count: x.count)
+            }
+        }
+    }
+}
+
+// MARK: - Kernels' building blocks
+
+/// Rounds to the nearest integer (ties to even) for |x| < 2^22, returning the rounded value and the same value
+/// as Int32 lanes. Adding 1.5*2^23 pushes the fraction bits out of the significand.
+@inlinable @inline(__always)
+package func roundToNearest(_ x: SIMD16<Float>) -> (value: SIMD16<Float>, integer: SIMD16<Int32>) {
+    let magic = SIMD16<Float>(repeating: 12_582_912)
+    let shifted = x + magic
+    let integer = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- SIMD16<Int32>(repeating: 0x4B40_0000)
+    return (shifted - magic, integer)
+}
+
+/// e^r for |r| <= ln2/2 (a little beyond is fine): 1 + r + r^2 * P5(r).
+@inlinable @inline(__always)
+package func expPolynomial(_ r: SIMD16<Float>) -> SIMD16<Float> {
+    var p = SIMD16<Float>(repeating: 1.987_569_150_0e-4)
+    p = p * r + 1.398_199_950_7e-3
+    p = p * r + 8.333_451_907_3e-3
+    p = p * r + 4.166_579_589_4e-2
+    p = p * r + 1.666_666_545_9e-1
+    p = p * r + 5.000_000_120_1e-1
+    return p * (r * r) + r + 1
+}
+
+/// y * 2^n by integer addition to the exponent field; valid while the result stays normal.
+@inlinable @inline(__always)
+package func scaleByPowerOfTwo(_ y: SIMD16<Float>, _ n: SIMD16<Int32>) -> SIMD16<Float> {
+    unsafeBitCast(unsafeBitCast(y, to: SIMD16<Int32>.self) &+ (n &<< 23), to: SIMD16<Float>.self)
+}
+
+@inlinable @inline(__always)
+package func vectorExp(_ x: SIMD16<Float>) -> SIMD16<Float> {
+    // Clamp so the integer arithmetic below cannot overflow; out-of-range lanes are fixed up at the end.
+    // `replacing(where: x .< bound)` keeps NaN lanes NaN (a comparison with NaN is false).
+    let lowest: Float = -87.336_54  // -126 * ln2: below this e^x is subnormal
+    let highest: Float = 88.722_8  // just below ln(Float.greatestFiniteMagnitude)
+    var clamped = x.replacing(with: lowest, where: x .< lowest)
+    clamped.replace(with: highest, where: clamped .> highest)
+    let (n, integer) = roundToNearest(clamped * 1.442_695_04)
+    // ln2 = 0.693359375 - 2.12194440e-4; n * 0.693359375 is exact for |n| <= 2^15.
+    let r = (clamped - n * 0.693_359_375) + n * 2.121_944_4e-4
+    var result = scaleByPowerOfTwo(expPolynomial(r), integer)
+    result.replace(with: 0, where: x .< lowest)
+    result.replace(with: .infinity, where: x .> highest)
+    return result
+}
+
+@inlinable @inline(__always)
+package func vectorExp2(_ x: SIMD16<Float>) -> SIMD16<Float> {
+    let lowest: Float = -126
+    let highest: Float = 127.999_99
+    var clamped = x.replacing(with: lowest, where: x .< lowest)
+    clamped.replace(with: highest, where: clamped .> highest)
+    let (n, integer) = roundToNearest(clamped)
+    let r = (clamped - n) * 0.693_147_18
+    var result = scaleByPowerOfTwo(expPolynomial(r), integer)
+    result.replace(with: 0, where: x .< lowest)
+    result.replace(with: .infinity, where: x .> highest)
+    return result
+}
+
+/// The lanes' sum, as a balanced tree (the stdlib's `.sum()` is a sequential scalar loop).
+@inlinable @inline(__always)
+package func horizontalSum(_ v: SIMD16<Float>) -> Float {
+    let a = v.lowHalf + v.highHalf
+    let b = a.lowHalf + a.highHalf
+    let c = b.lowHalf + b.highHalf
+    return c[0] + c[1]
+}
+
+/// The lanes' maximum, as a balanced tree. NaN lanes are ignored unless every lane is NaN.
+@inlinable @inline(__always)
+package func horizontalMax(_ v: SIMD16<Float>) -> Float {
+    let a = pointwiseMax(v.lowHalf, v.highHalf)
+    let b = pointwiseMax(a.lowHalf, a.highHalf)
+    let c = pointwiseMax(b.lowHalf, b.highHalf)
+    return Swift.max(c[0], c[1])
+}
+
+/// Loads 16 floats from `pointer + offset` (no alignment requirement).
+@inlinable @inline(__always)
+package func load16(_ pointer: UnsafePointer<Float>, _ offset: Int) -> SIMD16<Float> {
+    UnsafeRawPointer(pointer + offset).loadUnaligned(as: SIMD16<Float>.self)
+}
+
+/// Stores 16 floats at `pointer + offset` (no alignment requirement).
+@inlinable @inline(__always)
+package func store16(_ value: SIMD16<Float>, _ pointer: UnsafeMutablePointer<Float>, _ offset: Int) {
+    UnsafeMutableRawPointer(pointer + offset).storeBytes(of: value, as: SIMD16<Float>.self)
+}
+
+/// Sum of x[i] * y[i] for i in 0..<count, with four 16-lane accumulators (64 products in flight).
+package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, count: Int) -> Float {
+    guard let x, let y, count > 0 else { return 0 }
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+    var i = 0
+    while i + 64 <= count {
+        a0 += load16(x, i) * load16(y, i)
+        a1 += load16(x, i + 16) * load16(y, i + 16)
+        a2 += load16(x, i + 32) * load16(y, i + 32)
+        a3 += load16(x, i + 48) * load16(y, i + 48)
+        i += 64
+    }
+    while i + 16 <= count {
+        a0 += load16(x, i) * load16(y, i)
+        i += 16
+    }
+    var total = horizontalSum((a0 + a1) + (a2 + a3))
+    while i < count {
+        total += x[i] * y[i]
+        i += 1
+    }
+    return total
+}

@@ -1,0 +1,25 @@
+import Attention
+import XCTest
+
+/// The README's usage example, verbatim between the markers, so the documentation always compiles and runs.
+final class ReadmeExampleTests: XCTestCase {
+    func testReadmeExample() throws {
+        // README example begin
+        // [batch, heads, sequence, headDimension]; 8 query heads share 2 key/value heads (grouped-query attention)
+        let queries = try Tensor.randomNormal(shape: [1, 8, 256, 64], seed: 1)
+        let keys = try Tensor.randomNormal(shape: [1, 2, 256, 64], seed: 2)
+        let values = try Tensor.randomNormal(shape: [1, 2, 256, 64], seed: 3)
+
+        let output = try attention(queries: queries, keys: keys, values: values, mask: .causal)
+        print(output.shape)  // [1, 8, 256, 64]
+
+        var options = AttentionOptions(softcap: 30, threads: 2)
+        options.sinkLogits = [Float](repeating: 0, count: 8)  // gpt-oss style learned sinks
+        let windowed = try attentionWithLogSumExp(
+            queries: queries, keys: keys, values: values, mask: .window(left: 63, right: 0), options: options)
+        print(windowed.logSumExp.shape, windowed.workspaceBytes)  // [1, 8, 256] and the scratch bytes used
+        // README example end
+        XCTAssertEqual(output.shape, [1, 8, 256, 64])
+        XCTAssertEqual(windowed.logSumExp.shape, [1, 8, 256])
+    }
+}

@@ -1,0 +1,131 @@
+// The reference attention: the spec every kernel is tested against.
+//
+// It reads like the textbook formula, one query row at a time, with no tiling, no vector code and no shortcuts:
+//
+//   for each visible key j:  s_j = scale * (q . k_j), then softcap, ALiBi and bias (AttentionOptions.swift order)
+//   keys whose score is -inf are dropped like masked ones
+//   m = max(s_j, sink);  denominator = sum_j exp(s_j - m) + exp(sink - m)
+//   o = sum_j exp(s_j - m) / denominator * v_j;  lse = m + log(denominator)
+//   no visible key and no sink: o = 0, lse = -inf
+//
+// It is generic over the scalar so the same lines give the Float64 reference (`referenceAttention`) and the
+// "plain Float32 naive loop" (`plainFloat32Attention`) whose error sets the tolerance (Tolerance.swift).
+
+import AttentionCore
+import Foundation
+
+/// A scalar the reference can run in: Double for the reference itself, Float for the plain-loop baseline.
+public protocol ReferenceScalar: BinaryFloatingPoint {
+    static func exponential(_ x: Self) -> Self
+    static func logarithm(_ x: Self) -> Self
+    static func hyperbolicTangent(_ x: Self) -> Self
+}
+
+extension Double: ReferenceScalar {
+    public static func exponential(_ x: Double) -> Double { Foundation.exp(x) }
+    public static func logarithm(_ x: Double) -> Double { Foundation.log(x) }
+    public static func hyperbolicTangent(_ x: Double) -> Double { Foundation.tanh(x) }
+}
+
+extension Float: ReferenceScalar {
+    public static func exponential(_ x: Float) -> Float { Foundation.expf(x) }
+    public static func logarithm(_ x: Float) -> Float { Foundation.logf(x) }
+    public static func hyperbolicTangent(_ x: Float) -> Float { Foundation.tanhf(x) }
+}
+
+/// A reference result: output [B, Hq, Nq, Dv] and log-sum-exp [B, Hq, Nq], row-major.
+public struct ReferenceResult<Scalar: ReferenceScalar> {
+    public var output: [Scalar]
+    public var logSumExp: [Scalar]
+}
+
+/// One row of the reference: query `query` of head `head` in batch `batch`.
+public func referenceRow<Scalar: ReferenceScalar>(
+    _: Scalar.Type, batch: Int, head: Int, query: Int,
+    queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions
+) -> (output: [Scalar], logSumExp: Scalar) {
+    let (queryHeads, queryLength, headDimension) = (queries.shape[1], queries.shape[2], queries.shape[3])
+    let (keyValueHeads, keyLength, valueDimension) = (keys.shape[1], keys.shape[2], values.shape[3])
+    let keyValueHead = head / (queryHeads / keyValueHeads)
+    let scale = options.scale.map { Scalar($0) } ?? 1 / Scalar(headDimension).squareRoot()
+    let diagonal = query + keyLength - queryLength
+
+    var scores: [(key: Int, score: Scalar)] = []
+    for key in 0..<keyLength where mask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength) {
+        var dot: Scalar = 0
+        for c in 0..<headDimension {
+            dot += Scalar(element(queries, batch, head, query, c)) * Scalar(element(keys, batch, keyValueHead, key, c))
+        }
+        var score = scale * dot
+        if let cap = options.softcap.map({ Scalar($0) }) {
+            score = cap * Scalar.hyperbolicTangent(score / cap)
+        }
+        if let slopes = options.alibiSlopes {
+            score -= Scalar(slopes[head]) * Scalar(abs(diagonal - key))
+        }
+        if let bias = options.bias {
+            score += Scalar(element(bias, bias.shape[0] == 1 ? 0 : batch, bias.shape[1] == 1 ? 0 : head, query, key))
+        }
+        if score == -.infinity { continue }
+        scores.append((key, score))
+    }
+
+    let sink = options.sinkLogits.map { Scalar($0[head]) }
+    var output = [Scalar](repeating: 0, count: valueDimension)
+    guard !scores.isEmpty || sink != nil else { return (output, -.infinity) }
+    var maximum = sink ?? -.infinity
+    for (_, score) in scores { maximum = Swift.max(maximum, score) }
+    var denominator: Scalar = sink.map { Scalar.exponential($0 - maximum) } ?? 0
+    for (_, score) in scores { denominator += Scalar.exponential(score - maximum) }
+    for (key, score) in scores {
+        let weight = Scalar.exponential(score - maximum) / denominator
+        for c in 0..<valueDimension {
+            output[c] += weight * Scalar(element(values, batch, keyValueHead, key, c))
+        }
+    }
+    return (output, maximum + Scalar.logarithm(denominator))
+}
+
+/// `tensor[a, b, c, d]` for a rank-4 tensor, without the variadic subscript's array allocation.
+@inline(__always)
+private func element(_ tensor: Tensor, _ a: Int, _ b: Int, _ c: Int, _ d: Int) -> Float {
+    let s = tensor.shape
+    return tensor.scalars[((a * s[1] + b) * s[2] + c) * s[3] + d]
+}
+
+/// The reference over every row, in `Scalar` precision.
+public func referenceAttention<Scalar: ReferenceScalar>(
+    _ type: Scalar.Type, queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) -> ReferenceResult<Scalar> {
+    let (batchCount, heads, queryLength) = (queries.shape[0], queries.shape[1], queries.shape[2])
+    var result = ReferenceResult<Scalar>(output: [], logSumExp: [])
+    for batch in 0..<batchCount {
+        for head in 0..<heads {
+            for query in 0..<queryLength {
+                let row = referenceRow(
+                    type, batch: batch, head: head, query: query, queries: queries, keys: keys, values: values,
+                    mask: mask, options: options)
+                result.output += row.output
+                result.logSumExp.append(row.logSumExp)
+            }
+        }
+    }
+    return result
+}
+
+/// The Float64 reference (the spec).
+public func referenceAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) -> ReferenceResult<Double> {
+    referenceAttention(Double.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
+}
+
+/// The same textbook loop in Float32: what "a plain Float32 implementation" gets wrong on these inputs.
+public func plainFloat32Attention(
+    queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) -> ReferenceResult<Float> {
+    referenceAttention(Float.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
+}
