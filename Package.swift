@@ -38,14 +38,24 @@ let package = Package(
             dependencies: ["AttentionCore"],
             path: "Tests/_AttentionTestSupport"
         ),
+        // The benchmark harness as a library, so its statistics, FLOP formula, output and option parsing are tested.
+        .target(
+            name: "AttentionBenchmarkKit",
+            dependencies: ["AttentionCore", "_AttentionTestSupport"],
+            path: "Benchmarks/AttentionBenchmarkKit"
+        ),
         .executableTarget(
             name: "AttentionBenchmarks",
-            dependencies: ["Attention", "_AttentionTestSupport"],
+            dependencies: ["AttentionBenchmarkKit", "AttentionCore"],
             path: "Benchmarks/AttentionBenchmarks"
         ),
         .testTarget(
             name: "AttentionCoreTests",
             dependencies: ["AttentionCore", "Attention", "_AttentionTestSupport"]
+        ),
+        .testTarget(
+            name: "AttentionBenchmarkKitTests",
+            dependencies: ["AttentionBenchmarkKit", "AttentionCore"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,1 +1,87 @@
-print("placeholder")
+// attention-bench: validates, then times, this package's attention kernels. `attention-bench --help` explains
+// every option and the FLOP formula.
+
+import AttentionBenchmarkKit
+import AttentionCore
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+let configuration: BenchmarkConfiguration
+do {
+    configuration = try BenchmarkConfiguration(arguments: Array(CommandLine.arguments.dropFirst()))
+} catch {
+    printError("attention-bench: \(error)")
+    exit(2)
+}
+if configuration.help {
+    print(BenchmarkConfiguration.helpText)
+    exit(0)
+}
+
+#if DEBUG
+    printError(
+        """
+        ************************************************************************************************
+        WARNING: attention-bench was built in DEBUG mode. Its numbers are 10-100x too slow and mean nothing.
+        Build it as the README says:  swift run -c release -Xcc -march=native attention-bench
+        ************************************************************************************************
+        """)
+#endif
+
+let allThreads = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+let budget = configuration.quick ? 0.25 : 1.0
+var cases: [BenchmarkCase] = []
+for suite in configuration.suites {
+    switch suite {
+    case "naive": cases += naiveSuite(configuration, allThreads: allThreads)
+    default: break
+    }
+}
+
+// Correctness gate: every (kernel, mask) pair in the run must match the Float64 reference before any timing.
+var validated = Set<String>()
+for c in cases where !validated.contains("\(c.kernelName)/\(c.maskName)") {
+    validated.insert("\(c.kernelName)/\(c.maskName)")
+    do {
+        if let failure = try validate(kernel: c.kernel, mask: c.mask, headDimension: c.headDimension) {
+            printError(
+                "attention-bench: \(c.kernelName) with mask \(c.maskName) FAILED validation: \(failure)")
+            exit(1)
+        }
+    } catch {
+        printError(
+            "attention-bench: validating \(c.kernelName) with mask \(c.maskName) threw: \(error)")
+        exit(1)
+    }
+}
+if configuration.format == .table {
+    print("validated against the Float64 reference: \(validated.sorted().joined(separator: ", "))")
+    print(BenchmarkRecord.tableHeader)
+}
+
+for c in cases {
+    do {
+        switch try run(c, minimumRepetitions: configuration.minimumRepetitions, budget: budget) {
+        case .measured(let record):
+            print(configuration.format == .json ? record.jsonLine() : record.tableRow())
+        case .skipped(let reason):
+            if configuration.format == .table {
+                print("skipped: \(reason)")
+            } else {
+                printError("skipped: \(reason)")
+            }
+        }
+    } catch {
+        printError("attention-bench: \(c.kernelName) N=\(c.queryLength) failed: \(error)")
+        exit(1)
+    }
+}

@@ -16,7 +16,8 @@ final class ReadmeExampleTests: XCTestCase {
         var options = AttentionOptions(softcap: 30, threads: 2)
         options.sinkLogits = [Float](repeating: 0, count: 8)  // gpt-oss style learned sinks
         let windowed = try attentionWithLogSumExp(
-            queries: queries, keys: keys, values: values, mask: .window(left: 63, right: 0), options: options)
+            queries: queries, keys: keys, values: values, mask: .window(left: 63, right: 0),
+            options: options)
         print(windowed.logSumExp.shape, windowed.workspaceBytes)  // [1, 8, 256] and the scratch bytes used
         // README example end
         XCTAssertEqual(output.shape, [1, 8, 256, 64])

@@ -13,7 +13,8 @@ final class SoftmaxTests: XCTestCase {
 
     func testRowsSumToOneAndMatchDouble() throws {
         try withEvery("width", in: [1, 5, 16, 17, 100, 239]) { width in
-            let x = try Tensor.randomNormal(shape: [3, 4, width], standardDeviation: 4, seed: UInt64(width))
+            let x = try Tensor.randomNormal(
+                shape: [3, 4, width], standardDeviation: 4, seed: UInt64(width))
             let p = try softmax(x)
             XCTAssertEqual(p.shape, x.shape)
             for row in 0..<12 {
@@ -29,7 +30,8 @@ final class SoftmaxTests: XCTestCase {
     func testShiftInvariance() throws {
         let x = try Tensor.randomNormal(shape: [4, 33], seed: 5)
         let shifted = try Tensor(shape: x.shape, scalars: x.scalars.map { $0 + 1000 })
-        let a = try softmax(x).scalars, b = try softmax(shifted).scalars
+        let a = try softmax(x).scalars
+        let b = try softmax(shifted).scalars
         // Adding 1000 rounds each input by up to half an ulp of 1000 (3e-5), which moves p by about p * 3e-5.
         XCTAssertLessThanOrEqual(maxAbsoluteError(a, b.map(Double.init)), 4e-5)
     }
@@ -44,12 +46,14 @@ final class SoftmaxTests: XCTestCase {
         XCTAssertFalse(p.scalars.contains { $0.isNaN })
         let lse = try logSumExp(x, mask: mask)
         XCTAssertEqual(lse.shape, [2])
-        XCTAssertEqual(Double(lse[0]), Foundation.log(Foundation.exp(1.0) + Foundation.exp(3.0)), accuracy: 1e-6)
+        XCTAssertEqual(
+            Double(lse[0]), Foundation.log(Foundation.exp(1.0) + Foundation.exp(3.0)), accuracy: 1e-6)
         XCTAssertEqual(lse[1], -.infinity)
     }
 
     func testExtremeInputsStayFinite() throws {
-        let x = try Tensor(shape: [3, 4], scalars: [1e30, -1e30, 0, 1e30, -1e30, -1e30, -1e30, -1e30, 3e38, -3e38, 1, 2])
+        let x = try Tensor(
+            shape: [3, 4], scalars: [1e30, -1e30, 0, 1e30, -1e30, -1e30, -1e30, -1e30, 3e38, -3e38, 1, 2])
         let p = try softmax(x)
         XCTAssertTrue(p.scalars.allSatisfy(\.isFinite), "\(p.scalars)")
         XCTAssertEqual(p[0, 0], 0.5)
@@ -84,7 +88,8 @@ final class SoftmaxTests: XCTestCase {
         XCTAssertThrowsError(try softmax(try Tensor(zeros: [2, 2]), mask: [true])) { error in
             XCTAssertEqual(
                 error as? AttentionError,
-                .invalidValue(argument: "mask.count", expected: "4 (one per element of [2, 2])", actual: "1"))
+                .invalidValue(
+                    argument: "mask.count", expected: "4 (one per element of [2, 2])", actual: "1"))
         }
     }
 }

@@ -17,7 +17,8 @@ final class TensorTests: XCTestCase {
         XCTAssertThrowsError(try Tensor(shape: [2, 3], scalars: [1, 2, 3])) { error in
             XCTAssertEqual(
                 error as? AttentionError,
-                .invalidValue(argument: "scalars.count", expected: "6 (the product of shape [2, 3])", actual: "3"))
+                .invalidValue(
+                    argument: "scalars.count", expected: "6 (the product of shape [2, 3])", actual: "3"))
             XCTAssertTrue("\(error)".contains("scalars.count is 3 but expected 6"), "\(error)")
         }
     }
@@ -46,11 +47,13 @@ final class TensorTests: XCTestCase {
     }
 
     func testClosureInitVisitsRowMajorIndices() throws {
-        let t = try Tensor(shape: [2, 3, 4]) { index in Float(index[0] * 100 + index[1] * 10 + index[2]) }
+        let t = try Tensor(shape: [2, 3, 4]) { index in Float(index[0] * 100 + index[1] * 10 + index[2])
+        }
         XCTAssertEqual(t[1, 2, 3], 123)
         XCTAssertEqual(t[0, 1, 0], 10)
         XCTAssertEqual(t.scalars[5], 11)  // [0, 1, 1]
-        XCTAssertEqual(try Tensor(shape: [3, 3]) { $0[0] == $0[1] ? 1 : 0 }.scalars, [1, 0, 0, 0, 1, 0, 0, 0, 1])
+        XCTAssertEqual(
+            try Tensor(shape: [3, 3]) { $0[0] == $0[1] ? 1 : 0 }.scalars, [1, 0, 0, 0, 1, 0, 0, 0, 1])
     }
 
     func testRandomTensorsAreReproducibleAndDocumented() throws {
@@ -110,10 +113,12 @@ final class TensorTests: XCTestCase {
     }
 
     func testInvalidRandomParametersThrow() {
-        XCTAssertThrowsError(try Tensor.randomNormal(shape: [2], standardDeviation: -1, seed: 0)) { error in
+        XCTAssertThrowsError(try Tensor.randomNormal(shape: [2], standardDeviation: -1, seed: 0)) {
+            error in
             XCTAssertEqual((error as? AttentionError)?.argument, "standardDeviation")
         }
-        XCTAssertThrowsError(try Tensor.randomUniform(shape: [2], in: -Float.infinity...0, seed: 0)) { error in
+        XCTAssertThrowsError(try Tensor.randomUniform(shape: [2], in: -Float.infinity...0, seed: 0)) {
+            error in
             XCTAssertEqual((error as? AttentionError)?.argument, "range")
         }
     }

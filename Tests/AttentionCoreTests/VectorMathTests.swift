@@ -14,7 +14,8 @@ final class VectorMathTests: XCTestCase {
     /// Evaluates `function` 16 lanes at a time over `count` evenly spaced points of `range` (plus both ends) and
     /// returns the max ulp error against `exact` and where it happened.
     private func maxUlpError(
-        _ function: (SIMD16<Float>) -> SIMD16<Float>, _ exact: (Double) -> Double, over range: ClosedRange<Float>,
+        _ function: (SIMD16<Float>) -> SIMD16<Float>, _ exact: (Double) -> Double,
+        over range: ClosedRange<Float>,
         count: Int
     ) -> (ulp: Double, at: Float) {
         var worst = (ulp: 0.0, at: range.lowerBound)
@@ -36,22 +37,26 @@ final class VectorMathTests: XCTestCase {
     }
 
     func testExpIsWithinTwoUlpOverItsNormalRange() {
-        let wide = maxUlpError(VectorMath.exp, Foundation.exp, over: -87.33 ... 88.72, count: 400_000)
-        let softmaxRange = maxUlpError(VectorMath.exp, Foundation.exp, over: -20 ... 0, count: 400_000)
-        print("exp max ulp error: \(wide.ulp) at \(wide.at) over [-87.33, 88.72]; \(softmaxRange.ulp) over [-20, 0]")
+        let wide = maxUlpError(VectorMath.exp, Foundation.exp, over: -87.33...88.72, count: 400_000)
+        let softmaxRange = maxUlpError(VectorMath.exp, Foundation.exp, over: -20...0, count: 400_000)
+        print(
+            "exp max ulp error: \(wide.ulp) at \(wide.at) over [-87.33, 88.72]; \(softmaxRange.ulp) over [-20, 0]"
+        )
         XCTAssertLessThanOrEqual(wide.ulp, 2, "at x = \(wide.at)")
         XCTAssertLessThanOrEqual(softmaxRange.ulp, 2, "at x = \(softmaxRange.at)")
     }
 
     func testExp2IsWithinTwoUlpOverItsNormalRange() {
-        let worst = maxUlpError(VectorMath.exp2, Foundation.exp2, over: -126 ... 127.99, count: 400_000)
+        let worst = maxUlpError(VectorMath.exp2, Foundation.exp2, over: -126...127.99, count: 400_000)
         print("exp2 max ulp error: \(worst.ulp) at \(worst.at) over [-126, 128)")
         XCTAssertLessThanOrEqual(worst.ulp, 2, "at x = \(worst.at)")
     }
 
     func testSpecialValues() {
         var x = SIMD16<Float>(repeating: 0)
-        let specials: [Float] = [-.infinity, .infinity, .nan, -100, 100, 0, -0.0, 1, -1e30, 1e30, -87.4, 88.8]
+        let specials: [Float] = [
+            -.infinity, .infinity, .nan, -100, 100, 0, -0.0, 1, -1e30, 1e30, -87.4, 88.8,
+        ]
         for (lane, value) in specials.enumerated() { x[lane] = value }
         let e = VectorMath.exp(x)
         XCTAssertEqual(e[0], 0)
@@ -85,14 +90,17 @@ final class VectorMathTests: XCTestCase {
             let magnitude = zip(x, y).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
             let got = try VectorMath.dot(x, y)
             // Any summation order has error <= count * eps * sum |x y|; compare against that bound and the plain loop.
-            let bound = Swift.max(2 * abs(Double(plainFloat) - exact), Double(count) * Double(Float.ulpOfOne) * magnitude)
+            let bound = Swift.max(
+                2 * abs(Double(plainFloat) - exact), Double(count) * Double(Float.ulpOfOne) * magnitude)
             XCTAssertLessThanOrEqual(abs(Double(got) - exact), bound + 1e-30, SweepContext.description)
         }
     }
 
     func testDotRejectsMismatchedLengths() {
         XCTAssertThrowsError(try VectorMath.dot([1, 2], [1])) { error in
-            XCTAssertEqual(error as? AttentionError, .invalidValue(argument: "y.count", expected: "2 (x.count)", actual: "1"))
+            XCTAssertEqual(
+                error as? AttentionError,
+                .invalidValue(argument: "y.count", expected: "2 (x.count)", actual: "1"))
         }
     }
 }

@@ -44,17 +44,22 @@ public func referenceRow<Scalar: ReferenceScalar>(
     _: Scalar.Type, batch: Int, head: Int, query: Int,
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions
 ) -> (output: [Scalar], logSumExp: Scalar) {
-    let (queryHeads, queryLength, headDimension) = (queries.shape[1], queries.shape[2], queries.shape[3])
+    let (queryHeads, queryLength, headDimension) = (
+        queries.shape[1], queries.shape[2], queries.shape[3]
+    )
     let (keyValueHeads, keyLength, valueDimension) = (keys.shape[1], keys.shape[2], values.shape[3])
     let keyValueHead = head / (queryHeads / keyValueHeads)
     let scale = options.scale.map { Scalar($0) } ?? 1 / Scalar(headDimension).squareRoot()
     let diagonal = query + keyLength - queryLength
 
     var scores: [(key: Int, score: Scalar)] = []
-    for key in 0..<keyLength where mask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength) {
+    for key in 0..<keyLength
+    where mask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength) {
         var dot: Scalar = 0
         for c in 0..<headDimension {
-            dot += Scalar(element(queries, batch, head, query, c)) * Scalar(element(keys, batch, keyValueHead, key, c))
+            dot +=
+                Scalar(element(queries, batch, head, query, c))
+                * Scalar(element(keys, batch, keyValueHead, key, c))
         }
         var score = scale * dot
         if let cap = options.softcap.map({ Scalar($0) }) {
@@ -64,7 +69,8 @@ public func referenceRow<Scalar: ReferenceScalar>(
             score -= Scalar(slopes[head]) * Scalar(abs(diagonal - key))
         }
         if let bias = options.bias {
-            score += Scalar(element(bias, bias.shape[0] == 1 ? 0 : batch, bias.shape[1] == 1 ? 0 : head, query, key))
+            score += Scalar(
+                element(bias, bias.shape[0] == 1 ? 0 : batch, bias.shape[1] == 1 ? 0 : head, query, key))
         }
         if score == -.infinity { continue }
         scores.append((key, score))
@@ -104,7 +110,8 @@ public func referenceAttention<Scalar: ReferenceScalar>(
         for head in 0..<heads {
             for query in 0..<queryLength {
                 let row = referenceRow(
-                    type, batch: batch, head: head, query: query, queries: queries, keys: keys, values: values,
+                    type, batch: batch, head: head, query: query, queries: queries, keys: keys,
+                    values: values,
                     mask: mask, options: options)
                 result.output += row.output
                 result.logSumExp.append(row.logSumExp)
@@ -119,7 +126,8 @@ public func referenceAttention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) -> ReferenceResult<Double> {
-    referenceAttention(Double.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
+    referenceAttention(
+        Double.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
 /// The same textbook loop in Float32: what "a plain Float32 implementation" gets wrong on these inputs.
@@ -127,5 +135,6 @@ public func plainFloat32Attention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) -> ReferenceResult<Float> {
-    referenceAttention(Float.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
+    referenceAttention(
+        Float.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
 }

@@ -46,9 +46,11 @@ public func attentionInputs(
     let kvHeads = keyValueHeads ?? queryHeads
     let base = seed &* 0x1000_0000
     return (
-        try Tensor.randomNormal(shape: [batch, queryHeads, queryLength, headDimension], seed: base &+ 1),
+        try Tensor.randomNormal(
+            shape: [batch, queryHeads, queryLength, headDimension], seed: base &+ 1),
         try Tensor.randomNormal(shape: [batch, kvHeads, keyLength, headDimension], seed: base &+ 2),
-        try Tensor.randomNormal(shape: [batch, kvHeads, keyLength, valueDimension ?? headDimension], seed: base &+ 3)
+        try Tensor.randomNormal(
+            shape: [batch, kvHeads, keyLength, valueDimension ?? headDimension], seed: base &+ 3)
     )
 }
 

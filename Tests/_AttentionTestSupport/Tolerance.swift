@@ -8,11 +8,15 @@ import AttentionCore
 
 /// The maximum absolute difference; a NaN or infinity where the other side differs counts as infinite error.
 /// Equal non-finite values (NaN and NaN, +inf and +inf) count as agreement.
-public func maxAbsoluteError<A: BinaryFloatingPoint, B: BinaryFloatingPoint>(_ actual: [A], _ expected: [B]) -> Double {
-    precondition(actual.count == expected.count, "comparing \(actual.count) values with \(expected.count)")
+public func maxAbsoluteError<A: BinaryFloatingPoint, B: BinaryFloatingPoint>(
+    _ actual: [A], _ expected: [B]
+) -> Double {
+    precondition(
+        actual.count == expected.count, "comparing \(actual.count) values with \(expected.count)")
     var worst = 0.0
     for (a, e) in zip(actual, expected) {
-        let a = Double(a), e = Double(e)
+        let a = Double(a)
+        let e = Double(e)
         if a.isNaN && e.isNaN || a == e { continue }
         let difference = abs(a - e)
         worst = Swift.max(worst, difference.isNaN ? .infinity : difference)
@@ -42,7 +46,8 @@ public func toleranceCheck(
     let floor = 8 * Double(Float.ulpOfOne) * Swift.max(1, largest)
     let plainError = maxAbsoluteError(plain, reference)
     return ToleranceCheck(
-        kernelError: maxAbsoluteError(kernel, reference), plainError: plainError, bound: 2 * plainError + floor,
+        kernelError: maxAbsoluteError(kernel, reference), plainError: plainError,
+        bound: 2 * plainError + floor,
         context: context)
 }
 
@@ -52,10 +57,14 @@ public func checkAttention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> (output: ToleranceCheck, logSumExp: ToleranceCheck) {
-    let result = try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options)
-    let reference = referenceAttention(queries: queries, keys: keys, values: values, mask: mask, options: options)
-    let plain = plainFloat32Attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
-    let context = SweepContext.description + " q\(queries.shape) k\(keys.shape) v\(values.shape) mask=\(mask)"
+    let result = try attentionWithLogSumExp(
+        queries: queries, keys: keys, values: values, mask: mask, options: options)
+    let reference = referenceAttention(
+        queries: queries, keys: keys, values: values, mask: mask, options: options)
+    let plain = plainFloat32Attention(
+        queries: queries, keys: keys, values: values, mask: mask, options: options)
+    let context =
+        SweepContext.description + " q\(queries.shape) k\(keys.shape) v\(values.shape) mask=\(mask)"
     return (
         toleranceCheck(
             kernel: result.output.scalars, reference: reference.output, plain: plain.output,

@@ -41,7 +41,8 @@ public enum AttentionError: Error, Sendable, Equatable, CustomStringConvertible 
         case .invalidValue(let argument, let expected, let actual):
             return "\(argument) is \(actual) but expected \(expected)"
         case .memoryBudgetExceeded(let argument, let requiredBytes, let budgetBytes):
-            return "\(argument) is \(budgetBytes) bytes but naive attention needs \(requiredBytes) bytes for its "
+            return
+                "\(argument) is \(budgetBytes) bytes but naive attention needs \(requiredBytes) bytes for its "
                 + "score matrix [batch, queryHeads, queryLength, keyLength]; use the blockwise kernel or raise "
                 + "\(argument)"
         }
@@ -56,7 +57,8 @@ extension AttentionError {
         actual: @autoclosure () -> String
     ) throws {
         if !condition {
-            throw AttentionError.invalidValue(argument: argument(), expected: expected(), actual: actual())
+            throw AttentionError.invalidValue(
+                argument: argument(), expected: expected(), actual: actual())
         }
     }
 }

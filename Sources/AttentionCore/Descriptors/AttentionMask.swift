@@ -55,11 +55,15 @@ public enum AttentionMask: Sendable {
         case .none, .causal, .custom:
             return
         case .window(let left, let right):
-            try AttentionError.require(left >= 0, "\(argument) window left", expected: ">= 0", actual: "\(left)")
-            try AttentionError.require(right >= 0, "\(argument) window right", expected: ">= 0", actual: "\(right)")
+            try AttentionError.require(
+                left >= 0, "\(argument) window left", expected: ">= 0", actual: "\(left)")
+            try AttentionError.require(
+                right >= 0, "\(argument) window right", expected: ">= 0", actual: "\(right)")
         case .sinks(let count, let window):
-            try AttentionError.require(count >= 0, "\(argument) sinks count", expected: ">= 0", actual: "\(count)")
-            try AttentionError.require(window >= 0, "\(argument) sinks window", expected: ">= 0", actual: "\(window)")
+            try AttentionError.require(
+                count >= 0, "\(argument) sinks count", expected: ">= 0", actual: "\(count)")
+            try AttentionError.require(
+                window >= 0, "\(argument) sinks window", expected: ">= 0", actual: "\(window)")
         case .intersection(let a, let b):
             try a.validate(argument: argument)
             try b.validate(argument: argument)
@@ -82,7 +86,8 @@ public enum AttentionMask: Sendable {
         let limit = queryLength + keyLength
         let diagonal = query + keyLength - queryLength
         func span(_ lower: Int, _ upper: Int) -> [Range<Int>] {
-            let lower = Swift.max(lower, 0), upper = Swift.min(upper, keyLength)
+            let lower = Swift.max(lower, 0)
+            let upper = Swift.min(upper, keyLength)
             return lower < upper ? [lower..<upper] : []
         }
         switch self {

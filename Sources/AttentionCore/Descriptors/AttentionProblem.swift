@@ -26,10 +26,14 @@ package struct AttentionProblem: Sendable {
     package var outputShape: [Int] { [batch, queryHeads, queryLength, valueDimension] }
 
     /// Validates shapes and options and resolves defaults. Throws `AttentionError` naming the first bad argument.
-    package init(queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions) throws {
-        for (name, tensor) in [("queries", queries), ("keys", keys), ("values", values)] where tensor.rank != 4 {
+    package init(
+        queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions
+    ) throws {
+        for (name, tensor) in [("queries", queries), ("keys", keys), ("values", values)]
+        where tensor.rank != 4 {
             throw AttentionError.shapeMismatch(
-                argument: name, expected: "rank 4 [batch, heads, sequence, headDimension]", actual: tensor.shape,
+                argument: name, expected: "rank 4 [batch, heads, sequence, headDimension]",
+                actual: tensor.shape,
                 reason: "attention takes rank-4 tensors")
         }
         let (b, hq, nq, dk) = (queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3])
@@ -46,8 +50,10 @@ package struct AttentionProblem: Sendable {
         }
         guard keys.shape[0] == b, hkv >= 1, hq % hkv == 0, keys.shape[3] == dk else {
             throw AttentionError.shapeMismatch(
-                argument: "keys", expected: "[\(b), H, N, \(dk)] with H >= 1 dividing \(hq)", actual: keys.shape,
-                reason: "keys must match the queries' batch and head dimension, and their head count must divide "
+                argument: "keys", expected: "[\(b), H, N, \(dk)] with H >= 1 dividing \(hq)",
+                actual: keys.shape,
+                reason:
+                    "keys must match the queries' batch and head dimension, and their head count must divide "
                     + "the query head count \(hq)")
         }
         guard values.shape[0] == b, values.shape[1] == hkv, values.shape[2] == nk, dv >= 1 else {
@@ -57,7 +63,8 @@ package struct AttentionProblem: Sendable {
         }
         try mask.validate()
         if let scale = options.scale {
-            try AttentionError.require(scale.isFinite, "options.scale", expected: "a finite number", actual: "\(scale)")
+            try AttentionError.require(
+                scale.isFinite, "options.scale", expected: "a finite number", actual: "\(scale)")
         }
         if let softcap = options.softcap {
             try AttentionError.require(
@@ -67,16 +74,19 @@ package struct AttentionProblem: Sendable {
         try Self.validatePerHead(options.alibiSlopes, "options.alibiSlopes", heads: hq)
         try Self.validatePerHead(options.sinkLogits, "options.sinkLogits", heads: hq)
         if let bias = options.bias {
-            let fits = bias.rank == 4 && (bias.shape[0] == b || bias.shape[0] == 1)
+            let fits =
+                bias.rank == 4 && (bias.shape[0] == b || bias.shape[0] == 1)
                 && (bias.shape[1] == hq || bias.shape[1] == 1) && bias.shape[2] == nq && bias.shape[3] == nk
             guard fits else {
                 throw AttentionError.shapeMismatch(
-                    argument: "options.bias", expected: "[\(b) or 1, \(hq) or 1, \(nq), \(nk)]", actual: bias.shape,
+                    argument: "options.bias", expected: "[\(b) or 1, \(hq) or 1, \(nq), \(nk)]",
+                    actual: bias.shape,
                     reason: "the bias adds to the [batch, queryHeads, queryLength, keyLength] scores")
             }
         }
         if let threads = options.threads {
-            try AttentionError.require(threads >= 1, "options.threads", expected: ">= 1", actual: "\(threads)")
+            try AttentionError.require(
+                threads >= 1, "options.threads", expected: ">= 1", actual: "\(threads)")
         }
         try AttentionError.require(
             options.naiveMemoryBudget >= 0, "options.naiveMemoryBudget", expected: ">= 0",

@@ -39,7 +39,9 @@ public func attention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> Tensor {
-    try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options).output
+    try attentionWithLogSumExp(
+        queries: queries, keys: keys, values: values, mask: mask, options: options
+    ).output
 }
 
 /// Like `attention(queries:keys:values:mask:options:)`, also returning each row's log-sum-exp and the kernel's
@@ -48,7 +50,8 @@ public func attentionWithLogSumExp(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {
-    let problem = try AttentionProblem(queries: queries, keys: keys, values: values, mask: mask, options: options)
+    let problem = try AttentionProblem(
+        queries: queries, keys: keys, values: values, mask: mask, options: options)
     switch options.kernel.resolved(for: problem) {
     case .naive, .automatic:
         return try naiveAttention(problem, queries: queries, keys: keys, values: values)

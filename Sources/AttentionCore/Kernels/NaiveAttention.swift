@@ -17,7 +17,9 @@
 /// Bytes of the score tensor the naive kernel would allocate for `problem`, or nil if that overflows Int.
 package func naiveScoreBytes(_ problem: AttentionProblem) -> Int? {
     var total = MemoryLayout<Float>.size
-    for factor in [problem.batch, problem.queryHeads, problem.queryLength, roundUp16(problem.keyLength)] {
+    for factor in [
+        problem.batch, problem.queryHeads, problem.queryLength, roundUp16(problem.keyLength),
+    ] {
         let (product, overflow) = total.multipliedReportingOverflow(by: factor)
         if overflow { return nil }
         total = product
@@ -36,8 +38,11 @@ package func naiveAttention(
             argument: "options.naiveMemoryBudget", requiredBytes: naiveScoreBytes(problem) ?? Int.max,
             budgetBytes: budget)
     }
-    let (nq, nk, dk, dv) = (problem.queryLength, problem.keyLength, problem.keyDimension, problem.valueDimension)
-    let nk16 = roundUp16(nk), dv16 = roundUp16(dv)
+    let (nq, nk, dk, dv) = (
+        problem.queryLength, problem.keyLength, problem.keyDimension, problem.valueDimension
+    )
+    let nk16 = roundUp16(nk)
+    let dv16 = roundUp16(dv)
     let items = problem.batch * problem.queryHeads
     let workers = Parallel.workerCount(items: items, threads: problem.threads)
     let scratchPerWorker = dk * nk16 + nk * dv16 + dv16
@@ -45,7 +50,8 @@ package func naiveAttention(
 
     let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreBytes / 4))
     defer { scores.deallocate() }
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchPerWorker))
+    let scratch = UnsafeMutablePointer<Float>.allocate(
+        capacity: Swift.max(1, workers * scratchPerWorker))
     defer { scratch.deallocate() }
 
     var output = [Float](repeating: 0, count: items * nq * dv)
@@ -59,15 +65,19 @@ package func naiveAttention(
                     output.withUnsafeMutableBufferPointer { o in
                         logSumExp.withUnsafeMutableBufferPointer { lse in
                             let pointers = UncheckedSendable(
-                                (q: q.baseAddress, k: k.baseAddress, v: v.baseAddress, bias: biasPointer.baseAddress,
-                                 o: o.baseAddress, lse: lse.baseAddress))
+                                (
+                                    q: q.baseAddress, k: k.baseAddress, v: v.baseAddress,
+                                    bias: biasPointer.baseAddress,
+                                    o: o.baseAddress, lse: lse.baseAddress
+                                ))
                             Parallel.forEach(items: items, threads: problem.threads) { worker, item in
                                 let p = pointers.value
                                 let (b, h) = item.quotientAndRemainder(dividingBy: problem.queryHeads)
                                 let kvItem = b * problem.keyValueHeads + problem.keyValueHead(of: h)
                                 var biasRows: UnsafePointer<Float>? = nil
                                 if let bias, let base = p.bias {
-                                    let bb = bias.shape[0] == 1 ? 0 : b, bh = bias.shape[1] == 1 ? 0 : h
+                                    let bb = bias.shape[0] == 1 ? 0 : b
+                                    let bh = bias.shape[1] == 1 ? 0 : h
                                     biasRows = base + (bb * bias.shape[1] + bh) * nq * nk
                                 }
                                 naiveHead(
@@ -95,14 +105,18 @@ package func naiveAttention(
 
 /// One (batch, query head): scores, softmax and P V for all Nq rows. Pointers may be nil only for empty tensors.
 private func naiveHead(
-    _ problem: AttentionProblem, head: Int, queries: UnsafePointer<Float>?, keys: UnsafePointer<Float>?,
+    _ problem: AttentionProblem, head: Int, queries: UnsafePointer<Float>?,
+    keys: UnsafePointer<Float>?,
     values: UnsafePointer<Float>?, bias: UnsafePointer<Float>?, scores: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>?,
     logSumExp: UnsafeMutablePointer<Float>?
 ) {
-    let (nq, nk, dk, dv) = (problem.queryLength, problem.keyLength, problem.keyDimension, problem.valueDimension)
+    let (nq, nk, dk, dv) = (
+        problem.queryLength, problem.keyLength, problem.keyDimension, problem.valueDimension
+    )
     guard nq > 0, let output, let logSumExp else { return }
-    let nk16 = roundUp16(nk), dv16 = roundUp16(dv)
+    let nk16 = roundUp16(nk)
+    let dv16 = roundUp16(dv)
     let sinkLogit = problem.options.sinkLogits?[head] ?? -.infinity
     guard nk > 0, let queries, let keys, let values else {
         // No keys: every row is fully masked. Output zeros (already), LSE = the sink logit or -inf.
@@ -134,7 +148,10 @@ private func naiveHead(
         var j = 0
         while j < nk16 {
             if j + 64 <= nk16 {
-                var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+                var a0 = SIMD16<Float>()
+                var a1 = SIMD16<Float>()
+                var a2 = SIMD16<Float>()
+                var a3 = SIMD16<Float>()
                 for c in 0..<dk {
                     let qc = SIMD16<Float>(repeating: q[c])
                     let kt = keysT + c * nk16 + j

@@ -2,7 +2,7 @@
 // module does not import it.
 
 #if canImport(Foundation)
-import Foundation
+    import Foundation
 #endif
 
 @inline(__always) package func _log(_ x: Double) -> Double { Foundation.log(x) }

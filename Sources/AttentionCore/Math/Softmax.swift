@@ -50,11 +50,13 @@ public func logSumExp(_ tensor: Tensor, mask: [Bool]? = nil) throws -> Tensor {
 private func rowLayout(_ tensor: Tensor, mask: [Bool]?) throws -> (rows: Int, width: Int) {
     guard tensor.rank >= 1 else {
         throw AttentionError.shapeMismatch(
-            argument: "tensor", expected: "rank >= 1", actual: tensor.shape, reason: "softmax runs along the last axis")
+            argument: "tensor", expected: "rank >= 1", actual: tensor.shape,
+            reason: "softmax runs along the last axis")
     }
     if let mask {
         try AttentionError.require(
-            mask.count == tensor.count, "mask.count", expected: "\(tensor.count) (one per element of \(tensor.shape))",
+            mask.count == tensor.count, "mask.count",
+            expected: "\(tensor.count) (one per element of \(tensor.shape))",
             actual: "\(mask.count)")
     }
     let width = tensor.shape[tensor.rank - 1]

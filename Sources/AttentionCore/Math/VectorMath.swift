@@ -35,7 +35,8 @@ public enum VectorMath {
     /// - Throws: `AttentionError.invalidValue` when the lengths differ.
     /// - Complexity: O(n).
     public static func dot(_ x: [Float], _ y: [Float]) throws -> Float {
-        try AttentionError.require(x.count == y.count, "y.count", expected: "\(x.count) (x.count)", actual: "\(y.count)")
+        try AttentionError.require(
+            x.count == y.count, "y.count", expected: "\(x.count) (x.count)", actual: "\(y.count)")
         return x.withUnsafeBufferPointer { x in
             y.withUnsafeBufferPointer { y in
                 dotProduct(x.baseAddress, y.baseAddress, count: x.count)
@@ -52,7 +53,8 @@ public enum VectorMath {
 package func roundToNearest(_ x: SIMD16<Float>) -> (value: SIMD16<Float>, integer: SIMD16<Int32>) {
     let magic = SIMD16<Float>(repeating: 12_582_912)
     let shifted = x + magic
-    let integer = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- SIMD16<Int32>(repeating: 0x4B40_0000)
+    let integer =
+        unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- SIMD16<Int32>(repeating: 0x4B40_0000)
     return (shifted - magic, integer)
 }
 
@@ -138,7 +140,10 @@ package func store16(_ value: SIMD16<Float>, _ pointer: UnsafeMutablePointer<Flo
 /// Sum of x[i] * y[i] for i in 0..<count, with four 16-lane accumulators (64 products in flight).
 package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, count: Int) -> Float {
     guard let x, let y, count > 0 else { return 0 }
-    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+    var a0 = SIMD16<Float>()
+    var a1 = SIMD16<Float>()
+    var a2 = SIMD16<Float>()
+    var a3 = SIMD16<Float>()
     var i = 0
     while i + 64 <= count {
         a0 += load16(x, i) * load16(y, i)

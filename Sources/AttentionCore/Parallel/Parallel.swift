@@ -9,18 +9,18 @@ import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 package enum Parallel {
     /// The number of processors currently available to the process.
     package static var defaultThreadCount: Int {
         #if canImport(Glibc)
-        return Swift.max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+            return Swift.max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         #else
-        return Swift.max(1, ProcessInfoShim.activeProcessorCount)
+            return Swift.max(1, ProcessInfoShim.activeProcessorCount)
         #endif
     }
 
@@ -62,8 +62,8 @@ package struct UncheckedSendable<Value>: @unchecked Sendable {
 }
 
 #if !canImport(Glibc)
-import Foundation
-private enum ProcessInfoShim {
-    static var activeProcessorCount: Int { ProcessInfo.processInfo.activeProcessorCount }
-}
+    import Foundation
+    private enum ProcessInfoShim {
+        static var activeProcessorCount: Int { ProcessInfo.processInfo.activeProcessorCount }
+    }
 #endif

@@ -92,7 +92,8 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
         var scalars = [Float]()
         scalars.reserveCapacity(count)
         for _ in 0..<count {
-            scalars.append(Float(Double(mean) + Double(standardDeviation) * generator.nextStandardNormal()))
+            scalars.append(
+                Float(Double(mean) + Double(standardDeviation) * generator.nextStandardNormal()))
         }
         return try Tensor(shape: shape, scalars: scalars)
     }
@@ -129,17 +130,23 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
 
     /// The row-major offset of a multi-index. Traps when the index does not fit the shape.
     public func offset(of index: [Int]) -> Int {
-        precondition(index.count == shape.count, "index \(index) has \(index.count) entries but tensor has rank \(rank)")
+        precondition(
+            index.count == shape.count,
+            "index \(index) has \(index.count) entries but tensor has rank \(rank)")
         var offset = 0
         for axis in 0..<shape.count {
-            precondition(index[axis] >= 0 && index[axis] < shape[axis], "index \(index) is out of bounds for shape \(shape)")
+            precondition(
+                index[axis] >= 0 && index[axis] < shape[axis],
+                "index \(index) is out of bounds for shape \(shape)")
             offset = offset * shape[axis] + index[axis]
         }
         return offset
     }
 
     /// Calls `body` with a pointer to the row-major elements.
-    public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+    public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows
+        -> R
+    {
         try scalars.withUnsafeBufferPointer(body)
     }
 

@@ -1,0 +1,86 @@
+// Command-line options of attention-bench, parsed without dependencies.
+
+/// A rejected command line; `description` says which option and why.
+public struct UsageError: Error, Equatable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// What one run of attention-bench should do.
+public struct BenchmarkConfiguration: Equatable, Sendable {
+    public enum OutputFormat: String, Sendable { case table, json }
+
+    public var suites: [String] = ["naive"]
+    public var quick = false
+    public var format = OutputFormat.table
+    public var threads: [Int]? = nil
+    public var sequenceLengths: [Int]? = nil
+    public var headDimension = 64
+    public var heads = 8
+    public var minimumRepetitions = 3
+    public var help = false
+
+    public static let knownSuites = ["naive"]
+
+    public init() {}
+
+    /// Parses `arguments` (without the program name).
+    public init(arguments: [String]) throws {
+        var remaining = arguments[...]
+        func value(for option: String) throws -> String {
+            guard let next = remaining.popFirst() else { throw UsageError("\(option) needs a value") }
+            return next
+        }
+        func integers(for option: String, minimum: Int) throws -> [Int] {
+            let text = try value(for: option)
+            let parsed = text.split(separator: ",").map { Int($0) }
+            guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil && $0! >= minimum }) else {
+                throw UsageError("\(option) expects comma-separated integers >= \(minimum), got '\(text)'")
+            }
+            return parsed.map { $0! }
+        }
+        while let argument = remaining.popFirst() {
+            switch argument {
+            case "--help", "-h": help = true
+            case "--quick": quick = true
+            case "--json": format = .json
+            case "--suite":
+                let names = try value(for: argument).split(separator: ",").map(String.init)
+                for name in names where !Self.knownSuites.contains(name) {
+                    throw UsageError(
+                        "--suite '\(name)' is unknown; known suites: \(Self.knownSuites.joined(separator: ", "))"
+                    )
+                }
+                suites = names
+            case "--threads": threads = try integers(for: argument, minimum: 1)
+            case "--sizes": sequenceLengths = try integers(for: argument, minimum: 1)
+            case "--head-dim": headDimension = try integers(for: argument, minimum: 1)[0]
+            case "--heads": heads = try integers(for: argument, minimum: 1)[0]
+            case "--repetitions": minimumRepetitions = try integers(for: argument, minimum: 1)[0]
+            default: throw UsageError("unknown option '\(argument)'; see --help")
+            }
+        }
+    }
+
+    public static let helpText = """
+        attention-bench: throughput and memory of this package's attention kernels against naive attention.
+
+        usage: attention-bench [options]
+
+          --suite NAMES       comma-separated suites to run (default: naive). Known: \(knownSuites.joined(separator: ", "))
+          --quick             a smaller sweep that finishes in under a minute
+          --json              one JSON object per case per line instead of the table
+          --threads LIST      thread counts to run, e.g. 1,2 (default: 1 and all processors)
+          --sizes LIST        sequence lengths N (queries = keys = N), e.g. 512,1024
+          --head-dim D        head dimension (default 64)
+          --heads H           query heads = key/value heads (default 8)
+          --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
+          --help              this text
+
+        Every case is validated against the Float64 reference (small shape, plus sampled rows of the timed output)
+        before it is timed. Times are medians with min/max over the repetitions, after one warm-up run.
+        GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
+        visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).
+        workspace = bytes of scratch the kernel allocated (for naive: the whole score matrix).
+        """
+}

@@ -1,0 +1,90 @@
+// One measured case, as a table row or a JSON line.
+
+import Foundation
+
+/// The result of timing one kernel on one shape. JSON keys are the property names.
+public struct BenchmarkRecord: Codable, Equatable, Sendable {
+    public var suite: String
+    public var kernel: String
+    public var batch: Int
+    public var queryHeads: Int
+    public var keyValueHeads: Int
+    public var queryLength: Int
+    public var keyLength: Int
+    public var headDimension: Int
+    public var mask: String
+    public var threads: Int
+    public var medianSeconds: Double
+    public var minSeconds: Double
+    public var maxSeconds: Double
+    public var gflops: Double
+    public var workspaceBytes: Int
+    public var maxAbsError: Double
+
+    public init(
+        suite: String, kernel: String, batch: Int, queryHeads: Int, keyValueHeads: Int,
+        queryLength: Int, keyLength: Int, headDimension: Int, mask: String, threads: Int,
+        medianSeconds: Double, minSeconds: Double, maxSeconds: Double, gflops: Double,
+        workspaceBytes: Int, maxAbsError: Double
+    ) {
+        self.suite = suite
+        self.kernel = kernel
+        self.batch = batch
+        self.queryHeads = queryHeads
+        self.keyValueHeads = keyValueHeads
+        self.queryLength = queryLength
+        self.keyLength = keyLength
+        self.headDimension = headDimension
+        self.mask = mask
+        self.threads = threads
+        self.medianSeconds = medianSeconds
+        self.minSeconds = minSeconds
+        self.maxSeconds = maxSeconds
+        self.gflops = gflops
+        self.workspaceBytes = workspaceBytes
+        self.maxAbsError = maxAbsError
+    }
+
+    /// The record as one line of JSON with sorted keys.
+    public func jsonLine() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        // Every field is a finite number or a string, so encoding cannot fail.
+        let data = try! encoder.encode(self)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public static let tableHeader =
+        "suite      kernel     mask     B  Hq Hkv      Nq      Nk    d thr   median ms (min - max)        GFLOP/s   workspace    max err"
+
+    /// The record as one aligned table row.
+    public func tableRow() -> String {
+        func pad(_ text: String, _ width: Int, left: Bool = false) -> String {
+            let padding = String(repeating: " ", count: Swift.max(0, width - text.count))
+            return left ? text + padding : padding + text
+        }
+        let times = String(
+            format: "%10.3f (%.3f - %.3f)", medianSeconds * 1e3, minSeconds * 1e3, maxSeconds * 1e3)
+        return [
+            pad(suite, 10, left: true), pad(kernel, 10, left: true), pad(mask, 6, left: true),
+            pad("\(batch)", 3),
+            pad("\(queryHeads)", 3), pad("\(keyValueHeads)", 3), pad("\(queryLength)", 7),
+            pad("\(keyLength)", 7),
+            pad("\(headDimension)", 4), pad("\(threads)", 3), pad(times, 30, left: true),
+            pad(String(format: "%.2f", gflops), 10), pad(formatBytes(workspaceBytes), 11),
+            pad(String(format: "%.1e", maxAbsError), 10),
+        ].joined(separator: " ")
+    }
+}
+
+/// Bytes with a binary unit, e.g. "1.5 MiB".
+public func formatBytes(_ bytes: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f", value) + " " + units[unit]
+}

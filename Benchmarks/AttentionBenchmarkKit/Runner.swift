@@ -1,0 +1,148 @@
+// Runs benchmark cases: validate against the Float64 reference, then time.
+
+import AttentionCore
+import _AttentionTestSupport
+
+/// One shape, mask and kernel to time.
+public struct BenchmarkCase: Sendable {
+    public var suite: String
+    public var kernelName: String
+    public var kernel: AttentionKernel
+    public var maskName: String
+    public var mask: AttentionMask
+    public var batch = 1
+    public var queryHeads: Int
+    public var keyValueHeads: Int
+    public var queryLength: Int
+    public var keyLength: Int
+    public var headDimension: Int
+    public var threads: Int
+
+    public init(
+        suite: String, kernelName: String, kernel: AttentionKernel, maskName: String,
+        mask: AttentionMask,
+        queryHeads: Int, keyValueHeads: Int, queryLength: Int, keyLength: Int, headDimension: Int,
+        threads: Int
+    ) {
+        self.suite = suite
+        self.kernelName = kernelName
+        self.kernel = kernel
+        self.maskName = maskName
+        self.mask = mask
+        self.queryHeads = queryHeads
+        self.keyValueHeads = keyValueHeads
+        self.queryLength = queryLength
+        self.keyLength = keyLength
+        self.headDimension = headDimension
+        self.threads = threads
+    }
+
+    public var options: AttentionOptions { AttentionOptions(kernel: kernel, threads: threads) }
+}
+
+/// What happened to a case.
+public enum BenchmarkOutcome {
+    case measured(BenchmarkRecord)
+    case skipped(reason: String)
+}
+
+/// The correctness gate: `kernel` with `mask` on a small grouped-query shape with odd lengths must pass the
+/// tolerance rule against the Float64 reference. Returns the failing check, or nil when it passes.
+public func validate(kernel: AttentionKernel, mask: AttentionMask, headDimension: Int) throws
+    -> ToleranceCheck?
+{
+    let inputs = try attentionInputs(
+        queryHeads: 4, keyValueHeads: 2, queryLength: 67, keyLength: 93, headDimension: headDimension,
+        seed: 2024)
+    let checks = try checkAttention(
+        queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+        options: AttentionOptions(kernel: kernel))
+    if !checks.output.passes { return checks.output }
+    if !checks.logSumExp.passes { return checks.logSumExp }
+    return nil
+}
+
+/// Validates sampled rows of a timed output against the Float64 reference; returns the max absolute error.
+/// Eight rows are checked: the first and last query of the first and last head, and four in between.
+public func sampledError(
+    _ output: Tensor, queries: Tensor, keys: Tensor, values: Tensor, case c: BenchmarkCase
+) -> Double {
+    let rows = [
+        (0, 0), (0, c.queryLength - 1), (c.queryHeads - 1, 0), (c.queryHeads - 1, c.queryLength - 1),
+        (c.queryHeads / 2, c.queryLength / 3), (c.queryHeads / 3, c.queryLength / 2),
+        (0, c.queryLength / 2 + 1), (c.queryHeads - 1, (2 * c.queryLength) / 3),
+    ]
+    var worst = 0.0
+    for (head, query) in rows where query >= 0 && query < c.queryLength {
+        let reference = referenceRow(
+            Double.self, batch: 0, head: head, query: query, queries: queries, keys: keys, values: values,
+            mask: c.mask, options: c.options)
+        let start = output.offset(of: [0, head, query, 0])
+        let actual = Array(output.scalars[start..<(start + c.headDimension)])
+        worst = Swift.max(worst, maxAbsoluteError(actual, reference.output))
+    }
+    return worst
+}
+
+/// Times one case: inputs from fixed seeds, one warm-up, then repetitions until `budget` seconds.
+public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) throws
+    -> BenchmarkOutcome
+{
+    let inputs = try attentionInputs(
+        batch: c.batch, queryHeads: c.queryHeads, keyValueHeads: c.keyValueHeads,
+        queryLength: c.queryLength,
+        keyLength: c.keyLength, headDimension: c.headDimension, seed: 7)
+    var last: AttentionResult? = nil
+    let timing: TimingSummary
+    do {
+        timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {
+            last = try attentionWithLogSumExp(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask,
+                options: c.options)
+        }
+    } catch let error as AttentionError {
+        if case .memoryBudgetExceeded(_, let required, let budget) = error {
+            return .skipped(
+                reason:
+                    "\(c.kernelName) N=\(c.queryLength): its score matrix needs \(formatBytes(required)), "
+                    + "over the \(formatBytes(budget)) budget")
+        }
+        throw error
+    }
+    guard let result = last else { return .skipped(reason: "no run completed") }
+    let fraction = visibleFraction(of: c.mask, queryLength: c.queryLength, keyLength: c.keyLength)
+    let flops = attentionFLOPs(
+        batch: c.batch, queryHeads: c.queryHeads, queryLength: c.queryLength, keyLength: c.keyLength,
+        headDimension: c.headDimension, visibleFraction: fraction)
+    return .measured(
+        BenchmarkRecord(
+            suite: c.suite, kernel: c.kernelName, batch: c.batch, queryHeads: c.queryHeads,
+            keyValueHeads: c.keyValueHeads, queryLength: c.queryLength, keyLength: c.keyLength,
+            headDimension: c.headDimension, mask: c.maskName, threads: c.threads,
+            medianSeconds: timing.median,
+            minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
+            workspaceBytes: result.workspaceBytes,
+            maxAbsError: sampledError(
+                result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c)))
+}
+
+/// The cases of the `naive` suite: naive attention over a sequence-length sweep, unmasked and causal.
+public func naiveSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
+    let lengths =
+        configuration.sequenceLengths
+        ?? (configuration.quick ? [128, 256, 512, 1024] : [256, 512, 1024, 2048, 4096])
+    let threadCounts = configuration.threads ?? (allThreads > 1 ? [1, allThreads] : [1])
+    var cases: [BenchmarkCase] = []
+    for threads in threadCounts {
+        for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
+            for n in lengths {
+                cases.append(
+                    BenchmarkCase(
+                        suite: "naive", kernelName: "naive", kernel: .naive, maskName: maskName, mask: mask,
+                        queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n,
+                        keyLength: n, headDimension: configuration.headDimension, threads: threads))
+            }
+        }
+    }
+    return cases
+}
