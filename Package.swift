@@ -18,6 +18,14 @@ let package = Package(
         .library(name: "SinkTokenAttention", targets: ["SinkTokenAttention"]),
         .executable(name: "attention-bench", targets: ["AttentionBenchmarks"]),
     ],
+    traits: [
+        .trait(
+            name: "FusedMultiplyAdd",
+            description: "Use fused multiply-add in the kernels' inner loops. Enable it only together with a CPU "
+                + "target that has FMA (e.g. -Xcc -march=native on x86_64, or any arm64 build): on baseline x86_64 "
+                + "each fused multiply-add becomes a libm call per lane."
+        )
+    ],
     targets: [
         .target(name: "AttentionCore"),
         .target(name: "MultiQueryAttention", dependencies: ["AttentionCore"]),

@@ -18,9 +18,12 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var headDimension = 64
     public var heads = 8
     public var minimumRepetitions = 3
+    public var queryBlock: Int? = nil
+    public var kernels: [String]? = nil
+    public var keyBlock: Int? = nil
     public var help = false
 
-    public static let knownSuites = ["naive"]
+    public static let knownSuites = ["naive", "blockwise"]
 
     public init() {}
 
@@ -57,6 +60,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
             case "--head-dim": headDimension = try integers(for: argument, minimum: 1)[0]
             case "--heads": heads = try integers(for: argument, minimum: 1)[0]
             case "--repetitions": minimumRepetitions = try integers(for: argument, minimum: 1)[0]
+            case "--kernels": kernels = try value(for: argument).split(separator: ",").map(String.init)
+            case "--query-block": queryBlock = try integers(for: argument, minimum: 1)[0]
+            case "--key-block": keyBlock = try integers(for: argument, minimum: 1)[0]
             default: throw UsageError("unknown option '\(argument)'; see --help")
             }
         }
@@ -75,6 +81,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
           --head-dim D        head dimension (default 64)
           --heads H           query heads = key/value heads (default 8)
           --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
+          --kernels LIST      only these kernels of the chosen suites, e.g. blockwise
+          --query-block Br    blockwise kernel: query positions per block and head (default: 64 / group size)
+          --key-block Bc      blockwise kernel: keys per tile (default 64)
           --help              this text
 
         Every case is validated against the Float64 reference (small shape, plus sampled rows of the timed output)

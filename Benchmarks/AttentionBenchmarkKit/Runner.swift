@@ -128,19 +128,42 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
 
 /// The cases of the `naive` suite: naive attention over a sequence-length sweep, unmasked and causal.
 public func naiveSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
-    let lengths =
-        configuration.sequenceLengths
-        ?? (configuration.quick ? [128, 256, 512, 1024] : [256, 512, 1024, 2048, 4096])
+    sequenceSweep(
+        suite: "naive", kernels: [("naive", .naive)], configuration,
+        defaultLengths: configuration.quick ? [128, 256, 512, 1024] : [256, 512, 1024, 2048, 4096],
+        allThreads: allThreads)
+}
+
+/// The cases of the `blockwise` suite: the blockwise kernel beside naive, unmasked and causal.
+public func blockwiseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
+    sequenceSweep(
+        suite: "blockwise",
+        kernels: [
+            ("blockwise", .blockwise(queryBlock: configuration.queryBlock, keyBlock: configuration.keyBlock)),
+            ("naive", .naive),
+        ], configuration,
+        defaultLengths: configuration.quick ? [512, 1024, 2048] : [512, 1024, 2048, 4096, 8192, 16384],
+        allThreads: allThreads)
+}
+
+/// Every kernel x thread count x mask (none, causal) x sequence length, with queries = keys = N.
+func sequenceSweep(
+    suite: String, kernels: [(String, AttentionKernel)], _ configuration: BenchmarkConfiguration,
+    defaultLengths: [Int], allThreads: Int
+) -> [BenchmarkCase] {
+    let lengths = configuration.sequenceLengths ?? defaultLengths
     let threadCounts = configuration.threads ?? (allThreads > 1 ? [1, allThreads] : [1])
     var cases: [BenchmarkCase] = []
     for threads in threadCounts {
         for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
             for n in lengths {
-                cases.append(
-                    BenchmarkCase(
-                        suite: "naive", kernelName: "naive", kernel: .naive, maskName: maskName, mask: mask,
-                        queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n,
-                        keyLength: n, headDimension: configuration.headDimension, threads: threads))
+                for (kernelName, kernel) in kernels where configuration.kernels?.contains(kernelName) ?? true {
+                    cases.append(
+                        BenchmarkCase(
+                            suite: suite, kernelName: kernelName, kernel: kernel, maskName: maskName, mask: mask,
+                            queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n,
+                            keyLength: n, headDimension: configuration.headDimension, threads: threads))
+                }
             }
         }
     }

@@ -43,6 +43,7 @@ var cases: [BenchmarkCase] = []
 for suite in configuration.suites {
     switch suite {
     case "naive": cases += naiveSuite(configuration, allThreads: allThreads)
+    case "blockwise": cases += blockwiseSuite(configuration, allThreads: allThreads)
     default: break
     }
 }

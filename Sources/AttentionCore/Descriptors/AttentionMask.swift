@@ -127,3 +127,58 @@ private func unionOfSpans(_ spans: [Range<Int>]) -> [Range<Int>] {
     }
     return merged
 }
+
+/// How much of a (query block, key block) tile a mask lets through.
+public enum TileCoverage: Sendable, Hashable {
+    /// Every pair is visible: the tile runs without a per-element test.
+    case full
+    /// Some pairs are visible: the tile runs and masks element by element.
+    case partial
+    /// No pair is visible: the tile is skipped.
+    case empty
+}
+
+extension AttentionMask {
+    /// The coverage of the tile `queries x keys` in a call with the given lengths. Exact for structured masks; a
+    /// tile that a `custom` predicate touches is `.partial` unless the structured part already makes it `.empty`.
+    ///
+    /// - Complexity: O(queries.count) span computations.
+    public func coverage(queries: Range<Int>, keys: Range<Int>, queryLength: Int, keyLength: Int) -> TileCoverage {
+        let spans = MaskRowSpans(mask: self, queries: queries, queryLength: queryLength, keyLength: keyLength)
+        return spans.coverage(keys: keys)
+    }
+}
+
+/// The visible key spans of a block of consecutive query rows, computed once and reused for every key tile.
+package struct MaskRowSpans {
+    /// spans[row] are the sorted, disjoint visible key ranges of query `queries.lowerBound + row`.
+    package private(set) var spans: [[Range<Int>]]
+    /// Whether a `custom` predicate must still be consulted inside the spans.
+    package let hasPredicate: Bool
+    /// The smallest range holding every row's visible keys (empty if no row sees a key).
+    package let keyHull: Range<Int>
+
+    package init(mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int) {
+        spans = queries.map { mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength) }
+        hasPredicate = mask.hasPredicate
+        let lower = spans.compactMap { $0.first?.lowerBound }.min() ?? 0
+        let upper = spans.compactMap { $0.last?.upperBound }.max() ?? 0
+        keyHull = lower < upper ? lower..<upper : 0..<0
+    }
+
+    /// The coverage of `keys` for these rows.
+    package func coverage(keys: Range<Int>) -> TileCoverage {
+        var anyVisible = false
+        var allVisible = true
+        for rowSpans in spans {
+            var covered = 0
+            for span in rowSpans where span.overlaps(keys) {
+                covered += span.clamped(to: keys).count
+            }
+            anyVisible = anyVisible || covered > 0
+            allVisible = allVisible && covered == keys.count
+        }
+        if !anyVisible { return .empty }
+        return allVisible && !hasPredicate ? .full : .partial
+    }
+}

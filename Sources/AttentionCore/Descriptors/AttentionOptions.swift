@@ -10,11 +10,17 @@
 
 /// Which kernel computes attention.
 public enum AttentionKernel: Sendable, Hashable {
-    /// Let the library choose (see `AttentionKernel.resolved`).
+    /// Let the library choose: the blockwise kernel with tiles sized for the head grouping
+    /// (see `AttentionKernel.resolved(for:)`).
     case automatic
     /// The quadratic baseline: materializes the whole [batch, queryHeads, queryLength, keyLength] score tensor.
     /// Refuses calls whose score tensor exceeds `AttentionOptions.naiveMemoryBudget`.
     case naive
+    /// The tiled online-softmax kernel (FlashAttention-2): O(threads * tile) scratch memory, never Nq x Nk.
+    /// `queryBlock` is the query positions per block and head (default: 64 / (queryHeads / keyValueHeads), at
+    /// least 1); `keyBlock` the keys per tile (default 64). Both must be >= 1 when given. The output does not
+    /// depend on them beyond float rounding.
+    case blockwise(queryBlock: Int? = nil, keyBlock: Int? = nil)
 }
 
 /// Everything about an attention call besides the tensors and the mask.

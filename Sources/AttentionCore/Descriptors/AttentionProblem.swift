@@ -84,6 +84,16 @@ package struct AttentionProblem: Sendable {
                     reason: "the bias adds to the [batch, queryHeads, queryLength, keyLength] scores")
             }
         }
+        if case .blockwise(let queryBlock, let keyBlock) = options.kernel {
+            if let queryBlock {
+                try AttentionError.require(
+                    queryBlock >= 1, "options.kernel queryBlock", expected: ">= 1", actual: "\(queryBlock)")
+            }
+            if let keyBlock {
+                try AttentionError.require(
+                    keyBlock >= 1, "options.kernel keyBlock", expected: ">= 1", actual: "\(keyBlock)")
+            }
+        }
         if let threads = options.threads {
             try AttentionError.require(
                 threads >= 1, "options.threads", expected: ">= 1", actual: "\(threads)")

@@ -55,16 +55,22 @@ public func attentionWithLogSumExp(
     switch options.kernel.resolved(for: problem) {
     case .naive, .automatic:
         return try naiveAttention(problem, queries: queries, keys: keys, values: values)
+    case .blockwise(let queryBlock, let keyBlock):
+        let automatic = BlockwiseTiling.automatic(groupSize: problem.groupSize)
+        let tiling = BlockwiseTiling(
+            queryBlock: queryBlock ?? automatic.queryBlock, keyBlock: keyBlock ?? automatic.keyBlock)
+        return blockwiseAttention(problem, queries: queries, keys: keys, values: values, tiling: tiling)
     }
 }
 
 extension AttentionKernel {
-    /// The one place that turns `.automatic` into a concrete kernel. Today only the naive kernel exists, so
-    /// `.automatic` runs it; the blockwise kernel (issue 3) will take over everything but tiny shapes.
+    /// The one place that turns `.automatic` into a concrete kernel: always the blockwise kernel with its default
+    /// tiles. (Measured with attention-bench: the blockwise kernel is faster than naive at every shape tried,
+    /// and needs no N x N memory.)
     package func resolved(for problem: AttentionProblem) -> AttentionKernel {
         switch self {
-        case .automatic: return .naive
-        case .naive: return .naive
+        case .automatic: return .blockwise()
+        case .naive, .blockwise: return self
         }
     }
 }

@@ -90,7 +90,7 @@ package func softmaxRow(
     var maxVector = SIMD16<Float>(repeating: -.infinity)
     var i = 0
     while i + 16 <= count {
-        maxVector = pointwiseMax(maxVector, load16(row, i))
+        maxVector = vectorMax(maxVector, load16(row, i))
         i += 16
     }
     var maximum = Swift.max(horizontalMax(maxVector), extraLogit)

@@ -116,13 +116,29 @@ package func horizontalSum(_ v: SIMD16<Float>) -> Float {
     return c[0] + c[1]
 }
 
-/// The lanes' maximum, as a balanced tree. NaN lanes are ignored unless every lane is NaN.
+/// The lane-wise maximum as one compare and one blend. (The stdlib's `pointwiseMax` is a scalar loop with a
+/// compare per lane.) A NaN in `b` is ignored; a NaN in `a` is kept.
+@inlinable @inline(__always)
+package func vectorMax(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> {
+    a.replacing(with: b, where: a .< b)
+}
+
+/// The lanes' maximum, as a balanced tree.
 @inlinable @inline(__always)
 package func horizontalMax(_ v: SIMD16<Float>) -> Float {
-    let a = pointwiseMax(v.lowHalf, v.highHalf)
-    let b = pointwiseMax(a.lowHalf, a.highHalf)
-    let c = pointwiseMax(b.lowHalf, b.highHalf)
+    let a = v.lowHalf.replacing(with: v.highHalf, where: v.lowHalf .< v.highHalf)
+    let b = a.lowHalf.replacing(with: a.highHalf, where: a.lowHalf .< a.highHalf)
+    let c = b.lowHalf.replacing(with: b.highHalf, where: b.lowHalf .< b.highHalf)
     return Swift.max(c[0], c[1])
+}
+
+/// The lanes' minimum, as a balanced tree.
+@inlinable @inline(__always)
+package func horizontalMin(_ v: SIMD16<Float>) -> Float {
+    let a = v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .< v.lowHalf)
+    let b = a.lowHalf.replacing(with: a.highHalf, where: a.highHalf .< a.lowHalf)
+    let c = b.lowHalf.replacing(with: b.highHalf, where: b.highHalf .< b.lowHalf)
+    return Swift.min(c[0], c[1])
 }
 
 /// Loads 16 floats from `pointer + offset` (no alignment requirement).
@@ -162,4 +178,16 @@ package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, 
         i += 1
     }
     return total
+}
+
+/// acc + a * b. With the `FusedMultiplyAdd` package trait this is one fused multiply-add (one rounding); without
+/// it, a multiply and an add, because on Swift's default x86_64 target a fused multiply-add is a libm call per
+/// lane (see the README's "Build flags" section for the measured numbers behind this choice).
+@inlinable @inline(__always)
+package func multiplyAdd(_ a: SIMD16<Float>, _ b: SIMD16<Float>, _ acc: SIMD16<Float>) -> SIMD16<Float> {
+    #if FusedMultiplyAdd
+    return acc.addingProduct(a, b)
+    #else
+    return acc + a * b
+    #endif
 }

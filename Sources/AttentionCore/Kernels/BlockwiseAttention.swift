@@ -1,0 +1,308 @@
+// Blockwise attention: the FlashAttention-2 forward pass (Dao, 2023) on the CPU. Every softmax variant of this
+// package (MHA/GQA/MQA, every mask, softcap, ALiBi, bias, learned sinks) runs through this one kernel.
+//
+// Work item = (batch b, key/value head, query block). The G query heads that share the key/value head are
+// processed together: their Br query rows each form one set of R = G * Br rows, so every key/value tile is read
+// once per group. For each visible key tile (Bc keys) the kernel computes the scores of all R rows, updates the
+// online softmax state and accumulates P V. Nothing of size Nq x Nk is ever allocated.
+//
+// Layout - rows in lanes: every per-tile matrix is stored transposed, with the R query rows along the 16-lane
+// vectors. Q^T [Dk, Rp] is packed once per work item (scaled by scale * log2(e), so scores come out in base 2);
+// S^T = K Q^T [Bc, Rp] is computed by broadcasting key elements against Q^T vectors, and O^T [Dv, Rp] += V^T P^T
+// by broadcasting value elements against P^T vectors. K and V are read in place (no per-tile packing), and the
+// softmax statistics m and l are vectors of 16 rows, so the online softmax needs no horizontal reductions or
+// lane shuffles.
+//
+// Legend: B batch, Hq/Hkv query/key-value heads, G = Hq / Hkv, Nq/Nk lengths, Dk/Dv head dimensions,
+// Br query positions per block (per head), Bc keys per tile, R = G * Br rows per item, Rp = R rounded up to 16,
+// m running row maximum (base 2), l running denominator, S scores, P = exp2(S - m) weights, O unnormalized output.
+//
+// Numerics: masked scores become -inf *after* they are computed (so NaN in a masked key is discarded); the row
+// maximum used for exponentials is replaced by 0 while a row has seen no key, so exp2(-inf - -inf) never happens;
+// value rows holding NaN or infinity are kept out of rows whose weight for them is zero.
+
+/// The blockwise kernel's tile sizes for one call.
+package struct BlockwiseTiling: Sendable, Hashable {
+    /// Query positions per block, per head (Br).
+    package var queryBlock: Int
+    /// Keys per tile (Bc).
+    package var keyBlock: Int
+
+    /// The default tiles: R = G * Br close to 64 rows (4 vectors, the micro-kernels' row width) and 64-key tiles,
+    /// so that S^T (16 KiB) and one P^T panel stay in L1.
+    package static func automatic(groupSize: Int) -> BlockwiseTiling {
+        BlockwiseTiling(queryBlock: Swift.max(1, 64 / groupSize), keyBlock: 64)
+    }
+}
+
+/// Bytes of per-worker scratch the blockwise kernel allocates for one worker.
+package func blockwiseScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) -> Int {
+    let rp = roundUp16(problem.groupSize * tiling.queryBlock)
+    let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
+    return rp * (dk + bc + dv + 2) + bc * dv
+}
+
+
+private let log2e: Float = 1.442_695_04
+private let ln2: Float = 0.693_147_18
+
+package func blockwiseAttention(
+    _ problem: AttentionProblem, queries: Tensor, keys: Tensor, values: Tensor, tiling: BlockwiseTiling
+) -> AttentionResult {
+    let (nq, dv) = (problem.queryLength, problem.valueDimension)
+    let queryBlocks = (nq + tiling.queryBlock - 1) / tiling.queryBlock
+    let items = problem.batch * problem.keyValueHeads * queryBlocks
+    let workers = Parallel.workerCount(items: items, threads: problem.threads)
+    let scratchFloats = blockwiseScratchFloats(problem, tiling)
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * scratchFloats)
+    defer { scratch.deallocate() }
+
+    let outputCount = problem.batch * problem.queryHeads * nq
+    var output = [Float](repeating: 0, count: outputCount * dv)
+    var logSumExp = [Float](repeating: 0, count: outputCount)
+    let biasScalars = problem.options.bias?.scalars ?? []
+    queries.withUnsafeBufferPointer { q in
+        keys.withUnsafeBufferPointer { k in
+            values.withUnsafeBufferPointer { v in
+                biasScalars.withUnsafeBufferPointer { bias in
+                    output.withUnsafeMutableBufferPointer { o in
+                        logSumExp.withUnsafeMutableBufferPointer { lse in
+                            let context = UncheckedSendable(
+                                BlockContext(
+                                    problem: problem, tiling: tiling, queries: q.baseAddress, keys: k.baseAddress,
+                                    values: v.baseAddress, bias: bias.baseAddress, output: o.baseAddress,
+                                    logSumExp: lse.baseAddress))
+                            Parallel.forEach(items: items, threads: problem.threads) { worker, item in
+                                // Last query blocks first: under a causal mask they have the most work, and
+                                // starting with them balances the dynamic schedule.
+                                let block = queryBlocks - 1 - item % queryBlocks
+                                let (b, kvHead) = (item / queryBlocks).quotientAndRemainder(
+                                    dividingBy: problem.keyValueHeads)
+                                context.value.run(
+                                    batch: b, keyValueHead: kvHead, queryBlock: block,
+                                    scratch: scratch + worker * scratchFloats)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return AttentionResult(
+        output: Tensor(uncheckedShape: problem.outputShape, scalars: output),
+        logSumExp: Tensor(uncheckedShape: [problem.batch, problem.queryHeads, nq], scalars: logSumExp),
+        workspaceBytes: workers * scratchFloats * MemoryLayout<Float>.size)
+}
+
+/// Everything one work item needs; pointers may be nil only when their tensor is empty.
+private struct BlockContext {
+    let problem: AttentionProblem
+    let tiling: BlockwiseTiling
+    let queries: UnsafePointer<Float>?
+    let keys: UnsafePointer<Float>?
+    let values: UnsafePointer<Float>?
+    let bias: UnsafePointer<Float>?
+    let output: UnsafeMutablePointer<Float>?
+    let logSumExp: UnsafeMutablePointer<Float>?
+
+    /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`.
+    func run(batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, scratch: UnsafeMutablePointer<Float>) {
+        let p = problem
+        let (nq, nk, dk, dv, g) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, p.groupSize)
+        let (br, bc) = (tiling.queryBlock, tiling.keyBlock)
+        let rp = roundUp16(g * br)
+        let i0 = queryBlock * br
+        let rows = Swift.min(br, nq - i0)
+        guard rows > 0, let queries, let output, let logSumExp else { return }
+
+        let qT = scratch
+        let sT = qT + dk * rp
+        let oT = sT + bc * rp
+        let m = oT + dv * rp
+        let l = m + rp
+        let cleanValues = l + rp
+
+        // Q^T, scaled so that scores come out in base 2 (unless softcap needs them in natural units first).
+        let softcap = p.options.softcap
+        let qScale = softcap == nil ? p.scale * log2e : p.scale
+        qT.update(repeating: 0, count: dk * rp)
+        for head in 0..<g {
+            let source = queries + ((b * p.queryHeads + kvHead * g + head) * nq + i0) * dk
+            for row in 0..<rows {
+                let r = head * br + row
+                for c in 0..<dk { qT[c * rp + r] = source[row * dk + c] * qScale }
+            }
+        }
+        // Softmax state: a learned sink logit starts a row at m = sink, l = exp2(sink - m) = 1.
+        m.update(repeating: -.infinity, count: rp)
+        l.update(repeating: 0, count: rp)
+        if let sinks = p.options.sinkLogits {
+            for head in 0..<g {
+                for row in 0..<rows {
+                    m[head * br + row] = sinks[kvHead * g + head] * log2e
+                    l[head * br + row] = 1
+                }
+            }
+        }
+        oT.update(repeating: 0, count: dv * rp)
+
+        let spans = MaskRowSpans(mask: p.mask, queries: i0..<(i0 + rows), queryLength: nq, keyLength: nk)
+        if let keys, let values, !spans.keyHull.isEmpty {
+            let keyBase = keys + (b * p.keyValueHeads + kvHead) * nk * dk
+            let valueBase = values + (b * p.keyValueHeads + kvHead) * nk * dv
+            let hasScoreOptions = softcap != nil || p.options.alibiSlopes != nil || p.options.bias != nil
+            var tileStart = spans.keyHull.lowerBound / bc * bc
+            while tileStart < spans.keyHull.upperBound {
+                let tile = tileStart..<Swift.min(tileStart + bc, nk)
+                tileStart += bc
+                let coverage = spans.coverage(keys: tile)
+                if coverage == .empty { continue }
+                computeScores(
+                    qT: qT, rowStride: rp, keys: keyBase + tile.lowerBound * dk, keyCount: tile.count, depth: dk,
+                    scores: sT)
+                if hasScoreOptions {
+                    applyScoreOptions(sT, rowStride: rp, batch: b, keyValueHead: kvHead, i0: i0, rows: rows, tile: tile)
+                }
+                if coverage == .partial {
+                    applyMask(sT, rowStride: rp, spans: spans, i0: i0, rows: rows, tile: tile)
+                }
+                updateSoftmax(sT, rowStride: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv)
+                var tileValues = valueBase + tile.lowerBound * dv
+                if coverage == .partial || p.options.bias != nil {
+                    tileValues = quarantineNonFiniteValues(
+                        tileValues, keyCount: tile.count, valueDimension: dv, weights: sT, rowStride: rp, oT: oT,
+                        clean: cleanValues)
+                }
+                accumulateValues(
+                    weights: sT, rowStride: rp, keyCount: tile.count, values: tileValues, valueDimension: dv, oT: oT)
+            }
+        }
+
+        // O = O^T / l, transposed back; LSE = ln(2^m * l) = m * ln2 + ln l.
+        for head in 0..<g {
+            let rowBase = (b * p.queryHeads + kvHead * g + head) * nq + i0
+            for row in 0..<rows {
+                let r = head * br + row
+                let denominator = l[r]
+                // l == 0: the row saw no key (and has no sink): zeros, not 0/0.
+                let inverse: Float = denominator == 0 ? 0 : 1 / denominator
+                let target = output + (rowBase + row) * dv
+                for c in 0..<dv { target[c] = oT[c * rp + r] * inverse }
+                logSumExp[rowBase + row] = denominator == 0 ? -.infinity : m[r] * ln2 + _log(denominator)
+            }
+        }
+    }
+
+    /// Softcap, ALiBi and bias on one tile of scores (rows in lanes, row r = head * Br + row). Scores leave in base 2.
+    private func applyScoreOptions(
+        _ sT: UnsafeMutablePointer<Float>, rowStride rp: Int, batch b: Int, keyValueHead kvHead: Int, i0: Int,
+        rows: Int, tile: Range<Int>
+    ) {
+        let p = problem
+        let (g, br, nq, nk) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyLength)
+        let softcap = p.options.softcap
+        let bias = p.options.bias
+        for head in 0..<g {
+            let h = kvHead * g + head
+            let slope = p.options.alibiSlopes.map { $0[h] * log2e }
+            var biasRows: UnsafePointer<Float>? = nil
+            if let bias, let base = self.bias {
+                let bb = bias.shape[0] == 1 ? 0 : b
+                let bh = bias.shape[1] == 1 ? 0 : h
+                biasRows = base + (bb * bias.shape[1] + bh) * nq * nk
+            }
+            for (kk, j) in tile.enumerated() {
+                let column = sT + kk * rp + head * br
+                if let softcap {
+                    for row in 0..<rows { column[row] = softcap * _tanh(column[row] / softcap) * log2e }
+                }
+                if let slope {
+                    for row in 0..<rows { column[row] -= slope * Float(abs(i0 + row + nk - nq - j)) }
+                }
+                if let biasRows {
+                    for row in 0..<rows { column[row] += biasRows[(i0 + row) * nk + j] * log2e }
+                }
+            }
+        }
+    }
+
+    /// Sets masked scores of a partial tile to -inf, for every head of the group (masks depend on positions only).
+    private func applyMask(
+        _ sT: UnsafeMutablePointer<Float>, rowStride rp: Int, spans: MaskRowSpans, i0: Int, rows: Int,
+        tile: Range<Int>
+    ) {
+        let p = problem
+        let (g, br) = (p.groupSize, tiling.queryBlock)
+        for row in 0..<rows {
+            let rowSpans = spans.spans[row]
+            for (kk, j) in tile.enumerated() {
+                var visible = rowSpans.contains { $0.contains(j) }
+                if visible && spans.hasPredicate {
+                    visible = p.mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength)
+                }
+                if !visible {
+                    for head in 0..<g { sT[kk * rp + head * br + row] = -.infinity }
+                }
+            }
+        }
+    }
+}
+
+/// Online softmax over one tile for every row vector: m' = max(m, max_j S), P = exp2(S - m'), l' = l * 2^(m - m')
+/// + sum P, O^T *= 2^(m - m'). P overwrites S.
+@inline(__always)
+private func updateSoftmax(
+    _ sT: UnsafeMutablePointer<Float>, rowStride rp: Int, keyCount: Int, m: UnsafeMutablePointer<Float>,
+    l: UnsafeMutablePointer<Float>, oT: UnsafeMutablePointer<Float>, valueDimension dv: Int
+) {
+    let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
+    var rv = 0
+    while rv < rp {
+        var tileMax = negativeInfinity
+        for kk in 0..<keyCount { tileMax = vectorMax(tileMax, load16(sT, kk * rp + rv)) }
+        let oldMax = load16(m, rv)
+        let newMax = vectorMax(oldMax, tileMax)
+        // A row that has seen no key keeps m = -inf; exponentiate against 0 instead so that no -inf - -inf occurs.
+        let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
+        let alpha = vectorExp2(oldMax - shift)
+        var sum = SIMD16<Float>()
+        for kk in 0..<keyCount {
+            let weight = vectorExp2(load16(sT, kk * rp + rv) - shift)
+            store16(weight, sT, kk * rp + rv)
+            sum += weight
+        }
+        store16(multiplyAdd(load16(l, rv), alpha, sum), l, rv)
+        store16(newMax, m, rv)
+        // Skip the rescale when no row's maximum moved (the common case once a row has seen its largest score).
+        if horizontalMin(alpha) != 1 {
+            for c in 0..<dv { store16(load16(oT, c * rp + rv) * alpha, oT, c * rp + rv) }
+        }
+        rv += 16
+    }
+}
+
+/// Value rows with NaN or infinity: rows that give them zero weight must not receive 0 * NaN. Such rows are
+/// copied to `clean` with the bad rows zeroed (the fast kernel then runs on `clean`), and the bad rows are added
+/// here, only to the rows with nonzero weight. Returns the values pointer the fast kernel should use.
+private func quarantineNonFiniteValues(
+    _ values: UnsafePointer<Float>, keyCount: Int, valueDimension dv: Int, weights pT: UnsafePointer<Float>,
+    rowStride rp: Int, oT: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
+) -> UnsafePointer<Float> {
+    var poisoned: [Int] = []
+    for kk in 0..<keyCount {
+        let row = values + kk * dv
+        var bad = false
+        for c in 0..<dv where !row[c].isFinite { bad = true }
+        if bad { poisoned.append(kk) }
+    }
+    if poisoned.isEmpty { return values }
+    clean.update(from: values, count: keyCount * dv)
+    for kk in poisoned {
+        (clean + kk * dv).update(repeating: 0, count: dv)
+        for r in 0..<rp where pT[kk * rp + r] != 0 {
+            let weight = pT[kk * rp + r]
+            for c in 0..<dv { oT[c * rp + r] += values[kk * dv + c] * weight }
+        }
+    }
+    return UnsafePointer(clean)
+}
