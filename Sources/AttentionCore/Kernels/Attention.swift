@@ -59,7 +59,8 @@ public func attentionWithLogSumExp(
         let automatic = BlockwiseTiling.automatic(groupSize: problem.groupSize)
         let tiling = BlockwiseTiling(
             queryBlock: queryBlock ?? automatic.queryBlock, keyBlock: keyBlock ?? automatic.keyBlock)
-        return blockwiseAttention(problem, queries: queries, keys: keys, values: values, tiling: tiling)
+        return tiledAttention(
+            problem, queries: queries, keys: keys, values: values, tiling: tiling, scoreStorage: .perWorkerTile)
     }
 }
 

@@ -1,37 +1,38 @@
 // The blockwise kernel's two register-blocked micro-kernels, both "rows in lanes" (see BlockwiseAttention.swift):
 //
-//   computeScores:     S^T[k, r] = sum_c K[k, c] * Q^T[c, r]       4 keys x 16 rows per step: 4 accumulators
-//   accumulateValues:  O^T[c, r] += sum_k V[k, c] * P^T[k, r]      4 value columns x 16 rows: 4 accumulators
+//   computeScores:     S^T[k, r] = sum_c K[k, c] * Q^T[c, r]       6 keys x 16 rows per step
+//   accumulateValues:  O^T[c, r] += sum_k V[k, c] * P^T[k, r]      6 value columns x 16 rows per step
 //
-// Each step broadcasts 4 scalars from K or V (contiguous in their rows) against one 16-row vector: 4 vector
-// multiply-adds for 1 vector load and 4 broadcasts. Sized for AVX2 (16 ymm registers, where a SIMD16<Float> is two
-// of them): 8 ymm accumulators hide the 4-cycle FMA latency at 2 FMAs per cycle, and about 11 registers are live,
-// so nothing spills. (A 16-accumulator AVX-512-shaped kernel spilled on every step when built for AVX2.) Rp, the row
-// stride, is a multiple of 16, so rows never need a tail; keys and value columns that do not fill a group of 4 run
-// one at a time.
+// The main kernels take 6 keys (or 6 value columns) at a time, broadcasting 6 scalars from K or V (contiguous in
+// their rows) against one 16-row vector: 6 vector multiply-adds per vector load. Sized for AVX2 (16 ymm registers;
+// a SIMD16<Float> is two of them): 12 ymm accumulators hide the 4-cycle FMA latency at 2 FMAs per cycle and 15
+// registers are live, so nothing spills. (A 16-accumulator kernel shaped for AVX-512 spilled on every step when
+// built for AVX2; machines of this project's kind expose AVX2 and FMA but not AVX-512.) Leftovers run 4, then 1, at
+// a time. Matrices are stripe-major (see `stripeIndex`): one 16-row stripe is a contiguous [columns, 16] block, and
+// Rp is a multiple of 16, so rows never need a tail.
 
 /// S^T [keyCount, Rp] = K[tile] Q^T for every row. One 16-row stripe of Q^T (Dk x 16 floats) at a time, so that
 /// it stays in L1 while every key of the tile streams past it.
 @inline(__always)
 func computeScores(
-    qT: UnsafePointer<Float>, rowStride rp: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
+    qT: UnsafePointer<Float>, rowCount rp: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
     scores: UnsafeMutablePointer<Float>
 ) {
     var rb = 0
     while rb < rp {
-        let q = qT + rb
-        let out = scores + rb
+        let q = qT + rb * dk
+        let out = scores + rb * keyCount
         var kk = 0
         while kk + 6 <= keyCount {
-            scoreKernel6(q, rowStride: rp, keys: keys + kk * dk, depth: dk, out: out + kk * rp)
+            scoreKernel6(q, keys: keys + kk * dk, depth: dk, out: out + kk * 16)
             kk += 6
         }
         if kk + 4 <= keyCount {
-            scoreKernel4(q, rowStride: rp, keys: keys + kk * dk, depth: dk, out: out + kk * rp)
+            scoreKernel4(q, keys: keys + kk * dk, depth: dk, out: out + kk * 16)
             kk += 4
         }
         while kk < keyCount {
-            scoreKernel1(q, rowStride: rp, key: keys + kk * dk, depth: dk, out: out + kk * rp)
+            scoreKernel1(q, key: keys + kk * dk, depth: dk, out: out + kk * 16)
             kk += 1
         }
         rb += 16
@@ -41,24 +42,24 @@ func computeScores(
 /// O^T [Dv, Rp] += V[tile]^T P^T for every row, one 16-row stripe of P^T (keyCount x 16 floats) at a time.
 @inline(__always)
 func accumulateValues(
-    weights pT: UnsafePointer<Float>, rowStride rp: Int, keyCount: Int, values: UnsafePointer<Float>,
+    weights pT: UnsafePointer<Float>, rowCount rp: Int, keyCount: Int, values: UnsafePointer<Float>,
     valueDimension dv: Int, oT: UnsafeMutablePointer<Float>
 ) {
     var rb = 0
     while rb < rp {
-        let p = pT + rb
-        let out = oT + rb
+        let p = pT + rb * keyCount
+        let out = oT + rb * dv
         var c = 0
         while c + 6 <= dv {
-            valueKernel6(p, rowStride: rp, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * rp)
+            valueKernel6(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
             c += 6
         }
         if c + 4 <= dv {
-            valueKernel4(p, rowStride: rp, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * rp)
+            valueKernel4(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
             c += 4
         }
         while c < dv {
-            valueKernel1(p, rowStride: rp, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * rp)
+            valueKernel1(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
             c += 1
         }
         rb += 16
@@ -67,7 +68,7 @@ func accumulateValues(
 
 @inline(__always)
 private func scoreKernel4(
-    _ qT: UnsafePointer<Float>, rowStride rp: Int, keys: UnsafePointer<Float>, depth dk: Int,
+    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
@@ -79,34 +80,34 @@ private func scoreKernel4(
         a1 = multiplyAdd(SIMD16<Float>(repeating: k1[c]), qc, a1)
         a2 = multiplyAdd(SIMD16<Float>(repeating: k2[c]), qc, a2)
         a3 = multiplyAdd(SIMD16<Float>(repeating: k3[c]), qc, a3)
-        q += rp
+        q += 16
     }
     store16(a0, out, 0)
-    store16(a1, out, rp)
-    store16(a2, out, 2 * rp)
-    store16(a3, out, 3 * rp)
+    store16(a1, out, 16)
+    store16(a2, out, 32)
+    store16(a3, out, 48)
 }
 
 @inline(__always)
 private func scoreKernel1(
-    _ qT: UnsafePointer<Float>, rowStride rp: Int, key: UnsafePointer<Float>, depth dk: Int,
+    _ qT: UnsafePointer<Float>, key: UnsafePointer<Float>, depth dk: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>()
     var q = qT
     for c in 0..<dk {
         a0 = multiplyAdd(SIMD16<Float>(repeating: key[c]), load16(q, 0), a0)
-        q += rp
+        q += 16
     }
     store16(a0, out, 0)
 }
 
 @inline(__always)
 private func valueKernel4(
-    _ pT: UnsafePointer<Float>, rowStride rp: Int, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
+    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
     out: UnsafeMutablePointer<Float>
 ) {
-    var a0 = load16(out, 0), a1 = load16(out, rp), a2 = load16(out, 2 * rp), a3 = load16(out, 3 * rp)
+    var a0 = load16(out, 0), a1 = load16(out, 16), a2 = load16(out, 32), a3 = load16(out, 48)
     var p = pT
     var v = values
     for _ in 0..<keyCount {
@@ -115,18 +116,18 @@ private func valueKernel4(
         a1 = multiplyAdd(SIMD16<Float>(repeating: v[1]), pk, a1)
         a2 = multiplyAdd(SIMD16<Float>(repeating: v[2]), pk, a2)
         a3 = multiplyAdd(SIMD16<Float>(repeating: v[3]), pk, a3)
-        p += rp
+        p += 16
         v += dv
     }
     store16(a0, out, 0)
-    store16(a1, out, rp)
-    store16(a2, out, 2 * rp)
-    store16(a3, out, 3 * rp)
+    store16(a1, out, 16)
+    store16(a2, out, 32)
+    store16(a3, out, 48)
 }
 
 @inline(__always)
 private func valueKernel1(
-    _ pT: UnsafePointer<Float>, rowStride rp: Int, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
+    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = load16(out, 0)
@@ -134,7 +135,7 @@ private func valueKernel1(
     var v = values
     for _ in 0..<keyCount {
         a0 = multiplyAdd(SIMD16<Float>(repeating: v[0]), load16(p, 0), a0)
-        p += rp
+        p += 16
         v += dv
     }
     store16(a0, out, 0)
@@ -142,7 +143,7 @@ private func valueKernel1(
 
 @inline(__always)
 private func scoreKernel6(
-    _ qT: UnsafePointer<Float>, rowStride rp: Int, keys: UnsafePointer<Float>, depth dk: Int,
+    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>()
@@ -157,23 +158,23 @@ private func scoreKernel6(
         a3 = multiplyAdd(SIMD16<Float>(repeating: k3[c]), qc, a3)
         a4 = multiplyAdd(SIMD16<Float>(repeating: k4[c]), qc, a4)
         a5 = multiplyAdd(SIMD16<Float>(repeating: k5[c]), qc, a5)
-        q += rp
+        q += 16
     }
     store16(a0, out, 0)
-    store16(a1, out, rp)
-    store16(a2, out, 2 * rp)
-    store16(a3, out, 3 * rp)
-    store16(a4, out, 4 * rp)
-    store16(a5, out, 5 * rp)
+    store16(a1, out, 16)
+    store16(a2, out, 32)
+    store16(a3, out, 48)
+    store16(a4, out, 64)
+    store16(a5, out, 80)
 }
 
 @inline(__always)
 private func valueKernel6(
-    _ pT: UnsafePointer<Float>, rowStride rp: Int, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
+    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
     out: UnsafeMutablePointer<Float>
 ) {
-    var a0 = load16(out, 0), a1 = load16(out, rp), a2 = load16(out, 2 * rp)
-    var a3 = load16(out, 3 * rp), a4 = load16(out, 4 * rp), a5 = load16(out, 5 * rp)
+    var a0 = load16(out, 0), a1 = load16(out, 16), a2 = load16(out, 32)
+    var a3 = load16(out, 48), a4 = load16(out, 64), a5 = load16(out, 80)
     var p = pT
     var v = values
     for _ in 0..<keyCount {
@@ -184,13 +185,13 @@ private func valueKernel6(
         a3 = multiplyAdd(SIMD16<Float>(repeating: v[3]), pk, a3)
         a4 = multiplyAdd(SIMD16<Float>(repeating: v[4]), pk, a4)
         a5 = multiplyAdd(SIMD16<Float>(repeating: v[5]), pk, a5)
-        p += rp
+        p += 16
         v += dv
     }
     store16(a0, out, 0)
-    store16(a1, out, rp)
-    store16(a2, out, 2 * rp)
-    store16(a3, out, 3 * rp)
-    store16(a4, out, 4 * rp)
-    store16(a5, out, 5 * rp)
+    store16(a1, out, 16)
+    store16(a2, out, 32)
+    store16(a3, out, 48)
+    store16(a4, out, 64)
+    store16(a5, out, 80)
 }

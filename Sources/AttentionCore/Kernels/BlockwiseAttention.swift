@@ -35,27 +35,59 @@ package struct BlockwiseTiling: Sendable, Hashable {
     }
 }
 
-/// Bytes of per-worker scratch the blockwise kernel allocates for one worker.
-package func blockwiseScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) -> Int {
-    let rp = roundUp16(problem.groupSize * tiling.queryBlock)
-    let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
-    return rp * (dk + bc + dv + 2) + bc * dv
+/// Where the kernel keeps each tile's scores.
+package enum ScoreStorage {
+    /// One S^T tile per worker, reused for every tile: the blockwise kernel.
+    case perWorkerTile
+    /// Every work item's S^T in one tensor of `B * Hkv * Bc * Rp` floats, kept whole: the naive kernel, which runs
+    /// this same code with a single tile (Br = Nq, Bc = Nk) so that it materializes the entire score matrix.
+    case materialized
 }
 
+/// Floats of per-worker scratch: Q^T [Dk, Rp], O^T [Dv, Rp], m and l [Rp], the quarantine copy of a V tile
+/// [Bc, Dv], and (for `.perWorkerTile`) S^T [Bc, Rp].
+package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int {
+    let rp = roundUp16(problem.groupSize * tiling.queryBlock)
+    let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
+    let tile = storage == .perWorkerTile ? bc * rp : 0
+    return rp * (dk + dv + 2) + bc * dv + tile
+}
+
+/// Floats of the materialized score tensor for `.materialized` storage, or nil if that overflows Int.
+package func materializedScoreFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) -> Int? {
+    let queryBlocks = (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock
+    var total = 1
+    for factor in [
+        problem.batch, problem.keyValueHeads, queryBlocks, tiling.keyBlock,
+        roundUp16(problem.groupSize * tiling.queryBlock),
+    ] {
+        let (product, overflow) = total.multipliedReportingOverflow(by: factor)
+        if overflow { return nil }
+        total = product
+    }
+    return total
+}
 
 private let log2e: Float = 1.442_695_04
 private let ln2: Float = 0.693_147_18
 
-package func blockwiseAttention(
-    _ problem: AttentionProblem, queries: Tensor, keys: Tensor, values: Tensor, tiling: BlockwiseTiling
+/// Runs the tiled kernel over every work item. The blockwise kernel calls it with `.perWorkerTile`; the naive
+/// kernel with one tile covering everything and `.materialized` (after checking its memory budget).
+package func tiledAttention(
+    _ problem: AttentionProblem, queries: Tensor, keys: Tensor, values: Tensor, tiling: BlockwiseTiling,
+    scoreStorage: ScoreStorage
 ) -> AttentionResult {
     let (nq, dv) = (problem.queryLength, problem.valueDimension)
     let queryBlocks = (nq + tiling.queryBlock - 1) / tiling.queryBlock
     let items = problem.batch * problem.keyValueHeads * queryBlocks
     let workers = Parallel.workerCount(items: items, threads: problem.threads)
-    let scratchFloats = blockwiseScratchFloats(problem, tiling)
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * scratchFloats)
+    let scratchFloats = tiledScratchFloats(problem, tiling, scoreStorage)
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
     defer { scratch.deallocate() }
+    let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
+    let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
+    defer { scores.deallocate() }
+    let tileFloats = tiling.keyBlock * roundUp16(problem.groupSize * tiling.queryBlock)
 
     let outputCount = problem.batch * problem.queryHeads * nq
     var output = [Float](repeating: 0, count: outputCount * dv)
@@ -78,9 +110,13 @@ package func blockwiseAttention(
                                 let block = queryBlocks - 1 - item % queryBlocks
                                 let (b, kvHead) = (item / queryBlocks).quotientAndRemainder(
                                     dividingBy: problem.keyValueHeads)
+                                let workerScratch = scratch + worker * scratchFloats
+                                let tile =
+                                    scoreStorage == .materialized
+                                    ? scores + item * tileFloats : workerScratch + (scratchFloats - tileFloats)
                                 context.value.run(
-                                    batch: b, keyValueHead: kvHead, queryBlock: block,
-                                    scratch: scratch + worker * scratchFloats)
+                                    batch: b, keyValueHead: kvHead, queryBlock: block, scratch: workerScratch,
+                                    scoreTile: tile)
                             }
                         }
                     }
@@ -91,7 +127,7 @@ package func blockwiseAttention(
     return AttentionResult(
         output: Tensor(uncheckedShape: problem.outputShape, scalars: output),
         logSumExp: Tensor(uncheckedShape: [problem.batch, problem.queryHeads, nq], scalars: logSumExp),
-        workspaceBytes: workers * scratchFloats * MemoryLayout<Float>.size)
+        workspaceBytes: (workers * scratchFloats + scoreFloats) * MemoryLayout<Float>.size)
 }
 
 /// Everything one work item needs; pointers may be nil only when their tensor is empty.
@@ -106,7 +142,10 @@ private struct BlockContext {
     let logSumExp: UnsafeMutablePointer<Float>?
 
     /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`.
-    func run(batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, scratch: UnsafeMutablePointer<Float>) {
+    func run(
+        batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, scratch: UnsafeMutablePointer<Float>,
+        scoreTile sT: UnsafeMutablePointer<Float>
+    ) {
         let p = problem
         let (nq, nk, dk, dv, g) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, p.groupSize)
         let (br, bc) = (tiling.queryBlock, tiling.keyBlock)
@@ -116,8 +155,7 @@ private struct BlockContext {
         guard rows > 0, let queries, let output, let logSumExp else { return }
 
         let qT = scratch
-        let sT = qT + dk * rp
-        let oT = sT + bc * rp
+        let oT = qT + dk * rp
         let m = oT + dv * rp
         let l = m + rp
         let cleanValues = l + rp
@@ -130,7 +168,7 @@ private struct BlockContext {
             let source = queries + ((b * p.queryHeads + kvHead * g + head) * nq + i0) * dk
             for row in 0..<rows {
                 let r = head * br + row
-                for c in 0..<dk { qT[c * rp + r] = source[row * dk + c] * qScale }
+                for c in 0..<dk { qT[stripeIndex(r, c, columns: dk)] = source[row * dk + c] * qScale }
             }
         }
         // Softmax state: a learned sink logit starts a row at m = sink, l = exp2(sink - m) = 1.
@@ -158,23 +196,23 @@ private struct BlockContext {
                 let coverage = spans.coverage(keys: tile)
                 if coverage == .empty { continue }
                 computeScores(
-                    qT: qT, rowStride: rp, keys: keyBase + tile.lowerBound * dk, keyCount: tile.count, depth: dk,
+                    qT: qT, rowCount: rp, keys: keyBase + tile.lowerBound * dk, keyCount: tile.count, depth: dk,
                     scores: sT)
                 if hasScoreOptions {
-                    applyScoreOptions(sT, rowStride: rp, batch: b, keyValueHead: kvHead, i0: i0, rows: rows, tile: tile)
+                    applyScoreOptions(sT, batch: b, keyValueHead: kvHead, i0: i0, rows: rows, tile: tile)
                 }
                 if coverage == .partial {
-                    applyMask(sT, rowStride: rp, spans: spans, i0: i0, rows: rows, tile: tile)
+                    applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile)
                 }
-                updateSoftmax(sT, rowStride: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv)
+                updateSoftmax(sT, rowCount: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv)
                 var tileValues = valueBase + tile.lowerBound * dv
                 if coverage == .partial || p.options.bias != nil {
                     tileValues = quarantineNonFiniteValues(
-                        tileValues, keyCount: tile.count, valueDimension: dv, weights: sT, rowStride: rp, oT: oT,
+                        tileValues, keyCount: tile.count, valueDimension: dv, weights: sT, rowCount: rp, oT: oT,
                         clean: cleanValues)
                 }
                 accumulateValues(
-                    weights: sT, rowStride: rp, keyCount: tile.count, values: tileValues, valueDimension: dv, oT: oT)
+                    weights: sT, rowCount: rp, keyCount: tile.count, values: tileValues, valueDimension: dv, oT: oT)
             }
         }
 
@@ -187,7 +225,7 @@ private struct BlockContext {
                 // l == 0: the row saw no key (and has no sink): zeros, not 0/0.
                 let inverse: Float = denominator == 0 ? 0 : 1 / denominator
                 let target = output + (rowBase + row) * dv
-                for c in 0..<dv { target[c] = oT[c * rp + r] * inverse }
+                for c in 0..<dv { target[c] = oT[stripeIndex(r, c, columns: dv)] * inverse }
                 logSumExp[rowBase + row] = denominator == 0 ? -.infinity : m[r] * ln2 + _log(denominator)
             }
         }
@@ -195,7 +233,7 @@ private struct BlockContext {
 
     /// Softcap, ALiBi and bias on one tile of scores (rows in lanes, row r = head * Br + row). Scores leave in base 2.
     private func applyScoreOptions(
-        _ sT: UnsafeMutablePointer<Float>, rowStride rp: Int, batch b: Int, keyValueHead kvHead: Int, i0: Int,
+        _ sT: UnsafeMutablePointer<Float>, batch b: Int, keyValueHead kvHead: Int, i0: Int,
         rows: Int, tile: Range<Int>
     ) {
         let p = problem
@@ -212,15 +250,13 @@ private struct BlockContext {
                 biasRows = base + (bb * bias.shape[1] + bh) * nq * nk
             }
             for (kk, j) in tile.enumerated() {
-                let column = sT + kk * rp + head * br
-                if let softcap {
-                    for row in 0..<rows { column[row] = softcap * _tanh(column[row] / softcap) * log2e }
-                }
-                if let slope {
-                    for row in 0..<rows { column[row] -= slope * Float(abs(i0 + row + nk - nq - j)) }
-                }
-                if let biasRows {
-                    for row in 0..<rows { column[row] += biasRows[(i0 + row) * nk + j] * log2e }
+                for row in 0..<rows {
+                    let index = stripeIndex(head * br + row, kk, columns: tile.count)
+                    var score = sT[index]
+                    if let softcap { score = softcap * _tanh(score / softcap) * log2e }
+                    if let slope { score -= slope * Float(abs(i0 + row + nk - nq - j)) }
+                    if let biasRows { score += biasRows[(i0 + row) * nk + j] * log2e }
+                    sT[index] = score
                 }
             }
         }
@@ -228,7 +264,7 @@ private struct BlockContext {
 
     /// Sets masked scores of a partial tile to -inf, for every head of the group (masks depend on positions only).
     private func applyMask(
-        _ sT: UnsafeMutablePointer<Float>, rowStride rp: Int, spans: MaskRowSpans, i0: Int, rows: Int,
+        _ sT: UnsafeMutablePointer<Float>, spans: MaskRowSpans, i0: Int, rows: Int,
         tile: Range<Int>
     ) {
         let p = problem
@@ -241,41 +277,51 @@ private struct BlockContext {
                     visible = p.mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength)
                 }
                 if !visible {
-                    for head in 0..<g { sT[kk * rp + head * br + row] = -.infinity }
+                    for head in 0..<g { sT[stripeIndex(head * br + row, kk, columns: tile.count)] = -.infinity }
                 }
             }
         }
     }
 }
 
-/// Online softmax over one tile for every row vector: m' = max(m, max_j S), P = exp2(S - m'), l' = l * 2^(m - m')
-/// + sum P, O^T *= 2^(m - m'). P overwrites S.
+/// Index of (row r, column x) in a stripe-major matrix with `columns` columns: rows are grouped in stripes of 16,
+/// and each stripe is stored as `columns` consecutive 16-float vectors. A micro-kernel walking one stripe reads
+/// contiguous memory; with plain row-major [columns, Rp] storage its 64-byte loads were Rp * 4 bytes apart and
+/// fell into a quarter of L1's sets.
+@inline(__always) func stripeIndex(_ r: Int, _ x: Int, columns: Int) -> Int {
+    (r >> 4) * columns * 16 + x * 16 + (r & 15)
+}
+
+/// Online softmax over one tile for every 16-row stripe: m' = max(m, max_j S), P = exp2(S - m'),
+/// l' = l * 2^(m - m') + sum P, O^T *= 2^(m - m'). P overwrites S.
 @inline(__always)
 private func updateSoftmax(
-    _ sT: UnsafeMutablePointer<Float>, rowStride rp: Int, keyCount: Int, m: UnsafeMutablePointer<Float>,
+    _ sT: UnsafeMutablePointer<Float>, rowCount rp: Int, keyCount: Int, m: UnsafeMutablePointer<Float>,
     l: UnsafeMutablePointer<Float>, oT: UnsafeMutablePointer<Float>, valueDimension dv: Int
 ) {
     let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
     var rv = 0
     while rv < rp {
+        let stripe = sT + rv * keyCount
         var tileMax = negativeInfinity
-        for kk in 0..<keyCount { tileMax = vectorMax(tileMax, load16(sT, kk * rp + rv)) }
+        for kk in 0..<keyCount { tileMax = vectorMax(tileMax, load16(stripe, kk * 16)) }
         let oldMax = load16(m, rv)
         let newMax = vectorMax(oldMax, tileMax)
         // A row that has seen no key keeps m = -inf; exponentiate against 0 instead so that no -inf - -inf occurs.
         let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
-        let alpha = vectorExp2(oldMax - shift)
+        let alpha = vectorExp2OfNonPositive(oldMax - shift)
         var sum = SIMD16<Float>()
         for kk in 0..<keyCount {
-            let weight = vectorExp2(load16(sT, kk * rp + rv) - shift)
-            store16(weight, sT, kk * rp + rv)
+            let weight = vectorExp2OfNonPositive(load16(stripe, kk * 16) - shift)
+            store16(weight, stripe, kk * 16)
             sum += weight
         }
         store16(multiplyAdd(load16(l, rv), alpha, sum), l, rv)
         store16(newMax, m, rv)
         // Skip the rescale when no row's maximum moved (the common case once a row has seen its largest score).
         if horizontalMin(alpha) != 1 {
-            for c in 0..<dv { store16(load16(oT, c * rp + rv) * alpha, oT, c * rp + rv) }
+            let outputStripe = oT + rv * dv
+            for c in 0..<dv { store16(load16(outputStripe, c * 16) * alpha, outputStripe, c * 16) }
         }
         rv += 16
     }
@@ -286,7 +332,7 @@ private func updateSoftmax(
 /// here, only to the rows with nonzero weight. Returns the values pointer the fast kernel should use.
 private func quarantineNonFiniteValues(
     _ values: UnsafePointer<Float>, keyCount: Int, valueDimension dv: Int, weights pT: UnsafePointer<Float>,
-    rowStride rp: Int, oT: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
+    rowCount rp: Int, oT: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
 ) -> UnsafePointer<Float> {
     var poisoned: [Int] = []
     for kk in 0..<keyCount {
@@ -299,9 +345,9 @@ private func quarantineNonFiniteValues(
     clean.update(from: values, count: keyCount * dv)
     for kk in poisoned {
         (clean + kk * dv).update(repeating: 0, count: dv)
-        for r in 0..<rp where pT[kk * rp + r] != 0 {
-            let weight = pT[kk * rp + r]
-            for c in 0..<dv { oT[c * rp + r] += values[kk * dv + c] * weight }
+        for r in 0..<rp where pT[stripeIndex(r, kk, columns: keyCount)] != 0 {
+            let weight = pT[stripeIndex(r, kk, columns: keyCount)]
+            for c in 0..<dv { oT[stripeIndex(r, c, columns: dv)] += values[kk * dv + c] * weight }
         }
     }
     return UnsafePointer(clean)

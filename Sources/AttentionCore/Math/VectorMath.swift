@@ -3,7 +3,7 @@
 // exp(x): Cody-Waite range reduction x = n*ln2 + r with |r| <= ln2/2 (ln2 split into an 9-bit head and a tail so
 // n*head is exact), a degree-7 polynomial for e^r (1 + r + r^2 * P5(r), the classic single-precision minimax
 // coefficients from Moshier's Cephes library), and 2^n applied by adding n to the exponent bits.
-// exp2(x): n = round(x), r = (x - n) * ln2 (x - n is exact), then the same polynomial and scaling.
+// exp2(x): n = round(x), f = x - n (exact), a degree-6 minimax polynomial for 2^f, and the same scaling.
 //
 // Everything is plain multiply and add on purpose: on Swift's default x86_64 target (SSE2) a fused
 // multiply-add would be a libm call per lane. Rounding to the nearest integer uses the 1.5*2^23 "magic number"
@@ -97,14 +97,41 @@ package func vectorExp(_ x: SIMD16<Float>) -> SIMD16<Float> {
 package func vectorExp2(_ x: SIMD16<Float>) -> SIMD16<Float> {
     let lowest: Float = -126
     let highest: Float = 127.999_99
-    var clamped = x.replacing(with: lowest, where: x .< lowest)
+    let tooLow = x .< lowest
+    var clamped = x.replacing(with: lowest, where: tooLow)
     clamped.replace(with: highest, where: clamped .> highest)
-    let (n, integer) = roundToNearest(clamped)
-    let r = (clamped - n) * 0.693_147_18
-    var result = scaleByPowerOfTwo(expPolynomial(r), integer)
-    result.replace(with: 0, where: x .< lowest)
+    var result = exp2Reduced(clamped)
+    result.replace(with: 0, where: tooLow)
     result.replace(with: .infinity, where: x .> highest)
     return result
+}
+
+/// 2^x for x <= 0 (and -inf, NaN): `vectorExp2` without the overflow handling the softmax never needs, since its
+/// arguments are scores minus their running maximum.
+@inlinable @inline(__always)
+package func vectorExp2OfNonPositive(_ x: SIMD16<Float>) -> SIMD16<Float> {
+    let lowest: Float = -126
+    let tooLow = x .< lowest
+    var result = exp2Reduced(x.replacing(with: lowest, where: tooLow))
+    result.replace(with: 0, where: tooLow)
+    return result
+}
+
+/// 2^x for x in [-126, 128): n = round(x), f = x - n (exact, |f| <= 1/2), 2^f by a degree-6 polynomial, then n
+/// added to the exponent. The coefficients are a minimax fit of 2^f on [-1/2, 1/2] for relative error (1.9e-9 in
+/// exact arithmetic, made for this package with a Lawson-weighted least-squares iteration).
+@inlinable @inline(__always)
+package func exp2Reduced(_ x: SIMD16<Float>) -> SIMD16<Float> {
+    let (n, integer) = roundToNearest(x)
+    let f = x - n
+    var p = SIMD16<Float>(repeating: 1.535_086_63e-4)
+    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 1.339_997_40e-3))
+    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 9.618_470_45e-3))
+    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 5.550_328_64e-2))
+    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 2.402_264_77e-1))
+    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 6.931_471_82e-1))
+    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 1))
+    return scaleByPowerOfTwo(p, integer)
 }
 
 /// The lanes' sum, as a balanced tree (the stdlib's `.sum()` is a sequential scalar loop).
