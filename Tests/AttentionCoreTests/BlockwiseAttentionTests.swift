@@ -50,3 +50,240 @@ final class BlockwiseAttentionTests: XCTestCase {
         }
     }
 }
+
+extension BlockwiseAttentionTests {
+    private func run(
+        _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), mask: AttentionMask = .none,
+        _ options: AttentionOptions
+    ) throws -> AttentionResult {
+        try attentionWithLogSumExp(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
+    }
+
+    func testScoreOptionsWithMasksAndBlockSizes() throws {
+        let inputs = try attentionInputs(
+            batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 37, keyLength: 70, headDimension: 20, seed: 21)
+        let bias = try Tensor.randomNormal(shape: [2, 4, 37, 70], seed: 99)
+        let broadcastBias = try Tensor.randomNormal(shape: [1, 1, 37, 70], seed: 98)
+        let optionSets: [(String, AttentionOptions)] = [
+            ("scale", AttentionOptions(scale: 0.7)),
+            ("softcap", AttentionOptions(scale: 2, softcap: 3)),
+            ("alibi", AttentionOptions(alibiSlopes: [0.5, 0.25, 0.125, 0.0625])),
+            ("bias", AttentionOptions(bias: bias)),
+            ("broadcastBias", AttentionOptions(bias: broadcastBias)),
+            ("sinkLogits", AttentionOptions(sinkLogits: [0, 1, -2, 5])),
+            ("everything", AttentionOptions(
+                softcap: 5, alibiSlopes: [0.1, 0.2, 0.3, 0.4], bias: bias, sinkLogits: [1, 1, 1, 1])),
+        ]
+        let masks: [(String, AttentionMask)] = [
+            ("none", .none), ("causal", .causal), ("window", .window(left: 6, right: 1)),
+            ("sinks", .sinks(count: 2, window: 8)),
+        ]
+        try withEvery("options", in: optionSets.indices) { o in
+            try withEvery("mask", in: masks.indices) { m in
+                try withEvery("blocks", in: [(1, 7), (16, 16), (64, 64)]) { blocks in
+                    try SweepContext.$entries.withValue(SweepContext.entries + [optionSets[o].0, masks[m].0]) {
+                        var options = optionSets[o].1
+                        options.kernel = .blockwise(queryBlock: blocks.0, keyBlock: blocks.1)
+                        try assertMatchesReference(inputs, mask: masks[m].1, options: options)
+                    }
+                }
+            }
+        }
+    }
+
+    func testBitwiseIdenticalAcrossThreadCountsAndRuns() throws {
+        let inputs = try attentionInputs(
+            batch: 2, queryHeads: 8, keyValueHeads: 2, queryLength: 150, keyLength: 190, headDimension: 40,
+            seed: 5)
+        try withEvery("mask", in: [AttentionMask.none, .causal, .window(left: 20, right: 5)].indices) { m in
+            let mask = [AttentionMask.none, .causal, .window(left: 20, right: 5)][m]
+            let reference = try run(inputs, mask: mask, blockwise(16, 32, threads: 1))
+            for threads in [1, 2, 3, 7] {
+                let again = try run(inputs, mask: mask, blockwise(16, 32, threads: threads))
+                XCTAssertEqual(again.output, reference.output, "threads=\(threads) \(SweepContext.description)")
+                XCTAssertEqual(again.logSumExp, reference.logSumExp, "threads=\(threads)")
+            }
+        }
+    }
+
+    func testOutputDoesNotDependOnBlockSizesBeyondRounding() throws {
+        let inputs = try attentionInputs(queryHeads: 2, queryLength: 100, keyLength: 130, headDimension: 32, seed: 9)
+        let reference = referenceAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let plain = plainFloat32Attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let base = try run(inputs, mask: .causal, blockwise(64, 64)).output.scalars
+        try withEvery("blocks", in: [(1, 1), (7, 7), (16, 64), (100, 130), (3, 200)]) { blocks in
+            let other = try run(inputs, mask: .causal, blockwise(blocks.0, blocks.1)).output.scalars
+            // Each is within the rule of the reference, so they are within twice the rule of each other.
+            let check = toleranceCheck(kernel: other, reference: reference.output, plain: plain.output)
+            XCTAssertTrue(check.passes, "\(check)")
+            XCTAssertLessThanOrEqual(maxAbsoluteError(other, base.map(Double.init)), 2 * check.bound, "\(check)")
+        }
+    }
+
+    func testMaskIdentitiesHoldBitwise() throws {
+        let inputs = try attentionInputs(queryHeads: 2, queryLength: 60, keyLength: 90, headDimension: 16, seed: 4)
+        func output(_ mask: AttentionMask) throws -> Tensor { try run(inputs, mask: mask, blockwise(16, 16)).output }
+        XCTAssertEqual(try output(.window(left: 90, right: 0)), try output(.causal), "a window >= Nk is causal")
+        XCTAssertEqual(try output(.sinks(count: 0, window: 8)), try output(.window(left: 7, right: 0)))
+        XCTAssertEqual(try output(.window(left: Int.max, right: Int.max)), try output(.none))
+        XCTAssertEqual(try output(.sinks(count: 90, window: 1)), try output(.causal))
+    }
+
+    func testMultiQueryEqualsMultiHeadWithReplicatedKeysAndValues() throws {
+        let inputs = try attentionInputs(
+            queryHeads: 8, keyValueHeads: 1, queryLength: 33, keyLength: 47, headDimension: 24, seed: 12)
+        func replicate(_ t: Tensor) throws -> Tensor {
+            try Tensor(shape: [1, 8, t.shape[2], t.shape[3]]) { i in t[0, 0, i[2], i[3]] }
+        }
+        let replicated = (inputs.queries, try replicate(inputs.keys), try replicate(inputs.values))
+        let reference = referenceAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let plain = plainFloat32Attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let multiQuery = try run(inputs, mask: .causal, blockwise()).output.scalars
+        let multiHead = try run(replicated, mask: .causal, blockwise()).output.scalars
+        for (name, output) in [("multiQuery", multiQuery), ("multiHead", multiHead)] {
+            let check = toleranceCheck(kernel: output, reference: reference.output, plain: plain.output, context: name)
+            XCTAssertTrue(check.passes, "\(check)")
+        }
+        let bound = toleranceCheck(kernel: multiHead, reference: reference.output, plain: plain.output).bound
+        XCTAssertLessThanOrEqual(maxAbsoluteError(multiQuery, multiHead.map(Double.init)), 2 * bound)
+    }
+
+    func testMergingTwoHalvesEqualsTheWhole() throws {
+        let inputs = try attentionInputs(queryHeads: 4, keyValueHeads: 2, queryLength: 50, keyLength: 80, headDimension: 16, seed: 30)
+        try withEvery("split", in: [0, 1, 40, 79, 80]) { split in
+            for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
+                let left = try run(inputs, mask: .intersection(mask, .custom { _, k in k < split }), blockwise())
+                let right = try run(inputs, mask: .intersection(mask, .custom { _, k in k >= split }), blockwise())
+                let merged = try mergeAttention(left, right)
+                let reference = referenceAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
+                let plain = plainFloat32Attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
+                let output = toleranceCheck(kernel: merged.output.scalars, reference: reference.output, plain: plain.output, context: maskName)
+                let lse = toleranceCheck(kernel: merged.logSumExp.scalars, reference: reference.logSumExp, plain: plain.logSumExp, context: maskName)
+                XCTAssertTrue(output.passes, "\(output)")
+                XCTAssertTrue(lse.passes, "\(lse)")
+            }
+        }
+        // Splitting the tensors themselves (no mask) gives the same answer.
+        func slice(_ t: Tensor, _ range: Range<Int>) throws -> Tensor {
+            try Tensor(shape: [t.shape[0], t.shape[1], range.count, t.shape[3]]) { i in
+                t[i[0], i[1], range.lowerBound + i[2], i[3]]
+            }
+        }
+        let first = try attentionWithLogSumExp(
+            queries: inputs.queries, keys: try slice(inputs.keys, 0..<30), values: try slice(inputs.values, 0..<30))
+        let second = try attentionWithLogSumExp(
+            queries: inputs.queries, keys: try slice(inputs.keys, 30..<80), values: try slice(inputs.values, 30..<80))
+        let whole = try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values)
+        XCTAssertLessThanOrEqual(maxAbsoluteError(try mergeAttention(first, second).output.scalars, whole.scalars.map(Double.init)), 1e-5)
+    }
+
+    func testMergeWithFullyMaskedRowsIsExact() throws {
+        let inputs = try attentionInputs(queryHeads: 1, queryLength: 4, keyLength: 6, headDimension: 8, seed: 3)
+        let some = try run(inputs, mask: .causal, blockwise())
+        let nothing = try run(inputs, mask: .custom { _, _ in false }, blockwise())
+        XCTAssertTrue(nothing.logSumExp.scalars.allSatisfy { $0 == -.infinity })
+        XCTAssertEqual(try mergeAttention(some, nothing).output, some.output)
+        XCTAssertEqual(try mergeAttention(nothing, some).logSumExp, some.logSumExp)
+        let empty = try mergeAttention(nothing, nothing)
+        XCTAssertEqual(empty.output, try Tensor(zeros: [1, 1, 4, 8]))
+        XCTAssertTrue(empty.logSumExp.scalars.allSatisfy { $0 == -.infinity })
+        XCTAssertThrowsError(try mergeAttention(some, AttentionResult(output: try Tensor(zeros: [1, 1, 4, 7]), logSumExp: some.logSumExp))) { error in
+            XCTAssertEqual((error as? AttentionError)?.argument, "second.output")
+        }
+        XCTAssertThrowsError(try mergeAttention(AttentionResult(output: some.output, logSumExp: try Tensor(zeros: [1, 4])), some)) { error in
+            XCTAssertEqual((error as? AttentionError)?.argument, "first.logSumExp")
+        }
+    }
+
+    func testNonFiniteValuesInMaskedKeysNeverReachTheOutput() throws {
+        var inputs = try attentionInputs(queryHeads: 2, queryLength: 40, keyLength: 40, headDimension: 8, seed: 8)
+        // Keys/values 30 and 35 are poisoned; under a causal mask rows < 30 never see them.
+        for h in 0..<2 {
+            inputs.keys[0, h, 35, 3] = .nan
+            inputs.values[0, h, 30, 2] = .infinity
+            inputs.values[0, h, 35, 0] = .nan
+        }
+        try withEvery("blocks", in: [(7, 7), (16, 16), (64, 64), (40, 40)]) { blocks in
+            let result = try run(inputs, mask: .causal, blockwise(blocks.0, blocks.1))
+            for h in 0..<2 {
+                for i in 0..<30 {
+                    for c in 0..<8 { XCTAssertTrue(result.output[0, h, i, c].isFinite, "row \(i) \(SweepContext.description)") }
+                    XCTAssertTrue(result.logSumExp[0, h, i].isFinite)
+                }
+                XCTAssertTrue(result.output[0, h, 39, 0].isNaN, "a NaN key the row can see propagates")
+            }
+            try assertMatchesReference(inputs, mask: .causal, options: blockwise(blocks.0, blocks.1))
+        }
+    }
+
+    func testFullyMaskedRowsGiveZeros() throws {
+        // Nq > Nk under causal: the first Nq - Nk rows see no key.
+        let inputs = try attentionInputs(queryHeads: 2, queryLength: 50, keyLength: 20, headDimension: 8, seed: 2)
+        try withEvery("blocks", in: [(1, 1), (16, 16), (64, 64)]) { blocks in
+            let result = try run(inputs, mask: .causal, blockwise(blocks.0, blocks.1))
+            for h in 0..<2 {
+                for i in 0..<30 {
+                    XCTAssertEqual(result.logSumExp[0, h, i], -.infinity)
+                    for c in 0..<8 { XCTAssertEqual(result.output[0, h, i, c], 0) }
+                }
+            }
+            XCTAssertFalse(result.output.scalars.contains { $0.isNaN })
+            try assertMatchesReference(inputs, mask: .causal, options: blockwise(blocks.0, blocks.1))
+        }
+    }
+
+    func testAutomaticPicksTheBlockwiseKernel() throws {
+        let inputs = try attentionInputs(queryHeads: 2, queryLength: 300, keyLength: 300, headDimension: 16, seed: 1)
+        let automatic = try run(inputs, mask: .causal, AttentionOptions())
+        let blockwise = try run(inputs, mask: .causal, blockwise())
+        XCTAssertEqual(automatic.output, blockwise.output)
+        // No N x N allocation: the workspace is far below the 300 x 300 score matrix of one head.
+        XCTAssertLessThan(automatic.workspaceBytes, 300 * 300 * 4)
+    }
+
+    func testBlockSizeValidation() {
+        let q = try! Tensor(zeros: [1, 1, 4, 4])
+        for (kernel, argument) in [
+            (AttentionKernel.blockwise(queryBlock: 0, keyBlock: 4), "options.kernel queryBlock"),
+            (.blockwise(queryBlock: 4, keyBlock: -1), "options.kernel keyBlock"),
+        ] {
+            XCTAssertThrowsError(try attention(queries: q, keys: q, values: q, options: AttentionOptions(kernel: kernel))) { error in
+                XCTAssertEqual((error as? AttentionError)?.argument, argument)
+                XCTAssertTrue("\(error)".contains(">= 1"), "\(error)")
+            }
+        }
+    }
+}
+
+extension BlockwiseAttentionTests {
+    func testOddShapeGridAcrossBlockSizes() throws {
+        try withEvery("headDimension", in: [1, 3, 63, 80]) { d in
+            try withEvery("lengths", in: OddShapes.lengths.filter { $0.keys < 1000 }) { lengths in
+                let inputs = try attentionInputs(
+                    queryHeads: 2, queryLength: lengths.queries, keyLength: lengths.keys, headDimension: d,
+                    seed: UInt64(7 * d + lengths.queries))
+                for mask in [AttentionMask.causal, .window(left: 13, right: 4)] {
+                    let reference = referenceAttention(
+                        queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
+                    let plain = plainFloat32Attention(
+                        queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
+                    for block in OddShapes.blockSizes {
+                        let result = try attentionWithLogSumExp(
+                            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+                            options: blockwise(block, block))
+                        let context = "\(SweepContext.description) block=\(block) mask=\(mask)"
+                        let output = toleranceCheck(
+                            kernel: result.output.scalars, reference: reference.output, plain: plain.output,
+                            context: context)
+                        let lse = toleranceCheck(
+                            kernel: result.logSumExp.scalars, reference: reference.logSumExp, plain: plain.logSumExp,
+                            context: context)
+                        XCTAssertTrue(output.passes, "\(output)")
+                        XCTAssertTrue(lse.passes, "\(lse)")
+                    }
+                }
+            }
+        }
+    }
+}

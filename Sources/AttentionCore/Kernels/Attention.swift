@@ -14,6 +14,14 @@ public struct AttentionResult: Sendable {
     /// Bytes of scratch memory the kernel allocated for this call (score matrices, packed tiles), excluding the
     /// output and log-sum-exp tensors.
     public var workspaceBytes: Int
+
+    /// Wraps a partial result computed elsewhere (another process, another device) so that it can be passed to
+    /// `mergeAttention`, which validates the shapes.
+    public init(output: Tensor, logSumExp: Tensor, workspaceBytes: Int = 0) {
+        self.output = output
+        self.logSumExp = logSumExp
+        self.workspaceBytes = workspaceBytes
+    }
 }
 
 /// Scaled dot-product attention: `softmax(scale * Q K^T + bias, masked) V`, per batch and query head.

@@ -9,3 +9,4 @@
 @inline(__always) package func _cos(_ x: Double) -> Double { Foundation.cos(x) }
 @inline(__always) package func _log(_ x: Float) -> Float { Foundation.logf(x) }
 @inline(__always) package func _tanh(_ x: Float) -> Float { Foundation.tanhf(x) }
+@inline(__always) package func _exp(_ x: Float) -> Float { Foundation.expf(x) }
