@@ -72,6 +72,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         attention-bench: throughput and memory of this package's attention kernels against naive attention.
 
         usage: attention-bench [options]
+               attention-bench ext --q FILE --k FILE --v FILE --out FILE ...   (the peers harness protocol,
+                                                                                see shared/peers/ext_example.py)
 
           --suite NAMES       comma-separated suites to run (default: naive). Known: \(knownSuites.joined(separator: ", "))
           --quick             a smaller sweep that finishes in under a minute

@@ -15,6 +15,17 @@ func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
+// The peers harness's external-implementation protocol (shared/peers/ext_example.py).
+if CommandLine.arguments.dropFirst().first == "ext" {
+    do {
+        print(try runExternal(try ExternalJob(arguments: Array(CommandLine.arguments.dropFirst(2)))))
+        exit(0)
+    } catch {
+        printError("attention-bench ext: \(error)")
+        exit(2)
+    }
+}
+
 let configuration: BenchmarkConfiguration
 do {
     configuration = try BenchmarkConfiguration(arguments: Array(CommandLine.arguments.dropFirst()))
