@@ -263,23 +263,32 @@ private struct BlockContext {
     }
 
     /// Sets masked scores of a partial tile to -inf, for every head of the group (masks depend on positions only).
+    /// Walks each row's visible spans clipped to the tile, so a structured mask costs one store per masked score;
+    /// a `custom` predicate is consulted only inside the spans.
     private func applyMask(
-        _ sT: UnsafeMutablePointer<Float>, spans: MaskRowSpans, i0: Int, rows: Int,
-        tile: Range<Int>
+        _ sT: UnsafeMutablePointer<Float>, spans: MaskRowSpans, i0: Int, rows: Int, tile: Range<Int>
     ) {
         let p = problem
-        let (g, br) = (p.groupSize, tiling.queryBlock)
-        for row in 0..<rows {
-            let rowSpans = spans.spans[row]
-            for (kk, j) in tile.enumerated() {
-                var visible = rowSpans.contains { $0.contains(j) }
-                if visible && spans.hasPredicate {
-                    visible = p.mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength)
-                }
-                if !visible {
-                    for head in 0..<g { sT[stripeIndex(head * br + row, kk, columns: tile.count)] = -.infinity }
-                }
+        let (g, br, columns) = (p.groupSize, tiling.queryBlock, tile.count)
+        func hide(_ row: Int, _ keys: Range<Int>) {
+            for head in 0..<g {
+                for j in keys { sT[stripeIndex(head * br + row, j - tile.lowerBound, columns: columns)] = -.infinity }
             }
+        }
+        for row in 0..<rows {
+            var next = tile.lowerBound
+            for span in spans.spans[row] where span.overlaps(tile) {
+                let visible = span.clamped(to: tile)
+                hide(row, next..<visible.lowerBound)
+                if spans.hasPredicate {
+                    for j in visible
+                    where !p.mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength) {
+                        hide(row, j..<(j + 1))
+                    }
+                }
+                next = visible.upperBound
+            }
+            hide(row, next..<tile.upperBound)
         }
     }
 }
