@@ -10,12 +10,13 @@ public struct UsageError: Error, Equatable, CustomStringConvertible {
 public struct BenchmarkConfiguration: Equatable, Sendable {
     public enum OutputFormat: String, Sendable { case table, json }
 
-    public var suites: [String] = ["naive"]
+    public var suites: [String] = ["blockwise"]
     public var quick = false
     public var format = OutputFormat.table
     public var threads: [Int]? = nil
     public var sequenceLengths: [Int]? = nil
-    public var headDimension = 64
+    public var headDimensions: [Int]? = nil
+    public var full = false
     public var heads = 8
     public var minimumRepetitions = 3
     public var queryBlock: Int? = nil
@@ -57,7 +58,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
                 suites = names
             case "--threads": threads = try integers(for: argument, minimum: 1)
             case "--sizes": sequenceLengths = try integers(for: argument, minimum: 1)
-            case "--head-dim": headDimension = try integers(for: argument, minimum: 1)[0]
+            case "--head-dim": headDimensions = try integers(for: argument, minimum: 1)
+            case "--full": full = true
             case "--heads": heads = try integers(for: argument, minimum: 1)[0]
             case "--repetitions": minimumRepetitions = try integers(for: argument, minimum: 1)[0]
             case "--kernels": kernels = try value(for: argument).split(separator: ",").map(String.init)
@@ -75,12 +77,13 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
                attention-bench ext --q FILE --k FILE --v FILE --out FILE ...   (the peers harness protocol,
                                                                                 see shared/peers/ext_example.py)
 
-          --suite NAMES       comma-separated suites to run (default: naive). Known: \(knownSuites.joined(separator: ", "))
+          --suite NAMES       comma-separated suites to run (default: blockwise, which times naive beside it). Known: \(knownSuites.joined(separator: ", "))
           --quick             a smaller sweep that finishes in under a minute
+          --full              the whole sweep (blockwise up to N = 16384; takes tens of minutes)
           --json              one JSON object per case per line instead of the table
           --threads LIST      thread counts to run, e.g. 1,2 (default: 1 and all processors)
           --sizes LIST        sequence lengths N (queries = keys = N), e.g. 512,1024
-          --head-dim D        head dimension (default 64)
+          --head-dim LIST     head dimensions (default: 64 for naive; 64,128 for blockwise)
           --heads H           query heads = key/value heads (default 8)
           --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
           --kernels LIST      only these kernels of the chosen suites, e.g. blockwise

@@ -62,7 +62,9 @@ public func runExternal(_ job: ExternalJob) throws -> String {
             throw UsageError("ext: \(path) has \(data.count) bytes but shape \(shape) needs \(count * 4)")
         }
         let scalars = data.withUnsafeBytes { raw in
-            (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+            (0..<count).map {
+                Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+            }
         }
         return try Tensor(shape: shape, scalars: scalars)
     }
@@ -77,11 +79,15 @@ public func runExternal(_ job: ExternalJob) throws -> String {
     var times: [Double] = []
     let clock = ContinuousClock()
     for _ in 0..<job.repetitions {
-        let elapsed = try clock.measure { output = try attention(queries: q, keys: k, values: v, mask: mask, options: options) }
+        let elapsed = try clock.measure {
+            output = try attention(queries: q, keys: k, values: v, mask: mask, options: options)
+        }
         times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
     }
     var bytes = Data(capacity: output.count * 4)
-    for scalar in output.scalars { withUnsafeBytes(of: scalar.bitPattern.littleEndian) { bytes.append(contentsOf: $0) } }
+    for scalar in output.scalars {
+        withUnsafeBytes(of: scalar.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+    }
     try bytes.write(to: URL(fileURLWithPath: job.output))
     let object: [String: Any] = [
         "times_s": times, "peak_rss_mb": residentHighWaterMegabytes(), "base_rss_mb": baseResident,

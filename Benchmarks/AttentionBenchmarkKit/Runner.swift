@@ -128,41 +128,58 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
 
 /// The cases of the `naive` suite: naive attention over a sequence-length sweep, unmasked and causal.
 public func naiveSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
-    sequenceSweep(
-        suite: "naive", kernels: [("naive", .naive)], configuration,
-        defaultLengths: configuration.quick ? [128, 256, 512, 1024] : [256, 512, 1024, 2048, 4096],
-        allThreads: allThreads)
+    let lengths = configuration.quick ? [128, 256, 512, 1024] : [256, 512, 1024, 2048, 4096]
+    return sequenceSweep(
+        suite: "naive", kernels: [("naive", .naive)], configuration, defaultLengths: lengths,
+        defaultHeadDimensions: [64], allThreads: allThreads)
 }
 
-/// The cases of the `blockwise` suite: the blockwise kernel beside naive, unmasked and causal.
+/// The cases of the `blockwise` suite: the blockwise kernel beside naive (H = 8, d = 64 and 128, unmasked and
+/// causal, 1 and all threads), plus grouped-query attention with 32 query and 8 key/value heads.
 public func blockwiseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
-    sequenceSweep(
-        suite: "blockwise",
-        kernels: [
-            ("blockwise", .blockwise(queryBlock: configuration.queryBlock, keyBlock: configuration.keyBlock)),
-            ("naive", .naive),
-        ], configuration,
-        defaultLengths: configuration.quick ? [512, 1024, 2048] : [512, 1024, 2048, 4096, 8192, 16384],
-        allThreads: allThreads)
+    let lengths =
+        configuration.quick
+        ? [512, 1024, 2048] : configuration.full ? [512, 1024, 2048, 4096, 8192, 16384] : [512, 1024, 2048, 4096]
+    let blockwise = AttentionKernel.blockwise(queryBlock: configuration.queryBlock, keyBlock: configuration.keyBlock)
+    var cases = sequenceSweep(
+        suite: "blockwise", kernels: [("blockwise", blockwise), ("naive", .naive)], configuration,
+        defaultLengths: lengths, defaultHeadDimensions: [64, 128], allThreads: allThreads)
+    let groupedLength = configuration.quick ? 1024 : 2048
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        for (kernelName, kernel) in [("blockwise", blockwise), ("naive", AttentionKernel.naive)]
+        where configuration.kernels?.contains(kernelName) ?? true {
+            cases.append(
+                BenchmarkCase(
+                    suite: "blockwise", kernelName: kernelName, kernel: kernel, maskName: "causal", mask: .causal,
+                    queryHeads: 32, keyValueHeads: 8, queryLength: groupedLength, keyLength: groupedLength,
+                    headDimension: 128, threads: threads))
+        }
+    }
+    return cases
 }
 
-/// Every kernel x thread count x mask (none, causal) x sequence length, with queries = keys = N.
+func threadCounts(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [Int] {
+    configuration.threads ?? (allThreads > 1 ? [1, allThreads] : [1])
+}
+
+/// Every head dimension x thread count x mask (none, causal) x sequence length x kernel, queries = keys = N.
 func sequenceSweep(
     suite: String, kernels: [(String, AttentionKernel)], _ configuration: BenchmarkConfiguration,
-    defaultLengths: [Int], allThreads: Int
+    defaultLengths: [Int], defaultHeadDimensions: [Int], allThreads: Int
 ) -> [BenchmarkCase] {
     let lengths = configuration.sequenceLengths ?? defaultLengths
-    let threadCounts = configuration.threads ?? (allThreads > 1 ? [1, allThreads] : [1])
     var cases: [BenchmarkCase] = []
-    for threads in threadCounts {
-        for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
-            for n in lengths {
-                for (kernelName, kernel) in kernels where configuration.kernels?.contains(kernelName) ?? true {
-                    cases.append(
-                        BenchmarkCase(
-                            suite: suite, kernelName: kernelName, kernel: kernel, maskName: maskName, mask: mask,
-                            queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n,
-                            keyLength: n, headDimension: configuration.headDimension, threads: threads))
+    for headDimension in configuration.headDimensions ?? defaultHeadDimensions {
+        for threads in threadCounts(configuration, allThreads: allThreads) {
+            for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
+                for n in lengths {
+                    for (kernelName, kernel) in kernels where configuration.kernels?.contains(kernelName) ?? true {
+                        cases.append(
+                            BenchmarkCase(
+                                suite: suite, kernelName: kernelName, kernel: kernel, maskName: maskName, mask: mask,
+                                queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n,
+                                keyLength: n, headDimension: headDimension, threads: threads))
+                    }
                 }
             }
         }

@@ -74,7 +74,7 @@ final class BenchmarkKitTests: XCTestCase {
         XCTAssertEqual(parsed.format, .json)
         XCTAssertEqual(parsed.threads, [1, 2])
         XCTAssertEqual(parsed.sequenceLengths, [64, 128])
-        XCTAssertEqual(parsed.headDimension, 128)
+        XCTAssertEqual(parsed.headDimensions, [128])
         XCTAssertEqual(parsed.heads, 4)
         XCTAssertEqual(parsed.minimumRepetitions, 5)
         XCTAssertEqual(try BenchmarkConfiguration(arguments: []), BenchmarkConfiguration())

@@ -72,8 +72,11 @@ extension BlockwiseAttentionTests {
             ("bias", AttentionOptions(bias: bias)),
             ("broadcastBias", AttentionOptions(bias: broadcastBias)),
             ("sinkLogits", AttentionOptions(sinkLogits: [0, 1, -2, 5])),
-            ("everything", AttentionOptions(
-                softcap: 5, alibiSlopes: [0.1, 0.2, 0.3, 0.4], bias: bias, sinkLogits: [1, 1, 1, 1])),
+            (
+                "everything",
+                AttentionOptions(
+                    softcap: 5, alibiSlopes: [0.1, 0.2, 0.3, 0.4], bias: bias, sinkLogits: [1, 1, 1, 1])
+            ),
         ]
         let masks: [(String, AttentionMask)] = [
             ("none", .none), ("causal", .causal), ("window", .window(left: 6, right: 1)),
@@ -109,8 +112,10 @@ extension BlockwiseAttentionTests {
 
     func testOutputDoesNotDependOnBlockSizesBeyondRounding() throws {
         let inputs = try attentionInputs(queryHeads: 2, queryLength: 100, keyLength: 130, headDimension: 32, seed: 9)
-        let reference = referenceAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
-        let plain = plainFloat32Attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let reference = referenceAttention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let plain = plainFloat32Attention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
         let base = try run(inputs, mask: .causal, blockwise(64, 64)).output.scalars
         try withEvery("blocks", in: [(1, 1), (7, 7), (16, 64), (100, 130), (3, 200)]) { blocks in
             let other = try run(inputs, mask: .causal, blockwise(blocks.0, blocks.1)).output.scalars
@@ -137,8 +142,10 @@ extension BlockwiseAttentionTests {
             try Tensor(shape: [1, 8, t.shape[2], t.shape[3]]) { i in t[0, 0, i[2], i[3]] }
         }
         let replicated = (inputs.queries, try replicate(inputs.keys), try replicate(inputs.values))
-        let reference = referenceAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
-        let plain = plainFloat32Attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let reference = referenceAttention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
+        let plain = plainFloat32Attention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal)
         let multiQuery = try run(inputs, mask: .causal, blockwise()).output.scalars
         let multiHead = try run(replicated, mask: .causal, blockwise()).output.scalars
         for (name, output) in [("multiQuery", multiQuery), ("multiHead", multiHead)] {
@@ -150,16 +157,22 @@ extension BlockwiseAttentionTests {
     }
 
     func testMergingTwoHalvesEqualsTheWhole() throws {
-        let inputs = try attentionInputs(queryHeads: 4, keyValueHeads: 2, queryLength: 50, keyLength: 80, headDimension: 16, seed: 30)
+        let inputs = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 50, keyLength: 80, headDimension: 16, seed: 30)
         try withEvery("split", in: [0, 1, 40, 79, 80]) { split in
             for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
                 let left = try run(inputs, mask: .intersection(mask, .custom { _, k in k < split }), blockwise())
                 let right = try run(inputs, mask: .intersection(mask, .custom { _, k in k >= split }), blockwise())
                 let merged = try mergeAttention(left, right)
-                let reference = referenceAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
-                let plain = plainFloat32Attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
-                let output = toleranceCheck(kernel: merged.output.scalars, reference: reference.output, plain: plain.output, context: maskName)
-                let lse = toleranceCheck(kernel: merged.logSumExp.scalars, reference: reference.logSumExp, plain: plain.logSumExp, context: maskName)
+                let reference = referenceAttention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
+                let plain = plainFloat32Attention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
+                let output = toleranceCheck(
+                    kernel: merged.output.scalars, reference: reference.output, plain: plain.output, context: maskName)
+                let lse = toleranceCheck(
+                    kernel: merged.logSumExp.scalars, reference: reference.logSumExp, plain: plain.logSumExp,
+                    context: maskName)
                 XCTAssertTrue(output.passes, "\(output)")
                 XCTAssertTrue(lse.passes, "\(lse)")
             }
@@ -175,7 +188,8 @@ extension BlockwiseAttentionTests {
         let second = try attentionWithLogSumExp(
             queries: inputs.queries, keys: try slice(inputs.keys, 30..<80), values: try slice(inputs.values, 30..<80))
         let whole = try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values)
-        XCTAssertLessThanOrEqual(maxAbsoluteError(try mergeAttention(first, second).output.scalars, whole.scalars.map(Double.init)), 1e-5)
+        XCTAssertLessThanOrEqual(
+            maxAbsoluteError(try mergeAttention(first, second).output.scalars, whole.scalars.map(Double.init)), 1e-5)
     }
 
     func testMergeWithFullyMaskedRowsIsExact() throws {
@@ -188,10 +202,15 @@ extension BlockwiseAttentionTests {
         let empty = try mergeAttention(nothing, nothing)
         XCTAssertEqual(empty.output, try Tensor(zeros: [1, 1, 4, 8]))
         XCTAssertTrue(empty.logSumExp.scalars.allSatisfy { $0 == -.infinity })
-        XCTAssertThrowsError(try mergeAttention(some, AttentionResult(output: try Tensor(zeros: [1, 1, 4, 7]), logSumExp: some.logSumExp))) { error in
+        XCTAssertThrowsError(
+            try mergeAttention(
+                some, AttentionResult(output: try Tensor(zeros: [1, 1, 4, 7]), logSumExp: some.logSumExp))
+        ) { error in
             XCTAssertEqual((error as? AttentionError)?.argument, "second.output")
         }
-        XCTAssertThrowsError(try mergeAttention(AttentionResult(output: some.output, logSumExp: try Tensor(zeros: [1, 4])), some)) { error in
+        XCTAssertThrowsError(
+            try mergeAttention(AttentionResult(output: some.output, logSumExp: try Tensor(zeros: [1, 4])), some)
+        ) { error in
             XCTAssertEqual((error as? AttentionError)?.argument, "first.logSumExp")
         }
     }
@@ -208,7 +227,9 @@ extension BlockwiseAttentionTests {
             let result = try run(inputs, mask: .causal, blockwise(blocks.0, blocks.1))
             for h in 0..<2 {
                 for i in 0..<30 {
-                    for c in 0..<8 { XCTAssertTrue(result.output[0, h, i, c].isFinite, "row \(i) \(SweepContext.description)") }
+                    for c in 0..<8 {
+                        XCTAssertTrue(result.output[0, h, i, c].isFinite, "row \(i) \(SweepContext.description)")
+                    }
                     XCTAssertTrue(result.logSumExp[0, h, i].isFinite)
                 }
                 XCTAssertTrue(result.output[0, h, 39, 0].isNaN, "a NaN key the row can see propagates")
@@ -248,7 +269,9 @@ extension BlockwiseAttentionTests {
             (AttentionKernel.blockwise(queryBlock: 0, keyBlock: 4), "options.kernel queryBlock"),
             (.blockwise(queryBlock: 4, keyBlock: -1), "options.kernel keyBlock"),
         ] {
-            XCTAssertThrowsError(try attention(queries: q, keys: q, values: q, options: AttentionOptions(kernel: kernel))) { error in
+            XCTAssertThrowsError(
+                try attention(queries: q, keys: q, values: q, options: AttentionOptions(kernel: kernel))
+            ) { error in
                 XCTAssertEqual((error as? AttentionError)?.argument, argument)
                 XCTAssertTrue("\(error)".contains(">= 1"), "\(error)")
             }

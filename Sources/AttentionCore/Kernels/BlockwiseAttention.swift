@@ -46,7 +46,8 @@ package enum ScoreStorage {
 
 /// Floats of per-worker scratch: Q^T [Dk, Rp], O^T [Dv, Rp], m and l [Rp], the quarantine copy of a V tile
 /// [Bc, Dv], and (for `.perWorkerTile`) S^T [Bc, Rp].
-package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int {
+package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
+{
     let rp = roundUp16(problem.groupSize * tiling.queryBlock)
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0

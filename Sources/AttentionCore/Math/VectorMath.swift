@@ -213,8 +213,8 @@ package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, 
 @inlinable @inline(__always)
 package func multiplyAdd(_ a: SIMD16<Float>, _ b: SIMD16<Float>, _ acc: SIMD16<Float>) -> SIMD16<Float> {
     #if FusedMultiplyAdd
-    return acc.addingProduct(a, b)
+        return acc.addingProduct(a, b)
     #else
-    return acc + a * b
+        return acc + a * b
     #endif
 }
