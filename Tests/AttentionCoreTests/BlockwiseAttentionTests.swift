@@ -7,16 +7,6 @@ final class BlockwiseAttentionTests: XCTestCase {
         AttentionOptions(kernel: .blockwise(queryBlock: queryBlock, keyBlock: keyBlock), threads: threads)
     }
 
-    private func assertMatchesReference(
-        _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), mask: AttentionMask = .none,
-        options: AttentionOptions, file: StaticString = #filePath, line: UInt = #line
-    ) throws {
-        let checks = try checkAttention(
-            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
-        XCTAssertTrue(checks.output.passes, "\(checks.output)", file: file, line: line)
-        XCTAssertTrue(checks.logSumExp.passes, "\(checks.logSumExp)", file: file, line: line)
-    }
-
     func testOddShapeGridMatchesReference() throws {
         try withEvery("headDimension", in: OddShapes.headDimensions) { d in
             try withEvery("lengths", in: OddShapes.lengths) { lengths in

@@ -5,17 +5,6 @@ import _AttentionTestSupport
 final class NaiveAttentionTests: XCTestCase {
     private let naive = AttentionOptions(kernel: .naive)
 
-    private func assertMatchesReference(
-        _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), mask: AttentionMask = .none,
-        options: AttentionOptions? = nil, file: StaticString = #filePath, line: UInt = #line
-    ) throws {
-        let checks = try checkAttention(
-            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
-            options: options ?? naive)
-        XCTAssertTrue(checks.output.passes, "\(checks.output)", file: file, line: line)
-        XCTAssertTrue(checks.logSumExp.passes, "\(checks.logSumExp)", file: file, line: line)
-    }
-
     func testOddShapeGridMatchesReference() throws {
         try withEvery("headDimension", in: OddShapes.headDimensions) { d in
             try withEvery("lengths", in: OddShapes.lengths) { lengths in
@@ -25,8 +14,8 @@ final class NaiveAttentionTests: XCTestCase {
                     queryHeads: heads, queryLength: lengths.queries, keyLength: lengths.keys,
                     headDimension: d,
                     seed: UInt64(d * 1000 + lengths.keys))
-                try assertMatchesReference(inputs)
-                if lengths.keys <= 512 { try assertMatchesReference(inputs, mask: .causal) }
+                try assertMatchesReference(inputs, options: naive)
+                if lengths.keys <= 512 { try assertMatchesReference(inputs, mask: .causal, options: naive) }
             }
         }
     }
@@ -37,7 +26,7 @@ final class NaiveAttentionTests: XCTestCase {
                 batch: 3, queryHeads: 2, queryLength: 17, keyLength: 33, headDimension: 24,
                 valueDimension: 40,
                 seed: UInt64(seed))
-            try assertMatchesReference(inputs)
+            try assertMatchesReference(inputs, options: naive)
         }
     }
 
@@ -46,7 +35,7 @@ final class NaiveAttentionTests: XCTestCase {
             let inputs = try attentionInputs(
                 batch: 2, queryHeads: heads.0, keyValueHeads: heads.1, queryLength: 19, keyLength: 45,
                 headDimension: 16, seed: UInt64(heads.0 * 10 + heads.1))
-            try assertMatchesReference(inputs, mask: .causal)
+            try assertMatchesReference(inputs, mask: .causal, options: naive)
             // Query head h must read KV head h / (Hq / Hkv): compare with MHA on replicated K/V.
             let group = heads.0 / heads.1
             func replicate(_ t: Tensor) throws -> Tensor {
@@ -69,7 +58,7 @@ final class NaiveAttentionTests: XCTestCase {
         try withEvery("lengths", in: [(5, 40), (40, 5), (1, 9), (9, 1)]) { lengths in
             let inputs = try attentionInputs(
                 queryHeads: 2, queryLength: lengths.0, keyLength: lengths.1, headDimension: 8, seed: 3)
-            try assertMatchesReference(inputs, mask: .causal)
+            try assertMatchesReference(inputs, mask: .causal, options: naive)
             let result = try attentionWithLogSumExp(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal,
                 options: naive)
