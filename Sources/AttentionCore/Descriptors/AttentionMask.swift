@@ -157,6 +157,9 @@ package struct MaskRowSpans {
     package let hasPredicate: Bool
     /// The smallest range holding every row's visible keys (empty if no row sees a key).
     package let keyHull: Range<Int>
+    /// Keys that every row sees (the intersection of the rows' spans when each row has one span and there is no
+    /// predicate; otherwise empty). A tile inside it is `.full` without looking at the rows.
+    package let commonlyVisible: Range<Int>
 
     package init(mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int) {
         spans = queries.map { mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength) }
@@ -164,10 +167,23 @@ package struct MaskRowSpans {
         let lower = spans.compactMap { $0.first?.lowerBound }.min() ?? 0
         let upper = spans.compactMap { $0.last?.upperBound }.max() ?? 0
         keyHull = lower < upper ? lower..<upper : 0..<0
+        var common = 0..<0
+        if !hasPredicate, !spans.isEmpty, spans.allSatisfy({ $0.count == 1 }) {
+            let from = spans.map { $0[0].lowerBound }.max()!
+            let to = spans.map { $0[0].upperBound }.min()!
+            if from < to { common = from..<to }
+        }
+        commonlyVisible = common
     }
 
-    /// The coverage of `keys` for these rows.
+    /// The coverage of `keys` for these rows. O(1) for tiles inside `commonlyVisible` (the bulk of a causal or
+    /// windowed row block), O(rows) otherwise.
     package func coverage(keys: Range<Int>) -> TileCoverage {
+        if !keys.isEmpty && keys.lowerBound >= commonlyVisible.lowerBound
+            && keys.upperBound <= commonlyVisible.upperBound
+        {
+            return .full
+        }
         var anyVisible = false
         var allVisible = true
         for rowSpans in spans {
