@@ -104,3 +104,36 @@ final class VectorMathTests: XCTestCase {
         }
     }
 }
+
+extension VectorMathTests {
+    func testTanhIsWithinTwoUlp() {
+        var worst = (ulp: 0.0, at: Float(0))
+        var inputs: [Float] = (0...200_000).map { Float(-12 + 24 * Double($0) / 200_000) }
+        inputs += (0...20_000).map { Float(-0.001 + 0.002 * Double($0) / 20_000) }
+        var start = 0
+        while start < inputs.count {
+            var x = SIMD16<Float>(repeating: 0)
+            for lane in 0..<16 where start + lane < inputs.count { x[lane] = inputs[start + lane] }
+            let y = VectorMath.tanh(x)
+            for lane in 0..<16 {
+                let exact = Foundation.tanh(Double(x[lane]))
+                let rounded = Float(exact)
+                let error = y[lane] == rounded ? 0 : abs(Double(y[lane]) - exact) / Double(rounded.ulp)
+                if error > worst.ulp { worst = (error, x[lane]) }
+            }
+            start += 16
+        }
+        print("tanh max ulp error: \(worst.ulp) at \(worst.at) over [-12, 12]")
+        XCTAssertLessThanOrEqual(worst.ulp, 2, "at x = \(worst.at)")
+        var special = SIMD16<Float>(repeating: 0)
+        special[0] = .infinity
+        special[1] = -.infinity
+        special[2] = .nan
+        special[3] = -0.0
+        let t = VectorMath.tanh(special)
+        XCTAssertEqual(t[0], 1)
+        XCTAssertEqual(t[1], -1)
+        XCTAssertTrue(t[2].isNaN)
+        XCTAssertEqual(t[3], 0)
+    }
+}

@@ -44,14 +44,14 @@ package enum ScoreStorage {
     case materialized
 }
 
-/// Floats of per-worker scratch: Q^T [Dk, Rp], O^T [Dv, Rp], m and l [Rp], the quarantine copy of a V tile
-/// [Bc, Dv], and (for `.perWorkerTile`) S^T [Bc, Rp].
+/// Floats of per-worker scratch: Q^T [Dk, Rp], O^T [Dv, Rp], m, l and two ALiBi rows [Rp], the quarantine copy of
+/// a V tile [Bc, Dv], and (for `.perWorkerTile`) S^T [Bc, Rp].
 package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
 {
     let rp = roundUp16(problem.groupSize * tiling.queryBlock)
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0
-    return rp * (dk + dv + 2) + bc * dv + tile
+    return rp * (dk + dv + 4) + bc * dv + tile
 }
 
 /// Floats of the materialized score tensor for `.materialized` storage, or nil if that overflows Int.
@@ -159,7 +159,9 @@ private struct BlockContext {
         let oT = qT + dk * rp
         let m = oT + dv * rp
         let l = m + rp
-        let cleanValues = l + rp
+        let alibiSlopes = l + rp
+        let alibiDiagonals = alibiSlopes + rp
+        let cleanValues = alibiDiagonals + rp
 
         // Q^T, scaled so that scores come out in base 2 (unless softcap needs them in natural units first).
         let softcap = p.options.softcap
@@ -184,6 +186,17 @@ private struct BlockContext {
             }
         }
         oT.update(repeating: 0, count: dv * rp)
+        // ALiBi per row (slope in base 2, diagonal key position), so the penalty is applied 16 rows at a time.
+        if let slopes = p.options.alibiSlopes {
+            alibiSlopes.update(repeating: 0, count: rp)
+            alibiDiagonals.update(repeating: 0, count: rp)
+            for head in 0..<g {
+                for row in 0..<rows {
+                    alibiSlopes[head * br + row] = slopes[kvHead * g + head] * log2e
+                    alibiDiagonals[head * br + row] = Float(i0 + row + nk - nq)
+                }
+            }
+        }
 
         let spans = MaskRowSpans(mask: p.mask, queries: i0..<(i0 + rows), queryLength: nq, keyLength: nk)
         if let keys, let values, !spans.keyHull.isEmpty {
@@ -200,7 +213,9 @@ private struct BlockContext {
                     qT: qT, rowCount: rp, keys: keyBase + tile.lowerBound * dk, keyCount: tile.count, depth: dk,
                     scores: sT)
                 if hasScoreOptions {
-                    applyScoreOptions(sT, batch: b, keyValueHead: kvHead, i0: i0, rows: rows, tile: tile)
+                    applyScoreOptions(
+                        sT, rowCount: rp, batch: b, keyValueHead: kvHead, i0: i0, rows: rows, tile: tile,
+                        alibiSlopes: alibiSlopes, alibiDiagonals: alibiDiagonals)
                 }
                 if coverage == .partial {
                     applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile)
@@ -232,32 +247,46 @@ private struct BlockContext {
         }
     }
 
-    /// Softcap, ALiBi and bias on one tile of scores (rows in lanes, row r = head * Br + row). Scores leave in base 2.
+    /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in base 2.
+    /// Softcap and ALiBi run 16 rows at a time (padding rows included; their results are never read); the bias is
+    /// gathered row by row from its [Nq, Nk] planes.
     private func applyScoreOptions(
-        _ sT: UnsafeMutablePointer<Float>, batch b: Int, keyValueHead kvHead: Int, i0: Int,
-        rows: Int, tile: Range<Int>
+        _ sT: UnsafeMutablePointer<Float>, rowCount rp: Int, batch b: Int, keyValueHead kvHead: Int, i0: Int,
+        rows: Int, tile: Range<Int>, alibiSlopes: UnsafePointer<Float>, alibiDiagonals: UnsafePointer<Float>
     ) {
         let p = problem
-        let (g, br, nq, nk) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyLength)
-        let softcap = p.options.softcap
-        let bias = p.options.bias
-        for head in 0..<g {
-            let h = kvHead * g + head
-            let slope = p.options.alibiSlopes.map { $0[h] * log2e }
-            var biasRows: UnsafePointer<Float>? = nil
-            if let bias, let base = self.bias {
-                let bb = bias.shape[0] == 1 ? 0 : b
-                let bh = bias.shape[1] == 1 ? 0 : h
-                biasRows = base + (bb * bias.shape[1] + bh) * nq * nk
+        let (g, br, nq, nk, columns) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyLength, tile.count)
+        if let softcap = p.options.softcap {
+            let cap = SIMD16<Float>(repeating: softcap)
+            let outer = SIMD16<Float>(repeating: softcap * log2e)
+            for index in stride(from: 0, to: rp * columns, by: 16) {
+                store16(outer * vectorTanh(load16(sT, index) / cap), sT, index)
             }
-            for (kk, j) in tile.enumerated() {
+        }
+        if p.options.alibiSlopes != nil {
+            var rv = 0
+            while rv < rp {
+                let slope = load16(alibiSlopes, rv)
+                let diagonal = load16(alibiDiagonals, rv)
+                let stripe = sT + rv * columns
+                for (kk, j) in tile.enumerated() {
+                    let distance = diagonal - Float(j)
+                    let penalty = slope * distance.replacing(with: -distance, where: distance .< 0)
+                    store16(load16(stripe, kk * 16) - penalty, stripe, kk * 16)
+                }
+                rv += 16
+            }
+        }
+        if let bias = p.options.bias, let base = self.bias {
+            let bb = bias.shape[0] == 1 ? 0 : b
+            for head in 0..<g {
+                let bh = bias.shape[1] == 1 ? 0 : kvHead * g + head
+                let plane = base + (bb * bias.shape[1] + bh) * nq * nk
                 for row in 0..<rows {
-                    let index = stripeIndex(head * br + row, kk, columns: tile.count)
-                    var score = sT[index]
-                    if let softcap { score = softcap * _tanh(score / softcap) * log2e }
-                    if let slope { score -= slope * Float(abs(i0 + row + nk - nq - j)) }
-                    if let biasRows { score += biasRows[(i0 + row) * nk + j] * log2e }
-                    sT[index] = score
+                    let biasRow = plane + (i0 + row) * nk
+                    for (kk, j) in tile.enumerated() {
+                        sT[stripeIndex(head * br + row, kk, columns: columns)] += biasRow[j] * log2e
+                    }
                 }
             }
         }
