@@ -50,11 +50,13 @@ func accumulateValues(
         let p = pT + rb * keyCount
         let out = oT + rb * dv
         var c = 0
-        while c + 6 <= dv {
+        // Groups of 6 while what is left after them can still be taken 4 at a time (128 = 20 x 6 + 2 x 4): a
+        // one-column kernel has too few accumulators to hide the FMA latency.
+        while c + 6 <= dv && (dv - c == 6 || dv - c - 6 >= 4) {
             valueKernel6(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
             c += 6
         }
-        if c + 4 <= dv {
+        while c + 4 <= dv {
             valueKernel4(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
             c += 4
         }
