@@ -1,4 +1,5 @@
 import Attention
+import Foundation
 import XCTest
 
 /// The README's usage example, verbatim between the markers, so the documentation always compiles and runs.
@@ -22,5 +23,25 @@ final class ReadmeExampleTests: XCTestCase {
         // README example end
         XCTAssertEqual(output.shape, [1, 8, 256, 64])
         XCTAssertEqual(windowed.logSumExp.shape, [1, 8, 256])
+    }
+
+    /// The README's Swift block must be this test's body, line for line (indentation aside).
+    func testReadmeShowsThisExample() throws {
+        let source = try String(contentsOfFile: #filePath, encoding: .utf8)
+        let readmePath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("README.md").path
+        let readme = try String(contentsOfFile: readmePath, encoding: .utf8)
+        let begin = "// README example " + "begin\n", end = "// README example " + "end"
+        let body = try XCTUnwrap(
+            source.components(separatedBy: begin).dropFirst().first?.components(separatedBy: end).first)
+        let lines = body.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let block = try XCTUnwrap(
+            readme.components(separatedBy: "```swift\nimport Attention\n").dropFirst().first?.components(
+                separatedBy: "```"
+            ).first)
+        let readmeLines = block.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+            !$0.isEmpty
+        }
+        XCTAssertEqual(readmeLines, lines)
     }
 }
