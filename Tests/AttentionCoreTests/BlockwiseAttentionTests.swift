@@ -300,3 +300,55 @@ extension BlockwiseAttentionTests {
         }
     }
 }
+
+/// Cases found in review: hostile tile sizes and non-finite values must behave the same under every tiling.
+extension BlockwiseAttentionTests {
+    func testHugeTileSizesAreClampedNotTrapped() throws {
+        let inputs = try attentionInputs(queryHeads: 2, queryLength: 10, keyLength: 12, headDimension: 4, seed: 1)
+        let huge = try run(inputs, mask: .causal, blockwise(Int.max, Int.max))
+        let clamped = try run(inputs, mask: .causal, blockwise(10, 12))
+        XCTAssertEqual(huge.output, clamped.output)
+        XCTAssertLessThan(huge.workspaceBytes, 1 << 20)
+        let noQueries = try attentionInputs(queryHeads: 2, queryLength: 0, keyLength: 12, headDimension: 4, seed: 1)
+        XCTAssertEqual(try run(noQueries, blockwise(Int.max, 1 << 40)).output.shape, [1, 2, 0, 4])
+    }
+
+    func testVisibleNaNValuePropagatesEvenWithUnderflowedWeight() throws {
+        // Scores 100 and -100: the second key's weight e^-200 underflows to 0 in Float, but the key is visible,
+        // so its NaN value must reach the output (the Float64 reference multiplies 1e-87 by NaN).
+        let queries = try Tensor(shape: [1, 1, 1, 1], scalars: [100])
+        let keys = try Tensor(shape: [1, 1, 2, 1], scalars: [1, -1])
+        let values = try Tensor(shape: [1, 1, 2, 1], scalars: [1, .nan])
+        let zeroBias = try Tensor(zeros: [1, 1, 1, 2])
+        let variants: [(String, AttentionMask, AttentionOptions)] = [
+            ("none", .none, blockwise()), ("zero bias", .none, AttentionOptions(bias: zeroBias)),
+            ("custom", .custom { _, _ in true }, blockwise()), ("causal 1x1", .causal, blockwise(1, 1)),
+            ("naive", .none, AttentionOptions(kernel: .naive)),
+        ]
+        for (name, mask, options) in variants {
+            let output = try attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
+            XCTAssertTrue(output[0, 0, 0, 0].isNaN, name)
+        }
+        XCTAssertTrue(referenceAttention(queries: queries, keys: keys, values: values).output[0].isNaN)
+    }
+
+    func testKeyWithMinusInfinityScoreIsDroppedLikeTheReference() throws {
+        // q . k = -inf for the second key: it counts as masked, so its NaN value stays out (as in the reference).
+        let queries = try Tensor(shape: [1, 1, 1, 1], scalars: [-1])
+        let keys = try Tensor(shape: [1, 1, 2, 1], scalars: [1, .infinity])
+        let values = try Tensor(shape: [1, 1, 2, 1], scalars: [3, .nan])
+        for options in [blockwise(), blockwise(1, 1), AttentionOptions(kernel: .naive)] {
+            let output = try attention(queries: queries, keys: keys, values: values, options: options)
+            XCTAssertEqual(output[0, 0, 0, 0], 3)
+        }
+        XCTAssertEqual(referenceAttention(queries: queries, keys: keys, values: values).output[0], 3)
+    }
+
+    func testNaNWithPayloadInAQueryStaysNaN() throws {
+        var inputs = try attentionInputs(queryHeads: 1, queryLength: 3, keyLength: 5, headDimension: 4, seed: 2)
+        inputs.queries[0, 0, 1, 2] = Float(nan: 0x1FF, signaling: false)
+        let output = try run(inputs, blockwise()).output
+        for c in 0..<4 { XCTAssertTrue(output[0, 0, 1, c].isNaN) }
+        for c in 0..<4 { XCTAssertTrue(output[0, 0, 0, c].isFinite) }
+    }
+}

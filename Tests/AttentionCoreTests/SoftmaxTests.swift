@@ -93,3 +93,16 @@ final class SoftmaxTests: XCTestCase {
         }
     }
 }
+
+extension SoftmaxTests {
+    func testNaNRowsAreNaNNotZero() throws {
+        let x = try Tensor(
+            shape: [2, 17], scalars: [Float.nan] + [Float](repeating: 1, count: 16) + [Float](repeating: 2, count: 17))
+        let p = try softmax(x)
+        XCTAssertTrue(p.scalars[0..<17].allSatisfy(\.isNaN))
+        XCTAssertTrue(p.scalars[17...].allSatisfy(\.isFinite))
+        XCTAssertTrue(try logSumExp(try Tensor(shape: [1], scalars: [.nan])).scalars[0].isNaN)
+        // A masked NaN is still just masked.
+        XCTAssertEqual(try softmax(try Tensor(shape: [2], scalars: [.nan, 0]), mask: [false, true]).scalars, [0, 1])
+    }
+}

@@ -7,6 +7,10 @@
 //   s = s + bias[b, h, i, j]                        if bias is set (broadcast over size-1 batch/head axes)
 // then masked keys are removed and p = softmax(s) over the visible keys, with sinkLogits[h] (if set) joining
 // the denominator only. A score of -infinity (e.g. from the bias) is treated exactly like a masked key.
+//
+// Range: the kernels work in base 2 (scores, sink logits and ALiBi slopes are multiplied by log2(e) = 1.44), so
+// a score, sink logit or slope-times-distance beyond +-2.3e38 overflows to infinity even though it is finite in
+// base e. Such values are far outside anything a model produces; they are documented rather than checked per score.
 
 /// Which kernel computes attention.
 public enum AttentionKernel: Sendable, Hashable {
@@ -18,8 +22,8 @@ public enum AttentionKernel: Sendable, Hashable {
     case naive
     /// The tiled online-softmax kernel (FlashAttention-2): O(threads * tile) scratch memory, never Nq x Nk.
     /// `queryBlock` is the query positions per block and head (default: 64 / (queryHeads / keyValueHeads), at
-    /// least 1); `keyBlock` the keys per tile (default 64). Both must be >= 1 when given. The output does not
-    /// depend on them beyond float rounding.
+    /// least 1); `keyBlock` the keys per tile (default 64). Both must be >= 1 when given; values above the query or
+    /// key length are clamped to it. The output does not depend on them beyond float rounding.
     case blockwise(queryBlock: Int? = nil, keyBlock: Int? = nil)
 }
 

@@ -65,8 +65,10 @@ public func attentionWithLogSumExp(
         return try naiveAttention(problem, queries: queries, keys: keys, values: values)
     case .blockwise(let queryBlock, let keyBlock):
         let automatic = BlockwiseTiling.automatic(groupSize: problem.groupSize)
+        // Tiles larger than the sequences are clamped to them: the result is the same, and Int.max stays harmless.
         let tiling = BlockwiseTiling(
-            queryBlock: queryBlock ?? automatic.queryBlock, keyBlock: keyBlock ?? automatic.keyBlock)
+            queryBlock: Swift.min(queryBlock ?? automatic.queryBlock, Swift.max(1, problem.queryLength)),
+            keyBlock: Swift.min(keyBlock ?? automatic.keyBlock, Swift.max(1, problem.keyLength)))
         return tiledAttention(
             problem, queries: queries, keys: keys, values: values, tiling: tiling, scoreStorage: .perWorkerTile)
     }

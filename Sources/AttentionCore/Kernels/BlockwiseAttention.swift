@@ -222,7 +222,7 @@ private struct BlockContext {
                 }
                 updateSoftmax(sT, rowCount: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv)
                 var tileValues = valueBase + tile.lowerBound * dv
-                if coverage == .partial || p.options.bias != nil {
+                if !allFinite(tileValues, count: tile.count * dv) {
                     tileValues = quarantineNonFiniteValues(
                         tileValues, keyCount: tile.count, valueDimension: dv, weights: sT, rowCount: rp, oT: oT,
                         clean: cleanValues)
@@ -351,7 +351,10 @@ private func updateSoftmax(
         let alpha = vectorExp2OfNonPositive(oldMax - shift)
         var sum = SIMD16<Float>()
         for kk in 0..<keyCount {
-            let weight = vectorExp2OfNonPositive(load16(stripe, kk * 16) - shift)
+            let score = load16(stripe, kk * 16)
+            // Masked keys (and keys whose score is -inf) get weight -0.0: zero for every sum, but marked, so that
+            // the quarantine below can tell them from visible keys whose weight merely underflowed.
+            let weight = vectorExp2OfNonPositive(score - shift).replacing(with: -0.0, where: score .== negativeInfinity)
             store16(weight, stripe, kk * 16)
             sum += weight
         }
@@ -366,9 +369,28 @@ private func updateSoftmax(
     }
 }
 
-/// Value rows with NaN or infinity: rows that give them zero weight must not receive 0 * NaN. Such rows are
-/// copied to `clean` with the bad rows zeroed (the fast kernel then runs on `clean`), and the bad rows are added
-/// here, only to the rows with nonzero weight. Returns the values pointer the fast kernel should use.
+/// Whether `count` floats are all finite: one vector pass summing x * 0, which is NaN exactly when some x is NaN or
+/// infinite.
+@inline(__always)
+private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
+    var probe = SIMD16<Float>()
+    var i = 0
+    while i + 16 <= count {
+        probe += load16(values, i) * 0
+        i += 16
+    }
+    var tail: Float = 0
+    while i < count {
+        tail += values[i] * 0
+        i += 1
+    }
+    return horizontalSum(probe) + tail == 0
+}
+
+/// Value rows with NaN or infinity. A key that is masked for a row (or has a -inf score there) must not bring
+/// 0 * NaN into that row, while a key the row sees must propagate its NaN even if its weight underflowed to 0, as the
+/// reference does. The bad rows are zeroed in a copy (`clean`, which the fast kernel then uses) and added here to
+/// every row whose weight is not the -0.0 "masked" marker. Returns the values pointer the fast kernel should use.
 private func quarantineNonFiniteValues(
     _ values: UnsafePointer<Float>, keyCount: Int, valueDimension dv: Int, weights pT: UnsafePointer<Float>,
     rowCount rp: Int, oT: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
@@ -384,8 +406,9 @@ private func quarantineNonFiniteValues(
     clean.update(from: values, count: keyCount * dv)
     for kk in poisoned {
         (clean + kk * dv).update(repeating: 0, count: dv)
-        for r in 0..<rp where pT[stripeIndex(r, kk, columns: keyCount)] != 0 {
+        for r in 0..<rp {
             let weight = pT[stripeIndex(r, kk, columns: keyCount)]
+            if weight == 0 && weight.sign == .minus { continue }
             for c in 0..<dv { oT[stripeIndex(r, c, columns: dv)] += values[kk * dv + c] * weight }
         }
     }

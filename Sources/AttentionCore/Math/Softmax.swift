@@ -88,15 +88,24 @@ package func softmaxRow(
     _ row: UnsafeMutablePointer<Float>, count: Int, extraLogit: Float = -.infinity
 ) -> SoftmaxRowStatistics {
     var maxVector = SIMD16<Float>(repeating: -.infinity)
+    var sawNaN = false
     var i = 0
     while i + 16 <= count {
-        maxVector = vectorMax(maxVector, load16(row, i))
+        let x = load16(row, i)
+        maxVector = vectorMax(maxVector, x)
+        sawNaN = sawNaN || any(x .!= x)
         i += 16
     }
     var maximum = Swift.max(horizontalMax(maxVector), extraLogit)
     while i < count {
         maximum = Swift.max(maximum, row[i])
+        sawNaN = sawNaN || row[i].isNaN
         i += 1
+    }
+    if sawNaN {
+        // NaN is not a masked entry: the whole row is undefined, and says so.
+        row.update(repeating: .nan, count: count)
+        return SoftmaxRowStatistics(maximum: .nan, sum: .nan)
     }
     guard maximum > -.infinity else {
         row.update(repeating: 0, count: count)

@@ -94,6 +94,7 @@ package func vectorExp(_ x: SIMD16<Float>) -> SIMD16<Float> {
     var result = scaleByPowerOfTwo(expPolynomial(r), integer)
     result.replace(with: 0, where: x .< lowest)
     result.replace(with: .infinity, where: x .> highest)
+    result.replace(with: x, where: x .!= x)
     return result
 }
 
@@ -107,6 +108,7 @@ package func vectorExp2(_ x: SIMD16<Float>) -> SIMD16<Float> {
     var result = exp2Reduced(clamped)
     result.replace(with: 0, where: tooLow)
     result.replace(with: .infinity, where: x .> highest)
+    result.replace(with: x, where: x .!= x)
     return result
 }
 
@@ -118,6 +120,8 @@ package func vectorExp2OfNonPositive(_ x: SIMD16<Float>) -> SIMD16<Float> {
     let tooLow = x .< lowest
     var result = exp2Reduced(x.replacing(with: lowest, where: tooLow))
     result.replace(with: 0, where: tooLow)
+    // A NaN's payload bits would otherwise leak into the exponent arithmetic and could come out finite.
+    result.replace(with: x, where: x .!= x)
     return result
 }
 
