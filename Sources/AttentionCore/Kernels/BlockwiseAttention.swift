@@ -220,9 +220,12 @@ private struct BlockContext {
                 if coverage == .partial {
                     applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile)
                 }
-                updateSoftmax(sT, rowCount: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv)
                 var tileValues = valueBase + tile.lowerBound * dv
-                if !allFinite(tileValues, count: tile.count * dv) {
+                let valuesFinite = allFinite(tileValues, count: tile.count * dv)
+                updateSoftmax(
+                    sT, rowCount: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv,
+                    markMasked: !valuesFinite)
+                if !valuesFinite {
                     tileValues = quarantineNonFiniteValues(
                         tileValues, keyCount: tile.count, valueDimension: dv, weights: sT, rowCount: rp, oT: oT,
                         clean: cleanValues)
@@ -336,7 +339,7 @@ private struct BlockContext {
 @inline(__always)
 private func updateSoftmax(
     _ sT: UnsafeMutablePointer<Float>, rowCount rp: Int, keyCount: Int, m: UnsafeMutablePointer<Float>,
-    l: UnsafeMutablePointer<Float>, oT: UnsafeMutablePointer<Float>, valueDimension dv: Int
+    l: UnsafeMutablePointer<Float>, oT: UnsafeMutablePointer<Float>, valueDimension dv: Int, markMasked: Bool
 ) {
     let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
     var rv = 0
@@ -350,13 +353,23 @@ private func updateSoftmax(
         let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
         let alpha = vectorExp2OfNonPositive(oldMax - shift)
         var sum = SIMD16<Float>()
-        for kk in 0..<keyCount {
-            let score = load16(stripe, kk * 16)
-            // Masked keys (and keys whose score is -inf) get weight -0.0: zero for every sum, but marked, so that
-            // the quarantine below can tell them from visible keys whose weight merely underflowed.
-            let weight = vectorExp2OfNonPositive(score - shift).replacing(with: -0.0, where: score .== negativeInfinity)
-            store16(weight, stripe, kk * 16)
-            sum += weight
+        if markMasked {
+            // The tile's values hold NaN or infinity. Masked keys (and keys whose score is -inf) get weight -0.0:
+            // zero in every sum, but marked, so that the quarantine can tell them from visible keys whose weight
+            // merely underflowed.
+            for kk in 0..<keyCount {
+                let score = load16(stripe, kk * 16)
+                let weight = vectorExp2OfNonPositive(score - shift).replacing(
+                    with: -0.0, where: score .== negativeInfinity)
+                store16(weight, stripe, kk * 16)
+                sum += weight
+            }
+        } else {
+            for kk in 0..<keyCount {
+                let weight = vectorExp2OfNonPositive(load16(stripe, kk * 16) - shift)
+                store16(weight, stripe, kk * 16)
+                sum += weight
+            }
         }
         store16(multiplyAdd(load16(l, rv), alpha, sum), l, rv)
         store16(newMax, m, rv)

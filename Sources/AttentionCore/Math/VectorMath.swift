@@ -118,10 +118,13 @@ package func vectorExp2(_ x: SIMD16<Float>) -> SIMD16<Float> {
 package func vectorExp2OfNonPositive(_ x: SIMD16<Float>) -> SIMD16<Float> {
     let lowest: Float = -126
     let tooLow = x .< lowest
-    var result = exp2Reduced(x.replacing(with: lowest, where: tooLow))
+    // 2^n is built as a Float and multiplied in (n <= 0 here, so it is always a normal number): unlike adding n to
+    // the exponent bits, a multiply keeps a NaN input NaN whatever its payload bits.
+    let clamped = x.replacing(with: lowest, where: tooLow)
+    let (n, integer) = roundToNearest(clamped)
+    let power = unsafeBitCast((integer &+ 127) &<< 23, to: SIMD16<Float>.self)
+    var result = exp2Polynomial(clamped - n) * power
     result.replace(with: 0, where: tooLow)
-    // A NaN's payload bits would otherwise leak into the exponent arithmetic and could come out finite.
-    result.replace(with: x, where: x .!= x)
     return result
 }
 
@@ -131,15 +134,19 @@ package func vectorExp2OfNonPositive(_ x: SIMD16<Float>) -> SIMD16<Float> {
 @inlinable @inline(__always)
 package func exp2Reduced(_ x: SIMD16<Float>) -> SIMD16<Float> {
     let (n, integer) = roundToNearest(x)
-    let f = x - n
+    return scaleByPowerOfTwo(exp2Polynomial(x - n), integer)
+}
+
+/// 2^f for |f| <= 1/2: the degree-6 minimax polynomial of `exp2Reduced`.
+@inlinable @inline(__always)
+package func exp2Polynomial(_ f: SIMD16<Float>) -> SIMD16<Float> {
     var p = SIMD16<Float>(repeating: 1.535_086_63e-4)
     p = multiplyAdd(p, f, SIMD16<Float>(repeating: 1.339_997_40e-3))
     p = multiplyAdd(p, f, SIMD16<Float>(repeating: 9.618_470_45e-3))
     p = multiplyAdd(p, f, SIMD16<Float>(repeating: 5.550_328_64e-2))
     p = multiplyAdd(p, f, SIMD16<Float>(repeating: 2.402_264_77e-1))
     p = multiplyAdd(p, f, SIMD16<Float>(repeating: 6.931_471_82e-1))
-    p = multiplyAdd(p, f, SIMD16<Float>(repeating: 1))
-    return scaleByPowerOfTwo(p, integer)
+    return multiplyAdd(p, f, SIMD16<Float>(repeating: 1))
 }
 
 /// tanh(x) for each lane, within 2 ulp (measured by VectorMathTests): for |x| < 0.625 an odd polynomial
