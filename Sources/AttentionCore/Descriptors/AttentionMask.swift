@@ -152,7 +152,7 @@ extension AttentionMask {
 /// The visible key spans of a block of consecutive query rows, computed once and reused for every key tile.
 package struct MaskRowSpans {
     /// spans[row] are the sorted, disjoint visible key ranges of query `queries.lowerBound + row`.
-    package private(set) var spans: [[Range<Int>]]
+    package let spans: [[Range<Int>]]
     /// Whether a `custom` predicate must still be consulted inside the spans.
     package let hasPredicate: Bool
     /// The smallest range holding every row's visible keys (empty if no row sees a key).

@@ -38,6 +38,9 @@ package struct BlockwiseTiling: Sendable, Hashable {
     package static func automatic(groupSize: Int) -> BlockwiseTiling {
         BlockwiseTiling(queryBlock: Swift.max(1, 64 / groupSize), keyBlock: 64)
     }
+
+    /// Rp: the rows of one work item (G * Br) rounded up to whole 16-row stripes.
+    package func paddedRows(groupSize: Int) -> Int { (groupSize * queryBlock + 15) & ~15 }
 }
 
 /// Where the kernel keeps each tile's scores.
@@ -53,7 +56,7 @@ package enum ScoreStorage {
 /// a V tile [Bc, Dv], and (for `.perWorkerTile`) S^T [Bc, Rp].
 package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
 {
-    let rp = roundUp16(problem.groupSize * tiling.queryBlock)
+    let rp = tiling.paddedRows(groupSize: problem.groupSize)
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0
     return rp * (dk + dv + 4) + bc * dv + tile
@@ -65,7 +68,7 @@ package func materializedScoreFloats(_ problem: AttentionProblem, _ tiling: Bloc
     var total = 1
     for factor in [
         problem.batch, problem.keyValueHeads, queryBlocks, tiling.keyBlock,
-        roundUp16(problem.groupSize * tiling.queryBlock),
+        tiling.paddedRows(groupSize: problem.groupSize),
     ] {
         let (product, overflow) = total.multipliedReportingOverflow(by: factor)
         if overflow { return nil }
@@ -93,7 +96,7 @@ package func tiledAttention(
     let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
     let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
     defer { scores.deallocate() }
-    let tileFloats = tiling.keyBlock * roundUp16(problem.groupSize * tiling.queryBlock)
+    let tileFloats = tiling.keyBlock * tiling.paddedRows(groupSize: problem.groupSize)
 
     let outputCount = problem.batch * problem.queryHeads * nq
     var output = [Float](repeating: 0, count: outputCount * dv)
@@ -155,7 +158,7 @@ private struct BlockContext {
         let p = problem
         let (nq, nk, dk, dv, g) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, p.groupSize)
         let (br, bc) = (tiling.queryBlock, tiling.keyBlock)
-        let rp = roundUp16(g * br)
+        let rp = tiling.paddedRows(groupSize: g)
         let i0 = queryBlock * br
         let rows = Swift.min(br, nq - i0)
         guard rows > 0, let queries, let output, let logSumExp else { return }

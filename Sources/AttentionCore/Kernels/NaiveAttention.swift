@@ -9,7 +9,7 @@
 // It runs the blockwise kernel's code (BlockwiseAttention.swift) with a single tile per (batch, key/value head):
 // Br = Nq and Bc = Nk, and the scores kept in one tensor instead of a per-worker tile. With one tile the online
 // softmax *is* the two-pass textbook softmax, nothing is skipped, and nothing differs from the blockwise kernel
-// but the memory: the score tensor holds B * Hkv * Nk * roundUp16(G * Nq) floats (G = Hq / Hkv), i.e.
+// but the memory: the score tensor holds B * Hkv * Nk * (G * Nq rounded up to 16) floats (G = Hq / Hkv), i.e.
 // B * Hq * Nq * Nk up to padding. That is the quantity `AttentionOptions.naiveMemoryBudget` limits. Sharing the
 // micro-kernels makes the baseline an honest unfused implementation (two matrix products and a softmax at
 // matrix-product speed), so the blockwise kernel's speedup over it measures fusion and tiling, not code quality.
@@ -21,8 +21,6 @@ package func naiveScoreBytes(_ problem: AttentionProblem) -> Int? {
         return overflow ? nil : bytes
     }
 }
-
-@inline(__always) package func roundUp16(_ n: Int) -> Int { (n + 15) & ~15 }
 
 private func naiveTiling(_ problem: AttentionProblem) -> BlockwiseTiling {
     BlockwiseTiling(queryBlock: Swift.max(1, problem.queryLength), keyBlock: Swift.max(1, problem.keyLength))
