@@ -25,6 +25,12 @@ public enum AttentionKernel: Sendable, Hashable {
     /// least 1); `keyBlock` the keys per tile (default 64). Both must be >= 1 when given; values above the query or
     /// key length are clamped to it. The output does not depend on them beyond float rounding.
     case blockwise(queryBlock: Int? = nil, keyBlock: Int? = nil)
+    /// Flash-decoding for few query rows against many keys: the blockwise kernel with all queries of a key/value
+    /// group in one block (requires groupSize * queryLength <= 16), micro-kernels that vectorize along the head
+    /// dimension instead of padding the rows to 16 lanes, and the keys split into chunks of `keysPerSplit` (default:
+    /// chosen from the shape, see `decodeTiling`) that run on separate workers and are merged in a fixed order, so
+    /// the output is the same for every thread count. Each key and value row is read once per key/value head.
+    case decode(keysPerSplit: Int? = nil)
 }
 
 /// Everything about an attention call besides the tensors and the mask.
@@ -48,6 +54,11 @@ public struct AttentionOptions: Sendable {
     /// head's softmax denominator without adding an output term. Unrelated to sink *tokens*
     /// (`AttentionMask.sinks`).
     public var sinkLogits: [Float]?
+    /// Per-head visibility (DuoAttention-style head policies): `headMasks[h]` restricts query head h in addition
+    /// to the call's mask (the two are intersected). One mask per query head; `nil` means every head uses the call's
+    /// mask alone. Heads sharing a key/value head still read each key tile once: a tile is skipped only when it is
+    /// empty for all of them.
+    public var headMasks: [AttentionMask]?
     /// The kernel to run.
     public var kernel: AttentionKernel
     /// Worker threads; `nil` means every active processor. Must be >= 1. Results are bitwise identical for
@@ -59,14 +70,15 @@ public struct AttentionOptions: Sendable {
     /// Creates options; every parameter defaults to plain scaled dot-product attention.
     public init(
         scale: Float? = nil, softcap: Float? = nil, alibiSlopes: [Float]? = nil, bias: Tensor? = nil,
-        sinkLogits: [Float]? = nil, kernel: AttentionKernel = .automatic, threads: Int? = nil,
-        naiveMemoryBudget: Int = 4 << 30
+        sinkLogits: [Float]? = nil, headMasks: [AttentionMask]? = nil, kernel: AttentionKernel = .automatic,
+        threads: Int? = nil, naiveMemoryBudget: Int = 4 << 30
     ) {
         self.scale = scale
         self.softcap = softcap
         self.alibiSlopes = alibiSlopes
         self.bias = bias
         self.sinkLogits = sinkLogits
+        self.headMasks = headMasks
         self.kernel = kernel
         self.threads = threads
         self.naiveMemoryBudget = naiveMemoryBudget

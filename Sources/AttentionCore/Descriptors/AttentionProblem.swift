@@ -36,18 +36,9 @@ package struct AttentionProblem: Sendable {
                 actual: tensor.shape,
                 reason: "attention takes rank-4 tensors")
         }
-        let (b, hq, nq, dk) = (queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3])
+        try Self.validateQueries(queries)
+        let (b, hq, dk) = (queries.shape[0], queries.shape[1], queries.shape[3])
         let (hkv, nk, dv) = (keys.shape[1], keys.shape[2], values.shape[3])
-        guard hq >= 1 else {
-            throw AttentionError.shapeMismatch(
-                argument: "queries", expected: "at least 1 head (axis 1)", actual: queries.shape,
-                reason: "attention needs a head")
-        }
-        guard dk >= 1 else {
-            throw AttentionError.shapeMismatch(
-                argument: "queries", expected: "headDimension (axis 3) >= 1", actual: queries.shape,
-                reason: "an empty head dimension has no scores")
-        }
         guard keys.shape[0] == b, hkv >= 1, hq % hkv == 0, keys.shape[3] == dk else {
             throw AttentionError.shapeMismatch(
                 argument: "keys", expected: "[\(b), H, N, \(dk)] with H >= 1 dividing \(hq)",
@@ -60,6 +51,43 @@ package struct AttentionProblem: Sendable {
             throw AttentionError.shapeMismatch(
                 argument: "values", expected: "[\(b), \(hkv), \(nk), D] with D >= 1", actual: values.shape,
                 reason: "keys and values must have the same batch, head count and sequence length")
+        }
+        try self.init(
+            queries: queries, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask, options: options)
+    }
+
+    /// Checks the queries alone: rank 4 with at least one head and a head dimension >= 1.
+    package static func validateQueries(_ queries: Tensor) throws {
+        guard queries.rank == 4 else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "rank 4 [batch, heads, sequence, headDimension]",
+                actual: queries.shape, reason: "attention takes rank-4 tensors")
+        }
+        guard queries.shape[1] >= 1 else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "at least 1 head (axis 1)", actual: queries.shape,
+                reason: "attention needs a head")
+        }
+        guard queries.shape[3] >= 1 else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "headDimension (axis 3) >= 1", actual: queries.shape,
+                reason: "an empty head dimension has no scores")
+        }
+    }
+
+    /// Validates options for queries against keys described by their dimensions (keys held by a cache, whose
+    /// shapes the cache has already checked). `keyValueHeads` must divide the query heads.
+    package init(
+        queries: Tensor, keyValueHeads hkv: Int, keyLength nk: Int, valueDimension dv: Int, mask: AttentionMask,
+        options: AttentionOptions
+    ) throws {
+        try Self.validateQueries(queries)
+        let (b, hq, nq, dk) = (queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3])
+        guard hkv >= 1, hq % hkv == 0 else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "[\(b), H, \(nq), \(dk)] with H a multiple of \(hkv)",
+                actual: queries.shape,
+                reason: "the query head count must be a multiple of the key/value head count \(hkv)")
         }
         try mask.validate()
         if let scale = options.scale {
@@ -92,6 +120,24 @@ package struct AttentionProblem: Sendable {
             if let keyBlock {
                 try AttentionError.require(
                     keyBlock >= 1, "options.kernel keyBlock", expected: ">= 1", actual: "\(keyBlock)")
+            }
+        }
+        if case .decode(let keysPerSplit) = options.kernel {
+            if let keysPerSplit {
+                try AttentionError.require(
+                    keysPerSplit >= 1, "options.kernel keysPerSplit", expected: ">= 1", actual: "\(keysPerSplit)")
+            }
+            try AttentionError.require(
+                hq / hkv * nq <= 16, "options.kernel",
+                expected: ".decode only for (queryHeads / keyValueHeads) * queryLength <= 16",
+                actual: ".decode with \(hq / hkv) * \(nq) = \(hq / hkv * nq) rows per key/value head")
+        }
+        if let headMasks = options.headMasks {
+            try AttentionError.require(
+                headMasks.count == hq, "options.headMasks.count", expected: "\(hq) (one per query head)",
+                actual: "\(headMasks.count)")
+            for (head, headMask) in headMasks.enumerated() {
+                try headMask.validate(argument: "options.headMasks[\(head)]")
             }
         }
         if let threads = options.threads {

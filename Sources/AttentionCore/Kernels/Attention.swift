@@ -60,9 +60,19 @@ public func attentionWithLogSumExp(
 ) throws -> AttentionResult {
     let problem = try AttentionProblem(
         queries: queries, keys: keys, values: values, mask: mask, options: options)
-    switch options.kernel.resolved(for: problem) {
+    return try withKeyValueSegments(keys: keys, values: values) { segments in
+        try runAttention(problem, queries: queries, segments: segments)
+    }
+}
+
+/// Runs the kernel `problem.options.kernel` resolves to over keys and values given as segments (a tensor, or a
+/// cache's buffers). The problem is already validated.
+package func runAttention(
+    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment]
+) throws -> AttentionResult {
+    switch problem.options.kernel.resolved(for: problem) {
     case .naive, .automatic:
-        return try naiveAttention(problem, queries: queries, keys: keys, values: values)
+        return try naiveAttention(problem, queries: queries, segments: segments)
     case .blockwise(let queryBlock, let keyBlock):
         let automatic = BlockwiseTiling.automatic(groupSize: problem.groupSize)
         // Tiles larger than the sequences are clamped to them: the result is the same, and Int.max stays harmless.
@@ -70,8 +80,28 @@ public func attentionWithLogSumExp(
             queryBlock: Swift.min(queryBlock ?? automatic.queryBlock, Swift.max(1, problem.queryLength)),
             keyBlock: Swift.min(keyBlock ?? automatic.keyBlock, Swift.max(1, problem.keyLength)))
         return tiledAttention(
-            problem, queries: queries, keys: keys, values: values, tiling: tiling, scoreStorage: .perWorkerTile)
+            problem, queries: queries, segments: segments, tiling: tiling, scoreStorage: .perWorkerTile)
+    case .decode(let keysPerSplit):
+        return tiledAttention(
+            problem, queries: queries, segments: segments, tiling: decodeTiling(problem, keysPerSplit: keysPerSplit),
+            scoreStorage: .perWorkerTile)
     }
+}
+
+/// The decode kernel's schedule: one query block holding every query of the group (R = G * Nq <= 16 rows), 64-key
+/// tiles, and key splits of `keysPerSplit` keys (rounded up to whole tiles). By default the keys are split so that
+/// there are about 64 work items in all (enough to balance any common core count with the dynamic schedule), but
+/// never into splits under 512 keys, whose merge would cost more than it balances. The split depends only on the
+/// shape, never on the thread count, so results are bitwise identical for every thread count.
+package func decodeTiling(_ problem: AttentionProblem, keysPerSplit: Int?) -> BlockwiseTiling {
+    let keyBlock = 64
+    let nk = Swift.max(1, problem.keyLength)
+    let units = problem.batch * problem.keyValueHeads
+    let wanted = Swift.max(1, Swift.min((64 + units - 1) / units, (nk + 511) / 512))
+    let perSplit = keysPerSplit ?? (nk + wanted - 1) / wanted
+    let rounded = (Swift.min(perSplit, nk) + keyBlock - 1) / keyBlock * keyBlock
+    return BlockwiseTiling(
+        queryBlock: Swift.max(1, problem.queryLength), keyBlock: keyBlock, layout: .rows, keysPerSplit: rounded)
 }
 
 extension AttentionKernel {
@@ -82,8 +112,9 @@ extension AttentionKernel {
     /// favors naive enough to be worth a second code path.
     package func resolved(for problem: AttentionProblem) -> AttentionKernel {
         switch self {
-        case .automatic: return .blockwise()
-        case .naive, .blockwise: return self
+        case .automatic:
+            return problem.groupSize * problem.queryLength <= 16 ? .decode() : .blockwise()
+        case .naive, .blockwise, .decode: return self
         }
     }
 }

@@ -24,12 +24,25 @@
 //
 // Matrices are stripe-major (`stripeIndex`): 16-row stripes, each a contiguous [columns, 16] block.
 
-/// The blockwise kernel's tile sizes for one call.
+/// The blockwise kernel's tile sizes and schedule for one call.
 package struct BlockwiseTiling: Sendable, Hashable {
     /// Query positions per block, per head (Br).
     package var queryBlock: Int
     /// Keys per tile (Bc).
     package var keyBlock: Int
+    /// How a work item holds its rows (see `RowLayout`).
+    package var layout: RowLayout = .stripes
+    /// Keys per split (a multiple of `keyBlock`), or nil for one split: each (batch, key/value head, query block)
+    /// is then computed by one work item over all keys. With splits, every split is a work item that produces a
+    /// partial (O, m, l), and the partials are merged in split order afterwards (flash-decoding).
+    package var keysPerSplit: Int? = nil
+
+    package init(queryBlock: Int, keyBlock: Int, layout: RowLayout = .stripes, keysPerSplit: Int? = nil) {
+        self.queryBlock = queryBlock
+        self.keyBlock = keyBlock
+        self.layout = layout
+        self.keysPerSplit = keysPerSplit
+    }
 
     /// The default tiles: R = G * Br close to 64 rows (four 16-row stripes) and 64-key tiles: one Q^T stripe
     /// (Dk x 16 floats) and one P^T stripe (4 KiB) stay in L1 while K or V streams past. Measured with
@@ -41,6 +54,22 @@ package struct BlockwiseTiling: Sendable, Hashable {
 
     /// Rp: the rows of one work item (G * Br) rounded up to whole 16-row stripes.
     package func paddedRows(groupSize: Int) -> Int { (groupSize * queryBlock + 15) & ~15 }
+
+    /// The number of key splits for `keyLength` keys.
+    package func splitCount(keyLength: Int) -> Int {
+        guard let keysPerSplit, keyLength > 0 else { return 1 }
+        return (keyLength + keysPerSplit - 1) / keysPerSplit
+    }
+}
+
+/// How a work item keeps its R = G * Br query rows.
+package enum RowLayout: Sendable, Hashable {
+    /// Rows in lanes: Q^T and O^T stripe-major, computed 16 rows at a time by the prefill micro-kernels.
+    case stripes
+    /// R <= 16 rows, each row-major (query [R, Dk], output [R, Dv]); the decode micro-kernels vectorize along the
+    /// head dimension, so one to a few query rows do not pay for 16 lanes. Scores and weights stay a single
+    /// 16-lane stripe, so masking and the online softmax are shared with `.stripes`.
+    case rows
 }
 
 /// Where the kernel keeps each tile's scores.
@@ -52,14 +81,70 @@ package enum ScoreStorage {
     case materialized
 }
 
-/// Floats of per-worker scratch: Q^T [Dk, Rp], O^T [Dv, Rp], m, l and two ALiBi rows [Rp], the quarantine copy of
-/// a V tile [Bc, Dv], and (for `.perWorkerTile`) S^T [Bc, Rp].
+/// Keys and values at consecutive logical positions `start ..< start + count` that are contiguous in memory, for
+/// every (batch, key/value head). A tensor is one segment; a ring-buffer cache is up to two, plus the new tokens of
+/// the step. The kernel reads them in place.
+package struct KeyValueSegment {
+    /// Key row `start` of head (batch 0, key/value head 0); rows are `keyDimension` floats apart.
+    package var keys: UnsafePointer<Float>
+    /// Value row `start` of head 0; rows are `valueDimension` floats apart.
+    package var values: UnsafePointer<Float>
+    /// Floats from a key row to the same row of the next head (head index = batch * Hkv + kvHead).
+    package var keyHeadStride: Int
+    /// Floats from a value row to the same row of the next head.
+    package var valueHeadStride: Int
+    /// The logical position of the segment's first key.
+    package var start: Int
+    /// Keys in the segment.
+    package var count: Int
+
+    package init(
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keyHeadStride: Int, valueHeadStride: Int,
+        start: Int, count: Int
+    ) {
+        self.keys = keys
+        self.values = values
+        self.keyHeadStride = keyHeadStride
+        self.valueHeadStride = valueHeadStride
+        self.start = start
+        self.count = count
+    }
+}
+
+/// Calls `body` with the single segment of a [B, Hkv, Nk, D] key tensor and its value tensor (none when Nk = 0 or
+/// a tensor is empty).
+package func withKeyValueSegments<R>(
+    keys: Tensor, values: Tensor, _ body: ([KeyValueSegment]) throws -> R
+) rethrows -> R {
+    try keys.withUnsafeBufferPointer { k in
+        try values.withUnsafeBufferPointer { v in
+            guard let kBase = k.baseAddress, let vBase = v.baseAddress, keys.rank == 4, keys.shape[2] > 0 else {
+                return try body([])
+            }
+            let nk = keys.shape[2]
+            return try body([
+                KeyValueSegment(
+                    keys: kBase, values: vBase, keyHeadStride: nk * keys.shape[3],
+                    valueHeadStride: nk * values.shape[3], start: 0, count: nk)
+            ])
+        }
+    }
+}
+
+/// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], the quarantine copy of a V tile [Bc, Dv], for
+/// `.perWorkerTile` the S^T tile [Bc, Rp], and with one split the softmax state (`stateFloats`).
 package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
 {
     let rp = tiling.paddedRows(groupSize: problem.groupSize)
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0
-    return rp * (dk + dv + 4) + bc * dv + tile
+    let state = tiling.splitCount(keyLength: problem.keyLength) == 1 ? stateFloats(problem, tiling) : 0
+    return rp * (dk + 2) + bc * dv + tile + state
+}
+
+/// Floats of one work item's softmax state: O [Dv x Rp] (in the tiling's layout), then m [Rp] and l [Rp].
+package func stateFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) -> Int {
+    tiling.paddedRows(groupSize: problem.groupSize) * (problem.valueDimension + 2)
 }
 
 /// Floats of the materialized score tensor for `.materialized` storage, or nil if that overflows Int.
@@ -81,14 +166,18 @@ private let log2e: Float = 1.442_695_04
 private let ln2: Float = 0.693_147_18
 
 /// Runs the tiled kernel over every work item. The blockwise kernel calls it with `.perWorkerTile`; the naive
-/// kernel with one tile covering everything and `.materialized` (after checking its memory budget).
+/// kernel with one tile covering everything and `.materialized` (after checking its memory budget); the decode
+/// kernel with the `.rows` layout and key splits. `segments` hold the keys and values (see `KeyValueSegment`),
+/// sorted by `start` and covering 0..<keyLength.
 package func tiledAttention(
-    _ problem: AttentionProblem, queries: Tensor, keys: Tensor, values: Tensor, tiling: BlockwiseTiling,
+    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], tiling: BlockwiseTiling,
     scoreStorage: ScoreStorage
 ) -> AttentionResult {
     let (nq, dv) = (problem.queryLength, problem.valueDimension)
     let queryBlocks = (nq + tiling.queryBlock - 1) / tiling.queryBlock
-    let items = problem.batch * problem.keyValueHeads * queryBlocks
+    let units = problem.batch * problem.keyValueHeads * queryBlocks
+    let splits = tiling.splitCount(keyLength: problem.keyLength)
+    let items = units * splits
     let workers = Parallel.workerCount(items: items, threads: problem.threads)
     let scratchFloats = tiledScratchFloats(problem, tiling, scoreStorage)
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
@@ -96,6 +185,10 @@ package func tiledAttention(
     let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
     let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
     defer { scores.deallocate() }
+    let stateSize = stateFloats(problem, tiling)
+    let partialFloats = splits > 1 ? items * stateSize : 0
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, partialFloats))
+    defer { partials.deallocate() }
     let tileFloats = tiling.keyBlock * tiling.paddedRows(groupSize: problem.groupSize)
 
     let outputCount = problem.batch * problem.queryHeads * nq
@@ -103,30 +196,43 @@ package func tiledAttention(
     var logSumExp = [Float](repeating: 0, count: outputCount)
     let biasScalars = problem.options.bias?.scalars ?? []
     queries.withUnsafeBufferPointer { q in
-        keys.withUnsafeBufferPointer { k in
-            values.withUnsafeBufferPointer { v in
-                biasScalars.withUnsafeBufferPointer { bias in
-                    output.withUnsafeMutableBufferPointer { o in
-                        logSumExp.withUnsafeMutableBufferPointer { lse in
-                            let context = UncheckedSendable(
-                                BlockContext(
-                                    problem: problem, tiling: tiling, queries: q.baseAddress, keys: k.baseAddress,
-                                    values: v.baseAddress, bias: bias.baseAddress, output: o.baseAddress,
-                                    logSumExp: lse.baseAddress))
-                            Parallel.forEach(items: items, threads: problem.threads) { worker, item in
-                                // Last query blocks first: under a causal mask they have the most work, and
-                                // starting with them balances the dynamic schedule.
-                                let block = queryBlocks - 1 - item % queryBlocks
-                                let (b, kvHead) = (item / queryBlocks).quotientAndRemainder(
-                                    dividingBy: problem.keyValueHeads)
-                                let workerScratch = scratch + worker * scratchFloats
-                                let tile =
-                                    scoreStorage == .materialized
-                                    ? scores + item * tileFloats : workerScratch + (scratchFloats - tileFloats)
-                                context.value.run(
-                                    batch: b, keyValueHead: kvHead, queryBlock: block, scratch: workerScratch,
-                                    scoreTile: tile)
-                            }
+        biasScalars.withUnsafeBufferPointer { bias in
+            output.withUnsafeMutableBufferPointer { o in
+                logSumExp.withUnsafeMutableBufferPointer { lse in
+                    let context = UncheckedSendable(
+                        BlockContext(
+                            problem: problem, tiling: tiling, queries: q.baseAddress, segments: segments,
+                            bias: bias.baseAddress, output: o.baseAddress, logSumExp: lse.baseAddress))
+                    Parallel.forEach(items: items, threads: problem.threads) { worker, item in
+                        let (unit, split) = item.quotientAndRemainder(dividingBy: splits)
+                        // Last query blocks first: under a causal mask they have the most work, and starting
+                        // with them balances the dynamic schedule.
+                        let block = queryBlocks - 1 - unit % queryBlocks
+                        let (b, kvHead) = (unit / queryBlocks).quotientAndRemainder(dividingBy: problem.keyValueHeads)
+                        let workerScratch = scratch + worker * scratchFloats
+                        let tile =
+                            scoreStorage == .materialized
+                            ? scores + item * tileFloats : workerScratch + (scratchFloats - tileFloats - stateSize)
+                        let state =
+                            splits == 1 ? workerScratch + (scratchFloats - stateSize) : partials + item * stateSize
+                        context.value.run(
+                            batch: b, keyValueHead: kvHead, queryBlock: block, split: split, scratch: workerScratch,
+                            scoreTile: tile, state: state)
+                        if splits == 1 {
+                            context.value.finalize(
+                                batch: b, keyValueHead: kvHead, queryBlock: block, states: state, count: 1,
+                                stride: stateSize)
+                        }
+                    }
+                    if splits > 1 {
+                        // The merge of the splits, in split order: deterministic for any thread count.
+                        Parallel.forEach(items: units, threads: problem.threads) { _, unit in
+                            let block = queryBlocks - 1 - unit % queryBlocks
+                            let (b, kvHead) = (unit / queryBlocks).quotientAndRemainder(
+                                dividingBy: problem.keyValueHeads)
+                            context.value.finalize(
+                                batch: b, keyValueHead: kvHead, queryBlock: block,
+                                states: partials + unit * splits * stateSize, count: splits, stride: stateSize)
                         }
                     }
                 }
@@ -136,7 +242,7 @@ package func tiledAttention(
     return AttentionResult(
         output: Tensor(uncheckedShape: problem.outputShape, scalars: output),
         logSumExp: Tensor(uncheckedShape: [problem.batch, problem.queryHeads, nq], scalars: logSumExp),
-        workspaceBytes: (workers * scratchFloats + scoreFloats) * MemoryLayout<Float>.size)
+        workspaceBytes: (workers * scratchFloats + scoreFloats + partialFloats) * MemoryLayout<Float>.size)
 }
 
 /// Everything one work item needs; pointers may be nil only when their tensor is empty.
@@ -144,16 +250,21 @@ private struct BlockContext {
     let problem: AttentionProblem
     let tiling: BlockwiseTiling
     let queries: UnsafePointer<Float>?
-    let keys: UnsafePointer<Float>?
-    let values: UnsafePointer<Float>?
+    let segments: [KeyValueSegment]
     let bias: UnsafePointer<Float>?
     let output: UnsafeMutablePointer<Float>?
     let logSumExp: UnsafeMutablePointer<Float>?
 
-    /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`.
+    /// Offset of output element (row r, column c) in a work item's O accumulator.
+    @inline(__always) func outputIndex(_ r: Int, _ c: Int) -> Int {
+        tiling.layout == .stripes ? stripeIndex(r, c, columns: problem.valueDimension) : r * problem.valueDimension + c
+    }
+
+    /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`, over the keys of
+    /// split `split`. Leaves the unnormalized O, the running maximum m (base 2) and the denominator l in `state`.
     func run(
-        batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, scratch: UnsafeMutablePointer<Float>,
-        scoreTile sT: UnsafeMutablePointer<Float>
+        batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, split: Int, scratch: UnsafeMutablePointer<Float>,
+        scoreTile sT: UnsafeMutablePointer<Float>, state: UnsafeMutablePointer<Float>
     ) {
         let p = problem
         let (nq, nk, dk, dv, g) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, p.groupSize)
@@ -161,17 +272,21 @@ private struct BlockContext {
         let rp = tiling.paddedRows(groupSize: g)
         let i0 = queryBlock * br
         let rows = Swift.min(br, nq - i0)
-        guard rows > 0, let queries, let output, let logSumExp else { return }
+        let o = state
+        let m = o + dv * rp
+        let l = m + rp
+        m.update(repeating: -.infinity, count: rp)
+        l.update(repeating: 0, count: rp)
+        o.update(repeating: 0, count: dv * rp)
+        guard rows > 0, let queries else { return }
 
         let qT = scratch
-        let oT = qT + dk * rp
-        let m = oT + dv * rp
-        let l = m + rp
-        let alibiSlopes = l + rp
+        let alibiSlopes = qT + dk * rp
         let alibiDiagonals = alibiSlopes + rp
         let cleanValues = alibiDiagonals + rp
 
-        // Q^T, scaled so that scores come out in base 2 (unless softcap needs them in natural units first).
+        // Q^T (or Q, for the row layout), scaled so that scores come out in base 2 (unless softcap needs them in
+        // natural units first).
         let softcap = p.options.softcap
         let qScale = softcap == nil ? p.scale * log2e : p.scale
         qT.update(repeating: 0, count: dk * rp)
@@ -179,13 +294,14 @@ private struct BlockContext {
             let source = queries + ((b * p.queryHeads + kvHead * g + head) * nq + i0) * dk
             for row in 0..<rows {
                 let r = head * br + row
-                for c in 0..<dk { qT[stripeIndex(r, c, columns: dk)] = source[row * dk + c] * qScale }
+                for c in 0..<dk {
+                    let index = tiling.layout == .stripes ? stripeIndex(r, c, columns: dk) : r * dk + c
+                    qT[index] = source[row * dk + c] * qScale
+                }
             }
         }
-        // Softmax state: a learned sink logit starts a row at m = sink, l = exp2(sink - m) = 1.
-        m.update(repeating: -.infinity, count: rp)
-        l.update(repeating: 0, count: rp)
-        if let sinks = p.options.sinkLogits {
+        // A learned sink logit starts a row at m = sink, l = exp2(sink - m) = 1, in the first split only.
+        if let sinks = p.options.sinkLogits, split == 0 {
             for head in 0..<g {
                 for row in 0..<rows {
                     m[head * br + row] = sinks[kvHead * g + head] * log2e
@@ -193,7 +309,6 @@ private struct BlockContext {
                 }
             }
         }
-        oT.update(repeating: 0, count: dv * rp)
         // ALiBi per row (slope in base 2, diagonal key position), so the penalty is applied 16 rows at a time.
         if let slopes = p.options.alibiSlopes {
             alibiSlopes.update(repeating: 0, count: rp)
@@ -206,20 +321,36 @@ private struct BlockContext {
             }
         }
 
-        let spans = MaskRowSpans(mask: p.mask, queries: i0..<(i0 + rows), queryLength: nq, keyLength: nk)
-        if let keys, let values, !spans.keyHull.isEmpty {
-            let keyBase = keys + (b * p.keyValueHeads + kvHead) * nk * dk
-            let valueBase = values + (b * p.keyValueHeads + kvHead) * nk * dv
-            let hasScoreOptions = softcap != nil || p.options.alibiSlopes != nil || p.options.bias != nil
-            var tileStart = spans.keyHull.lowerBound / bc * bc
-            while tileStart < spans.keyHull.upperBound {
-                let tile = tileStart..<Swift.min(tileStart + bc, nk)
+        let spans = GroupSpans(problem: p, keyValueHead: kvHead, queries: i0..<(i0 + rows))
+        var keyRange = spans.keyHull
+        if let keysPerSplit = tiling.keysPerSplit {
+            keyRange = keyRange.clamped(to: (split * keysPerSplit)..<Swift.min(nk, (split + 1) * keysPerSplit))
+        }
+        if keyRange.isEmpty { return }
+        let hasScoreOptions = softcap != nil || p.options.alibiSlopes != nil || p.options.bias != nil
+        let head = b * p.keyValueHeads + kvHead
+        for segment in segments {
+            let part = keyRange.clamped(to: segment.start..<(segment.start + segment.count))
+            if part.isEmpty { continue }
+            let keyBase = segment.keys + head * segment.keyHeadStride
+            let valueBase = segment.values + head * segment.valueHeadStride
+            // Tiles are aligned to the segment start, clipped to the keys this item needs.
+            var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
+            while tileStart < part.upperBound {
+                let tile = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)
                 tileStart += bc
                 let coverage = spans.coverage(keys: tile)
                 if coverage == .empty { continue }
-                computeScores(
-                    qT: qT, rowCount: rp, keys: keyBase + tile.lowerBound * dk, keyCount: tile.count, depth: dk,
-                    scores: sT)
+                let row0 = tile.lowerBound - segment.start
+                switch tiling.layout {
+                case .stripes:
+                    computeScores(
+                        qT: qT, rowCount: rp, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk, scores: sT)
+                case .rows:
+                    computeScoresFewRows(
+                        queries: qT, rowCount: g * br, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk,
+                        scores: sT)
+                }
                 if hasScoreOptions {
                     applyScoreOptions(
                         sT, rowCount: rp, batch: b, keyValueHead: kvHead, i0: i0, rows: rows, tile: tile,
@@ -228,32 +359,62 @@ private struct BlockContext {
                 if coverage == .partial {
                     applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile)
                 }
-                var tileValues = valueBase + tile.lowerBound * dv
+                var tileValues = valueBase + row0 * dv
                 let valuesFinite = allFinite(tileValues, count: tile.count * dv)
-                updateSoftmax(
-                    sT, rowCount: rp, keyCount: tile.count, m: m, l: l, oT: oT, valueDimension: dv,
-                    markMasked: !valuesFinite)
+                updateSoftmax(sT, keyCount: tile.count, m: m, l: l, output: o, markMasked: !valuesFinite)
                 if !valuesFinite {
                     tileValues = quarantineNonFiniteValues(
-                        tileValues, keyCount: tile.count, valueDimension: dv, weights: sT, rowCount: rp, oT: oT,
-                        clean: cleanValues)
+                        tileValues, keyCount: tile.count, weights: sT, output: o, clean: cleanValues)
                 }
-                accumulateValues(
-                    weights: sT, rowCount: rp, keyCount: tile.count, values: tileValues, valueDimension: dv, oT: oT)
+                switch tiling.layout {
+                case .stripes:
+                    accumulateValues(
+                        weights: sT, rowCount: rp, keyCount: tile.count, values: tileValues, valueDimension: dv,
+                        oT: o)
+                case .rows:
+                    accumulateValuesFewRows(
+                        weights: sT, rowCount: g * br, keyCount: tile.count, values: tileValues,
+                        valueDimension: dv, output: o)
+                }
             }
         }
+    }
 
-        // O = O^T / l, transposed back; LSE = ln(2^m * l) = m * ln2 + ln l.
+    /// Merges the `count` partial states at `states`, `stride` floats apart (one per key split, in split order),
+    /// and writes the output rows and log-sum-exp of the work item: with M = max m_s and w_s = 2^(m_s - M),
+    /// O = sum w_s O_s / sum w_s l_s and LSE = ln(2^M * sum w_s l_s). With one state, w = 1 and this is O / l.
+    func finalize(
+        batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, states: UnsafeMutablePointer<Float>, count: Int,
+        stride: Int
+    ) {
+        let p = problem
+        let (nq, dv, g, br) = (p.queryLength, p.valueDimension, p.groupSize, tiling.queryBlock)
+        let rp = tiling.paddedRows(groupSize: g)
+        let i0 = queryBlock * br
+        let rows = Swift.min(br, nq - i0)
+        guard rows > 0, let output, let logSumExp else { return }
         for head in 0..<g {
             let rowBase = (b * p.queryHeads + kvHead * g + head) * nq + i0
             for row in 0..<rows {
                 let r = head * br + row
-                let denominator = l[r]
-                // l == 0: the row saw no key (and has no sink): zeros, not 0/0.
-                let inverse: Float = denominator == 0 ? 0 : 1 / denominator
+                var maximum = -Float.infinity
+                for s in 0..<count { maximum = Swift.max(maximum, states[s * stride + dv * rp + r]) }
+                var denominator: Float = 0
                 let target = output + (rowBase + row) * dv
-                for c in 0..<dv { target[c] = oT[stripeIndex(r, c, columns: dv)] * inverse }
-                logSumExp[rowBase + row] = denominator == 0 ? -.infinity : m[r] * ln2 + _log(denominator)
+                target.update(repeating: 0, count: dv)
+                for s in 0..<count {
+                    let state = states + s * stride
+                    let (ms, ls) = (state[dv * rp + r], state[dv * rp + rp + r])
+                    // A split that saw no key has m = -inf, l = 0 and O = 0, so it adds zeros; comparing before
+                    // subtracting keeps -inf - -inf out, and a NaN row (NaN query) stays NaN through l.
+                    let weight: Float = ms == maximum ? 1 : _exp2(ms - maximum)
+                    denominator += ls * weight
+                    for c in 0..<dv { target[c] += state[outputIndex(r, c)] * weight }
+                }
+                // denominator == 0: the row saw no key (and has no sink): zeros, not 0/0.
+                let inverse: Float = denominator == 0 ? 0 : 1 / denominator
+                for c in 0..<dv { target[c] *= inverse }
+                logSumExp[rowBase + row] = denominator == 0 ? -.infinity : maximum * ln2 + _log(denominator)
             }
         }
     }
@@ -303,34 +464,176 @@ private struct BlockContext {
         }
     }
 
-    /// Sets masked scores of a partial tile to -inf, for every head of the group (masks depend on positions only).
+    /// Sets masked scores of a partial tile to -inf, head by head (a head's mask depends on positions only).
     /// Walks each row's visible spans clipped to the tile, so a structured mask costs one store per masked score;
     /// a `custom` predicate is consulted only inside the spans.
     private func applyMask(
-        _ sT: UnsafeMutablePointer<Float>, spans: MaskRowSpans, i0: Int, rows: Int, tile: Range<Int>
+        _ sT: UnsafeMutablePointer<Float>, spans: GroupSpans, i0: Int, rows: Int, tile: Range<Int>
     ) {
         let p = problem
-        let (g, br, columns) = (p.groupSize, tiling.queryBlock, tile.count)
-        func hide(_ row: Int, _ keys: Range<Int>) {
-            for head in 0..<g {
+        let (br, columns) = (tiling.queryBlock, tile.count)
+        for head in 0..<p.groupSize {
+            let (rowSpans, mask) = spans.forHead(head)
+            if rowSpans.coverage(keys: tile) == .full { continue }
+            func hide(_ row: Int, _ keys: Range<Int>) {
                 for j in keys { sT[stripeIndex(head * br + row, j - tile.lowerBound, columns: columns)] = -.infinity }
             }
+            for row in 0..<rows {
+                var next = tile.lowerBound
+                for span in rowSpans.spans[row] where span.overlaps(tile) {
+                    let visible = span.clamped(to: tile)
+                    hide(row, next..<visible.lowerBound)
+                    if rowSpans.hasPredicate {
+                        for j in visible
+                        where !mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength)
+                        {
+                            hide(row, j..<(j + 1))
+                        }
+                    }
+                    next = visible.upperBound
+                }
+                hide(row, next..<tile.upperBound)
+            }
         }
-        for row in 0..<rows {
-            var next = tile.lowerBound
-            for span in spans.spans[row] where span.overlaps(tile) {
-                let visible = span.clamped(to: tile)
-                hide(row, next..<visible.lowerBound)
-                if spans.hasPredicate {
-                    for j in visible
-                    where !p.mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength) {
-                        hide(row, j..<(j + 1))
+    }
+
+    /// Online softmax over one tile for every 16-row stripe: m' = max(m, max_j S), P = exp2(S - m'),
+    /// l' = l * 2^(m - m') + sum P, O *= 2^(m - m'). P overwrites S.
+    @inline(__always)
+    private func updateSoftmax(
+        _ sT: UnsafeMutablePointer<Float>, keyCount: Int, m: UnsafeMutablePointer<Float>,
+        l: UnsafeMutablePointer<Float>, output o: UnsafeMutablePointer<Float>, markMasked: Bool
+    ) {
+        let dv = problem.valueDimension
+        let rp = tiling.paddedRows(groupSize: problem.groupSize)
+        let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
+        var rv = 0
+        while rv < rp {
+            let stripe = sT + rv * keyCount
+            var tileMax = negativeInfinity
+            for kk in 0..<keyCount { tileMax = vectorMax(tileMax, load16(stripe, kk * 16)) }
+            let oldMax = load16(m, rv)
+            let newMax = vectorMax(oldMax, tileMax)
+            // A row that has seen no key keeps m = -inf; exponentiate against 0 instead so that no -inf - -inf
+            // occurs.
+            let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
+            let alpha = vectorExp2OfNonPositive(oldMax - shift)
+            var sum = SIMD16<Float>()
+            if markMasked {
+                // The tile's values hold NaN or infinity. Masked keys (and keys whose score is -inf) get weight
+                // -0.0: zero in every sum, but marked, so that the quarantine can tell them from visible keys whose
+                // weight merely underflowed.
+                for kk in 0..<keyCount {
+                    let score = load16(stripe, kk * 16)
+                    let weight = vectorExp2OfNonPositive(score - shift).replacing(
+                        with: -0.0, where: score .== negativeInfinity)
+                    store16(weight, stripe, kk * 16)
+                    sum += weight
+                }
+            } else {
+                for kk in 0..<keyCount {
+                    let weight = vectorExp2OfNonPositive(load16(stripe, kk * 16) - shift)
+                    store16(weight, stripe, kk * 16)
+                    sum += weight
+                }
+            }
+            store16(multiplyAdd(load16(l, rv), alpha, sum), l, rv)
+            store16(newMax, m, rv)
+            // Skip the rescale when no row's maximum moved (the common case once a row has seen its largest score).
+            if horizontalMin(alpha) != 1 {
+                switch tiling.layout {
+                case .stripes:
+                    let outputStripe = o + rv * dv
+                    for c in 0..<dv { store16(load16(outputStripe, c * 16) * alpha, outputStripe, c * 16) }
+                case .rows:
+                    for r in 0..<(problem.groupSize * tiling.queryBlock) where alpha[r] != 1 {
+                        let row = o + r * dv
+                        for c in 0..<dv { row[c] *= alpha[r] }
                     }
                 }
-                next = visible.upperBound
             }
-            hide(row, next..<tile.upperBound)
+            rv += 16
         }
+    }
+
+    /// Value rows with NaN or infinity. A key that is masked for a row (or has a -inf score there) must not bring
+    /// 0 * NaN into that row, while a key the row sees must propagate its NaN even if its weight underflowed to 0, as
+    /// the reference does. The bad rows are zeroed in a copy (`clean`, which the fast kernel then uses) and added
+    /// here to every row whose weight is not the -0.0 "masked" marker. Returns the values pointer the fast kernel
+    /// should use.
+    private func quarantineNonFiniteValues(
+        _ values: UnsafePointer<Float>, keyCount: Int, weights pT: UnsafePointer<Float>,
+        output o: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
+    ) -> UnsafePointer<Float> {
+        let dv = problem.valueDimension
+        let rowCount =
+            tiling.layout == .stripes
+            ? tiling.paddedRows(groupSize: problem.groupSize) : problem.groupSize * tiling.queryBlock
+        var poisoned: [Int] = []
+        for kk in 0..<keyCount {
+            let row = values + kk * dv
+            var bad = false
+            for c in 0..<dv where !row[c].isFinite { bad = true }
+            if bad { poisoned.append(kk) }
+        }
+        if poisoned.isEmpty { return values }
+        clean.update(from: values, count: keyCount * dv)
+        for kk in poisoned {
+            (clean + kk * dv).update(repeating: 0, count: dv)
+            for r in 0..<rowCount {
+                let weight = pT[stripeIndex(r, kk, columns: keyCount)]
+                if weight == 0 && weight.sign == .minus { continue }
+                for c in 0..<dv { o[outputIndex(r, c)] += values[kk * dv + c] * weight }
+            }
+        }
+        return UnsafePointer(clean)
+    }
+}
+
+/// The visible key spans of one work item's rows: shared by the group's heads, or one per head when the call has
+/// per-head masks (`AttentionOptions.headMasks`, each intersected with the call's mask).
+private struct GroupSpans {
+    let perHead: [MaskRowSpans]
+    let masks: [AttentionMask]
+    /// The smallest key range holding every visible key of every head's rows.
+    let keyHull: Range<Int>
+
+    init(problem p: AttentionProblem, keyValueHead kvHead: Int, queries: Range<Int>) {
+        if let headMasks = p.options.headMasks {
+            masks = (0..<p.groupSize).map { head in
+                let own = headMasks[kvHead * p.groupSize + head]
+                if case .none = p.mask { return own }
+                return .intersection(p.mask, own)
+            }
+        } else {
+            masks = [p.mask]
+        }
+        perHead = masks.map {
+            MaskRowSpans(mask: $0, queries: queries, queryLength: p.queryLength, keyLength: p.keyLength)
+        }
+        let hulls = perHead.map(\.keyHull).filter { !$0.isEmpty }
+        if let lower = hulls.map(\.lowerBound).min(), let upper = hulls.map(\.upperBound).max() {
+            keyHull = lower..<upper
+        } else {
+            keyHull = 0..<0
+        }
+    }
+
+    /// The spans and mask of head `head` of the group.
+    func forHead(_ head: Int) -> (MaskRowSpans, AttentionMask) {
+        perHead.count == 1 ? (perHead[0], masks[0]) : (perHead[head], masks[head])
+    }
+
+    /// The coverage of a key tile for all heads: empty when empty for each, full when full for each.
+    func coverage(keys: Range<Int>) -> TileCoverage {
+        if perHead.count == 1 { return perHead[0].coverage(keys: keys) }
+        var (anyVisible, allFull) = (false, true)
+        for spans in perHead {
+            let coverage = spans.coverage(keys: keys)
+            anyVisible = anyVisible || coverage != .empty
+            allFull = allFull && coverage == .full
+        }
+        return allFull ? .full : anyVisible ? .partial : .empty
     }
 }
 
@@ -340,54 +643,6 @@ private struct BlockContext {
 /// fell into a quarter of L1's sets.
 @inline(__always) func stripeIndex(_ r: Int, _ x: Int, columns: Int) -> Int {
     (r >> 4) * columns * 16 + x * 16 + (r & 15)
-}
-
-/// Online softmax over one tile for every 16-row stripe: m' = max(m, max_j S), P = exp2(S - m'),
-/// l' = l * 2^(m - m') + sum P, O^T *= 2^(m - m'). P overwrites S.
-@inline(__always)
-private func updateSoftmax(
-    _ sT: UnsafeMutablePointer<Float>, rowCount rp: Int, keyCount: Int, m: UnsafeMutablePointer<Float>,
-    l: UnsafeMutablePointer<Float>, oT: UnsafeMutablePointer<Float>, valueDimension dv: Int, markMasked: Bool
-) {
-    let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
-    var rv = 0
-    while rv < rp {
-        let stripe = sT + rv * keyCount
-        var tileMax = negativeInfinity
-        for kk in 0..<keyCount { tileMax = vectorMax(tileMax, load16(stripe, kk * 16)) }
-        let oldMax = load16(m, rv)
-        let newMax = vectorMax(oldMax, tileMax)
-        // A row that has seen no key keeps m = -inf; exponentiate against 0 instead so that no -inf - -inf occurs.
-        let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
-        let alpha = vectorExp2OfNonPositive(oldMax - shift)
-        var sum = SIMD16<Float>()
-        if markMasked {
-            // The tile's values hold NaN or infinity. Masked keys (and keys whose score is -inf) get weight -0.0:
-            // zero in every sum, but marked, so that the quarantine can tell them from visible keys whose weight
-            // merely underflowed.
-            for kk in 0..<keyCount {
-                let score = load16(stripe, kk * 16)
-                let weight = vectorExp2OfNonPositive(score - shift).replacing(
-                    with: -0.0, where: score .== negativeInfinity)
-                store16(weight, stripe, kk * 16)
-                sum += weight
-            }
-        } else {
-            for kk in 0..<keyCount {
-                let weight = vectorExp2OfNonPositive(load16(stripe, kk * 16) - shift)
-                store16(weight, stripe, kk * 16)
-                sum += weight
-            }
-        }
-        store16(multiplyAdd(load16(l, rv), alpha, sum), l, rv)
-        store16(newMax, m, rv)
-        // Skip the rescale when no row's maximum moved (the common case once a row has seen its largest score).
-        if horizontalMin(alpha) != 1 {
-            let outputStripe = oT + rv * dv
-            for c in 0..<dv { store16(load16(outputStripe, c * 16) * alpha, outputStripe, c * 16) }
-        }
-        rv += 16
-    }
 }
 
 /// Whether `count` floats are all finite: one vector pass summing x * 0, which is NaN exactly when some x is NaN or
@@ -406,32 +661,4 @@ private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
         i += 1
     }
     return horizontalSum(probe) + tail == 0
-}
-
-/// Value rows with NaN or infinity. A key that is masked for a row (or has a -inf score there) must not bring
-/// 0 * NaN into that row, while a key the row sees must propagate its NaN even if its weight underflowed to 0, as the
-/// reference does. The bad rows are zeroed in a copy (`clean`, which the fast kernel then uses) and added here to
-/// every row whose weight is not the -0.0 "masked" marker. Returns the values pointer the fast kernel should use.
-private func quarantineNonFiniteValues(
-    _ values: UnsafePointer<Float>, keyCount: Int, valueDimension dv: Int, weights pT: UnsafePointer<Float>,
-    rowCount rp: Int, oT: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
-) -> UnsafePointer<Float> {
-    var poisoned: [Int] = []
-    for kk in 0..<keyCount {
-        let row = values + kk * dv
-        var bad = false
-        for c in 0..<dv where !row[c].isFinite { bad = true }
-        if bad { poisoned.append(kk) }
-    }
-    if poisoned.isEmpty { return values }
-    clean.update(from: values, count: keyCount * dv)
-    for kk in poisoned {
-        (clean + kk * dv).update(repeating: 0, count: dv)
-        for r in 0..<rp {
-            let weight = pT[stripeIndex(r, kk, columns: keyCount)]
-            if weight == 0 && weight.sign == .minus { continue }
-            for c in 0..<dv { oT[stripeIndex(r, c, columns: dv)] += values[kk * dv + c] * weight }
-        }
-    }
-    return UnsafePointer(clean)
 }

@@ -27,7 +27,7 @@ private func naiveTiling(_ problem: AttentionProblem) -> BlockwiseTiling {
 }
 
 package func naiveAttention(
-    _ problem: AttentionProblem, queries: Tensor, keys: Tensor, values: Tensor
+    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment]
 ) throws -> AttentionResult {
     let budget = problem.options.naiveMemoryBudget
     let required = naiveScoreBytes(problem)
@@ -36,6 +36,6 @@ package func naiveAttention(
             argument: "options.naiveMemoryBudget", requiredBytes: required ?? Int.max, budgetBytes: budget)
     }
     return tiledAttention(
-        problem, queries: queries, keys: keys, values: values, tiling: naiveTiling(problem),
+        problem, queries: queries, segments: segments, tiling: naiveTiling(problem),
         scoreStorage: .materialized)
 }

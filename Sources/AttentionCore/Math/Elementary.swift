@@ -10,3 +10,4 @@
 @inline(__always) package func _log(_ x: Float) -> Float { Foundation.logf(x) }
 @inline(__always) package func _tanh(_ x: Float) -> Float { Foundation.tanhf(x) }
 @inline(__always) package func _exp(_ x: Float) -> Float { Foundation.expf(x) }
+@inline(__always) package func _exp2(_ x: Float) -> Float { Foundation.exp2f(x) }
