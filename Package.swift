@@ -62,6 +62,22 @@ let package = Package(
             dependencies: ["AttentionCore", "Attention", "_AttentionTestSupport"]
         ),
         .testTarget(
+            name: "MultiQueryAttentionTests",
+            dependencies: ["MultiQueryAttention", "_AttentionTestSupport"]
+        ),
+        .testTarget(
+            name: "GroupedQueryAttentionTests",
+            dependencies: ["GroupedQueryAttention", "_AttentionTestSupport"]
+        ),
+        .testTarget(
+            name: "SlidingWindowAttentionTests",
+            dependencies: ["SlidingWindowAttention", "_AttentionTestSupport"]
+        ),
+        .testTarget(
+            name: "SinkTokenAttentionTests",
+            dependencies: ["SinkTokenAttention", "_AttentionTestSupport"]
+        ),
+        .testTarget(
             name: "AttentionBenchmarkKitTests",
             dependencies: ["AttentionBenchmarkKit", "AttentionCore"]
         ),

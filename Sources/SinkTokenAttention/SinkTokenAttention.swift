@@ -1,7 +1,192 @@
-// SinkTokenAttention: StreamingLLM attention sinks (Xiao et al., 2023): the first tokens stay visible forever
-// beside a window of recent tokens.
+// SinkTokenAttention: StreamingLLM attention sinks (Xiao et al., 2023). The first tokens of a stream stay visible
+// forever beside a causal window of recent tokens, which keeps a model stable far beyond its training length with a
+// fixed-size cache.
 //
-// Today `AttentionMask.sinks(count:window:)` in the core expresses the visibility. Issue 4 adds this module's
-// descriptor and its streaming key/value cache.
+// `SinkTokens` states the visibility and builds the core mask; `StreamingKVCache` holds exactly those tokens (sinks
+// pinned, recent tokens in a ring); `HeadPolicy` runs some heads over the full context and others over sinks +
+// window in one call (DuoAttention, Xiao et al., 2024). This module holds no loop over Q, K or V.
+//
+// Not to be confused with *learned sink logits* (`AttentionOptions.sinkLogits`, gpt-oss): a per-head logit that
+// joins every softmax denominator without being a key. Sink tokens are real keys and values that are kept.
+// Both can be used together.
 
 @_exported import AttentionCore
+
+/// StreamingLLM visibility: each query sees the first `count` tokens of the stream (the sink tokens) and the
+/// `window` most recent tokens up to and including itself. `window` counts the query's own token, so
+/// `SinkTokens(count: 4, window: 1020)` keeps a 1024-token cache.
+///
+/// ```swift
+/// let streaming = try SinkTokens(count: 4, window: 1020)
+/// let out = try streaming.attention(queries: q, keys: k, values: v)   // causal, sinks + window
+/// ```
+public struct SinkTokens: Sendable, Hashable {
+    /// Sink tokens kept from the start of the stream (>= 0).
+    public let count: Int
+    /// Recent tokens visible, counting the query's own (>= 1).
+    public let window: Int
+
+    /// - Throws: `AttentionError.invalidValue` unless `count >= 0` and `window >= 1`.
+    public init(count: Int, window: Int) throws {
+        try AttentionError.require(count >= 0, "count", expected: ">= 0", actual: "\(count)")
+        try AttentionError.require(
+            window >= 1, "window", expected: ">= 1 (the window counts the query's own token)", actual: "\(window)")
+        self.count = count
+        self.window = window
+    }
+
+    /// The core mask: `.sinks(count:window:)`, causal.
+    public var mask: AttentionMask { .sinks(count: count, window: window) }
+
+    /// Sink-token attention over whole sequences, with any option of the core `attention` function.
+    public func attention(
+        queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions = AttentionOptions()
+    ) throws -> Tensor {
+        try AttentionCore.attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
+    }
+}
+
+/// What one query head attends to in a DuoAttention-style call.
+public enum HeadPolicy: Sendable, Hashable {
+    /// Every key the call's mask allows ("retrieval heads").
+    case full
+    /// Only the sink tokens and the recent window ("streaming heads").
+    case streaming(SinkTokens)
+}
+
+/// Attention where each query head follows its own policy (DuoAttention): retrieval heads see the full causal
+/// context, streaming heads only sinks + window. One call: the heads sharing a key/value head still read each key
+/// tile once, and tiles that no head of a group sees are skipped.
+///
+/// - Parameters:
+///   - policies: one per query head.
+///   - mask: the visibility every head starts from (default `.causal`); streaming heads intersect it with their
+///     sinks + window.
+/// - Throws: `AttentionError` if `policies.count` differs from the query heads, or anything the core kernel rejects.
+public func attention(
+    queries: Tensor, keys: Tensor, values: Tensor, policies: [HeadPolicy], mask: AttentionMask = .causal,
+    options: AttentionOptions = AttentionOptions()
+) throws -> Tensor {
+    var options = options
+    options.headMasks = policies.map { policy in
+        switch policy {
+        case .full: return AttentionMask.none
+        case .streaming(let sinks): return sinks.mask
+        }
+    }
+    return try AttentionCore.attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
+}
+
+/// A key/value cache for StreamingLLM decoding: the first `sinks.count` tokens pinned, the most recent tokens in a
+/// ring, so memory stays fixed however long the stream runs.
+///
+/// Each `attend` call takes the new tokens' queries, keys and values, computes their sinks + window attention over
+/// the cached tokens plus the new ones (read in place: the sink slots, at most two runs of the ring, and the new
+/// tokens), then stores the new tokens. O(1) per appended token; no stored key moves.
+///
+/// Positions for RoPE. StreamingLLM rotates queries and keys by their position *within the cache*, not in the
+/// stream: the held tokens, sinks first, have positions 0, 1, 2, ... and a new token gets the position after the
+/// keys it sees. `nextCachePositions(_:)` gives the new tokens' positions, and `cachePositions` the held tokens' in
+/// attention order; `streamPositions` gives their original indices, for callers that rotate by stream position.
+///
+/// ```swift
+/// var cache = try StreamingKVCache(sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: 8, headDimension: 128)
+/// let position = cache.nextCachePositions(1)[0]          // rotate the new query and key by this position
+/// let out = try cache.attend(queries: q, keys: k, values: v)
+/// ```
+///
+/// A value type: copies are independent. Concurrent reads of one instance are safe; `attend`, `append` and
+/// `removeAll` mutate it and need exclusive access, as for an `Array`.
+public struct StreamingKVCache: Sendable {
+    /// The visibility the cache serves.
+    public let sinks: SinkTokens
+    private var buffer: KeyValueBuffer
+    /// Slots 0..<sinks.count hold the sink tokens; the ring holds the last `window` other tokens.
+    private var sinkHeld = 0
+    private var ring: RingSlots
+    /// Tokens seen since creation (or `removeAll`), including those no longer held.
+    public private(set) var tokenCount = 0
+
+    /// Creates an empty cache for `sinks` (valueDimension defaults to headDimension).
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range.
+    public init(
+        sinks: SinkTokens, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil
+    ) throws {
+        try KeyValueBuffer.validateDimensions(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
+            valueDimension: valueDimension ?? headDimension)
+        self.sinks = sinks
+        buffer = KeyValueBuffer(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
+            valueDimension: valueDimension ?? headDimension, capacity: sinks.count + sinks.window)
+        ring = RingSlots(base: sinks.count, size: sinks.window)
+    }
+
+    /// Tokens held: at most sinks.count + sinks.window.
+    public var count: Int { sinkHeld + ring.held }
+
+    /// Bytes of key and value storage (fixed at creation).
+    public var storageBytes: Int { buffer.bytes }
+
+    /// Stream indices of the held tokens in attention order: the sinks, then the recent tokens oldest first.
+    public var streamPositions: [Int] { Array(0..<sinkHeld) + Array((tokenCount - ring.held)..<tokenCount) }
+
+    /// Positions within the cache of the held tokens in attention order: 0..<count.
+    public var cachePositions: Range<Int> { 0..<count }
+
+    /// The position within the cache of each of the next `n` tokens when it is attended: the number of keys it
+    /// sees before itself (its sinks, then the up to `window - 1` recent tokens before it). This is the position
+    /// StreamingLLM rotates a new query and key by.
+    public func nextCachePositions(_ n: Int) -> [Int] {
+        (tokenCount..<(tokenCount + Swift.max(0, n))).map { t in
+            t < sinks.count ? t : sinks.count + Swift.min(t - sinks.count, sinks.window - 1)
+        }
+    }
+
+    /// Attends the new tokens (each sees the sinks and the `window` most recent tokens up to itself) and stores them.
+    ///
+    /// - Parameters:
+    ///   - queries: [batch, queryHeads, n, headDimension], one per new token (queryHeads a multiple of keyValueHeads).
+    ///   - keys: [batch, keyValueHeads, n, headDimension]; values: [batch, keyValueHeads, n, valueDimension].
+    ///   - options: any core option; learned `sinkLogits` may be combined with sink tokens.
+    /// - Returns: [batch, queryHeads, n, valueDimension].
+    /// - Throws: `AttentionError` for shapes that do not fit the cache; the cache is then unchanged.
+    public mutating func attend(
+        queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions = AttentionOptions()
+    ) throws -> Tensor {
+        let n = try buffer.validateAppend(keys: keys, values: values)
+        try requireOneQueryPerToken(queries, tokens: n)
+        // Held tokens in stream order: sinks, then the ring. Between them lies the evicted gap, which the mask never
+        // reaches: a window only looks back `window - 1` tokens and the ring holds the last `window`.
+        let runs = [(slots: 0..<sinkHeld, start: 0)] + ring.runs(start: sinkHeld)
+        let result = try attentionOverCache(
+            queries: queries, buffer: buffer, runs: runs, cachedCount: count, newKeys: keys, newValues: values,
+            mask: sinks.mask, options: options)
+        store(keys: keys, values: values, tokens: n)
+        return result.output
+    }
+
+    /// Stores tokens without attending them.
+    public mutating func append(keys: Tensor, values: Tensor) throws {
+        store(keys: keys, values: values, tokens: try buffer.validateAppend(keys: keys, values: values))
+    }
+
+    private mutating func store(keys: Tensor, values: Tensor, tokens n: Int) {
+        // The first sinks.count tokens of the stream fill the sink slots; the rest go to the ring.
+        let toSinks = Swift.min(n, sinks.count - sinkHeld)
+        buffer.write(keys: keys, values: values, rows: 0..<toSinks, toSlot: sinkHeld)
+        sinkHeld += toSinks
+        ring.store(keys: keys, values: values, rows: toSinks..<n, in: &buffer)
+        tokenCount += n
+    }
+
+    /// Forgets every token.
+    public mutating func removeAll() {
+        sinkHeld = 0
+        ring.removeAll()
+        tokenCount = 0
+    }
+
+    /// The held keys and values in attention order, as [batch, keyValueHeads, count, D] tensors (a copy).
+    public var contents: (keys: Tensor, values: Tensor) { buffer.gather([0..<sinkHeld] + ring.slotRuns) }
+}

@@ -53,8 +53,11 @@ public func referenceRow<Scalar: ReferenceScalar>(
     let diagonal = query + keyLength - queryLength
 
     var scores: [(key: Int, score: Scalar)] = []
+    let headMask = options.headMasks?[head] ?? .none
     for key in 0..<keyLength
-    where mask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength) {
+    where mask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+        && headMask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+    {
         var dot: Scalar = 0
         for c in 0..<headDimension {
             dot +=

@@ -56,6 +56,22 @@ package struct AttentionProblem: Sendable {
             queries: queries, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask, options: options)
     }
 
+    /// Validates queries against keys held in a cache with the given dimensions: the batch and key dimension must
+    /// match the queries', and the key/value heads must divide the query heads.
+    package init(
+        queries: Tensor, cacheBatch: Int, keyValueHeads hkv: Int, keyLength nk: Int, keyDimension dk: Int,
+        valueDimension dv: Int, mask: AttentionMask, options: AttentionOptions
+    ) throws {
+        try Self.validateQueries(queries)
+        guard queries.shape[0] == cacheBatch, queries.shape[3] == dk else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "[\(cacheBatch), H, N, \(dk)]", actual: queries.shape,
+                reason: "queries must have the cache's batch size and key dimension")
+        }
+        try self.init(
+            queries: queries, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask, options: options)
+    }
+
     /// Checks the queries alone: rank 4 with at least one head and a head dimension >= 1.
     package static func validateQueries(_ queries: Tensor) throws {
         guard queries.rank == 4 else {
@@ -75,9 +91,9 @@ package struct AttentionProblem: Sendable {
         }
     }
 
-    /// Validates options for queries against keys described by their dimensions (keys held by a cache, whose
-    /// shapes the cache has already checked). `keyValueHeads` must divide the query heads.
-    package init(
+    /// Validates options for queries against keys described by their dimensions, whose batch and key dimension the
+    /// caller has already checked against the queries. `keyValueHeads` must divide the query heads.
+    private init(
         queries: Tensor, keyValueHeads hkv: Int, keyLength nk: Int, valueDimension dv: Int, mask: AttentionMask,
         options: AttentionOptions
     ) throws {
@@ -170,5 +186,21 @@ package struct AttentionProblem: Sendable {
             throw AttentionError.invalidValue(
                 argument: "\(argument)[\(bad)]", expected: "a finite number", actual: "\(values[bad])")
         }
+    }
+}
+
+/// Checks that `queries` and `keys` (rank 4) have the head counts a variant descriptor promises; the variant
+/// modules call it before the core kernel, so a tensor with the wrong head count is reported against the
+/// descriptor rather than as a generic grouping error.
+package func requireHeadCounts(queries: Tensor, keys: Tensor, queryHeads: Int, keyValueHeads: Int) throws {
+    guard queries.rank == 4, queries.shape[1] == queryHeads else {
+        throw AttentionError.shapeMismatch(
+            argument: "queries", expected: "[batch, \(queryHeads), sequence, headDimension]", actual: queries.shape,
+            reason: "the descriptor has \(queryHeads) query heads")
+    }
+    guard keys.rank == 4, keys.shape[1] == keyValueHeads else {
+        throw AttentionError.shapeMismatch(
+            argument: "keys", expected: "[batch, \(keyValueHeads), sequence, headDimension]", actual: keys.shape,
+            reason: "the descriptor has \(keyValueHeads) key/value heads")
     }
 }

@@ -1,0 +1,93 @@
+// KVCache: the append-only key/value cache of one attention layer, for autoregressive decoding.
+//
+// Storage is a KeyValueBuffer ([batch, keyValueHeads, capacity, D], slots of a head contiguous). Appending copies
+// the new tokens into free slots; when the slots run out the capacity doubles (one re-layout, amortized O(1) per
+// token), so a decode loop does not reallocate per step. Attention reads the stored keys and values in place.
+
+/// An append-only cache of keys and values for one attention layer, in the grouped-query layout
+/// [batch, keyValueHeads, tokens, headDimension].
+///
+/// ```swift
+/// var cache = try KVCache(keyValueHeads: 8, headDimension: 128)
+/// for step in 0..<steps {
+///     let (q, k, v) = projections(step)                          // q [1, 32, 1, 128], k and v [1, 8, 1, 128]
+///     try cache.append(keys: k, values: v)
+///     let out = try cache.attention(queries: q)                  // [1, 32, 1, 128], over every cached token
+/// }
+/// ```
+///
+/// A `KVCache` is a value: copies are independent (copy-on-write), and a cache may be read from many threads at once
+/// (`attention` does not mutate it) but, like an `Array`, must not be mutated while another thread uses it.
+public struct KVCache: Sendable {
+    private var buffer: KeyValueBuffer
+    /// Tokens stored.
+    public private(set) var count: Int = 0
+
+    /// Creates an empty cache.
+    /// - Parameters:
+    ///   - batch: sequences decoded together (>= 1).
+    ///   - keyValueHeads: key/value heads (>= 1); queries may have any multiple of it.
+    ///   - headDimension: the key dimension (>= 1).
+    ///   - valueDimension: the value dimension (default: `headDimension`).
+    ///   - reservingCapacity: tokens to allocate room for up front (>= 0); the cache grows past it as needed.
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range.
+    public init(
+        batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
+        reservingCapacity: Int = 0
+    ) throws {
+        try KeyValueBuffer.validateDimensions(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
+            valueDimension: valueDimension ?? headDimension)
+        try AttentionError.require(
+            reservingCapacity >= 0, "reservingCapacity", expected: ">= 0", actual: "\(reservingCapacity)")
+        buffer = KeyValueBuffer(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
+            valueDimension: valueDimension ?? headDimension, capacity: reservingCapacity)
+    }
+
+    /// Tokens the cache holds room for before it grows.
+    public var capacity: Int { buffer.capacity }
+    /// Bytes of key and value storage currently allocated.
+    public var storageBytes: Int { buffer.bytes }
+
+    /// Appends keys [batch, keyValueHeads, n, headDimension] and values [batch, keyValueHeads, n, valueDimension]
+    /// (n >= 0 new tokens). Amortized O(n): the capacity doubles when it runs out.
+    /// - Throws: `AttentionError.shapeMismatch` if a shape does not fit the cache; the cache is then unchanged.
+    public mutating func append(keys: Tensor, values: Tensor) throws {
+        let n = try buffer.validateAppend(keys: keys, values: values)
+        if count + n > buffer.capacity {
+            buffer.resize(to: Swift.max(count + n, 2 * buffer.capacity, 16), keeping: count)
+        }
+        buffer.write(keys: keys, values: values, rows: 0..<n, toSlot: count)
+        count += n
+    }
+
+    /// Forgets every token; keeps the allocated storage for reuse.
+    public mutating func removeAll() { count = 0 }
+
+    /// Attention of `queries` [batch, queryHeads, Nq, headDimension] over every cached token, read in place.
+    ///
+    /// The queries are taken to be the newest Nq tokens, so the default mask `.causal` (aligned bottom-right)
+    /// lets query i see the cached tokens up to and including its own position; with one query this is every token.
+    /// Any mask and option of `attention(queries:keys:values:mask:options:)` applies; `.automatic` picks the
+    /// split-KV decode kernel for short queries.
+    /// - Throws: `AttentionError` if the queries do not fit the cache (batch, head dimension, head grouping) or an
+    ///   option is invalid.
+    public func attention(
+        queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()
+    ) throws -> Tensor {
+        try attentionWithLogSumExp(queries: queries, mask: mask, options: options).output
+    }
+
+    /// Like `attention(queries:mask:options:)`, also returning each row's log-sum-exp and the kernel's workspace.
+    public func attentionWithLogSumExp(
+        queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()
+    ) throws -> AttentionResult {
+        try attentionOverCache(
+            queries: queries, buffer: buffer, runs: [(0..<count, 0)], cachedCount: count, newKeys: nil,
+            newValues: nil, mask: mask, options: options)
+    }
+
+    /// The cached keys and values as [batch, keyValueHeads, count, D] tensors (a copy, for inspection and tests).
+    public var contents: (keys: Tensor, values: Tensor) { buffer.gather([0..<count]) }
+}

@@ -1,0 +1,215 @@
+// KeyValueBuffer: the storage under every key/value cache of the package (KVCache here, RollingKVCache and
+// StreamingKVCache in their variant modules).
+//
+// Layout: keys [batch, heads, capacity, keyDimension] and values [batch, heads, capacity, valueDimension], one
+// row per slot, so the slots of one head are contiguous and any run of consecutive slots is a `KeyValueSegment`
+// the kernel reads in place. Which slots hold which tokens (append-only, ring, pinned sinks) is the cache's
+// business.
+
+/// Slot storage for keys and values of every (batch, key/value head).
+package struct KeyValueBuffer: Sendable {
+    package let batch: Int
+    package let heads: Int
+    package let keyDimension: Int
+    package let valueDimension: Int
+    /// Slots per head.
+    package private(set) var capacity: Int
+    private var keys: [Float]
+    private var values: [Float]
+
+    package init(batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, capacity: Int) {
+        self.batch = batch
+        self.heads = heads
+        self.keyDimension = keyDimension
+        self.valueDimension = valueDimension
+        self.capacity = capacity
+        keys = [Float](repeating: 0, count: batch * heads * capacity * keyDimension)
+        values = [Float](repeating: 0, count: batch * heads * capacity * valueDimension)
+    }
+
+    /// Bytes of key and value storage.
+    package var bytes: Int { (keys.count + values.count) * MemoryLayout<Float>.size }
+
+    /// Re-lays the storage out with `newCapacity` slots per head, keeping slots 0..<used of every head.
+    package mutating func resize(to newCapacity: Int, keeping used: Int) {
+        func relaid(_ old: [Float], width: Int) -> [Float] {
+            var new = [Float](repeating: 0, count: batch * heads * newCapacity * width)
+            old.withUnsafeBufferPointer { source in
+                new.withUnsafeMutableBufferPointer { target in
+                    for head in 0..<(batch * heads) where used > 0 {
+                        (target.baseAddress! + head * newCapacity * width).update(
+                            from: source.baseAddress! + head * capacity * width, count: used * width)
+                    }
+                }
+            }
+            return new
+        }
+        keys = relaid(keys, width: keyDimension)
+        values = relaid(values, width: valueDimension)
+        capacity = newCapacity
+    }
+
+    /// Copies tokens `rows` of `newKeys` / `newValues` ([batch, heads, n, D], already validated) into consecutive
+    /// slots starting at `slot`, for every head.
+    package mutating func write(keys newKeys: Tensor, values newValues: Tensor, rows: Range<Int>, toSlot slot: Int) {
+        precondition(slot >= 0 && slot + rows.count <= capacity, "slots out of range")
+        let n = newKeys.shape[2]
+        func copy(_ source: Tensor, into storage: inout [Float], width: Int) {
+            source.withUnsafeBufferPointer { s in
+                storage.withUnsafeMutableBufferPointer { t in
+                    for head in 0..<(batch * heads) where !rows.isEmpty {
+                        (t.baseAddress! + (head * capacity + slot) * width).update(
+                            from: s.baseAddress! + (head * n + rows.lowerBound) * width, count: rows.count * width)
+                    }
+                }
+            }
+        }
+        copy(newKeys, into: &keys, width: keyDimension)
+        copy(newValues, into: &values, width: valueDimension)
+    }
+
+    /// Calls `body` with one segment per run: run i covers `runs[i].slots` and starts at logical key position
+    /// `runs[i].start`. Empty runs are left out.
+    package func withSegments<R>(
+        _ runs: [(slots: Range<Int>, start: Int)], _ body: ([KeyValueSegment]) throws -> R
+    ) rethrows -> R {
+        try keys.withUnsafeBufferPointer { k in
+            try values.withUnsafeBufferPointer { v in
+                guard let kBase = k.baseAddress, let vBase = v.baseAddress else { return try body([]) }
+                let segments = runs.filter { !$0.slots.isEmpty }.map { run in
+                    KeyValueSegment(
+                        keys: kBase + run.slots.lowerBound * keyDimension,
+                        values: vBase + run.slots.lowerBound * valueDimension, keyHeadStride: capacity * keyDimension,
+                        valueHeadStride: capacity * valueDimension, start: run.start, count: run.slots.count)
+                }
+                return try body(segments)
+            }
+        }
+    }
+
+    /// The keys and values of the given slot runs, concatenated in order, as [batch, heads, n, D] tensors.
+    package func gather(_ slotRuns: [Range<Int>]) -> (keys: Tensor, values: Tensor) {
+        let n = slotRuns.reduce(0) { $0 + $1.count }
+        func collect(_ storage: [Float], width: Int) -> Tensor {
+            var out: [Float] = []
+            out.reserveCapacity(batch * heads * n * width)
+            for head in 0..<(batch * heads) {
+                for run in slotRuns {
+                    out +=
+                        storage[
+                            ((head * capacity + run.lowerBound) * width)..<((head * capacity + run.upperBound) * width)]
+                }
+            }
+            return Tensor(uncheckedShape: [batch, heads, n, width], scalars: out)
+        }
+        return (collect(keys, width: keyDimension), collect(values, width: valueDimension))
+    }
+
+    /// Checks that `newKeys` and `newValues` are [batch, heads, n, D] for this buffer and returns n.
+    package func validateAppend(keys newKeys: Tensor, values newValues: Tensor) throws -> Int {
+        guard newKeys.rank == 4, newKeys.shape[0] == batch, newKeys.shape[1] == heads,
+            newKeys.shape[3] == keyDimension
+        else {
+            throw AttentionError.shapeMismatch(
+                argument: "keys", expected: "[\(batch), \(heads), n, \(keyDimension)]", actual: newKeys.shape,
+                reason: "appended keys must match the cache's batch, key/value heads and key dimension")
+        }
+        let n = newKeys.shape[2]
+        guard newValues.shape == [batch, heads, n, valueDimension] else {
+            throw AttentionError.shapeMismatch(
+                argument: "values", expected: "\([batch, heads, n, valueDimension])", actual: newValues.shape,
+                reason: "appended values must match the keys' token count and the cache's value dimension")
+        }
+        return n
+    }
+
+    /// Validates the dimensions a cache is created with.
+    package static func validateDimensions(batch: Int, heads: Int, keyDimension: Int, valueDimension: Int) throws {
+        try AttentionError.require(batch >= 1, "batch", expected: ">= 1", actual: "\(batch)")
+        try AttentionError.require(heads >= 1, "keyValueHeads", expected: ">= 1", actual: "\(heads)")
+        try AttentionError.require(keyDimension >= 1, "keyDimension", expected: ">= 1", actual: "\(keyDimension)")
+        try AttentionError.require(
+            valueDimension >= 1, "valueDimension", expected: ">= 1", actual: "\(valueDimension)")
+    }
+}
+
+/// Attention of `queries` over keys held as slot runs of `buffer` (logical positions 0..<cachedCount) followed by
+/// `newKeys` / `newValues` (positions cachedCount..<cachedCount + n), read in place. Caches call this before they
+/// store the new tokens, so a ring buffer never has to hold more than its window.
+package func attentionOverCache(
+    queries: Tensor, buffer: KeyValueBuffer, runs: [(slots: Range<Int>, start: Int)], cachedCount: Int,
+    newKeys: Tensor?, newValues: Tensor?, mask: AttentionMask, options: AttentionOptions
+) throws -> AttentionResult {
+    let n = newKeys?.shape[2] ?? 0
+    let problem = try AttentionProblem(
+        queries: queries, cacheBatch: buffer.batch, keyValueHeads: buffer.heads, keyLength: cachedCount + n,
+        keyDimension: buffer.keyDimension, valueDimension: buffer.valueDimension, mask: mask, options: options)
+    return try buffer.withSegments(runs) { cached in
+        guard let newKeys, let newValues, n > 0 else {
+            return try runAttention(problem, queries: queries, segments: cached)
+        }
+        return try withKeyValueSegments(keys: newKeys, values: newValues) { fresh in
+            let shifted = fresh.map { segment -> KeyValueSegment in
+                var segment = segment
+                segment.start = cachedCount
+                return segment
+            }
+            return try runAttention(problem, queries: queries, segments: cached + shifted)
+        }
+    }
+}
+
+/// The bookkeeping of a ring of `size` slots starting at slot `base` of a KeyValueBuffer: the last `size` tokens
+/// stored, oldest first at `next` once the ring is full. Storing never moves a stored token; reading hands out at
+/// most two runs of consecutive slots.
+package struct RingSlots: Sendable, Hashable {
+    package let base: Int
+    package let size: Int
+    /// Tokens held (<= size).
+    package private(set) var held = 0
+    /// The slot offset the next token goes to.
+    package private(set) var next = 0
+
+    package init(base: Int, size: Int) {
+        self.base = base
+        self.size = size
+    }
+
+    /// The held tokens' slots, oldest first, as at most two runs, the first at logical position `start`.
+    package func runs(start: Int) -> [(slots: Range<Int>, start: Int)] {
+        if held < size { return [((base..<(base + held)), start)] }
+        let older = (base + next)..<(base + size)
+        return [(older, start), ((base..<(base + next)), start + older.count)]
+    }
+
+    /// The slot runs of `runs(start:)` without positions, for `KeyValueBuffer.gather`.
+    package var slotRuns: [Range<Int>] { runs(start: 0).map(\.slots) }
+
+    /// Stores tokens `rows` of the new keys and values, keeping the last `size` of them: at most two copies, O(1)
+    /// per token, no stored token moves.
+    package mutating func store(keys: Tensor, values: Tensor, rows: Range<Int>, in buffer: inout KeyValueBuffer) {
+        guard size > 0 else { return }
+        let kept = Swift.max(rows.lowerBound, rows.upperBound - size)..<rows.upperBound
+        let first = Swift.min(kept.count, size - next)
+        buffer.write(keys: keys, values: values, rows: kept.lowerBound..<(kept.lowerBound + first), toSlot: base + next)
+        buffer.write(keys: keys, values: values, rows: (kept.lowerBound + first)..<kept.upperBound, toSlot: base)
+        next = (next + kept.count) % size
+        held = Swift.min(size, held + kept.count)
+    }
+
+    /// Forgets every token.
+    package mutating func removeAll() {
+        held = 0
+        next = 0
+    }
+}
+
+/// Throws unless `queries` has one position per appended token: a cache step attends the new tokens' queries, which
+/// the masks align with the newest keys.
+package func requireOneQueryPerToken(_ queries: Tensor, tokens: Int) throws {
+    guard queries.rank == 4, queries.shape[2] == tokens else {
+        throw AttentionError.shapeMismatch(
+            argument: "queries", expected: "[batch, queryHeads, \(tokens), headDimension]", actual: queries.shape,
+            reason: "a cache step takes one query per appended token (\(tokens) keys and values were given)")
+    }
+}

@@ -1,0 +1,139 @@
+import AttentionCore
+import XCTest
+import _AttentionTestSupport
+
+final class DecodeAttentionTests: XCTestCase {
+    private func decode(_ keysPerSplit: Int? = nil, threads: Int? = nil) -> AttentionOptions {
+        AttentionOptions(kernel: .decode(keysPerSplit: keysPerSplit), threads: threads)
+    }
+
+    func testOddShapesGroupingsAndSplitsMatchReference() throws {
+        try withEvery("headDimension", in: [1, 8, 63, 64, 80, 128]) { d in
+            try withEvery("shape", in: [(1, 1, 1), (1, 2, 239), (3, 4, 1000), (2, 8, 517), (1, 16, 130)]) { shape in
+                let (nq, group, nk) = shape
+                let inputs = try attentionInputs(
+                    queryHeads: 2 * group, keyValueHeads: 2, queryLength: nq, keyLength: nk, headDimension: d,
+                    valueDimension: d == 80 ? 24 : d, seed: UInt64(d * 100 + nk))
+                try withEvery("keysPerSplit", in: [nil, 1, 100, 4096]) { split in
+                    try assertMatchesReference(inputs, options: decode(split))
+                    try assertMatchesReference(inputs, mask: .causal, options: decode(split))
+                }
+            }
+        }
+    }
+
+    func testMasksAndScoreOptionsMatchReference() throws {
+        let masks: [(String, AttentionMask)] = [
+            ("window", .window(left: 40, right: 0)), ("sinks", .sinks(count: 3, window: 50)),
+            ("custom", .custom { q, k in (q + 3 * k) % 7 != 0 }), ("causal", .causal),
+        ]
+        let inputs = try attentionInputs(
+            queryHeads: 8, keyValueHeads: 2, queryLength: 3, keyLength: 301, headDimension: 32, seed: 5)
+        let bias = try Tensor.randomNormal(shape: [1, 8, 3, 301], seed: 9)
+        let optionSets: [(String, AttentionOptions)] = [
+            ("softcap", AttentionOptions(softcap: 2)),
+            ("alibi", AttentionOptions(alibiSlopes: (0..<8).map { 0.01 * Float($0 + 1) })),
+            ("sinkLogits", AttentionOptions(sinkLogits: (0..<8).map { Float($0) - 3 })),
+            ("bias", AttentionOptions(bias: bias)),
+            (
+                "headMasks",
+                AttentionOptions(headMasks: (0..<8).map { $0 % 2 == 0 ? .none : .window(left: 9, right: 0) })
+            ),
+        ]
+        try withEvery("mask", in: masks.indices) { m in
+            try withEvery("options", in: optionSets.indices) { o in
+                try withEvery("keysPerSplit", in: [nil, 64, 128]) { split in
+                    var options = optionSets[o].1
+                    options.kernel = .decode(keysPerSplit: split)
+                    try SweepContext.$entries.withValue(SweepContext.entries + [masks[m].0, optionSets[o].0]) {
+                        try assertMatchesReference(inputs, mask: masks[m].1, options: options)
+                    }
+                }
+            }
+        }
+    }
+
+    func testBitwiseIdenticalForEveryThreadCountAndRepeat() throws {
+        let inputs = try attentionInputs(
+            queryHeads: 32, keyValueHeads: 8, queryLength: 1, keyLength: 5000, headDimension: 64, seed: 3)
+        let single = try attentionWithLogSumExp(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: decode(threads: 1))
+        for threads in [1, 2, 3, 8] {
+            let other = try attentionWithLogSumExp(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: decode(threads: threads))
+            XCTAssertEqual(other.output.scalars, single.output.scalars, "threads \(threads)")
+            XCTAssertEqual(other.logSumExp.scalars, single.logSumExp.scalars, "threads \(threads)")
+        }
+        // The default split of this shape really splits: 8 key/value heads want 8 splits of 5000 keys.
+        let problem = try AttentionProblem(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .none, options: decode())
+        XCTAssertEqual(decodeTiling(problem, keysPerSplit: nil).splitCount(keyLength: 5000), 8)
+    }
+
+    func testAutomaticPicksDecodeForShortQueriesOnly() throws {
+        func resolved(queryHeads: Int, keyValueHeads: Int, queryLength: Int) throws -> AttentionKernel {
+            let inputs = try attentionInputs(
+                queryHeads: queryHeads, keyValueHeads: keyValueHeads, queryLength: queryLength, keyLength: 10,
+                headDimension: 4, seed: 1)
+            let problem = try AttentionProblem(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .none,
+                options: AttentionOptions())
+            return AttentionKernel.automatic.resolved(for: problem)
+        }
+        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 1), .decode())
+        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 4), .decode())
+        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 5), .blockwise())
+        XCTAssertEqual(try resolved(queryHeads: 8, keyValueHeads: 8, queryLength: 16), .decode())
+        XCTAssertEqual(try resolved(queryHeads: 8, keyValueHeads: 8, queryLength: 17), .blockwise())
+    }
+
+    func testDecodeRejectsTooManyRowsAndBadSplits() throws {
+        let inputs = try attentionInputs(
+            queryHeads: 8, keyValueHeads: 1, queryLength: 3, keyLength: 10, headDimension: 4, seed: 1)
+        XCTAssertThrowsError(
+            try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: decode())
+        ) { error in
+            XCTAssertEqual(
+                error as? AttentionError,
+                .invalidValue(
+                    argument: "options.kernel",
+                    expected: ".decode only for (queryHeads / keyValueHeads) * queryLength <= 16",
+                    actual: ".decode with 8 * 3 = 24 rows per key/value head"))
+        }
+        let small = try attentionInputs(queryHeads: 1, queryLength: 1, keyLength: 10, headDimension: 4, seed: 1)
+        XCTAssertThrowsError(
+            try attention(queries: small.queries, keys: small.keys, values: small.values, options: decode(0))
+        ) { error in
+            XCTAssertEqual((error as? AttentionError)?.argument, "options.kernel keysPerSplit")
+        }
+    }
+
+    func testNonFiniteValuesOnlyReachRowsThatSeeThem() throws {
+        var inputs = try attentionInputs(queryHeads: 2, queryLength: 2, keyLength: 300, headDimension: 8, seed: 4)
+        // Key 299 is visible to query 1 only (causal, bottom-right): its NaN must not reach query 0.
+        for c in 0..<8 { inputs.values[0, 0, 299, c] = .nan }
+        for split in [nil, 64] as [Int?] {
+            let output = try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: decode(split)
+            )
+            for c in 0..<8 {
+                XCTAssertTrue(output[0, 0, 0, c].isFinite)
+                XCTAssertTrue(output[0, 0, 1, c].isNaN)
+                XCTAssertTrue(output[0, 1, 1, c].isFinite)
+            }
+        }
+    }
+
+    func testRowsWithoutVisibleKeysGiveZerosAcrossSplits() throws {
+        let inputs = try attentionInputs(queryHeads: 4, queryLength: 2, keyLength: 700, headDimension: 8, seed: 6)
+        // Query 0 sees nothing; query 1 sees keys 600..<700 only (the last split).
+        let mask = AttentionMask.custom { q, k in q == 1 && k >= 600 }
+        let result = try attentionWithLogSumExp(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: decode(128))
+        for head in 0..<4 {
+            XCTAssertEqual(result.logSumExp[0, head, 0], -.infinity)
+            for c in 0..<8 { XCTAssertEqual(result.output[0, head, 0, c], 0) }
+        }
+        try assertMatchesReference(inputs, mask: mask, options: decode(128))
+    }
+}
