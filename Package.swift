@@ -49,7 +49,7 @@ let package = Package(
         // The benchmark harness as a library, so its statistics, FLOP formula, output and option parsing are tested.
         .target(
             name: "AttentionBenchmarkKit",
-            dependencies: ["AttentionCore", "_AttentionTestSupport"],
+            dependencies: ["AttentionCore", "SinkTokenAttention", "_AttentionTestSupport"],
             path: "Benchmarks/AttentionBenchmarkKit"
         ),
         .executableTarget(

@@ -24,7 +24,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var keyBlock: Int? = nil
     public var help = false
 
-    public static let knownSuites = ["naive", "blockwise"]
+    public static let knownSuites = ["naive", "blockwise", "decode", "window", "streaming"]
 
     public init() {}
 
@@ -82,7 +82,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
           --full              the whole sweep (blockwise up to N = 16384; takes tens of minutes)
           --json              one JSON object per case per line instead of the table
           --threads LIST      thread counts to run, e.g. 1,2 (default: 1 and all processors)
-          --sizes LIST        sequence lengths N (queries = keys = N), e.g. 512,1024
+          --sizes LIST        sequence lengths N (queries = keys = N), e.g. 512,1024; for decode the KV cache
+                              lengths, for streaming the session checkpoints
           --head-dim LIST     head dimensions (default: 64 for naive; 64,128 for blockwise)
           --heads H           query heads = key/value heads (default 8)
           --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
@@ -93,8 +94,15 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
 
         Every case is validated against the Float64 reference (small shape, plus sampled rows of the timed output)
         before it is timed. Times are medians with min/max over the repetitions, after one warm-up run.
+        Suites: naive (naive alone), blockwise (blockwise beside naive, d = 64 and 128, plus GQA 32/8), decode (one
+        token, H_q = 32, H_kv = 8, d = 128, KV 4096..131072: decode kernel vs blockwise vs naive, with GB/s and the
+        machine's measured read bandwidth), window (sliding window of 1024 vs full causal, N = 4096..16384),
+        streaming (a StreamingLLM session through StreamingKVCache, 4 sinks + 1020 window, per-token time at
+        checkpoints up to 100,000 tokens, vs recomputing the window's attention for every token).
+
         GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).
-        workspace = bytes of scratch the kernel allocated (for naive: the whole score matrix).
+        workspace = bytes of scratch the kernel allocated (for naive: the whole score matrix; for streaming: the
+        cache's storage). GB/s (decode, streaming) = bytes of keys and values read per call / median seconds.
         """
 }

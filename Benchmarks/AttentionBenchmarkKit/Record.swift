@@ -20,12 +20,15 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     public var gflops: Double
     public var workspaceBytes: Int
     public var maxAbsError: Double
+    /// Decode and streaming cases: bytes of keys and values read per call / median seconds, in GB/s (1e9 bytes).
+    /// Absent (not null) in JSON for other cases.
+    public var gbPerSecond: Double?
 
     public init(
         suite: String, kernel: String, batch: Int, queryHeads: Int, keyValueHeads: Int,
         queryLength: Int, keyLength: Int, headDimension: Int, mask: String, threads: Int,
         medianSeconds: Double, minSeconds: Double, maxSeconds: Double, gflops: Double,
-        workspaceBytes: Int, maxAbsError: Double
+        workspaceBytes: Int, maxAbsError: Double, gbPerSecond: Double? = nil
     ) {
         self.suite = suite
         self.kernel = kernel
@@ -43,6 +46,7 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
         self.gflops = gflops
         self.workspaceBytes = workspaceBytes
         self.maxAbsError = maxAbsError
+        self.gbPerSecond = gbPerSecond
     }
 
     /// The record as one line of JSON with sorted keys.
@@ -73,7 +77,7 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
             pad("\(headDimension)", 4), pad("\(threads)", 3), pad(times, 30, left: true),
             pad(String(format: "%.2f", gflops), 10), pad(formatBytes(workspaceBytes), 11),
             pad(String(format: "%.1e", maxAbsError), 10),
-        ].joined(separator: " ")
+        ].joined(separator: " ") + (gbPerSecond.map { String(format: "  %.1f GB/s", $0) } ?? "")
     }
 }
 

@@ -17,6 +17,9 @@ public struct BenchmarkCase: Sendable {
     public var keyLength: Int
     public var headDimension: Int
     public var threads: Int
+    /// Whether the case is memory-bound enough that its effective bandwidth (key and value bytes read / time) is
+    /// the number to report, as for decode.
+    public var reportsBandwidth = false
 
     public init(
         suite: String, kernelName: String, kernel: AttentionKernel, maskName: String,
@@ -46,13 +49,17 @@ public enum BenchmarkOutcome {
     case skipped(reason: String)
 }
 
-/// The correctness gate: `kernel` with `mask` on a small grouped-query shape with odd lengths must pass the
+/// The correctness gate: `kernel` with `mask` on a small grouped-query shape with odd lengths (3 queries for the
+/// decode kernel, 67 otherwise) must pass the
 /// tolerance rule against the Float64 reference. Returns the failing check, or nil when it passes.
 public func validate(kernel: AttentionKernel, mask: AttentionMask, headDimension: Int) throws
     -> ToleranceCheck?
 {
+    // The decode kernel takes at most 16 rows per key/value head: three queries of a group of two.
+    var queryLength = 67
+    if case .decode = kernel { queryLength = 3 }
     let inputs = try attentionInputs(
-        queryHeads: 4, keyValueHeads: 2, queryLength: 67, keyLength: 93, headDimension: headDimension,
+        queryHeads: 4, keyValueHeads: 2, queryLength: queryLength, keyLength: 93, headDimension: headDimension,
         seed: 2024)
     let checks = try checkAttention(
         queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
@@ -123,7 +130,10 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
             minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
             workspaceBytes: result.workspaceBytes,
             maxAbsError: sampledError(
-                result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c)))
+                result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c),
+            gbPerSecond: c.reportsBandwidth
+                ? Double((inputs.keys.count + inputs.values.count) * MemoryLayout<Float>.size) / timing.median / 1e9
+                : nil))
 }
 
 /// The cases of the `naive` suite: naive attention over a sequence-length sweep, unmasked and causal.
@@ -181,6 +191,48 @@ func sequenceSweep(
                                 keyLength: n, headDimension: headDimension, threads: threads))
                     }
                 }
+            }
+        }
+    }
+    return cases
+}
+
+/// The cases of the `decode` suite: one new token of Llama-3-8B's attention layout (H_q = 32, H_kv = 8, d = 128)
+/// against a KV cache of 4096, 32768 and 131072 tokens (--sizes overrides the lengths), with the decode kernel
+/// beside the prefill (blockwise) kernel and naive attention. Reports effective GB/s (K and V bytes / time).
+public func decodeSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
+    let lengths = configuration.sequenceLengths ?? (configuration.quick ? [4096, 32768] : [4096, 32768, 131072])
+    var cases: [BenchmarkCase] = []
+    let kernels: [(String, AttentionKernel)] = [("decode", .decode()), ("blockwise", .blockwise()), ("naive", .naive)]
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        for length in lengths {
+            for (kernelName, kernel) in kernels where configuration.kernels?.contains(kernelName) ?? true {
+                var c = BenchmarkCase(
+                    suite: "decode", kernelName: kernelName, kernel: kernel, maskName: "none", mask: .none,
+                    queryHeads: 32, keyValueHeads: 8, queryLength: 1, keyLength: length,
+                    headDimension: configuration.headDimensions?.first ?? 128, threads: threads)
+                c.reportsBandwidth = true
+                cases.append(c)
+            }
+        }
+    }
+    return cases
+}
+
+/// The cases of the `window` suite: causal sliding-window attention (each query sees itself and the 1023 keys
+/// before it) beside full causal attention, H = 8, d = 64, N = 4096..16384, one thread and all. Visible work
+/// counts only the window, so equal GFLOP/s means the window costs O(N * window).
+public func windowSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
+    let lengths = configuration.sequenceLengths ?? (configuration.quick ? [4096, 8192] : [4096, 8192, 16384])
+    var cases: [BenchmarkCase] = []
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        for n in lengths {
+            for (maskName, mask) in [("win1024", AttentionMask.window(left: 1023, right: 0)), ("causal", .causal)] {
+                cases.append(
+                    BenchmarkCase(
+                        suite: "window", kernelName: "blockwise", kernel: .blockwise(), maskName: maskName, mask: mask,
+                        queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n,
+                        keyLength: n, headDimension: configuration.headDimensions?.first ?? 64, threads: threads))
             }
         }
     }

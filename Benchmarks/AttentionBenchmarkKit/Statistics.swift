@@ -74,3 +74,39 @@ public func visibleFraction(of mask: AttentionMask, queryLength: Int, keyLength:
     }
     return Double(visible) / (Double(queryLength) * Double(keyLength))
 }
+
+/// The machine's sustained read bandwidth in GB/s (1e9 bytes/s): `threads` workers each sum their share of a
+/// `bytes`-byte buffer (far larger than any cache) with 16-lane vector loads; the best of `repetitions` passes.
+/// This is the yardstick for memory-bound kernels such as decode, measured by the same binary on the same machine.
+public func measureReadBandwidth(bytes: Int = 1 << 30, threads: Int, repetitions: Int = 3) -> Double {
+    let count = bytes / MemoryLayout<Float>.size / 16 * 16
+    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    defer { buffer.deallocate() }
+    buffer.initialize(repeating: 1, count: count)
+    let shared = UncheckedSendable(UnsafePointer(buffer))
+    let sink = UnsafeMutablePointer<Float>.allocate(capacity: threads)
+    defer { sink.deallocate() }
+    let sums = UncheckedSendable(sink)
+    var best = 0.0
+    let clock = ContinuousClock()
+    for _ in 0..<repetitions {
+        let elapsed = clock.measure {
+            Parallel.forEach(items: threads, threads: threads) { _, part in
+                let chunk = count / threads / 16 * 16
+                let start = part * chunk
+                let end = part == threads - 1 ? count : start + chunk
+                var a0 = SIMD16<Float>(), a1 = SIMD16<Float>()
+                var i = start
+                while i + 32 <= end {
+                    a0 += load16(shared.value, i)
+                    a1 += load16(shared.value, i + 16)
+                    i += 32
+                }
+                sums.value[part] = horizontalSum(a0 + a1)
+            }
+        }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        best = Swift.max(best, Double(count * MemoryLayout<Float>.size) / seconds / 1e9)
+    }
+    return best
+}

@@ -55,6 +55,8 @@ for suite in configuration.suites {
     switch suite {
     case "naive": cases += naiveSuite(configuration, allThreads: allThreads)
     case "blockwise": cases += blockwiseSuite(configuration, allThreads: allThreads)
+    case "decode": cases += decodeSuite(configuration, allThreads: allThreads)
+    case "window": cases += windowSuite(configuration, allThreads: allThreads)
     default: break
     }
 }
@@ -77,6 +79,16 @@ for c in cases where !validated.contains("\(c.kernelName)/\(c.maskName)") {
 }
 if configuration.format == .table {
     print("validated against the Float64 reference: \(validated.sorted().joined(separator: ", "))")
+}
+if configuration.suites.contains("decode") || configuration.suites.contains("streaming") {
+    let bandwidths = Set([1, allThreads]).sorted().map { threads in
+        "\(threads) thread\(threads == 1 ? "" : "s"): "
+            + String(format: "%.1f GB/s", measureReadBandwidth(threads: threads))
+    }
+    let line = "measured read bandwidth (1 GiB buffer, best of 3): " + bandwidths.joined(separator: ", ")
+    if configuration.format == .table { print(line) } else { printError(line) }
+}
+if configuration.format == .table {
     print(BenchmarkRecord.tableHeader)
 }
 
@@ -94,6 +106,17 @@ for c in cases {
         }
     } catch {
         printError("attention-bench: \(c.kernelName) N=\(c.queryLength) failed: \(error)")
+        exit(1)
+    }
+}
+
+if configuration.suites.contains("streaming") {
+    do {
+        for record in try streamingSuite(configuration, allThreads: allThreads) {
+            print(configuration.format == .json ? record.jsonLine() : record.tableRow())
+        }
+    } catch {
+        printError("attention-bench: streaming failed: \(error)")
         exit(1)
     }
 }

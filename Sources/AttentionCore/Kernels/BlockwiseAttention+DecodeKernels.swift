@@ -1,7 +1,7 @@
 // The decode micro-kernels: the blockwise kernel's `.rows` layout, for work items with few query rows
 // (R = G * Br <= 16, e.g. one new token of the G query heads sharing a key/value head).
 //
-//   computeScoresFewRows:    S^T[k, r] = Q[r, :] . K[k, :]            4 rows x 1 key per step
+//   computeScoresFewRows:    S^T[k, r] = Q[r, :] . K[k, :]            4 rows x 1 key, or 1 row x 4 keys, per step
 //   accumulateValuesFewRows: O[r, :] += sum_k P^T[k, r] * V[k, :]     4 rows x 16 value columns per step
 //
 // The prefill kernels put query rows in the 16 vector lanes; with R = 4 rows three quarters of every multiply-add
@@ -18,50 +18,79 @@ func computeScoresFewRows(
     scores: UnsafeMutablePointer<Float>
 ) {
     scores.update(repeating: 0, count: keyCount * 16)
-    for kk in 0..<keyCount {
-        let key = keys + kk * dk
-        let out = scores + kk * 16
-        var r = 0
-        while r + 4 <= rowCount {
-            dotProducts4(q + r * dk, key: key, depth: dk, out: out + r)
-            r += 4
+    let fullRows = rowCount / 4 * 4
+    if fullRows > 0 {
+        for kk in 0..<keyCount {
+            let key = keys + kk * dk
+            var r = 0
+            while r < fullRows {
+                let sums = dotProducts(
+                    q + r * dk, q + (r + 1) * dk, q + (r + 2) * dk, q + (r + 3) * dk, key, key, key, key, depth: dk)
+                for i in 0..<4 { scores[kk * 16 + r + i] = sums[i] }
+                r += 4
+            }
         }
-        while r < rowCount {
-            out[r] = dotProduct(q + r * dk, key, count: dk)
-            r += 1
+    }
+    // Rows left over (all of them when R < 4): one row against four keys at a time.
+    for r in fullRows..<rowCount {
+        let row = q + r * dk
+        var kk = 0
+        while kk + 4 <= keyCount {
+            let key = keys + kk * dk
+            let sums = dotProducts(row, row, row, row, key, key + dk, key + 2 * dk, key + 3 * dk, depth: dk)
+            for i in 0..<4 { scores[(kk + i) * 16 + r] = sums[i] }
+            kk += 4
+        }
+        while kk < keyCount {
+            scores[kk * 16 + r] = dotProduct(row, keys + kk * dk, count: dk)
+            kk += 1
         }
     }
 }
 
-/// out[0..<4] = the dot products of four consecutive query rows with one key.
+/// Four dot products x_i . y_i of `depth` floats: four query rows against one key (the y_i equal, so the key is
+/// loaded once per chunk), or one query row against four keys.
 @inline(__always)
-private func dotProducts4(
-    _ q: UnsafePointer<Float>, key: UnsafePointer<Float>, depth dk: Int, out: UnsafeMutablePointer<Float>
-) {
+private func dotProducts(
+    _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>, _ x2: UnsafePointer<Float>, _ x3: UnsafePointer<Float>,
+    _ y0: UnsafePointer<Float>, _ y1: UnsafePointer<Float>, _ y2: UnsafePointer<Float>, _ y3: UnsafePointer<Float>,
+    depth dk: Int
+) -> SIMD4<Float> {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-    let q0 = q, q1 = q + dk, q2 = q + 2 * dk, q3 = q + 3 * dk
     var c = 0
     while c + 16 <= dk {
-        let k = load16(key, c)
-        a0 = multiplyAdd(load16(q0, c), k, a0)
-        a1 = multiplyAdd(load16(q1, c), k, a1)
-        a2 = multiplyAdd(load16(q2, c), k, a2)
-        a3 = multiplyAdd(load16(q3, c), k, a3)
+        a0 = multiplyAdd(load16(x0, c), load16(y0, c), a0)
+        a1 = multiplyAdd(load16(x1, c), load16(y1, c), a1)
+        a2 = multiplyAdd(load16(x2, c), load16(y2, c), a2)
+        a3 = multiplyAdd(load16(x3, c), load16(y3, c), a3)
         c += 16
     }
-    var (t0, t1, t2, t3): (Float, Float, Float, Float) = (0, 0, 0, 0)
+    var tail = SIMD4<Float>()
     while c < dk {
-        let k = key[c]
-        t0 += q0[c] * k
-        t1 += q1[c] * k
-        t2 += q2[c] * k
-        t3 += q3[c] * k
+        tail += SIMD4(x0[c] * y0[c], x1[c] * y1[c], x2[c] * y2[c], x3[c] * y3[c])
         c += 1
     }
-    out[0] = horizontalSum(a0) + t0
-    out[1] = horizontalSum(a1) + t1
-    out[2] = horizontalSum(a2) + t2
-    out[3] = horizontalSum(a3) + t3
+    return horizontalSums(a0, a1, a2, a3) + tail
+}
+
+/// The lane sums of four vectors, reduced together: halving all four at once takes about half the shuffles of four
+/// separate reductions (one add per halving of 16 to 8 lanes, then two rows per 8-lane register).
+@inline(__always)
+private func horizontalSums(
+    _ a0: SIMD16<Float>, _ a1: SIMD16<Float>, _ a2: SIMD16<Float>, _ a3: SIMD16<Float>
+) -> SIMD4<Float> {
+    let (x0, x1, x2, x3) = (
+        a0.lowHalf + a0.highHalf, a1.lowHalf + a1.highHalf, a2.lowHalf + a2.highHalf,
+        a3.lowHalf + a3.highHalf
+    )
+    // [4 partial sums of x0 | 4 of x1] and [x2 | x3].
+    let p01 = SIMD8(lowHalf: x0.lowHalf, highHalf: x1.lowHalf) + SIMD8(lowHalf: x0.highHalf, highHalf: x1.highHalf)
+    let p23 = SIMD8(lowHalf: x2.lowHalf, highHalf: x3.lowHalf) + SIMD8(lowHalf: x2.highHalf, highHalf: x3.highHalf)
+    // Pairwise within each 128-bit half: [x0, x0, x2, x2 | x1, x1, x3, x3].
+    let e =
+        SIMD8(p01[0], p01[2], p23[0], p23[2], p01[4], p01[6], p23[4], p23[6])
+        + SIMD8(p01[1], p01[3], p23[1], p23[3], p01[5], p01[7], p23[5], p23[7])
+    return SIMD4(e[0], e[4], e[2], e[6]) + SIMD4(e[1], e[5], e[3], e[7])
 }
 
 /// O [rowCount, Dv] (row-major at `output`) += V[tile]^T-weighted sums: row r adds sum_k P^T[k, r] * V[k, :].

@@ -131,7 +131,8 @@ package func withKeyValueSegments<R>(
     }
 }
 
-/// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], the quarantine copy of a V tile [Bc, Dv], for
+/// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], four rows of mask span bounds [Rp], the
+/// quarantine copy of a V tile [Bc, Dv], for
 /// `.perWorkerTile` the S^T tile [Bc, Rp], and with one split the softmax state (`stateFloats`).
 package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
 {
@@ -139,7 +140,7 @@ package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: Blockwise
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0
     let state = tiling.splitCount(keyLength: problem.keyLength) == 1 ? stateFloats(problem, tiling) : 0
-    return rp * (dk + 2) + bc * dv + tile + state
+    return rp * (dk + 6) + bc * dv + tile + state
 }
 
 /// Floats of one work item's softmax state: O [Dv x Rp] (in the tiling's layout), then m [Rp] and l [Rp].
@@ -283,7 +284,8 @@ private struct BlockContext {
         let qT = scratch
         let alibiSlopes = qT + dk * rp
         let alibiDiagonals = alibiSlopes + rp
-        let cleanValues = alibiDiagonals + rp
+        let spanBounds = UnsafeMutableRawPointer(alibiDiagonals + rp)
+        let cleanValues = alibiDiagonals + 5 * rp
 
         // Q^T (or Q, for the row layout), scaled so that scores come out in base 2 (unless softcap needs them in
         // natural units first).
@@ -327,6 +329,7 @@ private struct BlockContext {
             keyRange = keyRange.clamped(to: (split * keysPerSplit)..<Swift.min(nk, (split + 1) * keysPerSplit))
         }
         if keyRange.isEmpty { return }
+        let vectorMask = spans.writeBounds(spanBounds, rowCount: rp, queryBlock: br, rows: rows, keyLength: nk)
         let hasScoreOptions = softcap != nil || p.options.alibiSlopes != nil || p.options.bias != nil
         let head = b * p.keyValueHeads + kvHead
         for segment in segments {
@@ -357,7 +360,11 @@ private struct BlockContext {
                         alibiSlopes: alibiSlopes, alibiDiagonals: alibiDiagonals)
                 }
                 if coverage == .partial {
-                    applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile)
+                    if vectorMask {
+                        applyMaskBounds(sT, bounds: spanBounds, rowCount: rp, tile: tile)
+                    } else {
+                        applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile)
+                    }
                 }
                 var tileValues = valueBase + row0 * dv
                 let valuesFinite = allFinite(tileValues, count: tile.count * dv)
@@ -595,10 +602,12 @@ private struct BlockContext {
 private struct GroupSpans {
     let perHead: [MaskRowSpans]
     let masks: [AttentionMask]
+    let groupSize: Int
     /// The smallest key range holding every visible key of every head's rows.
     let keyHull: Range<Int>
 
     init(problem p: AttentionProblem, keyValueHead kvHead: Int, queries: Range<Int>) {
+        groupSize = p.groupSize
         if let headMasks = p.options.headMasks {
             masks = (0..<p.groupSize).map { head in
                 let own = headMasks[kvHead * p.groupSize + head]
@@ -617,6 +626,33 @@ private struct GroupSpans {
         } else {
             keyHull = 0..<0
         }
+    }
+
+    /// Writes each row's visible keys as at most two inclusive ranges [lo1, hi1], [lo2, hi2] (Int32, four arrays of
+    /// `rowCount` at `bounds`, row r = head * queryBlock + row; empty ranges and padding rows get lo > hi), for
+    /// `applyMaskBounds`. Returns false, writing nothing useful, when a head has a predicate, a row has more than two
+    /// spans, or key positions do not fit Int32: then the caller masks span by span.
+    func writeBounds(
+        _ bounds: UnsafeMutableRawPointer, rowCount rp: Int, queryBlock br: Int, rows: Int, keyLength: Int
+    ) -> Bool {
+        if keyLength >= Int(Int32.max) || perHead.contains(where: { $0.hasPredicate }) { return false }
+        let lanes = bounds.bindMemory(to: Int32.self, capacity: 4 * rp)
+        for i in 0..<rp {
+            (lanes[i], lanes[rp + i], lanes[2 * rp + i], lanes[3 * rp + i]) = (.max, .min, .max, .min)
+        }
+        for head in 0..<groupSize {
+            let (rowSpans, _) = forHead(head)
+            for row in 0..<rows {
+                let spans = rowSpans.spans[row]
+                if spans.count > 2 { return false }
+                let r = head * br + row
+                for (index, span) in spans.enumerated() {
+                    lanes[2 * index * rp + r] = Int32(span.lowerBound)
+                    lanes[(2 * index + 1) * rp + r] = Int32(span.upperBound - 1)
+                }
+            }
+        }
+        return true
     }
 
     /// The spans and mask of head `head` of the group.
@@ -645,12 +681,46 @@ private struct GroupSpans {
     (r >> 4) * columns * 16 + x * 16 + (r & 15)
 }
 
+/// Sets the scores of keys outside each row's (at most two) visible ranges to -inf, 16 rows at a time: two compares
+/// per range and a blend per key, instead of a scalar store per masked score. `bounds` as written by
+/// `GroupSpans.writeBounds`.
+@inline(__always)
+private func applyMaskBounds(
+    _ sT: UnsafeMutablePointer<Float>, bounds: UnsafeMutableRawPointer, rowCount rp: Int, tile: Range<Int>
+) {
+    let lanes = UnsafeRawPointer(bounds)
+    let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
+    func load(_ array: Int, _ rv: Int) -> SIMD16<Int32> {
+        lanes.loadUnaligned(fromByteOffset: (array * rp + rv) * 4, as: SIMD16<Int32>.self)
+    }
+    var rv = 0
+    while rv < rp {
+        let (lo1, hi1, lo2, hi2) = (load(0, rv), load(1, rv), load(2, rv), load(3, rv))
+        let stripe = sT + rv * tile.count
+        for kk in 0..<tile.count {
+            let j = SIMD16<Int32>(repeating: Int32(tile.lowerBound + kk))
+            let visible = ((j .>= lo1) .& (j .<= hi1)) .| ((j .>= lo2) .& (j .<= hi2))
+            store16(load16(stripe, kk * 16).replacing(with: negativeInfinity, where: .!visible), stripe, kk * 16)
+        }
+        rv += 16
+    }
+}
+
 /// Whether `count` floats are all finite: one vector pass summing x * 0, which is NaN exactly when some x is NaN or
 /// infinite.
 @inline(__always)
 private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
-    var probe = SIMD16<Float>()
+    // Four accumulators: one would make the pass a chain of dependent adds.
+    var (p0, p1, p2, p3) = (SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>())
     var i = 0
+    while i + 64 <= count {
+        p0 += load16(values, i) * 0
+        p1 += load16(values, i + 16) * 0
+        p2 += load16(values, i + 32) * 0
+        p3 += load16(values, i + 48) * 0
+        i += 64
+    }
+    var probe = (p0 + p1) + (p2 + p3)
     while i + 16 <= count {
         probe += load16(values, i) * 0
         i += 16

@@ -1,0 +1,94 @@
+// The `streaming` suite: a long StreamingLLM session through StreamingKVCache, timed at checkpoints, beside the
+// cost of recomputing attention over the window for every token.
+
+import AttentionCore
+import SinkTokenAttention
+import _AttentionTestSupport
+
+/// Runs one StreamingLLM session of `tokens` single-token steps (4 sinks + 1020-token window, H_q = 32, H_kv = 8,
+/// d = 128 unless overridden) and returns one record per checkpoint: the median per-token time over the
+/// `sample` steps ending at that checkpoint. Then one record for the sliding-window-with-recomputation baseline:
+/// every token recomputes causal attention over the last 1024 tokens (Nq = Nk = 1024).
+///
+/// The per-step inputs cycle through 64 pre-generated tokens, so no random numbers are drawn inside the timing.
+/// Each checkpoint's first output is validated against the Float64 reference over exactly the tokens the
+/// cache should hold (sinks + window).
+public func streamingSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
+    let (queryHeads, keyValueHeads) = (32, 8)
+    let d = configuration.headDimensions?.first ?? 128
+    let sinks = try SinkTokens(count: 4, window: 1020)
+    let checkpoints = configuration.sequenceLengths ?? (configuration.quick ? [2000, 10000] : [2000, 20000, 100_000])
+    let total = checkpoints.max() ?? 0
+    let sample = configuration.quick ? 100 : 300
+    let pool = 64
+    let inputs = try attentionInputs(
+        queryHeads: queryHeads, keyValueHeads: keyValueHeads, queryLength: pool, keyLength: pool, headDimension: d,
+        seed: 11)
+    let steps = (0..<pool).map { i in
+        (tokens(inputs.queries, i..<(i + 1)), tokens(inputs.keys, i..<(i + 1)), tokens(inputs.values, i..<(i + 1)))
+    }
+    var records: [BenchmarkRecord] = []
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        let options = AttentionOptions(threads: threads)
+        var cache = try StreamingKVCache(sinks: sinks, keyValueHeads: keyValueHeads, headDimension: d)
+        var times: [Double] = []
+        let clock = ContinuousClock()
+        for step in 0..<total {
+            let (q, k, v) = steps[step % pool]
+            var output: Tensor? = nil
+            let elapsed = try clock.measure {
+                output = try cache.attend(queries: q, keys: k, values: v, options: options)
+            }
+            let position = step + 1
+            if position > total - sample || checkpoints.contains(where: { position > $0 - sample && position <= $0 }) {
+                times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+            }
+            guard checkpoints.contains(position), let output else { continue }
+            let held = cache.contents
+            let check = checkOutput(output, queries: q, keys: held.keys, values: held.values)
+            guard check.passes else { throw ValidationFailure(description: "streaming at token \(position): \(check)") }
+            let timing = TimingSummary(samples: Array(times.suffix(sample)))
+            let bytes = Double((held.keys.count + held.values.count) * MemoryLayout<Float>.size)
+            records.append(
+                BenchmarkRecord(
+                    suite: "streaming", kernel: "cache", batch: 1, queryHeads: queryHeads, keyValueHeads: keyValueHeads,
+                    queryLength: 1, keyLength: position, headDimension: d, mask: "sinks4+1020", threads: threads,
+                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                    gflops: 4 * Double(queryHeads * cache.count * d) / timing.median / 1e9,
+                    workspaceBytes: cache.storageBytes,
+                    maxAbsError: check.kernelError, gbPerSecond: bytes / timing.median / 1e9))
+            times.removeAll(keepingCapacity: true)
+        }
+        // The baseline: recompute the window's attention for every new token.
+        let window = 1024
+        let recompute = try attentionInputs(
+            queryHeads: queryHeads, keyValueHeads: keyValueHeads, queryLength: window, keyLength: window,
+            headDimension: d, seed: 12)
+        var last: AttentionResult? = nil
+        let timing = try measureTimes(minimumRepetitions: 3, budget: configuration.quick ? 0.25 : 1) {
+            last = try attentionWithLogSumExp(
+                queries: recompute.queries, keys: recompute.keys, values: recompute.values, mask: .causal,
+                options: options)
+        }
+        let check = checkOutput(
+            tokens(last!.output, (window - 1)..<window), queries: tokens(recompute.queries, (window - 1)..<window),
+            keys: recompute.keys, values: recompute.values)
+        guard check.passes else { throw ValidationFailure(description: "streaming recompute: \(check)") }
+        records.append(
+            BenchmarkRecord(
+                suite: "streaming", kernel: "recompute", batch: 1, queryHeads: queryHeads, keyValueHeads: keyValueHeads,
+                queryLength: window, keyLength: window, headDimension: d, mask: "causal", threads: threads,
+                medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                gflops: attentionFLOPs(
+                    batch: 1, queryHeads: queryHeads, queryLength: window, keyLength: window, headDimension: d,
+                    visibleFraction: visibleFraction(of: .causal, queryLength: window, keyLength: window))
+                    / timing.median / 1e9,
+                workspaceBytes: last!.workspaceBytes, maxAbsError: check.kernelError))
+    }
+    return records
+}
+
+/// A timed output that failed the tolerance check against the Float64 reference.
+public struct ValidationFailure: Error, CustomStringConvertible {
+    public let description: String
+}
