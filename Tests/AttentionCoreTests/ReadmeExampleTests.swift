@@ -20,9 +20,23 @@ final class ReadmeExampleTests: XCTestCase {
             queries: queries, keys: keys, values: values, mask: .window(left: 63, right: 0),
             options: options)
         print(windowed.logSumExp.shape, windowed.workspaceBytes)  // [1, 8, 256] and the scratch bytes used
+
+        // Decoding: keep keys and values in a cache and attend one new token at a time
+        var cache = try KVCache(keyValueHeads: 2, headDimension: 64)
+        try cache.append(keys: keys, values: values)  // the prompt's 256 tokens
+        let nextQuery = try Tensor.randomNormal(shape: [1, 8, 1, 64], seed: 4)
+        let next = try cache.attention(queries: nextQuery)  // [1, 8, 1, 64], split-KV decode kernel
+
+        // StreamingLLM: 4 sink tokens + a 1020-token window, in a cache of fixed size
+        var stream = try StreamingKVCache(
+            sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: 2, headDimension: 64)
+        let streamed = try stream.attend(queries: queries, keys: keys, values: values)  // [1, 8, 256, 64]
         // README example end
         XCTAssertEqual(output.shape, [1, 8, 256, 64])
         XCTAssertEqual(windowed.logSumExp.shape, [1, 8, 256])
+        XCTAssertEqual(next.shape, [1, 8, 1, 64])
+        XCTAssertEqual(streamed.shape, [1, 8, 256, 64])
+        XCTAssertEqual(stream.count, 256)
     }
 
     /// The README's Swift block must be this test's body, line for line (indentation aside).
