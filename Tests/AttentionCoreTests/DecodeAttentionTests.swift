@@ -136,4 +136,19 @@ final class DecodeAttentionTests: XCTestCase {
         }
         try assertMatchesReference(inputs, mask: mask, options: decode(128))
     }
+
+    func testHugeFiniteValuesWhoseSumOverflowsStayExact() throws {
+        // The tiles' finiteness probe sums the values: four of 1e38 overflow, which sends the tile down the exact
+        // quarantine path. The output (the average, 1e38) must still be finite and right. (The unnormalized output
+        // accumulator itself holds sum(p * v) with p <= 1, so values within Float.greatestFiniteMagnitude / Nk
+        // are safe; larger ones can overflow, as in any online-softmax kernel.)
+        let queries = try Tensor(shape: [1, 1, 1, 2], repeating: 0)
+        let keys = try Tensor(shape: [1, 1, 2, 2], repeating: 0)
+        let values = try Tensor(shape: [1, 1, 2, 2], repeating: 1e38)
+        for kernel in [AttentionKernel.decode(), .blockwise(), .naive] {
+            let output = try attention(
+                queries: queries, keys: keys, values: values, options: AttentionOptions(kernel: kernel))
+            XCTAssertEqual(output.scalars, [1e38, 1e38], "\(kernel)")
+        }
+    }
 }
