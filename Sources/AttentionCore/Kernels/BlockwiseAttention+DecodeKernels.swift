@@ -93,38 +93,43 @@ private func horizontalSums(
     return SIMD4(e[0], e[4], e[2], e[6]) + SIMD4(e[1], e[5], e[3], e[7])
 }
 
-/// O [rowCount, Dv] (row-major at `output`) += V[tile]^T-weighted sums: row r adds sum_k P^T[k, r] * V[k, :].
+/// O [rowCount, Dv] (row-major at `output`) += V[tile]^T-weighted sums: row r adds sum_k W[k, r] * V[k, :], with
+/// W[k, r] at `weights[k * weightStride + r]` (16 for a score stripe; linear attention passes other layouts).
 @inline(__always)
 func accumulateValuesFewRows(
-    weights pT: UnsafePointer<Float>, rowCount: Int, keyCount: Int, values: UnsafePointer<Float>,
-    valueDimension dv: Int, output o: UnsafeMutablePointer<Float>
+    weights pT: UnsafePointer<Float>, weightStride ws: Int = 16, rowCount: Int, keyCount: Int,
+    values: UnsafePointer<Float>, valueDimension dv: Int, output o: UnsafeMutablePointer<Float>
 ) {
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
         while c + 16 <= dv {
-            valueRows4(pT + r, keyCount: keyCount, values: values + c, valueStride: dv, out: o + r * dv + c)
+            valueRows4(
+                pT + r, weightStride: ws, keyCount: keyCount, values: values + c, valueStride: dv, out: o + r * dv + c)
             c += 16
         }
-        valueColumnsTail(pT, rows: r..<(r + 4), keyCount: keyCount, values: values, columns: c..<dv, output: o)
+        valueColumnsTail(
+            pT, weightStride: ws, rows: r..<(r + 4), keyCount: keyCount, values: values, columns: c..<dv, output: o)
         r += 4
     }
     while r < rowCount {
         var c = 0
         while c + 32 <= dv {
-            valueRow1x32(pT + r, keyCount: keyCount, values: values + c, valueStride: dv, out: o + r * dv + c)
+            valueRow1x32(
+                pT + r, weightStride: ws, keyCount: keyCount, values: values + c, valueStride: dv, out: o + r * dv + c)
             c += 32
         }
-        valueColumnsTail(pT, rows: r..<(r + 1), keyCount: keyCount, values: values, columns: c..<dv, output: o)
+        valueColumnsTail(
+            pT, weightStride: ws, rows: r..<(r + 1), keyCount: keyCount, values: values, columns: c..<dv, output: o)
         r += 1
     }
 }
 
-/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] += sum_k pT[k * 16 + i] * V[k, 0..<16].
+/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] += sum_k pT[k * ws + i] * V[k, 0..<16].
 @inline(__always)
 private func valueRows4(
-    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
-    out: UnsafeMutablePointer<Float>
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, keyCount: Int, values: UnsafePointer<Float>,
+    valueStride dv: Int, out: UnsafeMutablePointer<Float>
 ) {
     var a0 = load16(out, 0), a1 = load16(out, dv), a2 = load16(out, 2 * dv), a3 = load16(out, 3 * dv)
     var p = pT
@@ -135,7 +140,7 @@ private func valueRows4(
         a1 = multiplyAdd(SIMD16<Float>(repeating: p[1]), vk, a1)
         a2 = multiplyAdd(SIMD16<Float>(repeating: p[2]), vk, a2)
         a3 = multiplyAdd(SIMD16<Float>(repeating: p[3]), vk, a3)
-        p += 16
+        p += ws
         v += dv
     }
     store16(a0, out, 0)
@@ -147,8 +152,8 @@ private func valueRows4(
 /// One row x 32 value columns (two accumulators, so consecutive keys do not wait on each other).
 @inline(__always)
 private func valueRow1x32(
-    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
-    out: UnsafeMutablePointer<Float>
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, keyCount: Int, values: UnsafePointer<Float>,
+    valueStride dv: Int, out: UnsafeMutablePointer<Float>
 ) {
     var a0 = load16(out, 0), a1 = load16(out, 16)
     var p = pT
@@ -157,7 +162,7 @@ private func valueRow1x32(
         let pk = SIMD16<Float>(repeating: p[0])
         a0 = multiplyAdd(pk, load16(v, 0), a0)
         a1 = multiplyAdd(pk, load16(v, 16), a1)
-        p += 16
+        p += ws
         v += dv
     }
     store16(a0, out, 0)
@@ -167,15 +172,15 @@ private func valueRow1x32(
 /// The columns that the vector kernels leave (Dv not a multiple of 16 or 32), one scalar at a time.
 @inline(__always)
 private func valueColumnsTail(
-    _ pT: UnsafePointer<Float>, rows: Range<Int>, keyCount: Int, values: UnsafePointer<Float>, columns: Range<Int>,
-    output o: UnsafeMutablePointer<Float>
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rows: Range<Int>, keyCount: Int, values: UnsafePointer<Float>,
+    columns: Range<Int>, output o: UnsafeMutablePointer<Float>
 ) {
     if columns.isEmpty { return }
     let dv = columns.upperBound
     for r in rows {
         for c in columns {
             var sum = o[r * dv + c]
-            for kk in 0..<keyCount { sum += pT[kk * 16 + r] * values[kk * dv + c] }
+            for kk in 0..<keyCount { sum += pT[kk * ws + r] * values[kk * dv + c] }
             o[r * dv + c] = sum
         }
     }

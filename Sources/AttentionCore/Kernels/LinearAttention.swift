@@ -1,0 +1,375 @@
+// Linear attention: o_i = sum_j w_ij (phi(q_i) . phi(k_j)) v_j, optionally divided by sum_j w_ij phi(q_i) . phi(k_j),
+// with w_ij = lambda^(i - j) for j <= i (causal, decay lambda, 1 without decay) or w_ij = 1 (non-causal).
+//
+// Non-causal (Katharopoulos et al., 2020): S = sum_j phi(k_j)^T v_j [d_phi, Dv] and z = sum_j phi(k_j) in one pass
+// over the keys, then o_i = phi(q_i) S / phi(q_i) . z in one pass over the queries: O(N d_phi Dv) time, O(d_phi Dv)
+// memory per head.
+//
+// Causal, chunkwise (Lightning Attention): the sequence is cut into chunks of C tokens. For chunk c with state
+// (S, z) from the chunks before it,
+//   inter:  o_i  = lambda^(i+1) phi(q_i) S                          (i = position within the chunk)
+//   intra:  o_i += sum_{j <= i in chunk} lambda^(i-j) (phi(q_i) . phi(k_j)) v_j   (a masked C x C product)
+//   state:  S    = lambda^C S + sum_j lambda^(C-1-j) phi(k_j)^T v_j,   z likewise
+// so no per-token cumulative sum is stored, and a single token (C = 1) is exactly the recurrent step
+// S = lambda S + phi(k)^T v, o = phi(q) S. `LinearAttentionState` carries (S, z) across calls.
+//
+// Layouts reuse the softmax kernels' micro-kernels: phi(Q) of a chunk is packed stripe-major (rows in lanes) so
+// `computeScores` forms the C x C products, and `accumulateValuesFewRows` performs every "rows += weights x matrix"
+// update (inter, intra, state). Work item = (batch, query head); query head h reads key/value head h / G.
+
+/// The recurrent state of causal linear attention per (batch, query head): S = sum_j w_j phi(k_j)^T v_j and
+/// z = sum_j w_j phi(k_j), with w_j the decay accumulated since token j.
+///
+/// ```swift
+/// var state = try LinearAttentionState(batch: 1, heads: 8, featureDimension: 64, valueDimension: 64)
+/// let o = try state.step(query: q, key: k, value: v, options: LinearAttentionOptions(causal: true))  // one token
+/// ```
+public struct LinearAttentionState: Sendable, Equatable {
+    /// S: [batch, heads, featureDimension, valueDimension].
+    public private(set) var keyValueSum: Tensor
+    /// z: [batch, heads, featureDimension].
+    public private(set) var keySum: Tensor
+
+    public var batch: Int { keySum.shape[0] }
+    public var heads: Int { keySum.shape[1] }
+    public var featureDimension: Int { keySum.shape[2] }
+    public var valueDimension: Int { keyValueSum.shape[3] }
+
+    /// The zero state (no token seen).
+    /// - Throws: `AttentionError.invalidValue` for a size below 1.
+    public init(batch: Int, heads: Int, featureDimension: Int, valueDimension: Int) throws {
+        for (name, value) in [
+            ("batch", batch), ("heads", heads), ("featureDimension", featureDimension),
+            ("valueDimension", valueDimension),
+        ] {
+            try AttentionError.require(value >= 1, name, expected: ">= 1", actual: "\(value)")
+        }
+        keyValueSum = try Tensor(zeros: [batch, heads, featureDimension, valueDimension])
+        keySum = try Tensor(zeros: [batch, heads, featureDimension])
+    }
+
+    init(keyValueSum: Tensor, keySum: Tensor) {
+        self.keyValueSum = keyValueSum
+        self.keySum = keySum
+    }
+
+    /// One token of causal linear attention: S = lambda S + phi(k)^T v, z = lambda z + phi(k), o = phi(q) S
+    /// (/ phi(q) . z when normalizing). The same kernel as the chunkwise form with one token, so stepping through
+    /// a sequence equals running it at once up to float rounding.
+    /// - Parameters: query [batch, heads, 1, Dk], key and value [batch, Hkv, 1, Dk | Dv]; `options.causal` is
+    ///   implied.
+    /// - Returns: [batch, heads, 1, valueDimension].
+    public mutating func step(
+        query: Tensor, key: Tensor, value: Tensor, options: LinearAttentionOptions = LinearAttentionOptions()
+    ) throws -> Tensor {
+        var options = options
+        options.causal = true
+        let result = try linearAttentionWithState(
+            queries: query, keys: key, values: value, initialState: self, options: options)
+        self = result.state
+        return result.output
+    }
+}
+
+/// Linear attention, causal or not, with a feature map, optional normalization and optional decay.
+///
+/// - Parameters:
+///   - queries: [batch, queryHeads, Nq, Dk]; keys [batch, keyValueHeads, Nk, Dk]; values
+///     [batch, keyValueHeads, Nk, Dv]. queryHeads must be a multiple of keyValueHeads; causal needs Nq == Nk.
+/// - Returns: [batch, queryHeads, Nq, Dv].
+/// - Throws: `AttentionError` for mismatched shapes, a decay that is not finite or outside (0, 1] (or set without
+///   `causal`), a chunk size below 1, or a custom feature dimension below 1.
+/// - Complexity: O(B * Hq * N * d_phi * Dv) time (plus O(N * C * d_phi) for the causal chunks' products), and
+///   O(threads * (C * (d_phi + C) + d_phi * Dv)) scratch: linear in N.
+public func linearAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions = LinearAttentionOptions()
+) throws -> Tensor {
+    try linearAttentionWithState(queries: queries, keys: keys, values: values, initialState: nil, options: options)
+        .output
+}
+
+/// Like `linearAttention`, starting from `initialState` (the keys of earlier calls; `nil` is the zero state) and
+/// returning the state after these keys, so a long sequence can be processed in pieces or continued token by token
+/// with `LinearAttentionState.step`. For non-causal calls the state adds keys every query sees.
+public func linearAttentionWithState(
+    queries: Tensor, keys: Tensor, values: Tensor, initialState: LinearAttentionState? = nil,
+    options: LinearAttentionOptions = LinearAttentionOptions()
+) throws -> (output: Tensor, state: LinearAttentionState) {
+    let shapes = try AttentionProblem(
+        queries: queries, keys: keys, values: values, mask: .none, options: AttentionOptions(threads: options.threads))
+    let (b, hq, nq, nk, dk, dv) = (
+        shapes.batch, shapes.queryHeads, shapes.queryLength, shapes.keyLength, shapes.keyDimension,
+        shapes.valueDimension
+    )
+    if case .custom(let outputDimension, _) = options.featureMap {
+        try AttentionError.require(
+            outputDimension >= 1, "options.featureMap outputDimension", expected: ">= 1", actual: "\(outputDimension)")
+    }
+    let dPhi = options.featureMap.featureDimension(inputDimension: dk)
+    if options.causal {
+        guard nq == nk else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "[\(b), \(hq), \(nk), \(dk)] (one query per key)", actual: queries.shape,
+                reason: "causal linear attention pairs query i with key i")
+        }
+    }
+    if let decay = options.decay {
+        try AttentionError.require(
+            options.causal, "options.decay", expected: "nil unless options.causal (decay is over earlier tokens)",
+            actual: "\(decay.count) values")
+        try AttentionError.require(
+            decay.count == hq, "options.decay.count", expected: "\(hq) (one per query head)", actual: "\(decay.count)")
+        if let bad = decay.firstIndex(where: { !($0.isFinite && $0 > 0 && $0 <= 1) }) {
+            throw AttentionError.invalidValue(
+                argument: "options.decay[\(bad)]", expected: "a finite number in (0, 1]", actual: "\(decay[bad])")
+        }
+    }
+    if let chunk = options.chunkSize {
+        try AttentionError.require(chunk >= 1, "options.chunkSize", expected: ">= 1", actual: "\(chunk)")
+    }
+    if let state = initialState {
+        guard state.keyValueSum.shape == [b, hq, dPhi, dv] else {
+            throw AttentionError.shapeMismatch(
+                argument: "initialState",
+                expected: "[\(b), \(hq), \(dPhi), \(dv)] (batch, query heads, feature "
+                    + "dimension of the map, value dimension)", actual: state.keyValueSum.shape,
+                reason: "the state must come from the same heads, feature map and value dimension")
+        }
+    }
+
+    let tiling = LinearTiling(
+        chunk: Swift.max(1, Swift.min(options.chunkSize ?? LinearTiling.defaultChunk, Swift.max(nq, nk))))
+    var state =
+        try initialState ?? LinearAttentionState(batch: b, heads: hq, featureDimension: dPhi, valueDimension: dv)
+    var keyValueSum = state.keyValueSum.scalars
+    var keySum = state.keySum.scalars
+    var output = [Float](repeating: 0, count: b * hq * nq * dv)
+    let scratchFloats = tiling.scratchFloats(featureDimension: dPhi, inputDimension: dk)
+    let items = b * hq
+    let workers = Parallel.workerCount(items: items, threads: shapes.threads)
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
+    defer { scratch.deallocate() }
+    queries.withUnsafeBufferPointer { q in
+        keys.withUnsafeBufferPointer { k in
+            values.withUnsafeBufferPointer { v in
+                output.withUnsafeMutableBufferPointer { o in
+                    keyValueSum.withUnsafeMutableBufferPointer { s in
+                        keySum.withUnsafeMutableBufferPointer { z in
+                            let context = UncheckedSendable(
+                                LinearContext(
+                                    shapes: shapes, options: options, tiling: tiling, featureDimension: dPhi,
+                                    queries: q.baseAddress, keys: k.baseAddress, values: v.baseAddress,
+                                    output: o.baseAddress, keyValueSum: s.baseAddress!, keySum: z.baseAddress!))
+                            Parallel.forEach(items: items, threads: shapes.threads) { worker, item in
+                                context.value.run(
+                                    batch: item / hq, head: item % hq, scratch: scratch + worker * scratchFloats)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    state = LinearAttentionState(
+        keyValueSum: Tensor(uncheckedShape: [b, hq, dPhi, dv], scalars: keyValueSum),
+        keySum: Tensor(uncheckedShape: [b, hq, dPhi], scalars: keySum))
+    return (Tensor(uncheckedShape: [b, hq, nq, dv], scalars: output), state)
+}
+
+/// The chunk length of the causal algorithm and the scratch it needs.
+package struct LinearTiling: Sendable {
+    /// C: tokens per chunk.
+    package var chunk: Int
+
+    /// The default chunk: 64 tokens, one set of four 16-row stripes, like the softmax kernel's query block.
+    /// Measured with `attention-bench --suite linear` (H = 8, d = 64, causal, elu+1): see the README.
+    package static let defaultChunk = 64
+
+    /// Cp: the chunk rounded up to whole 16-row stripes.
+    package var paddedChunk: Int { (chunk + 15) & ~15 }
+
+    /// Per worker: phi(Q)^T [d_phi, Cp], phi(K) and decayed phi(K) [C, d_phi], the C x Cp products, the row
+    /// denominators [Cp], decay powers [C + 1], one input row's features [d_phi + d] for the map.
+    package func scratchFloats(featureDimension dPhi: Int, inputDimension d: Int) -> Int {
+        dPhi * paddedChunk + 2 * chunk * dPhi + chunk * paddedChunk + paddedChunk + chunk + 1 + dPhi + d
+    }
+}
+
+private struct LinearContext {
+    let shapes: AttentionProblem
+    let options: LinearAttentionOptions
+    let tiling: LinearTiling
+    let featureDimension: Int
+    let queries: UnsafePointer<Float>?
+    let keys: UnsafePointer<Float>?
+    let values: UnsafePointer<Float>?
+    let output: UnsafeMutablePointer<Float>?
+    let keyValueSum: UnsafeMutablePointer<Float>
+    let keySum: UnsafeMutablePointer<Float>
+
+    func run(batch b: Int, head h: Int, scratch: UnsafeMutablePointer<Float>) {
+        let p = shapes
+        let (nq, nk, dk, dv, dPhi) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, featureDimension)
+        let (c, cp) = (tiling.chunk, tiling.paddedChunk)
+        let kvHead = p.keyValueHead(of: h)
+        let qT = scratch
+        let phiK = qT + dPhi * cp
+        let weightedK = phiK + c * dPhi
+        let products = weightedK + c * dPhi
+        let denominators = products + c * cp
+        let powers = denominators + cp
+        let rowFeatures = powers + c + 1
+        let s = keyValueSum + (b * p.queryHeads + h) * dPhi * dv
+        let z = keySum + (b * p.queryHeads + h) * dPhi
+        let lambda = options.decay?[h] ?? 1
+        // lambda^k for k = 0...C, in Double so that the powers are correctly rounded.
+        var power = 1.0
+        for index in 0...c {
+            powers[index] = Float(power)
+            power *= Double(lambda)
+        }
+        let queryBase = queries.map { $0 + (b * p.queryHeads + h) * nq * dk }
+        let keyBase = keys.map { $0 + (b * p.keyValueHeads + kvHead) * nk * dk }
+        let valueBase = values.map { $0 + (b * p.keyValueHeads + kvHead) * nk * dv }
+        let outputBase = output.map { $0 + (b * p.queryHeads + h) * nq * dv }
+
+        if options.causal {
+            guard let queryBase, let keyBase, let valueBase, let outputBase else { return }
+            var start = 0
+            while start < nq {
+                let n = Swift.min(c, nq - start)
+                let out = outputBase + start * dv
+                let chunkValues = valueBase + start * dv
+                packQueries(queryBase + start * dk, count: n, into: qT, rowFeatures: rowFeatures)
+                // Inter-chunk: o_i = lambda^(i+1) phi(q_i) S, d_i = lambda^(i+1) phi(q_i) . z.
+                addQueriesTimesState(qT, count: n, state: s, output: out)
+                for i in 0..<n {
+                    var d: Float = 0
+                    for a in 0..<dPhi { d += qT[stripeIndex(i, a, columns: dPhi)] * z[a] }
+                    denominators[i] = d * powers[i + 1]
+                    if lambda != 1 {
+                        let row = out + i * dv
+                        for col in 0..<dv { row[col] *= powers[i + 1] }
+                    }
+                }
+                // Intra-chunk: A^T[j, i] = phi(q_i) . phi(k_j) * lambda^(i - j) for j <= i, 0 above the diagonal.
+                for j in 0..<n {
+                    options.featureMap.apply(keyBase + (start + j) * dk, count: dk, into: phiK + j * dPhi)
+                }
+                computeScores(qT: qT, rowCount: cp, keys: phiK, keyCount: n, depth: dPhi, scores: products)
+                var stripe = 0
+                while stripe * 16 < n {
+                    let tile = products + stripe * n * 16
+                    let rows = Swift.min(16, n - stripe * 16)
+                    for j in 0..<n where lambda != 1 || j > stripe * 16 {
+                        for lane in 0..<16 {
+                            let i = stripe * 16 + lane
+                            tile[j * 16 + lane] *= i >= j && i < n ? powers[i - j] : 0
+                        }
+                    }
+                    for j in 0..<n {
+                        for lane in 0..<rows { denominators[stripe * 16 + lane] += tile[j * 16 + lane] }
+                    }
+                    accumulateValuesFewRows(
+                        weights: tile, weightStride: 16, rowCount: rows, keyCount: n, values: chunkValues,
+                        valueDimension: dv, output: out + stripe * 16 * dv)
+                    stripe += 1
+                }
+                normalize(out, count: n, denominators: denominators)
+                // State: S = lambda^n S + sum_j lambda^(n-1-j) phi(k_j)^T v_j, z likewise.
+                var keyWeights = UnsafePointer(phiK)
+                if lambda != 1 {
+                    for a in 0..<(dPhi * dv) { s[a] *= powers[n] }
+                    for a in 0..<dPhi { z[a] *= powers[n] }
+                    for j in 0..<n {
+                        for a in 0..<dPhi { weightedK[j * dPhi + a] = phiK[j * dPhi + a] * powers[n - 1 - j] }
+                    }
+                    keyWeights = UnsafePointer(weightedK)
+                }
+                addKeysTimesValues(keyWeights, count: n, values: chunkValues, state: s, keySum: z)
+                start += n
+            }
+        } else {
+            // Keys first: the state over every key; then each query chunk reads it.
+            if let keyBase, let valueBase {
+                var start = 0
+                while start < nk {
+                    let n = Swift.min(c, nk - start)
+                    for j in 0..<n {
+                        options.featureMap.apply(keyBase + (start + j) * dk, count: dk, into: phiK + j * dPhi)
+                    }
+                    addKeysTimesValues(phiK, count: n, values: valueBase + start * dv, state: s, keySum: z)
+                    start += n
+                }
+            }
+            guard let queryBase, let outputBase else { return }
+            var start = 0
+            while start < nq {
+                let n = Swift.min(c, nq - start)
+                let out = outputBase + start * dv
+                packQueries(queryBase + start * dk, count: n, into: qT, rowFeatures: rowFeatures)
+                addQueriesTimesState(qT, count: n, state: s, output: out)
+                for i in 0..<n {
+                    var d: Float = 0
+                    for a in 0..<dPhi { d += qT[stripeIndex(i, a, columns: dPhi)] * z[a] }
+                    denominators[i] = d
+                }
+                normalize(out, count: n, denominators: denominators)
+                start += n
+            }
+        }
+    }
+
+    /// phi of `count` query rows into the stripe-major phi(Q)^T [d_phi, Cp], zero beyond `count`.
+    private func packQueries(
+        _ rows: UnsafePointer<Float>, count n: Int, into qT: UnsafeMutablePointer<Float>,
+        rowFeatures: UnsafeMutablePointer<Float>
+    ) {
+        let (dk, dPhi) = (shapes.keyDimension, featureDimension)
+        qT.update(repeating: 0, count: dPhi * tiling.paddedChunk)
+        for i in 0..<n {
+            options.featureMap.apply(rows + i * dk, count: dk, into: rowFeatures)
+            for a in 0..<dPhi { qT[stripeIndex(i, a, columns: dPhi)] = rowFeatures[a] }
+        }
+    }
+
+    /// out[i, :] += phi(q_i) S for the chunk's `count` rows, one 16-row stripe of phi(Q)^T at a time.
+    private func addQueriesTimesState(
+        _ qT: UnsafePointer<Float>, count n: Int, state s: UnsafePointer<Float>, output out: UnsafeMutablePointer<Float>
+    ) {
+        let (dv, dPhi) = (shapes.valueDimension, featureDimension)
+        var stripe = 0
+        while stripe * 16 < n {
+            accumulateValuesFewRows(
+                weights: qT + stripe * dPhi * 16, weightStride: 16, rowCount: Swift.min(16, n - stripe * 16),
+                keyCount: dPhi, values: s, valueDimension: dv, output: out + stripe * 16 * dv)
+            stripe += 1
+        }
+    }
+
+    /// S += sum_j w_j^T v_j and z += sum_j w_j for `count` feature rows w_j ([count, d_phi]).
+    private func addKeysTimesValues(
+        _ weights: UnsafePointer<Float>, count n: Int, values: UnsafePointer<Float>,
+        state s: UnsafeMutablePointer<Float>,
+        keySum z: UnsafeMutablePointer<Float>
+    ) {
+        let (dv, dPhi) = (shapes.valueDimension, featureDimension)
+        accumulateValuesFewRows(
+            weights: weights, weightStride: dPhi, rowCount: dPhi, keyCount: n, values: values, valueDimension: dv,
+            output: s)
+        for j in 0..<n {
+            for a in 0..<dPhi { z[a] += weights[j * dPhi + a] }
+        }
+    }
+
+    /// Divides each row by its denominator when normalizing; a zero denominator gives a zero row.
+    private func normalize(_ out: UnsafeMutablePointer<Float>, count n: Int, denominators: UnsafePointer<Float>) {
+        guard options.normalize else { return }
+        let dv = shapes.valueDimension
+        for i in 0..<n {
+            let inverse: Float = denominators[i] == 0 ? 0 : 1 / denominators[i]
+            let row = out + i * dv
+            for col in 0..<dv { row[col] *= inverse }
+        }
+    }
+}
