@@ -24,7 +24,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var keyBlock: Int? = nil
     public var help = false
 
-    public static let knownSuites = ["naive", "blockwise", "decode", "window", "streaming"]
+    public static let knownSuites = ["naive", "blockwise", "decode", "window", "streaming", "linear"]
 
     public init() {}
 
@@ -98,7 +98,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         token, H_q = 32, H_kv = 8, d = 128, KV 4096..131072: decode kernel vs blockwise vs naive, with GB/s and the
         machine's measured read bandwidth), window (sliding window of 1024 vs full causal, N = 4096..16384),
         streaming (a StreamingLLM session through StreamingKVCache, 4 sinks + 1020 window, per-token time at
-        checkpoints up to 100,000 tokens, vs recomputing the window's attention for every token).
+        checkpoints up to 100,000 tokens, vs recomputing the window's attention for every token), linear (linear
+        attention, identity map non-causal and elu+1 causal, N = 1024..16384 (65536 with --full), beside blockwise
+        softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention).
 
         GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).

@@ -110,13 +110,14 @@ for c in cases {
     }
 }
 
-if configuration.suites.contains("streaming") {
+for (name, suite) in [("streaming", streamingSuite), ("linear", linearSuite)] where configuration.suites.contains(name)
+{
     do {
-        for record in try streamingSuite(configuration, allThreads: allThreads) {
+        for record in try suite(configuration, allThreads) {
             print(configuration.format == .json ? record.jsonLine() : record.tableRow())
         }
     } catch {
-        printError("attention-bench: streaming failed: \(error)")
+        printError("attention-bench: \(name) failed: \(error)")
         exit(1)
     }
 }

@@ -190,4 +190,14 @@ final class LinearAttentionTests: XCTestCase {
             XCTAssertEqual(($0 as? AttentionError)?.argument, "heads")
         }
     }
+
+    func testEmptySequencesGiveEmptyOrZeroOutputs() throws {
+        let queries = try Tensor.randomNormal(shape: [1, 2, 3, 4], seed: 1)
+        let noKeys = try Tensor(zeros: [1, 2, 0, 4])
+        let output = try linearAttention(queries: queries, keys: noKeys, values: noKeys)
+        XCTAssertEqual(output.scalars, [Float](repeating: 0, count: 24))
+        let empty = try linearAttention(
+            queries: noKeys, keys: noKeys, values: noKeys, options: LinearAttentionOptions(causal: true))
+        XCTAssertEqual(empty.shape, [1, 2, 0, 4])
+    }
 }
