@@ -706,29 +706,9 @@ private func applyMaskBounds(
     }
 }
 
-/// Whether `count` floats are all finite: one vector pass summing them, which gives NaN or infinity whenever some
-/// value is NaN or infinite. (A sum of finite values that overflows also reports "not finite"; the quarantine path
-/// it then takes is exact, only slower.) One add per 16 values, in four independent chains.
+/// Whether `count` floats are all finite: their sum is NaN or infinite whenever some value is. (A sum of finite
+/// values that overflows also reports "not finite"; the quarantine path it then takes is exact, only slower.)
 @inline(__always)
 private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
-    var (p0, p1, p2, p3) = (SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>())
-    var i = 0
-    while i + 64 <= count {
-        p0 += load16(values, i)
-        p1 += load16(values, i + 16)
-        p2 += load16(values, i + 32)
-        p3 += load16(values, i + 48)
-        i += 64
-    }
-    var probe = (p0 + p1) + (p2 + p3)
-    while i + 16 <= count {
-        probe += load16(values, i)
-        i += 16
-    }
-    var tail: Float = 0
-    while i < count {
-        tail += values[i]
-        i += 1
-    }
-    return (horizontalSum(probe) + tail).isFinite
+    streamingSum(values, count: count).isFinite
 }

@@ -301,11 +301,13 @@ private struct LinearContext {
                 var start = 0
                 while start < nk {
                     let n = Swift.min(c, nk - start)
-                    // Read the next chunk's keys and values ahead (see `touch`).
+                    // Read the next chunk's keys and values ahead: a pass with one add per 16 floats keeps many cache
+                    // misses in flight, where the compute kernels, with tens of instructions per cache line, wait for
+                    // one line after another (Swift has no prefetch instruction). The sum is stored so the loads stay.
                     let next = Swift.min(c, nk - start - n)
                     rowFeatures[0] =
-                        touch(keyBase + (start + n) * dk, count: next * dk)
-                        + touch(valueBase + (start + n) * dv, count: next * dv)
+                        streamingSum(keyBase + (start + n) * dk, count: next * dk)
+                        + streamingSum(valueBase + (start + n) * dv, count: next * dv)
                     for j in 0..<n {
                         options.featureMap.apply(keyBase + (start + j) * dk, count: dk, into: phiK + j * dPhi)
                     }
@@ -319,7 +321,7 @@ private struct LinearContext {
                 let n = Swift.min(c, nq - start)
                 let out = outputBase + start * dv
                 out.update(repeating: 0, count: n * dv)
-                rowFeatures[0] = touch(queryBase + (start + n) * dk, count: Swift.min(c, nq - start - n) * dk)
+                rowFeatures[0] = streamingSum(queryBase + (start + n) * dk, count: Swift.min(c, nq - start - n) * dk)
                 packQueries(queryBase + start * dk, count: n, into: qT, rowFeatures: rowFeatures)
                 addQueriesTimesState(qT, count: n, state: s, output: out)
                 queriesDotKeySum(qT, count: n, keySum: z, into: denominators)
@@ -408,22 +410,4 @@ private struct LinearContext {
             for col in 0..<dv { row[col] *= inverse }
         }
     }
-}
-
-/// Sums `count` floats with four vector chains and returns the sum. Called on the next chunk's rows before the
-/// current chunk is computed: a pass with one add per 16 floats keeps many cache misses in flight, where the
-/// compute kernels, with tens of instructions per cache line, wait for one line after another. (Swift has no
-/// prefetch instruction; the caller stores the result so the loads cannot be dropped.)
-@inline(__always)
-private func touch(_ values: UnsafePointer<Float>, count: Int) -> Float {
-    var (p0, p1, p2, p3) = (SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>())
-    var i = 0
-    while i + 64 <= count {
-        p0 += load16(values, i)
-        p1 += load16(values, i + 16)
-        p2 += load16(values, i + 32)
-        p3 += load16(values, i + 48)
-        i += 64
-    }
-    return horizontalSum((p0 + p1) + (p2 + p3))
 }

@@ -252,3 +252,29 @@ package func multiplyAdd(_ a: SIMD16<Float>, _ b: SIMD16<Float>, _ acc: SIMD16<F
         return acc + a * b
     #endif
 }
+
+/// The sum of `count` floats in four independent vector chains (one add per 16 floats): NaN or infinite whenever a
+/// value is, and, as a side effect, a pass that streams memory in with many cache misses in flight.
+@inline(__always)
+package func streamingSum(_ values: UnsafePointer<Float>, count: Int) -> Float {
+    var (p0, p1, p2, p3) = (SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>())
+    var i = 0
+    while i + 64 <= count {
+        p0 += load16(values, i)
+        p1 += load16(values, i + 16)
+        p2 += load16(values, i + 32)
+        p3 += load16(values, i + 48)
+        i += 64
+    }
+    var probe = (p0 + p1) + (p2 + p3)
+    while i + 16 <= count {
+        probe += load16(values, i)
+        i += 16
+    }
+    var tail: Float = 0
+    while i < count {
+        tail += values[i]
+        i += 1
+    }
+    return horizontalSum(probe) + tail
+}
