@@ -54,7 +54,7 @@ public func linearSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                     let start = last!.offset(of: [0, head, row, 0])
                     worst = Swift.max(worst, maxAbsoluteError(Array(last!.scalars[start..<(start + d)]), reference))
                 }
-                let tiling = LinearTiling(chunk: Swift.min(LinearTiling.defaultChunk, n))
+                let tiling = LinearTiling(chunk: Swift.min(LinearTiling.defaultChunk(causal: options.causal), n))
                 let workers = Parallel.workerCount(items: heads, threads: threads)
                 records.append(
                     BenchmarkRecord(

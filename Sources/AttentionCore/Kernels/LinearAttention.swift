@@ -138,7 +138,8 @@ public func linearAttentionWithState(
     }
 
     let tiling = LinearTiling(
-        chunk: Swift.max(1, Swift.min(options.chunkSize ?? LinearTiling.defaultChunk, Swift.max(nq, nk))))
+        chunk: Swift.max(
+            1, Swift.min(options.chunkSize ?? LinearTiling.defaultChunk(causal: options.causal), Swift.max(nq, nk))))
     var state =
         try initialState ?? LinearAttentionState(batch: b, heads: hq, featureDimension: dPhi, valueDimension: dv)
     var keyValueSum = state.keyValueSum.scalars
@@ -185,9 +186,12 @@ package struct LinearTiling: Sendable {
 
     package init(chunk: Int) { self.chunk = chunk }
 
-    /// The default chunk: 64 tokens, one set of four 16-row stripes, like the softmax kernel's query block.
-    /// Measured with `attention-bench --suite linear` (H = 8, d = 64, causal, elu+1): see the README.
-    package static let defaultChunk = 64
+    /// The default chunk. Causal: 16 tokens, one 16-row stripe. Measured 2026-11-23 (elu+1, H = 8, N = 4096, d = 64,
+    /// one thread, median of 15, two rounds): C = 8: 52-54 ms, 16: 48-50 ms, 24: 51-55, 32: 51-57, 64: 57-58,
+    /// 128: 62-69, 256: 85-91; smaller chunks spend less on the masked C x C products, and below 16 the per-chunk
+    /// state update dominates. Non-causal (no C x C products; the chunk only batches the state updates): 64 tokens,
+    /// measured with the identity map at 11-15 ms against 12-16 for C = 16 and 12-17 for C = 128 or 256.
+    package static func defaultChunk(causal: Bool) -> Int { causal ? 16 : 64 }
 
     /// Cp: the chunk rounded up to whole 16-row stripes.
     package var paddedChunk: Int { (chunk + 15) & ~15 }
