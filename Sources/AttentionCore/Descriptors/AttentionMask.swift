@@ -12,6 +12,8 @@
 //                                                                  (StreamingLLM: the first `count` keys plus the
 //                                                                   last `window` keys up to and including the
 //                                                                   diagonal: a cache of count + window tokens)
+//   blockSparse(layout)    j lies in a key block the layout lists for i's query block (head 0 of a per-head layout;
+//                          `blockSparseAttention` applies per-head layouts head by head)
 //   custom(predicate)      predicate(i, j)
 //   intersection(a, b)     a and b
 
@@ -32,6 +34,8 @@ public enum AttentionMask: Sendable {
     /// `window` keys up to and including the diagonal. Not to be confused with `AttentionOptions.sinkLogits`
     /// (learned per-head logits that add to the softmax denominator but are not keys).
     case sinks(count: Int, window: Int)
+    /// The key blocks a `BlockSparseLayout` lists for each query block. The layout's lengths must equal the call's.
+    case blockSparse(BlockSparseLayout)
     /// An arbitrary predicate `(query, key) -> visible`, called with indices within the call. It must be pure:
     /// kernels call it in any order, from any thread, possibly more than once per pair.
     case custom(@Sendable (_ query: Int, _ key: Int) -> Bool)
@@ -67,13 +71,33 @@ public enum AttentionMask: Sendable {
         case .intersection(let a, let b):
             try a.validate(argument: argument)
             try b.validate(argument: argument)
+        case .blockSparse:
+            return
+        }
+    }
+
+    /// Throws unless every block-sparse layout in the mask was made for these lengths.
+    package func validate(argument: String = "mask", queryLength: Int, keyLength: Int) throws {
+        switch self {
+        case .blockSparse(let layout):
+            guard layout.queryLength == queryLength, layout.keyLength == keyLength else {
+                throw AttentionError.invalidValue(
+                    argument: "\(argument) layout",
+                    expected: "a layout for queryLength \(queryLength) and keyLength \(keyLength)",
+                    actual: "a layout for queryLength \(layout.queryLength) and keyLength \(layout.keyLength)")
+            }
+        case .intersection(let a, let b):
+            try a.validate(argument: argument, queryLength: queryLength, keyLength: keyLength)
+            try b.validate(argument: argument, queryLength: queryLength, keyLength: keyLength)
+        case .none, .causal, .window, .sinks, .custom:
+            return
         }
     }
 
     /// Whether visibility needs a per-element `custom` predicate call on top of `visibleSpans`.
     package var hasPredicate: Bool {
         switch self {
-        case .none, .causal, .window, .sinks: return false
+        case .none, .causal, .window, .sinks, .blockSparse: return false
         case .custom: return true
         case .intersection(let a, let b): return a.hasPredicate || b.hasPredicate
         }
@@ -101,6 +125,8 @@ public enum AttentionMask: Sendable {
             let sinks = span(0, Swift.min(Swift.min(count, limit), diagonal + 1))
             let recent = span(diagonal - Swift.min(window, limit) + 1, diagonal + 1)
             return unionOfSpans(sinks + recent)
+        case .blockSparse(let layout):
+            return layout.visibleSpans(query: query)
         case .intersection(let a, let b):
             let first = a.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
             let second = b.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
@@ -160,6 +186,9 @@ package struct MaskRowSpans {
     /// Keys that every row sees (the intersection of the rows' spans when each row has one span and there is no
     /// predicate; otherwise empty). A tile inside it is `.full` without looking at the rows.
     package let commonlyVisible: Range<Int>
+    /// The rows' spans when every row has the same ones and there is no predicate (a block-sparse layout over a
+    /// query block, or no mask): coverage is then a binary search over them instead of a walk over the rows.
+    package let uniform: [Range<Int>]?
 
     package init(mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int) {
         spans = queries.map { mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength) }
@@ -174,6 +203,8 @@ package struct MaskRowSpans {
             if from < to { common = from..<to }
         }
         commonlyVisible = common
+        let rows = spans
+        uniform = !hasPredicate && !rows.isEmpty && rows.allSatisfy { $0 == rows[0] } ? rows[0] : nil
     }
 
     /// The coverage of `keys` for these rows. O(1) for tiles inside `commonlyVisible` (the bulk of a causal or
@@ -183,6 +214,17 @@ package struct MaskRowSpans {
             && keys.upperBound <= commonlyVisible.upperBound
         {
             return .full
+        }
+        if let uniform {
+            // The first span that ends after the tile starts.
+            var (low, high) = (0, uniform.count)
+            while low < high {
+                let middle = (low + high) / 2
+                if uniform[middle].upperBound <= keys.lowerBound { low = middle + 1 } else { high = middle }
+            }
+            guard low < uniform.count, uniform[low].lowerBound < keys.upperBound, !keys.isEmpty else { return .empty }
+            return uniform[low].lowerBound <= keys.lowerBound && uniform[low].upperBound >= keys.upperBound
+                ? .full : .partial
         }
         var anyVisible = false
         var allVisible = true

@@ -106,6 +106,7 @@ package struct AttentionProblem: Sendable {
                 reason: "the query head count must be a multiple of the key/value head count \(hkv)")
         }
         try mask.validate()
+        try mask.validate(queryLength: nq, keyLength: nk)
         if let scale = options.scale {
             try AttentionError.require(
                 scale.isFinite, "options.scale", expected: "a finite number", actual: "\(scale)")
@@ -154,6 +155,7 @@ package struct AttentionProblem: Sendable {
                 actual: "\(headMasks.count)")
             for (head, headMask) in headMasks.enumerated() {
                 try headMask.validate(argument: "options.headMasks[\(head)]")
+                try headMask.validate(argument: "options.headMasks[\(head)]", queryLength: nq, keyLength: nk)
             }
         }
         if let threads = options.threads {
