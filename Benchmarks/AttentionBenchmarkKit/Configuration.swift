@@ -24,7 +24,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var keyBlock: Int? = nil
     public var help = false
 
-    public static let knownSuites = ["naive", "blockwise", "decode", "window", "streaming", "linear"]
+    public static let knownSuites = ["naive", "blockwise", "decode", "window", "streaming", "linear", "sparse"]
 
     public init() {}
 
@@ -100,7 +100,10 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         streaming (a StreamingLLM session through StreamingKVCache, 4 sinks + 1020 window, per-token time at
         checkpoints up to 100,000 tokens, vs recomputing the window's attention for every token), linear (linear
         attention, identity map non-causal and elu+1 causal, N = 1024..16384 (65536 with --full), beside blockwise
-        softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention).
+        softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention), sparse (block-sparse attention,
+        N = 16384, H = 8, d = 64, blocks of 64, local / bigBird / strided / topK layouts at about 5, 10, 25, 50%
+        density, one thread by default, beside the dense blockwise kernel; GFLOP/s count only listed blocks, and
+        topk-build rows time building the top-k layout).
 
         GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).

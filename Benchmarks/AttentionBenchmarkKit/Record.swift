@@ -23,6 +23,12 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     /// Decode and streaming cases: bytes of keys and values read per call / median seconds, in GB/s (1e9 bytes).
     /// Absent (not null) in JSON for other cases.
     public var gbPerSecond: Double?
+    /// Median time of naive attention on the same shape, mask and threads divided by this case's; absent when naive
+    /// did not run (or is the kernel itself).
+    public var speedupVsNaive: Double?
+    /// Growth of the process's peak resident memory while this case ran once in a fresh child process (memory
+    /// suite only; see `attention-bench --help`).
+    public var peakResidentBytes: Int?
 
     public init(
         suite: String, kernel: String, batch: Int, queryHeads: Int, keyValueHeads: Int,
@@ -47,6 +53,25 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
         self.workspaceBytes = workspaceBytes
         self.maxAbsError = maxAbsError
         self.gbPerSecond = gbPerSecond
+    }
+
+    /// The CSV header: the JSON keys in the same order as `csvLine`.
+    public static let csvHeader =
+        "suite,kernel,batch,queryHeads,keyValueHeads,queryLength,keyLength,headDimension,mask,threads,medianSeconds,"
+        + "minSeconds,maxSeconds,gflops,workspaceBytes,maxAbsError,gbPerSecond,speedupVsNaive,peakResidentBytes"
+
+    /// The record as one CSV line (empty fields for absent values).
+    public func csvLine() -> String {
+        let optional: [String] = [
+            gbPerSecond.map { "\($0)" } ?? "", speedupVsNaive.map { "\($0)" } ?? "",
+            peakResidentBytes.map { "\($0)" } ?? "",
+        ]
+        let fields: [String] = [
+            suite, kernel, "\(batch)", "\(queryHeads)", "\(keyValueHeads)", "\(queryLength)", "\(keyLength)",
+            "\(headDimension)", mask, "\(threads)", "\(medianSeconds)", "\(minSeconds)", "\(maxSeconds)", "\(gflops)",
+            "\(workspaceBytes)", "\(maxAbsError)",
+        ]
+        return (fields + optional).joined(separator: ",")
     }
 
     /// The record as one line of JSON with sorted keys.
@@ -78,6 +103,8 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
             pad(String(format: "%.2f", gflops), 10), pad(formatBytes(workspaceBytes), 11),
             pad(String(format: "%.1e", maxAbsError), 10),
         ].joined(separator: " ") + (gbPerSecond.map { String(format: "  %.1f GB/s", $0) } ?? "")
+            + (speedupVsNaive.map { String(format: "  %.1fx vs naive", $0) } ?? "")
+            + (peakResidentBytes.map { "  peak RSS +" + formatBytes($0) } ?? "")
     }
 }
 

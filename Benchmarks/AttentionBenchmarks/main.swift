@@ -110,8 +110,8 @@ for c in cases {
     }
 }
 
-for (name, suite) in [("streaming", streamingSuite), ("linear", linearSuite)] where configuration.suites.contains(name)
-{
+for (name, suite) in [("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite)]
+where configuration.suites.contains(name) {
     do {
         for record in try suite(configuration, allThreads) {
             print(configuration.format == .json ? record.jsonLine() : record.tableRow())

@@ -191,7 +191,15 @@ package struct MaskRowSpans {
     package let uniform: [Range<Int>]?
 
     package init(mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int) {
-        spans = queries.map { mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength) }
+        if case .blockSparse(let layout) = mask, !queries.isEmpty,
+            queries.lowerBound / layout.queryBlock == (queries.upperBound - 1) / layout.queryBlock
+        {
+            // Every row of one layout block sees the same blocks: compute them once (the copies share storage).
+            let shared = layout.visibleSpans(query: queries.lowerBound)
+            spans = Array(repeating: shared, count: queries.count)
+        } else {
+            spans = queries.map { mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength) }
+        }
         hasPredicate = mask.hasPredicate
         let lower = spans.compactMap { $0.first?.lowerBound }.min() ?? 0
         let upper = spans.compactMap { $0.last?.upperBound }.max() ?? 0

@@ -24,6 +24,16 @@ public func blockSparseAttention(
     queries: Tensor, keys: Tensor, values: Tensor, layout: BlockSparseLayout, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> Tensor {
+    try blockSparseAttentionWithLogSumExp(
+        queries: queries, keys: keys, values: values, layout: layout, mask: mask, options: options
+    ).output
+}
+
+/// Like `blockSparseAttention`, also returning each row's log-sum-exp and the kernel's workspace.
+public func blockSparseAttentionWithLogSumExp(
+    queries: Tensor, keys: Tensor, values: Tensor, layout: BlockSparseLayout, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> AttentionResult {
     var options = options
     if case .automatic = options.kernel {
         options.kernel = .blockwise(queryBlock: layout.queryBlock, keyBlock: layout.keyBlock)
@@ -49,7 +59,7 @@ public func blockSparseAttention(
             options.headMasks = existing  // let validation report the caller's wrong count
         }
     }
-    return try attention(queries: queries, keys: keys, values: values, mask: combined, options: options)
+    return try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: combined, options: options)
 }
 
 /// Token-level top-k attention: each query attends, with an exact softmax, to only the `k` visible keys with the
