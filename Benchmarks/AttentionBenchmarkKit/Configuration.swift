@@ -8,7 +8,7 @@ public struct UsageError: Error, Equatable, CustomStringConvertible {
 
 /// What one run of attention-bench should do.
 public struct BenchmarkConfiguration: Equatable, Sendable {
-    public enum OutputFormat: String, Sendable { case table, json }
+    public enum OutputFormat: String, Sendable { case table, json, csv }
 
     public var suites: [String] = ["blockwise"]
     public var quick = false
@@ -23,8 +23,12 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var kernels: [String]? = nil
     public var keyBlock: Int? = nil
     public var help = false
+    /// Where to write the SVG chart (`--chart FILE.svg`), if anywhere.
+    public var chartPath: String? = nil
 
-    public static let knownSuites = ["naive", "blockwise", "decode", "window", "streaming", "linear", "sparse"]
+    public static let knownSuites = [
+        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "memory",
+    ]
 
     public init() {}
 
@@ -48,6 +52,13 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
             case "--help", "-h": help = true
             case "--quick": quick = true
             case "--json": format = .json
+            case "--csv": format = .csv
+            case "--chart":
+                let path = try value(for: argument)
+                guard path.hasSuffix(".svg") else {
+                    throw UsageError("--chart expects a file name ending in .svg, got '\(path)'")
+                }
+                chartPath = path
             case "--suite":
                 let names = try value(for: argument).split(separator: ",").map(String.init)
                 for name in names where !Self.knownSuites.contains(name) {
@@ -81,6 +92,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
           --quick             a smaller sweep that finishes in under a minute
           --full              the whole sweep (blockwise up to N = 16384; takes tens of minutes)
           --json              one JSON object per case per line instead of the table
+          --csv               CSV with a header line instead of the table
+          --chart FILE.svg    also write an SVG chart: throughput and memory (log scale) against N for naive and
+                              blockwise, unmasked and causal, from this run's blockwise-suite records
           --threads LIST      thread counts to run, e.g. 1,2 (default: 1 and all processors)
           --sizes LIST        sequence lengths N (queries = keys = N), e.g. 512,1024; for decode the KV cache
                               lengths, for streaming the session checkpoints
@@ -103,11 +117,20 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention), sparse (block-sparse attention,
         N = 16384, H = 8, d = 64, blocks of 64, local / bigBird / strided / topK layouts at about 5, 10, 25, 50%
         density, one thread by default, beside the dense blockwise kernel; GFLOP/s count only listed blocks, and
-        topk-build rows time building the top-k layout).
+        topk-build rows time building the top-k layout), memory (naive and blockwise, H = 8, d = 64, causal, all
+        threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
+        case runs once in a fresh child process that reports its peak resident memory growth).
 
         GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).
         workspace = bytes of scratch the kernel allocated (for naive: the whole score matrix; for streaming: the
         cache's storage). GB/s (decode, streaming) = bytes of keys and values read per call / median seconds.
+        speedup vs naive = naive's median / the case's median on the same shape, mask and threads (naive runs
+        first). peak RSS (memory suite) = the child process's peak resident set (VmHWM on Linux) after the
+        call minus before it, with the inputs already allocated and locked in memory (mlockall, so reclaim cannot
+        page them out mid-call): what the call itself added at its peak, output included.
+
+        At start the bench prints the CPU, cores, build configuration and the GFLOP/s its own micro-kernels reach
+        on one core with L1-resident data; compare kernel GFLOP/s to that figure for a practical % of peak.
         """
 }

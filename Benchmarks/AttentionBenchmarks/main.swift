@@ -25,6 +25,16 @@ if CommandLine.arguments.dropFirst().first == "ext" {
         exit(2)
     }
 }
+// One memory-suite case, run by the parent in a fresh process.
+if CommandLine.arguments.dropFirst().first == "memory-child" {
+    do {
+        print(try runMemoryChild(Array(CommandLine.arguments.dropFirst(2))))
+        exit(0)
+    } catch {
+        printError("attention-bench memory-child: \(error)")
+        exit(2)
+    }
+}
 
 let configuration: BenchmarkConfiguration
 do {
@@ -38,17 +48,16 @@ if configuration.help {
     exit(0)
 }
 
-#if DEBUG
-    printError(
-        """
-        ************************************************************************************************
-        WARNING: attention-bench was built in DEBUG mode. Its numbers are 10-100x too slow and mean nothing.
-        Build it as the README says:  swift run -c release -Xcc -march=native attention-bench
-        ************************************************************************************************
-        """)
-#endif
+/// Prints a line of context: to stdout for the table, to stderr for JSON and CSV (so those stay machine-readable).
+@MainActor func note(_ line: String) {
+    if configuration.format == .table { print(line) } else { printError(line) }
+}
 
 let allThreads = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+let machine = MachineContext.measure(cores: allThreads)
+for line in machine.summary { note(line) }
+for warning in machine.warnings where configuration.format == .table { printError(warning) }
+
 let budget = configuration.quick ? 0.25 : 1.0
 var cases: [BenchmarkCase] = []
 for suite in configuration.suites {
@@ -60,49 +69,73 @@ for suite in configuration.suites {
     default: break
     }
 }
+let memoryCases = configuration.suites.contains("memory") ? memorySuite(configuration, allThreads: allThreads) : []
 
 // Correctness gate: every (kernel, mask) pair in the run must match the Float64 reference before any timing.
 var validated = Set<String>()
-for c in cases where !validated.contains("\(c.kernelName)/\(c.maskName)") {
+for c in cases + memoryCases where !validated.contains("\(c.kernelName)/\(c.maskName)") {
     validated.insert("\(c.kernelName)/\(c.maskName)")
     do {
         if let failure = try validate(kernel: c.kernel, mask: c.mask, headDimension: c.headDimension) {
-            printError(
-                "attention-bench: \(c.kernelName) with mask \(c.maskName) FAILED validation: \(failure)")
+            printError("attention-bench: \(c.kernelName) with mask \(c.maskName) FAILED validation: \(failure)")
             exit(1)
         }
     } catch {
-        printError(
-            "attention-bench: validating \(c.kernelName) with mask \(c.maskName) threw: \(error)")
+        printError("attention-bench: validating \(c.kernelName) with mask \(c.maskName) threw: \(error)")
         exit(1)
     }
 }
-if configuration.format == .table {
-    print("validated against the Float64 reference: \(validated.sorted().joined(separator: ", "))")
-}
+note("validated against the Float64 reference: \(validated.sorted().joined(separator: ", "))")
 if configuration.suites.contains("decode") || configuration.suites.contains("streaming") {
     let bandwidths = Set([1, allThreads]).sorted().map { threads in
         "\(threads) thread\(threads == 1 ? "" : "s"): "
             + String(format: "%.1f GB/s", measureReadBandwidth(threads: threads))
     }
-    let line = "measured read bandwidth (1 GiB buffer, best of 3): " + bandwidths.joined(separator: ", ")
-    if configuration.format == .table { print(line) } else { printError(line) }
+    note("measured read bandwidth (1 GiB buffer, best of 3): " + bandwidths.joined(separator: ", "))
 }
-if configuration.format == .table {
-    print(BenchmarkRecord.tableHeader)
+switch configuration.format {
+case .table: print(BenchmarkRecord.tableHeader)
+case .csv: print(BenchmarkRecord.csvHeader)
+case .json: break
 }
 
-for c in cases {
+var records: [BenchmarkRecord] = []
+@MainActor func emit(_ record: BenchmarkRecord) {
+    records.append(record)
+    switch configuration.format {
+    case .table: print(record.tableRow())
+    case .json: print(record.jsonLine())
+    case .csv: print(record.csvLine())
+    }
+}
+@MainActor func skipped(_ reason: String) {
+    if configuration.format == .table { print("skipped: \(reason)") } else { printError("skipped: \(reason)") }
+}
+
+// Naive runs before the other kernels of the same shape, so their records can carry the speedup.
+func shapeKey(_ c: BenchmarkCase) -> String {
+    "\(c.suite)/\(c.maskName)/\(c.queryHeads)/\(c.keyValueHeads)/\(c.queryLength)/\(c.keyLength)/\(c.headDimension)/\(c.threads)"
+}
+var naiveMedians: [String: Double] = [:]
+let ordered = cases.enumerated().sorted { a, b in
+    let (ka, kb) = (shapeKey(a.element), shapeKey(b.element))
+    if ka == kb {
+        return (a.element.kernelName == "naive" ? 0 : 1, a.offset) < (b.element.kernelName == "naive" ? 0 : 1, b.offset)
+    }
+    return a.offset < b.offset
+}.map(\.element)
+for c in ordered {
     do {
         switch try run(c, minimumRepetitions: configuration.minimumRepetitions, budget: budget) {
-        case .measured(let record):
-            print(configuration.format == .json ? record.jsonLine() : record.tableRow())
-        case .skipped(let reason):
-            if configuration.format == .table {
-                print("skipped: \(reason)")
-            } else {
-                printError("skipped: \(reason)")
+        case .measured(var record):
+            if c.kernelName == "naive" {
+                naiveMedians[shapeKey(c)] = record.medianSeconds
+            } else if let naive = naiveMedians[shapeKey(c)] {
+                record.speedupVsNaive = naive / record.medianSeconds
             }
+            emit(record)
+        case .skipped(let reason):
+            skipped(reason)
         }
     } catch {
         printError("attention-bench: \(c.kernelName) N=\(c.queryLength) failed: \(error)")
@@ -113,11 +146,55 @@ for c in cases {
 for (name, suite) in [("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite)]
 where configuration.suites.contains(name) {
     do {
-        for record in try suite(configuration, allThreads) {
-            print(configuration.format == .json ? record.jsonLine() : record.tableRow())
-        }
+        for record in try suite(configuration, allThreads) { emit(record) }
     } catch {
         printError("attention-bench: \(name) failed: \(error)")
+        exit(1)
+    }
+}
+
+if !memoryCases.isEmpty {
+    let executable = currentExecutablePath()
+    var blockwisePeak: [Int: Int] = [:]
+    var naivePeak: [Int: Int] = [:]
+    for c in memoryCases {
+        do {
+            switch try runMemoryCase(c, executable: executable) {
+            case .measured(let record):
+                emit(record)
+                if c.kernelName == "naive" {
+                    naivePeak[c.queryLength] = record.peakResidentBytes
+                } else {
+                    blockwisePeak[c.queryLength] = record.peakResidentBytes
+                }
+            case .skipped(let reason):
+                skipped(reason)
+            }
+        } catch {
+            printError("attention-bench: memory \(c.kernelName) N=\(c.queryLength) failed: \(error)")
+            exit(1)
+        }
+    }
+    for n in naivePeak.keys.sorted() {
+        if let naive = naivePeak[n], let blockwise = blockwisePeak[n], blockwise > 0 {
+            note(
+                "memory N=\(n): naive's peak grew \(formatBytes(naive)), blockwise's \(formatBytes(blockwise)): "
+                    + String(format: "%.0fx less", Double(naive) / Double(blockwise)))
+        }
+    }
+}
+
+if let path = configuration.chartPath {
+    let series = chartSeries(records)
+    let svg = chartSVG(
+        throughput: series.throughput, memory: series.memory, memoryLabel: series.memoryLabel,
+        title: "attention-bench: naive vs blockwise attention on \(machine.cpu)",
+        throughputTitle: series.throughputTitle, memoryTitle: series.memoryTitle)
+    do {
+        try svg.write(toFile: path, atomically: true, encoding: .utf8)
+        note("chart written to \(path)")
+    } catch {
+        printError("attention-bench: could not write \(path): \(error)")
         exit(1)
     }
 }

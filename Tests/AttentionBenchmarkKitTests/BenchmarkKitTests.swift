@@ -88,6 +88,8 @@ final class BenchmarkKitTests: XCTestCase {
             (["--threads", "0"], "--threads expects comma-separated integers >= 1, got '0'"),
             (["--sizes", "12,x"], "--sizes expects comma-separated integers >= 1, got '12,x'"),
             (["--head-dim"], "--head-dim needs a value"),
+            (["--chart", "out.png"], "--chart expects a file name ending in .svg, got 'out.png'"),
+            (["--chart"], "--chart needs a value"),
         ]
         for (arguments, message) in cases {
             XCTAssertThrowsError(try BenchmarkConfiguration(arguments: arguments)) { error in
@@ -104,5 +106,78 @@ final class BenchmarkKitTests: XCTestCase {
 
     func testValidationGateCatchesAWrongKernelAndPassesTheNaiveOne() throws {
         XCTAssertNil(try validate(kernel: .naive, mask: .causal, headDimension: 16))
+    }
+
+    func testCSVHasOneFieldPerHeaderColumnAndOptionalKeysAppearOnlyWhenSet() throws {
+        var record = BenchmarkRecord(
+            suite: "memory", kernel: "blockwise", batch: 1, queryHeads: 8, keyValueHeads: 8, queryLength: 1024,
+            keyLength: 1024, headDimension: 64, mask: "causal", threads: 2, medianSeconds: 0.01, minSeconds: 0.01,
+            maxSeconds: 0.01, gflops: 80, workspaceBytes: 135_168, maxAbsError: 1e-7)
+        let header = BenchmarkRecord.csvHeader.split(separator: ",", omittingEmptySubsequences: false)
+        XCTAssertEqual(record.csvLine().split(separator: ",", omittingEmptySubsequences: false).count, header.count)
+        XCTAssertFalse(record.jsonLine().contains("speedupVsNaive"))
+        record.speedupVsNaive = 2.5
+        record.peakResidentBytes = 2_097_152
+        record.gbPerSecond = 12
+        let fields = record.csvLine().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(fields.suffix(3), ["12.0", "2.5", "2097152"])
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(record.jsonLine().utf8)) as? [String: Any])
+        XCTAssertEqual(object["peakResidentBytes"] as? Int, 2_097_152)
+        XCTAssertEqual(object["speedupVsNaive"] as? Double, 2.5)
+        XCTAssertTrue(record.tableRow().contains("2.5x vs naive"))
+        XCTAssertEqual(try BenchmarkConfiguration(arguments: ["--csv"]).format, .csv)
+        XCTAssertEqual(try BenchmarkConfiguration(arguments: ["--chart", "a.svg"]).chartPath, "a.svg")
+        XCTAssertEqual(
+            try BenchmarkConfiguration(arguments: ["--suite", "memory,sparse"]).suites, ["memory", "sparse"])
+    }
+
+    func testChartSeriesAndSVG() {
+        func record(
+            _ kernel: String, _ mask: String, _ n: Int, gflops: Double, peak: Int? = nil, suite: String = "blockwise"
+        )
+            -> BenchmarkRecord
+        {
+            var r = BenchmarkRecord(
+                suite: suite, kernel: kernel, batch: 1, queryHeads: 8, keyValueHeads: 8, queryLength: n, keyLength: n,
+                headDimension: 64, mask: mask, threads: 1, medianSeconds: 1, minSeconds: 1, maxSeconds: 1,
+                gflops: gflops, workspaceBytes: n * 100, maxAbsError: 0)
+            r.peakResidentBytes = peak
+            return r
+        }
+        let records = [
+            record("blockwise", "none", 2048, gflops: 60), record("blockwise", "none", 1024, gflops: 50),
+            record("naive", "causal", 1024, gflops: 15), record("naive", "none", 1024, gflops: 30),
+        ]
+        let series = chartSeries(records)
+        XCTAssertEqual(series.throughput.map(\.label), ["naive, unmasked", "naive, causal", "blockwise, unmasked"])
+        XCTAssertEqual(series.throughput[2].points.map(\.0), [1024, 2048])  // sorted by N
+        XCTAssertEqual(series.memoryLabel, "kernel workspace")
+        let withMemory = chartSeries(
+            records + [record("naive", "causal", 4096, gflops: 1, peak: 1 << 29, suite: "memory")])
+        XCTAssertEqual(withMemory.memory.map(\.label), ["naive, causal"])
+        XCTAssertEqual(withMemory.memory[0].points.first?.1, Double(1 << 29))
+        let svg = chartSVG(
+            throughput: series.throughput, memory: withMemory.memory, memoryLabel: withMemory.memoryLabel,
+            title: "a < b")
+        XCTAssertTrue(svg.hasPrefix("<svg"))
+        XCTAssertTrue(svg.hasSuffix("</svg>\n"))
+        XCTAssertTrue(svg.contains("a &lt; b"))
+        XCTAssertEqual(svg.components(separatedBy: "<polyline").count - 1, 4)  // 3 throughput lines + 1 memory line
+        XCTAssertTrue(svg.contains("512.0 MiB"))
+    }
+
+    func testMachineWarningsNameTheFix() {
+        var machine = MachineContext(
+            cpu: "x", cores: 2, cpuFlags: ["avx2", "fma"], build: "release", fusedMultiplyAdd: false,
+            microKernelGFLOPS: 17)
+        XCTAssertTrue(machine.warnings.first?.contains("baseline x86_64") ?? false)
+        XCTAssertTrue(machine.warnings.first?.contains("-Xcc -march=native --traits FusedMultiplyAdd") ?? false)
+        machine.microKernelGFLOPS = 46
+        XCTAssertTrue(machine.warnings.first?.contains("FusedMultiplyAdd trait") ?? false)
+        machine.fusedMultiplyAdd = true
+        machine.microKernelGFLOPS = 80
+        XCTAssertEqual(machine.warnings, [])
+        machine.build = "debug"
+        XCTAssertTrue(machine.warnings.first?.contains("debug build") ?? false)
     }
 }

@@ -1,0 +1,154 @@
+// The `memory` suite: every case runs once in a fresh child process, which reports how much its peak resident
+// memory grew during the call. A child per case keeps one case's allocations (and the allocator's retained pages)
+// out of the next case's measurement.
+
+import AttentionCore
+import Foundation
+import _AttentionTestSupport
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The memory suite's cases: naive and blockwise, causal, H = 8, d = 64, all threads; blockwise for N = 1024 to
+/// 65536, naive as far as its score matrix fits `memorySuiteNaiveBudget()` (the rest are reported as skipped).
+public func memorySuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
+    let lengths = configuration.sequenceLengths ?? (configuration.quick ? [1024, 4096] : [1024, 4096, 16384, 65536])
+    var cases: [BenchmarkCase] = []
+    for n in lengths {
+        for (name, kernel) in [("naive", AttentionKernel.naive), ("blockwise", .blockwise())]
+        where configuration.kernels?.contains(name) ?? true {
+            cases.append(
+                BenchmarkCase(
+                    suite: "memory", kernelName: name, kernel: kernel, maskName: "causal", mask: .causal,
+                    queryHeads: configuration.heads, keyValueHeads: configuration.heads, queryLength: n, keyLength: n,
+                    headDimension: configuration.headDimensions?.first ?? 64,
+                    threads: configuration.threads?.max() ?? allThreads))
+        }
+    }
+    return cases
+}
+
+/// The naive kernel's score budget in the memory suite: half the machine's physical memory (the default 4 GiB
+/// would stop the comparison at N = 8192 with H = 8).
+public func memorySuiteNaiveBudget() -> Int {
+    Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / 2
+}
+
+/// The child's command line for a memory case (after the executable).
+public func memoryChildArguments(_ c: BenchmarkCase) -> [String] {
+    [
+        "memory-child", c.kernelName, "\(c.queryLength)", "\(c.queryHeads)", "\(c.headDimension)", "\(c.threads)",
+        "\(memorySuiteNaiveBudget())",
+    ]
+}
+
+/// The process's peak resident set so far, in bytes. On Linux this is VmHWM from /proc/self/status, the high-water
+/// mark of this process's own address space: getrusage's ru_maxrss survives execve, so a child spawned by a large
+/// parent would start with the parent's peak. Elsewhere, getrusage.
+public func peakResidentSetBytes() -> Int {
+    #if canImport(Glibc)
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+            let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        {
+            return kilobytes * 1024
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Int(usage.ru_maxrss) * 1024
+    #else
+        var usage = rusage()
+        getrusage(RUSAGE_SELF, &usage)
+        return Int(usage.ru_maxrss)  // bytes on Darwin
+    #endif
+}
+
+/// Runs in the child: builds the case's inputs, records the peak resident set, runs the call once, and returns the
+/// record (as a JSON line) with the peak's growth.
+public func runMemoryChild(_ arguments: [String]) throws -> String {
+    guard arguments.count == 6, let n = Int(arguments[1]), let heads = Int(arguments[2]), let d = Int(arguments[3]),
+        let threads = Int(arguments[4]), let naiveBudget = Int(arguments[5])
+    else {
+        throw UsageError("memory-child expects: KERNEL N HEADS D THREADS NAIVE_BUDGET_BYTES")
+    }
+    let kernel: AttentionKernel = arguments[0] == "naive" ? .naive : .blockwise()
+    let c = BenchmarkCase(
+        suite: "memory", kernelName: arguments[0], kernel: kernel, maskName: "causal", mask: .causal,
+        queryHeads: heads, keyValueHeads: heads, queryLength: n, keyLength: n, headDimension: d, threads: threads)
+    var options = c.options
+    options.naiveMemoryBudget = naiveBudget
+    let inputs = try attentionInputs(queryHeads: heads, queryLength: n, keyLength: n, headDimension: d, seed: 7)
+    // Lock the pages mapped so far (the inputs) into memory: otherwise the kernel's proactive reclaim (DAMON on this
+    // project's VMs) can page cold inputs out mid-call, and the peak then no longer shows what the call added. Pages
+    // the call maps later are not locked, so thread stacks count only as far as they are used. Without the privilege
+    // the child measures anyway and says so on stderr.
+    #if canImport(Glibc)
+        let locked = mlockall(Int32(MCL_CURRENT)) == 0
+    #else
+        let locked = false
+    #endif
+    if !locked { FileHandle.standardError.write(Data("memory-child: mlockall failed; peak RSS may undercount\n".utf8)) }
+    let before = peakResidentSetBytes()
+    var result: AttentionResult? = nil
+    let clock = ContinuousClock()
+    let elapsed = try clock.measure {
+        result = try attentionWithLogSumExp(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
+    }
+    let growth = peakResidentSetBytes() - before
+    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+    var record = BenchmarkRecord(
+        suite: "memory", kernel: c.kernelName, batch: 1, queryHeads: heads, keyValueHeads: heads, queryLength: n,
+        keyLength: n, headDimension: d, mask: "causal", threads: threads, medianSeconds: seconds, minSeconds: seconds,
+        maxSeconds: seconds,
+        gflops: attentionFLOPs(
+            batch: 1, queryHeads: heads, queryLength: n, keyLength: n, headDimension: d,
+            visibleFraction: visibleFraction(of: .causal, queryLength: n, keyLength: n)) / seconds / 1e9,
+        workspaceBytes: result!.workspaceBytes,
+        maxAbsError: sampledError(
+            result!.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c))
+    record.peakResidentBytes = growth
+    return record.jsonLine()
+}
+
+/// Runs a memory case in a child process of `executable` and returns its record, or the reason it was skipped.
+public func runMemoryCase(_ c: BenchmarkCase, executable: String) throws -> BenchmarkOutcome {
+    if c.kernelName == "naive" {
+        let scores = 4 * c.queryHeads * c.queryLength * c.keyLength
+        let budget = memorySuiteNaiveBudget()
+        if scores > budget {
+            return .skipped(
+                reason: "naive N=\(c.queryLength): its score matrix needs \(formatBytes(scores)), over the "
+                    + "\(formatBytes(budget)) budget")
+        }
+    }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = memoryChildArguments(c)
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0,
+        let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
+        let record = try? JSONDecoder().decode(BenchmarkRecord.self, from: Data(line.utf8))
+    else {
+        throw UsageError(
+            "memory child for \(c.kernelName) N=\(c.queryLength) failed (status \(process.terminationStatus))")
+    }
+    return .measured(record)
+}
+
+/// This executable's path, for spawning children.
+public func currentExecutablePath() -> String {
+    #if canImport(Glibc)
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if length > 0 { return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+    #endif
+    return CommandLine.arguments[0]
+}
