@@ -10,7 +10,7 @@ public struct UsageError: Error, Equatable, CustomStringConvertible {
 public struct BenchmarkConfiguration: Equatable, Sendable {
     public enum OutputFormat: String, Sendable { case table, json, csv }
 
-    public var suites: [String] = ["blockwise"]
+    public var suites: [String] = ["blockwise", "memory"]
     public var quick = false
     public var format = OutputFormat.table
     public var threads: [Int]? = nil
@@ -88,7 +88,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
                attention-bench ext --q FILE --k FILE --v FILE --out FILE ...   (the peers harness protocol,
                                                                                 see shared/peers/ext_example.py)
 
-          --suite NAMES       comma-separated suites to run (default: blockwise, which times naive beside it). Known: \(knownSuites.joined(separator: ", "))
+          --suite NAMES       comma-separated suites to run (default: blockwise,memory: blockwise beside naive, then
+                              each kernel's memory in a child process; a few minutes). Known: \(knownSuites.joined(separator: ", "))
           --quick             a smaller sweep that finishes in under a minute
           --full              the whole sweep (blockwise up to N = 16384; takes tens of minutes)
           --json              one JSON object per case per line instead of the table

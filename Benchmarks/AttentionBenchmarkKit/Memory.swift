@@ -12,10 +12,13 @@ import _AttentionTestSupport
     import Darwin
 #endif
 
-/// The memory suite's cases: naive and blockwise, causal, H = 8, d = 64, all threads; blockwise for N = 1024 to
-/// 65536, naive as far as its score matrix fits `memorySuiteNaiveBudget()` (the rest are reported as skipped).
+/// The memory suite's cases: naive and blockwise, causal, H = 8, d = 64, all threads; N = 1024, 4096, 16384
+/// (65536 with --full; 1024 and 4096 with --quick), naive as far as its score matrix fits `memorySuiteNaiveBudget()` (the rest are reported as skipped).
 public func memorySuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
-    let lengths = configuration.sequenceLengths ?? (configuration.quick ? [1024, 4096] : [1024, 4096, 16384, 65536])
+    let lengths =
+        configuration.sequenceLengths
+        ?? (configuration.quick
+            ? [1024, 4096] : configuration.full ? [1024, 4096, 16384, 65536] : [1024, 4096, 16384])
     var cases: [BenchmarkCase] = []
     for n in lengths {
         for (name, kernel) in [("naive", AttentionKernel.naive), ("blockwise", .blockwise())]

@@ -146,6 +146,13 @@ final class SparseAttentionTests: XCTestCase {
                 "mask layout is a layout for queryLength 32 and keyLength 32 but expected a layout for "
                     + "queryLength 40 and keyLength 40")
         }
+        let perHead = try BlockSparseLayout.strided(length: 40, blockSize: 8, stride: 2, offsets: [0, 1])
+        var wrongCount = AttentionOptions()
+        wrongCount.headMasks = [.none]
+        XCTAssertThrowsError(
+            try blockSparseAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, layout: perHead, options: wrongCount)
+        ) { XCTAssertEqual(($0 as? AttentionError)?.argument, "options.headMasks.count") }
         let threeHeads = try BlockSparseLayout.strided(length: 40, blockSize: 8, stride: 2, offsets: [0, 1, 2])
         XCTAssertThrowsError(
             try blockSparseAttention(

@@ -50,13 +50,15 @@ public func blockSparseAttentionWithLogSumExp(
         try AttentionError.require(
             layout.heads == heads, "layout.heads", expected: "1 or \(heads) (the query heads)",
             actual: "\(layout.heads)")
+        // A caller's own per-head masks of the wrong count are left for validation to report.
+        if let existing = options.headMasks, existing.count != heads {
+            return try attentionWithLogSumExp(
+                queries: queries, keys: keys, values: values, mask: mask, options: options)
+        }
         let existing = options.headMasks
         options.headMasks = (0..<heads).map { h in
             let own = AttentionMask.blockSparse(layout.forHead(h))
             return existing.map { .intersection($0[h], own) } ?? own
-        }
-        if let existing, existing.count != heads {
-            options.headMasks = existing  // let validation report the caller's wrong count
         }
     }
     return try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: combined, options: options)

@@ -1,0 +1,88 @@
+import AttentionCore
+import XCTest
+import _AttentionTestSupport
+
+/// Defined answers at the edges, for every softmax kernel.
+final class EdgeCaseTests: XCTestCase {
+    private let kernels: [AttentionKernel] = [.naive, .blockwise(), .blockwise(queryBlock: 3, keyBlock: 5), .decode()]
+
+    private func run(
+        _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), _ kernel: AttentionKernel,
+        mask: AttentionMask = .none
+    ) throws -> AttentionResult {
+        try attentionWithLogSumExp(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+            options: AttentionOptions(kernel: kernel))
+    }
+
+    func testEmptySequences() throws {
+        for kernel in kernels {
+            let noQueries = try run(
+                try attentionInputs(queryHeads: 2, queryLength: 0, keyLength: 5, headDimension: 4, seed: 1), kernel)
+            XCTAssertEqual(noQueries.output.shape, [1, 2, 0, 4])
+            let noKeys = try run(
+                try attentionInputs(queryHeads: 2, queryLength: 3, keyLength: 0, headDimension: 4, seed: 1), kernel)
+            XCTAssertEqual(noKeys.output.scalars, [Float](repeating: 0, count: 24), "\(kernel)")
+            XCTAssertEqual(noKeys.logSumExp.scalars, [Float](repeating: -.infinity, count: 6), "\(kernel)")
+        }
+    }
+
+    func testSingleTokensAndExtremeHeadDimensions() throws {
+        for kernel in kernels {
+            for (n, d) in [(1, 1), (1, 512), (5, 512), (9, 1)] {
+                let inputs = try attentionInputs(
+                    queryHeads: 2, queryLength: n, keyLength: n, headDimension: d, seed: UInt64(d))
+                try assertMatchesReference(inputs, mask: .causal, options: AttentionOptions(kernel: kernel))
+            }
+        }
+    }
+
+    func testCausalWithMoreQueriesThanKeysGivesZerosForRowsWithoutKeys() throws {
+        // Bottom-right alignment: with Nq = 6 and Nk = 4, queries 0 and 1 see no key.
+        let inputs = try attentionInputs(queryHeads: 1, queryLength: 6, keyLength: 4, headDimension: 8, seed: 2)
+        for kernel in kernels {
+            let result = try run(inputs, kernel, mask: .causal)
+            for q in 0..<2 {
+                XCTAssertEqual(result.logSumExp[0, 0, q], -.infinity)
+                for c in 0..<8 { XCTAssertEqual(result.output[0, 0, q, c], 0) }
+            }
+            try assertMatchesReference(inputs, mask: .causal, options: AttentionOptions(kernel: kernel))
+        }
+    }
+
+    func testAllKeysMaskedAndASingleVisibleKey() throws {
+        let inputs = try attentionInputs(queryHeads: 2, queryLength: 3, keyLength: 40, headDimension: 8, seed: 3)
+        for kernel in kernels {
+            let none = try run(inputs, kernel, mask: .custom { _, _ in false })
+            XCTAssertEqual(none.output.scalars, [Float](repeating: 0, count: 48))
+            XCTAssertEqual(none.logSumExp.scalars, [Float](repeating: -.infinity, count: 6))
+            // Only key 17 visible: the output is its value row exactly (weight 1).
+            let one = try run(inputs, kernel, mask: .custom { _, k in k == 17 })
+            for head in 0..<2 {
+                for q in 0..<3 {
+                    for c in 0..<8 {
+                        XCTAssertEqual(one.output[0, head, q, c], inputs.values[0, head, 17, c], "\(kernel)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testScoresOfPlusMinusOneE30StayFinite() throws {
+        // q . k = +-1e30 (times the scale): the softmax is one-hot on the largest score, finite.
+        let d = 4
+        let queries = try Tensor(shape: [1, 1, 2, d]) { i in i[3] == 0 ? (i[2] == 0 ? 1e15 : -1e15) : 0 }
+        let keys = try Tensor(shape: [1, 1, 3, d]) { i in i[3] == 0 ? [1e15, -1e15, 0.5e15][i[2]] : 0 }
+        let values = try Tensor(shape: [1, 1, 3, d]) { i in Float(10 * i[2] + i[3]) }
+        for kernel in kernels {
+            let output = try attention(
+                queries: queries, keys: keys, values: values, options: AttentionOptions(kernel: kernel))
+            XCTAssertTrue(output.scalars.allSatisfy(\.isFinite), "\(kernel): \(output)")
+            // Query 0 (+1e15) picks key 0; query 1 (-1e15) picks key 1.
+            for c in 0..<d {
+                XCTAssertEqual(output[0, 0, 0, c], Float(c))
+                XCTAssertEqual(output[0, 0, 1, c], Float(10 + c))
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import AttentionCore
+import Foundation
+import XCTest
+import _AttentionTestSupport
+
+/// Random configurations (shapes, grouping, masks, kernels and block sizes, score options, threads) checked against
+/// the Float64 reference. 300 cases by default; set ATTENTION_FUZZ_CASES (e.g. 5000) for more, and
+/// ATTENTION_FUZZ_SEED to replay. Every failure prints a one-line reproducer: the seed and the configuration.
+final class RandomizedDifferentialTests: XCTestCase {
+    struct Configuration: CustomStringConvertible {
+        var seed: UInt64
+        var batch = 1, keyValueHeads = 1, group = 1, queryLength = 1, keyLength = 1, keyDimension = 1,
+            valueDimension = 1
+        var mask = AttentionMask.none
+        var maskName = "none"
+        var options = AttentionOptions()
+        var optionNames: [String] = []
+
+        var description: String {
+            "seed=\(seed) B=\(batch) Hkv=\(keyValueHeads) G=\(group) Nq=\(queryLength) Nk=\(keyLength) Dk=\(keyDimension) "
+                + "Dv=\(valueDimension) mask=\(maskName) kernel=\(options.kernel) threads=\(options.threads ?? 0) "
+                + "options=[\(optionNames.joined(separator: ","))]"
+        }
+    }
+
+    /// A configuration drawn from `seed` alone, so that the seed reproduces it.
+    static func configuration(seed: UInt64) -> Configuration {
+        var random = SplitMix64(seed: seed)
+        func pick(_ range: ClosedRange<Int>) -> Int { range.lowerBound + Int(random.next() % UInt64(range.count)) }
+        func chance(_ percent: Int) -> Bool { pick(0...99) < percent }
+        var c = Configuration(seed: seed)
+        c.batch = pick(1...2)
+        c.keyValueHeads = pick(1...3)
+        c.group = [1, 1, 2, 3, 4, 8][pick(0...5)]
+        c.queryLength = chance(10) ? pick(0...1) : pick(1...70)
+        c.keyLength = chance(10) ? pick(0...1) : pick(1...90)
+        c.keyDimension = [1, 3, 8, 16, 17, 32, 64][pick(0...6)]
+        c.valueDimension = chance(70) ? c.keyDimension : pick(1...40)
+        let left = pick(0...20), right = pick(0...5), count = pick(0...6), window = pick(1...30), modulus = pick(2...5)
+        let masks: [(String, AttentionMask)] = [
+            ("none", .none), ("causal", .causal), ("window(\(left),\(right))", .window(left: left, right: right)),
+            ("sinks(\(count),\(window))", .sinks(count: count, window: window)),
+            ("custom(q+k%\(modulus))", .custom { q, k in (q + k) % modulus != 0 }),
+            ("causal∩custom(k%\(modulus))", .intersection(.causal, .custom { _, k in k % modulus != 1 })),
+        ]
+        (c.maskName, c.mask) = masks[pick(0...(masks.count - 1))]
+        let heads = c.keyValueHeads * c.group
+        let rows = c.group * c.queryLength
+        switch pick(0...3) {
+        case 0: c.options.kernel = .automatic
+        case 1: c.options.kernel = .naive
+        case 2:
+            c.options.kernel = .blockwise(
+                queryBlock: [1, 5, 16, 64][pick(0...3)], keyBlock: [1, 7, 32, 64][pick(0...3)])
+        default: c.options.kernel = rows <= 16 ? .decode(keysPerSplit: [nil, 1, 40][pick(0...2)]) : .automatic
+        }
+        c.options.threads = pick(1...3)
+        if chance(20) {
+            c.options.scale = Float(pick(1...20)) / 10
+            c.optionNames.append("scale")
+        }
+        if chance(20) {
+            c.options.softcap = Float(pick(1...30))
+            c.optionNames.append("softcap")
+        }
+        if chance(20) {
+            c.options.alibiSlopes = (0..<heads).map { Float($0 + 1) / 16 }
+            c.optionNames.append("alibi")
+        }
+        if chance(20) {
+            c.options.sinkLogits = (0..<heads).map { Float($0 % 3) - 1 }
+            c.optionNames.append("sinkLogits")
+        }
+        if chance(15) {
+            c.options.bias = try? Tensor.randomNormal(
+                shape: [chance(50) ? 1 : c.batch, chance(50) ? 1 : heads, c.queryLength, c.keyLength], seed: seed)
+            c.optionNames.append("bias")
+        }
+        if chance(10) {
+            c.options.headMasks = (0..<heads).map { $0 % 2 == 0 ? .none : .window(left: 4, right: 1) }
+            c.optionNames.append("headMasks")
+        }
+        return c
+    }
+
+    func testRandomConfigurationsMatchTheReference() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let cases = environment["ATTENTION_FUZZ_CASES"].flatMap(Int.init) ?? 300
+        let first = environment["ATTENTION_FUZZ_SEED"].flatMap(UInt64.init) ?? 1
+        var failures = 0
+        for seed in first..<(first + UInt64(cases)) {
+            let c = Self.configuration(seed: seed)
+            let inputs = try attentionInputs(
+                batch: c.batch, queryHeads: c.keyValueHeads * c.group, keyValueHeads: c.keyValueHeads,
+                queryLength: c.queryLength, keyLength: c.keyLength, headDimension: c.keyDimension,
+                valueDimension: c.valueDimension, seed: seed)
+            do {
+                let checks = try checkAttention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask, options: c.options)
+                if !checks.output.passes || !checks.logSumExp.passes {
+                    failures += 1
+                    XCTFail("reproduce with ATTENTION_FUZZ_SEED=\(seed) ATTENTION_FUZZ_CASES=1: \(c) :: \(checks)")
+                }
+            } catch {
+                failures += 1
+                XCTFail("reproduce with ATTENTION_FUZZ_SEED=\(seed) ATTENTION_FUZZ_CASES=1: \(c) threw \(error)")
+            }
+            if failures >= 5 { return }
+        }
+    }
+}
