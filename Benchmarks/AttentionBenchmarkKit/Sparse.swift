@@ -8,13 +8,36 @@ import _AttentionTestSupport
 /// 10, 25 and 50% of the blocks; the record's mask column shows the layout's actual density. GFLOP/s count only the
 /// listed blocks' work (4 * H * d * pairs in listed blocks). The topK rows time the attention call; a separate
 /// `topk-build` row times building the layout from the queries and keys. The dense blockwise kernel runs once per N
-/// for comparison. Two rows of every timed output are checked against the Float64 reference with the layout's
-/// element mask.
+/// for comparison. Before timing, every builder is validated on a small shape against the Float64 reference with
+/// its layout's element mask (a mismatch aborts the run); two rows of every timed output are checked again.
 public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
     let heads = configuration.heads
     let d = configuration.headDimensions?.first ?? 64
     let block = 64
     let budget = configuration.quick ? 0.25 : 1.0
+    // Gate: every builder's layout, on a small shape, must match the reference with its element mask.
+    let small = try attentionInputs(queryHeads: 2, queryLength: 100, keyLength: 100, headDimension: d, seed: 2024)
+    let gates: [(String, BlockSparseLayout)] = [
+        ("sparse-local", try .local(length: 100, blockSize: 16, windowBlocks: 1)),
+        (
+            "sparse-bigbird",
+            try .bigBird(length: 100, blockSize: 16, windowBlocks: 1, globalBlocks: [0], random: 1, seed: 1)
+        ),
+        ("sparse-strided", try .strided(length: 100, blockSize: 16, stride: 3, offsets: [0, 1])),
+        ("sparse-topk", try .topK(queries: small.queries, keys: small.keys, blockSize: 16, k: 2)),
+    ]
+    for (name, layout) in gates {
+        let output = try blockSparseAttention(
+            queries: small.queries, keys: small.keys, values: small.values, layout: layout)
+        var options = AttentionOptions()
+        options.headMasks = (0..<2).map { head in
+            let single = layout.forHead(head)
+            return .custom { q, k in single.keyBlocks(queryBlock: q / 16).contains(k / 16) }
+        }
+        let check = checkOutput(
+            output, queries: small.queries, keys: small.keys, values: small.values, options: options)
+        guard check.passes else { throw ValidationFailure(description: "\(name) failed validation: \(check)") }
+    }
     var records: [BenchmarkRecord] = []
     for n in configuration.sequenceLengths ?? (configuration.quick ? [4096] : [16384]) {
         let blocks = (n + block - 1) / block

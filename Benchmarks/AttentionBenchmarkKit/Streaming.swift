@@ -27,6 +27,20 @@ public func streamingSuite(_ configuration: BenchmarkConfiguration, allThreads: 
     let steps = (0..<pool).map { i in
         (tokens(inputs.queries, i..<(i + 1)), tokens(inputs.keys, i..<(i + 1)), tokens(inputs.values, i..<(i + 1)))
     }
+    // Gate: a small session (2 sinks + 6-token window, 40 steps) must match the reference over sinks + window.
+    let gateSinks = try SinkTokens(count: 2, window: 6)
+    var gate = try StreamingKVCache(sinks: gateSinks, keyValueHeads: 2, headDimension: 8)
+    let gateInputs = try attentionInputs(
+        queryHeads: 4, keyValueHeads: 2, queryLength: 40, keyLength: 40, headDimension: 8, seed: 5)
+    for step in 0..<40 {
+        let t = step..<(step + 1)
+        let output = try gate.attend(
+            queries: tokens(gateInputs.queries, t), keys: tokens(gateInputs.keys, t),
+            values: tokens(gateInputs.values, t))
+        let held = gate.contents
+        let check = checkOutput(output, queries: tokens(gateInputs.queries, t), keys: held.keys, values: held.values)
+        guard check.passes else { throw ValidationFailure(description: "streaming gate at step \(step): \(check)") }
+    }
     var records: [BenchmarkRecord] = []
     for threads in threadCounts(configuration, allThreads: allThreads) {
         let options = AttentionOptions(threads: threads)

@@ -85,7 +85,11 @@ for c in cases + memoryCases where !validated.contains("\(c.kernelName)/\(c.mask
         exit(1)
     }
 }
-note("validated against the Float64 reference: \(validated.sorted().joined(separator: ", "))")
+let ownGates = ["streaming", "linear", "sparse"].filter { configuration.suites.contains($0) }
+note(
+    "validated against the Float64 reference: "
+        + (validated.sorted() + ownGates.map { "\($0) (validated by its suite before timing)" }).joined(separator: ", ")
+)
 if configuration.suites.contains("decode") || configuration.suites.contains("streaming") {
     let bandwidths = Set([1, allThreads]).sorted().map { threads in
         "\(threads) thread\(threads == 1 ? "" : "s"): "
