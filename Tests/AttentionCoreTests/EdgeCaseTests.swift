@@ -85,4 +85,37 @@ final class EdgeCaseTests: XCTestCase {
             }
         }
     }
+
+    func testLogitsNearTheLargestFloatStayFiniteWhereTheMathIs() throws {
+        let inputs = try attentionInputs(queryHeads: 1, queryLength: 2, keyLength: 6, headDimension: 4, seed: 4)
+        let big = Float.greatestFiniteMagnitude
+        // Row 0: key 3 gets +3e38 (one-hot on it). Row 1: every key but 5 gets -max (a "finfo.min" mask).
+        let bias = try Tensor(shape: [1, 1, 2, 6]) { i in
+            i[2] == 0 ? (i[3] == 3 ? 3e38 : 0) : (i[3] == 5 ? 0 : -big)
+        }
+        for kernel in kernels {
+            let options = AttentionOptions(bias: bias, kernel: kernel)
+            let result = try attentionWithLogSumExp(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
+            for c in 0..<4 {
+                XCTAssertEqual(result.output[0, 0, 0, c], inputs.values[0, 0, 3, c], "\(kernel)")
+                XCTAssertEqual(result.output[0, 0, 1, c], inputs.values[0, 0, 5, c], "\(kernel)")
+            }
+            XCTAssertTrue(result.logSumExp.scalars.allSatisfy(\.isFinite), "\(kernel): \(result.logSumExp)")
+            XCTAssertEqual(Double(result.logSumExp[0, 0, 0]), 3e38, accuracy: 1e32)
+            // A row masked everywhere with -max still has finite logits: the softmax is over them, not empty.
+            let everywhere = try Tensor(shape: [1, 1, 2, 6], repeating: -big)
+            let masked = try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values,
+                options: AttentionOptions(bias: everywhere, kernel: kernel))
+            XCTAssertTrue(masked.scalars.allSatisfy(\.isFinite), "\(kernel): \(masked)")
+            try assertMatchesReference(inputs, options: AttentionOptions(bias: everywhere, kernel: kernel))
+            // A sink logit of 3e38 takes all the weight: zeros out, log-sum-exp 3e38.
+            let sunk = try attentionWithLogSumExp(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values,
+                options: AttentionOptions(sinkLogits: [3e38], kernel: kernel))
+            XCTAssertEqual(sunk.output.scalars, [Float](repeating: 0, count: 8), "\(kernel)")
+            XCTAssertEqual(Double(sunk.logSumExp[0, 0, 1]), 3e38, accuracy: 1e32)
+        }
+    }
 }

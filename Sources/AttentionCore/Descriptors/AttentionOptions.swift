@@ -8,9 +8,8 @@
 // then masked keys are removed and p = softmax(s) over the visible keys, with sinkLogits[h] (if set) joining
 // the denominator only. A score of -infinity (e.g. from the bias) is treated exactly like a masked key.
 //
-// Range: the kernels work in base 2 (scores, sink logits and ALiBi slopes are multiplied by log2(e) = 1.44), so
-// a score, sink logit or slope-times-distance beyond +-2.3e38 overflows to infinity even though it is finite in
-// base e. Such values are far outside anything a model produces; they are documented rather than checked per score.
+// Range: the kernels carry logits as s * log2(e) / 2 and exponentiate 2^(2 (s - m)), so every finite Float logit
+// (score, sink logit, slope times distance, bias) stays finite inside them, up to Float.greatestFiniteMagnitude.
 
 /// Which kernel computes attention.
 public enum AttentionKernel: Sendable, Hashable {

@@ -7,7 +7,8 @@
 // online softmax state and accumulates P V. Nothing of size Nq x Nk is ever allocated.
 //
 // Layout - rows in lanes: every per-tile matrix is stored transposed, with the R query rows along the 16-lane
-// vectors. Q^T [Dk, Rp] is packed once per work item (scaled by scale * log2(e), so scores come out in base 2);
+// vectors. Q^T [Dk, Rp] is packed once per work item (scaled by scale * log2(e) / 2, so scores come out in "half
+// base 2", see `logitScale`);
 // S^T = K Q^T [Bc, Rp] is computed by broadcasting key elements against Q^T vectors, and O^T [Dv, Rp] += V^T P^T
 // by broadcasting value elements against P^T vectors. K and V are read in place (no per-tile packing), and the
 // softmax statistics m and l are vectors of 16 rows, so the online softmax needs no horizontal reductions or
@@ -15,7 +16,8 @@
 //
 // Legend: B batch, Hq/Hkv query/key-value heads, G = Hq / Hkv, Nq/Nk lengths, Dk/Dv head dimensions,
 // Br query positions per block (per head), Bc keys per tile, R = G * Br rows per item, Rp = R rounded up to 16,
-// m running row maximum (base 2), l running denominator, S scores, P = exp2(S - m) weights, O unnormalized output.
+// m running row maximum (half base 2), l running denominator, S scores, P = exp2(2 (S - m)) weights, O unnormalized
+// output.
 //
 // Numerics: masked scores become -inf *after* they are computed (so NaN in a masked key is discarded); the row
 // maximum used for exponentials is replaced by 0 while a row has seen no key, so exp2(-inf - -inf) never happens;
@@ -163,7 +165,12 @@ package func materializedScoreFloats(_ problem: AttentionProblem, _ tiling: Bloc
     return total
 }
 
-private let log2e: Float = 1.442_695_04
+/// Logits enter the kernel as s * log2(e) / 2 ("half base 2") and every exponential is 2^(2 * (s - m)) = e^(s - m).
+/// Folding all of log2(e) into the logits would overflow above 2.36e38; folding half keeps every finite Float logit
+/// finite, and the doubling is applied to differences s - m <= 0, where overflow can only mean -infinity, a weight of
+/// exactly 0. Halving and doubling are exact, so this costs one multiply per score and no accuracy.
+private let logitScale: Float = 0.721_347_52
+private let exponentScale: Float = 2
 private let ln2: Float = 0.693_147_18
 
 /// Runs the tiled kernel over every work item. The blockwise kernel calls it with `.perWorkerTile`; the naive
@@ -262,7 +269,7 @@ private struct BlockContext {
     }
 
     /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`, over the keys of
-    /// split `split`. Leaves the unnormalized O, the running maximum m (base 2) and the denominator l in `state`.
+    /// split `split`. Leaves the unnormalized O, the running maximum m (half base 2) and the denominator l in `state`.
     func run(
         batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, split: Int, scratch: UnsafeMutablePointer<Float>,
         scoreTile sT: UnsafeMutablePointer<Float>, state: UnsafeMutablePointer<Float>
@@ -287,10 +294,10 @@ private struct BlockContext {
         let spanBounds = UnsafeMutableRawPointer(alibiDiagonals + rp)
         let cleanValues = alibiDiagonals + 5 * rp
 
-        // Q^T (or Q, for the row layout), scaled so that scores come out in base 2 (unless softcap needs them in
+        // Q^T (or Q, for the row layout), scaled so that scores come out in half base 2 (unless softcap needs them in
         // natural units first).
         let softcap = p.options.softcap
-        let qScale = softcap == nil ? p.scale * log2e : p.scale
+        let qScale = softcap == nil ? p.scale * logitScale : p.scale
         qT.update(repeating: 0, count: dk * rp)
         for head in 0..<g {
             let source = queries + ((b * p.queryHeads + kvHead * g + head) * nq + i0) * dk
@@ -306,18 +313,18 @@ private struct BlockContext {
         if let sinks = p.options.sinkLogits, split == 0 {
             for head in 0..<g {
                 for row in 0..<rows {
-                    m[head * br + row] = sinks[kvHead * g + head] * log2e
+                    m[head * br + row] = sinks[kvHead * g + head] * logitScale
                     l[head * br + row] = 1
                 }
             }
         }
-        // ALiBi per row (slope in base 2, diagonal key position), so the penalty is applied 16 rows at a time.
+        // ALiBi per row (slope in half base 2, diagonal key position), so the penalty is applied 16 rows at a time.
         if let slopes = p.options.alibiSlopes {
             alibiSlopes.update(repeating: 0, count: rp)
             alibiDiagonals.update(repeating: 0, count: rp)
             for head in 0..<g {
                 for row in 0..<rows {
-                    alibiSlopes[head * br + row] = slopes[kvHead * g + head] * log2e
+                    alibiSlopes[head * br + row] = slopes[kvHead * g + head] * logitScale
                     alibiDiagonals[head * br + row] = Float(i0 + row + nk - nq)
                 }
             }
@@ -388,8 +395,8 @@ private struct BlockContext {
     }
 
     /// Merges the `count` partial states at `states`, `stride` floats apart (one per key split, in split order),
-    /// and writes the output rows and log-sum-exp of the work item: with M = max m_s and w_s = 2^(m_s - M),
-    /// O = sum w_s O_s / sum w_s l_s and LSE = ln(2^M * sum w_s l_s). With one state, w = 1 and this is O / l.
+    /// and writes the output rows and log-sum-exp of the work item: with M = max m_s and w_s = 2^(2 (m_s - M)),
+    /// O = sum w_s O_s / sum w_s l_s and LSE = 2 M ln 2 + ln(sum w_s l_s). With one state, w = 1 and this is O / l.
     func finalize(
         batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, states: UnsafeMutablePointer<Float>, count: Int,
         stride: Int
@@ -414,19 +421,20 @@ private struct BlockContext {
                     let (ms, ls) = (state[dv * rp + r], state[dv * rp + rp + r])
                     // A split that saw no key has m = -inf, l = 0 and O = 0, so it adds zeros; comparing before
                     // subtracting keeps -inf - -inf out, and a NaN row (NaN query) stays NaN through l.
-                    let weight: Float = ms == maximum ? 1 : _exp2(ms - maximum)
+                    let weight: Float = ms == maximum ? 1 : _exp2((ms - maximum) * exponentScale)
                     denominator += ls * weight
                     for c in 0..<dv { target[c] += state[outputIndex(r, c)] * weight }
                 }
                 // denominator == 0: the row saw no key (and has no sink): zeros, not 0/0.
                 let inverse: Float = denominator == 0 ? 0 : 1 / denominator
                 for c in 0..<dv { target[c] *= inverse }
-                logSumExp[rowBase + row] = denominator == 0 ? -.infinity : maximum * ln2 + _log(denominator)
+                logSumExp[rowBase + row] =
+                    denominator == 0 ? -.infinity : maximum * (exponentScale * ln2) + _log(denominator)
             }
         }
     }
 
-    /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in base 2.
+    /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in half base 2.
     /// Softcap and ALiBi run 16 rows at a time (padding rows included; their results are never read); the bias is
     /// gathered row by row from its [Nq, Nk] planes.
     private func applyScoreOptions(
@@ -437,7 +445,7 @@ private struct BlockContext {
         let (g, br, nq, nk, columns) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyLength, tile.count)
         if let softcap = p.options.softcap {
             let cap = SIMD16<Float>(repeating: softcap)
-            let outer = SIMD16<Float>(repeating: softcap * log2e)
+            let outer = SIMD16<Float>(repeating: softcap * logitScale)
             for index in stride(from: 0, to: rp * columns, by: 16) {
                 store16(outer * vectorTanh(load16(sT, index) / cap), sT, index)
             }
@@ -464,7 +472,7 @@ private struct BlockContext {
                 for row in 0..<rows {
                     let biasRow = plane + (i0 + row) * nk
                     for (kk, j) in tile.enumerated() {
-                        sT[stripeIndex(head * br + row, kk, columns: columns)] += biasRow[j] * log2e
+                        sT[stripeIndex(head * br + row, kk, columns: columns)] += biasRow[j] * logitScale
                     }
                 }
             }
@@ -524,7 +532,7 @@ private struct BlockContext {
             // A row that has seen no key keeps m = -inf; exponentiate against 0 instead so that no -inf - -inf
             // occurs.
             let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
-            let alpha = vectorExp2OfNonPositive(oldMax - shift)
+            let alpha = vectorExp2OfNonPositive((oldMax - shift) * exponentScale)
             var sum = SIMD16<Float>()
             if markMasked {
                 // The tile's values hold NaN or infinity. Masked keys (and keys whose score is -inf) get weight
@@ -532,14 +540,14 @@ private struct BlockContext {
                 // weight merely underflowed.
                 for kk in 0..<keyCount {
                     let score = load16(stripe, kk * 16)
-                    let weight = vectorExp2OfNonPositive(score - shift).replacing(
+                    let weight = vectorExp2OfNonPositive((score - shift) * exponentScale).replacing(
                         with: -0.0, where: score .== negativeInfinity)
                     store16(weight, stripe, kk * 16)
                     sum += weight
                 }
             } else {
                 for kk in 0..<keyCount {
-                    let weight = vectorExp2OfNonPositive(load16(stripe, kk * 16) - shift)
+                    let weight = vectorExp2OfNonPositive((load16(stripe, kk * 16) - shift) * exponentScale)
                     store16(weight, stripe, kk * 16)
                     sum += weight
                 }
