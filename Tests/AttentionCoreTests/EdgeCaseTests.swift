@@ -118,4 +118,20 @@ final class EdgeCaseTests: XCTestCase {
             XCTAssertEqual(Double(sunk.logSumExp[0, 0, 1]), 3e38, accuracy: 1e32)
         }
     }
+
+    func testOnlyNaiveAllocatesInProportionToTheScoreMatrix() throws {
+        // The same call at N and 8N (4N for decode): the blockwise and decode kernels' workspace does not grow
+        // (decode's split partials stop growing once the keys fill its ~64 work items), naive's grows with Nq * Nk.
+        func workspace(_ n: Int, _ queries: Int, _ kernel: AttentionKernel) throws -> Int {
+            let inputs = try attentionInputs(
+                queryHeads: 2, queryLength: queries, keyLength: n, headDimension: 16, seed: 1)
+            return try attentionWithLogSumExp(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal,
+                options: AttentionOptions(kernel: kernel, threads: 2)
+            ).workspaceBytes
+        }
+        XCTAssertEqual(try workspace(256, 256, .blockwise()), try workspace(2048, 2048, .blockwise()))
+        XCTAssertEqual(try workspace(16_384, 1, .decode()), try workspace(65_536, 1, .decode()))
+        XCTAssertGreaterThan(try workspace(2048, 2048, .naive), 50 * (try workspace(256, 256, .naive)))
+    }
 }
