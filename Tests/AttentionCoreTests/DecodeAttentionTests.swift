@@ -151,4 +151,16 @@ final class DecodeAttentionTests: XCTestCase {
             XCTAssertEqual(output.scalars, [1e38, 1e38], "\(kernel)")
         }
     }
+
+    func testMaskedNaNInAFullTileOfASplitIsQuarantinedExactly() throws {
+        // A whole 64-key tile of 64-wide values is copied for the quarantine; with key splits the copy and the tile's
+        // weights must not share scratch.
+        var inputs = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 1, keyLength: 300, headDimension: 64, seed: 8)
+        for c in 0..<64 { inputs.values[0, 1, 70, c] = .nan }
+        let mask = AttentionMask.custom { _, k in k != 70 }
+        for split in [nil, 128] as [Int?] {
+            try assertMatchesReference(inputs, mask: mask, options: decode(split))
+        }
+    }
 }

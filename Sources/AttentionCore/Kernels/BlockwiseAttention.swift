@@ -218,9 +218,13 @@ package func tiledAttention(
                         let block = queryBlocks - 1 - unit % queryBlocks
                         let (b, kvHead) = (unit / queryBlocks).quotientAndRemainder(dividingBy: problem.keyValueHeads)
                         let workerScratch = scratch + worker * scratchFloats
+                        // Worker scratch ends with [S^T tile][state], the state only with one split (split states
+                        // live in `partials`); see `tiledScratchFloats`.
+                        let stateInScratch = splits == 1 ? stateSize : 0
                         let tile =
                             scoreStorage == .materialized
-                            ? scores + item * tileFloats : workerScratch + (scratchFloats - tileFloats - stateSize)
+                            ? scores + item * tileFloats
+                            : workerScratch + (scratchFloats - stateInScratch - tileFloats)
                         let state =
                             splits == 1 ? workerScratch + (scratchFloats - stateSize) : partials + item * stateSize
                         context.value.run(
