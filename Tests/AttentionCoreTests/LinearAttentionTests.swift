@@ -200,4 +200,22 @@ final class LinearAttentionTests: XCTestCase {
             queries: noKeys, keys: noKeys, values: noKeys, options: LinearAttentionOptions(causal: true))
         XCTAssertEqual(empty.shape, [1, 2, 0, 4])
     }
+
+    func testALaterKeyCannotPoisonAnEarlierRowAndEmptyBatchesWork() throws {
+        // q0 . k1 = 1e40 overflows, and key 1 is after query 0: row 0 must stay q0 . k0 v0 = 1e20.
+        let queries = try Tensor(shape: [1, 1, 2, 1], scalars: [1e20, 1])
+        let keys = try Tensor(shape: [1, 1, 2, 1], scalars: [1, 1e20])
+        let values = try Tensor(shape: [1, 1, 2, 1], scalars: [1, 1])
+        let options = LinearAttentionOptions(featureMap: .identity, causal: true, normalize: false)
+        let output = try linearAttention(queries: queries, keys: keys, values: values, options: options)
+        XCTAssertEqual(output[0, 0, 0, 0], 1e20)
+        // The same with a NaN in the later key.
+        let nanKeys = try Tensor(shape: [1, 1, 2, 1], scalars: [1, .nan])
+        XCTAssertEqual(
+            try linearAttention(queries: queries, keys: nanKeys, values: values, options: options)[0, 0, 0, 0], 1e20)
+        let empty = try Tensor(zeros: [0, 1, 4, 8])
+        let result = try linearAttentionWithState(queries: empty, keys: empty, values: empty)
+        XCTAssertEqual(result.output.shape, [0, 1, 4, 8])
+        XCTAssertEqual(result.state.keyValueSum.shape, [0, 1, 8, 8])
+    }
 }

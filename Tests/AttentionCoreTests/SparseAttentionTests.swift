@@ -217,4 +217,16 @@ final class SparseAttentionTests: XCTestCase {
                 options: AttentionOptions(softcap: 5))
         ) { XCTAssertEqual(($0 as? AttentionError)?.argument, "options.softcap") }
     }
+
+    func testTopKRowWithAKeptNaNScoreIsNaNLikeDense() throws {
+        var inputs = try attentionInputs(queryHeads: 1, queryLength: 2, keyLength: 4, headDimension: 4, seed: 9)
+        inputs.queries[0, 0, 0, 0] = .nan
+        let output = try topKAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2)
+        let dense = try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values)
+        for c in 0..<4 {
+            XCTAssertTrue(output[0, 0, 0, c].isNaN)
+            XCTAssertTrue(dense[0, 0, 0, c].isNaN)
+            XCTAssertTrue(output[0, 0, 1, c].isFinite)
+        }
+    }
 }

@@ -140,8 +140,14 @@ public func linearAttentionWithState(
     let tiling = LinearTiling(
         chunk: Swift.max(
             1, Swift.min(options.chunkSize ?? LinearTiling.defaultChunk(causal: options.causal), Swift.max(nq, nk))))
+    // An empty batch gets an empty state (the public initializer insists on batch >= 1).
     var state =
-        try initialState ?? LinearAttentionState(batch: b, heads: hq, featureDimension: dPhi, valueDimension: dv)
+        try initialState
+        ?? (b == 0
+            ? LinearAttentionState(
+                keyValueSum: Tensor(uncheckedShape: [0, hq, dPhi, dv], scalars: []),
+                keySum: Tensor(uncheckedShape: [0, hq, dPhi], scalars: []))
+            : LinearAttentionState(batch: b, heads: hq, featureDimension: dPhi, valueDimension: dv))
     var keyValueSum = state.keyValueSum.scalars
     var keySum = state.keySum.scalars
     // Every element is written by the kernel (each chunk's rows are zeroed before they accumulate), so the output
@@ -269,10 +275,12 @@ private struct LinearContext {
                 while stripe * 16 < n {
                     let tile = products + stripe * n * 16
                     let rows = Swift.min(16, n - stripe * 16)
+                    // Entries above the diagonal are replaced by 0, not multiplied by it: a product that overflowed
+                    // (or a NaN in a later key) must not turn an earlier query's row into NaN.
                     for j in 0..<n where lambda != 1 || j > stripe * 16 {
                         for lane in 0..<16 {
                             let i = stripe * 16 + lane
-                            tile[j * 16 + lane] *= i >= j && i < n ? powers[i - j] : 0
+                            tile[j * 16 + lane] = i >= j && i < n ? tile[j * 16 + lane] * powers[i - j] : 0
                         }
                     }
                     if options.normalize {

@@ -67,8 +67,9 @@ public func blockSparseAttentionWithLogSumExp(
 /// Token-level top-k attention: each query attends, with an exact softmax, to only the `k` visible keys with the
 /// highest scores (scale * q . k). With k >= the visible keys it equals dense attention.
 ///
-/// Ties at the k-th score keep the lower key index, so the result is deterministic. Supports `options.scale` and
-/// `options.threads`; the other score options are rejected.
+/// Ties at the k-th score keep the lower key index, so the result is deterministic. NaN scores rank below every
+/// number; if one is among the k kept, the row is NaN (as dense attention makes a row with a visible NaN score NaN).
+/// Supports `options.scale` and `options.threads`; the other score options are rejected.
 /// - Throws: `AttentionError` for k < 1, unsupported options, and anything `attention` rejects.
 /// - Complexity: O(B * Hq * Nq * Nk * Dk) for the scores, O(Nk) per query to select, O(k * Dv) per query to sum;
 ///   scratch O(threads * Nk).
@@ -183,6 +184,11 @@ private func softmaxSum(
 ) {
     guard count > 0 else { return }  // no visible key: zeros
     var kept = UnsafeMutableBufferPointer(start: candidates, count: count)
+    // A kept NaN score makes the row NaN, as a visible NaN score does in dense attention.
+    if kept.contains(where: { scores[$0].isNaN }) {
+        for c in 0..<dv { out[c] = .nan }
+        return
+    }
     kept.sort()
     var maximum = -Float.infinity
     for j in kept where scores[j] > maximum { maximum = scores[j] }
