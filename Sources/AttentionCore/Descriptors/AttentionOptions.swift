@@ -13,8 +13,8 @@
 
 /// Which kernel computes attention.
 public enum AttentionKernel: Sendable, Hashable {
-    /// Let the library choose: the blockwise kernel with tiles sized for the head grouping
-    /// (see `AttentionKernel.resolved(for:)`).
+    /// Let the library choose: the decode kernel when (queryHeads / keyValueHeads) * queryLength <= 16, otherwise the
+    /// blockwise kernel with tiles sized for the head grouping (see `AttentionKernel.resolved(for:)`).
     case automatic
     /// The quadratic baseline: materializes the whole [batch, queryHeads, queryLength, keyLength] score tensor.
     /// Refuses calls whose score tensor exceeds `AttentionOptions.naiveMemoryBudget`.
