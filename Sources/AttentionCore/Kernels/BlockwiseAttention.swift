@@ -6,6 +6,10 @@
 // once per group. For each visible key tile (Bc keys) the kernel computes the scores of all R rows, updates the
 // online softmax state and accumulates P V. Nothing of size Nq x Nk is ever allocated.
 //
+// Decode (few rows, long keys) adds a key split to the work item: each split leaves a partial (O, m, l) and
+// `finalize` merges the splits in split order. Keys and values arrive as `KeyValueSegment`s (a tensor, or a cache's
+// ring runs plus the step's new tokens), read in place; key tiles never cross a segment boundary.
+//
 // Layout - rows in lanes: every per-tile matrix is stored transposed, with the R query rows along the 16-lane
 // vectors. Q^T [Dk, Rp] is packed once per work item (scaled by scale * log2(e) / 2, so scores come out in "half
 // base 2", see `logitScale`);
