@@ -82,7 +82,7 @@ public func runExternal(_ job: ExternalJob) throws -> String {
         let elapsed = try clock.measure {
             output = try attention(queries: q, keys: k, values: v, mask: mask, options: options)
         }
-        times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+        times.append(elapsed.inSeconds)
     }
     var bytes = Data(capacity: output.count * 4)
     for scalar in output.scalars {

@@ -52,9 +52,9 @@ public struct MachineContext: Sendable {
             microKernelGFLOPS: microKernelThroughput(seconds: 0.3))
     }
 
-    /// Lines for the top of the report.
+    /// Lines for the top of the report (the `warnings` go to standard error separately).
     public var summary: [String] {
-        var lines = [
+        [
             "machine: \(cpu), \(cores) processors"
                 + (cpuFlags.isEmpty
                     ? ""
@@ -62,8 +62,6 @@ public struct MachineContext: Sendable {
             "build: \(build), FusedMultiplyAdd trait \(fusedMultiplyAdd ? "on" : "off")",
             String(format: "micro-kernel throughput, one core, L1-resident: %.1f GFLOP/s", microKernelGFLOPS),
         ]
-        lines += warnings
-        return lines
     }
 
     /// Advice when the build leaves speed on the table.

@@ -102,7 +102,7 @@ public func runMemoryChild(_ arguments: [String]) throws -> String {
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
     }
     let growth = peakResidentSetBytes() - before
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+    let seconds = elapsed.inSeconds
     var record = BenchmarkRecord(
         suite: "memory", kernel: c.kernelName, batch: 1, queryHeads: heads, keyValueHeads: heads, queryLength: n,
         keyLength: n, headDimension: d, mask: "causal", threads: threads, medianSeconds: seconds, minSeconds: seconds,

@@ -30,10 +30,7 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
         let output = try blockSparseAttention(
             queries: small.queries, keys: small.keys, values: small.values, layout: layout)
         var options = AttentionOptions()
-        options.headMasks = (0..<2).map { head in
-            let single = layout.forHead(head)
-            return .custom { q, k in single.keyBlocks(queryBlock: q / 16).contains(k / 16) }
-        }
+        options.headMasks = (0..<2).map { elementMask(layout, head: $0) }
         let check = checkOutput(
             output, queries: small.queries, keys: small.keys, values: small.values, options: options)
         guard check.passes else { throw ValidationFailure(description: "\(name) failed validation: \(check)") }
@@ -52,10 +49,7 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                     for (head, row) in [(0, n - 1), (heads - 1, n / 3)] {
                         var options = AttentionOptions()
                         if let layout {
-                            let single = layout.forHead(head)
-                            options.headMasks = (0..<heads).map { _ in
-                                .custom { q, k in single.keyBlocks(queryBlock: q / block).contains(k / block) }
-                            }
+                            options.headMasks = (0..<heads).map { _ in elementMask(layout, head: head) }
                         }
                         let reference = referenceRow(
                             Double.self, batch: 0, head: head, query: row, queries: inputs.queries, keys: inputs.keys,
@@ -126,4 +120,13 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
         }
     }
     return records
+}
+
+/// The element mask a layout stands for in head `head`, as an independent predicate (not `.blockSparse`, whose
+/// spans are the code under test).
+private func elementMask(_ layout: BlockSparseLayout, head: Int) -> AttentionMask {
+    let single = layout.forHead(head)
+    return .custom { q, k in
+        single.keyBlocks(queryBlock: q / single.queryBlock).contains(k / single.keyBlock)
+    }
 }

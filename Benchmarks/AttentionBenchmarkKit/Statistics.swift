@@ -39,7 +39,7 @@ public func measureTimes(
     while samples.count < minimumRepetitions || (spent < budget && samples.count < maximumRepetitions) {
         let elapsed = try clock.measure(body)
         let seconds =
-            Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            elapsed.inSeconds
         samples.append(seconds)
         spent += seconds
     }
@@ -105,7 +105,7 @@ public func measureReadBandwidth(bytes: Int = 1 << 30, threads: Int, repetitions
                 sums.value[part] = horizontalSum(a0 + a1)
             }
         }
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let seconds = elapsed.inSeconds
         best = Swift.max(best, Double(count * MemoryLayout<Float>.size) / seconds / 1e9)
     }
     return best

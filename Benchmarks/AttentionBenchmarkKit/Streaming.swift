@@ -55,7 +55,7 @@ public func streamingSuite(_ configuration: BenchmarkConfiguration, allThreads: 
             }
             let position = step + 1
             if position > total - sample || checkpoints.contains(where: { position > $0 - sample && position <= $0 }) {
-                times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+                times.append(elapsed.inSeconds)
             }
             guard checkpoints.contains(position), let output else { continue }
             let held = cache.contents

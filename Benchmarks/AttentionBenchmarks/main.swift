@@ -56,7 +56,7 @@ if configuration.help {
 let allThreads = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
 let machine = MachineContext.measure(cores: allThreads)
 for line in machine.summary { note(line) }
-for warning in machine.warnings where configuration.format == .table { printError(warning) }
+for warning in machine.warnings { printError(warning) }
 
 let budget = configuration.quick ? 0.25 : 1.0
 var cases: [BenchmarkCase] = []

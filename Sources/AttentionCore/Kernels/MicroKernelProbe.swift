@@ -31,6 +31,12 @@ package func microKernelThroughput(seconds: Double = 0.2) -> Double {
         iterations += 64
         elapsed = clock.now - start
     }
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-    return Double(iterations) * 4 * Double(rows * keys * depth) / seconds / 1e9
+    return Double(iterations) * 4 * Double(rows * keys * depth) / elapsed.inSeconds / 1e9
+}
+
+extension Duration {
+    /// The duration in seconds, as a Double.
+    package var inSeconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) * 1e-18
+    }
 }
