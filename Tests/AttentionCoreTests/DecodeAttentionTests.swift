@@ -9,7 +9,9 @@ final class DecodeAttentionTests: XCTestCase {
 
     func testOddShapesGroupingsAndSplitsMatchReference() throws {
         try withEvery("headDimension", in: [1, 8, 63, 64, 80, 128]) { d in
-            try withEvery("shape", in: [(1, 1, 1), (1, 2, 239), (3, 4, 1000), (2, 8, 517), (1, 16, 130)]) { shape in
+            // (Nq, G, Nk): R = G * Nq rows of 1, 2, 5 (a four-row group and one row left over), 12, 14 and 16.
+            let shapes = [(1, 1, 1), (1, 2, 239), (1, 5, 77), (3, 4, 1000), (7, 2, 150), (2, 8, 517), (1, 16, 130)]
+            try withEvery("shape", in: shapes) { shape in
                 let (nq, group, nk) = shape
                 let inputs = try attentionInputs(
                     queryHeads: 2 * group, keyValueHeads: 2, queryLength: nq, keyLength: nk, headDimension: d,

@@ -302,8 +302,8 @@ private struct BlockContext {
         let spanBounds = UnsafeMutableRawPointer(alibiDiagonals + rp)
         let cleanValues = alibiDiagonals + 5 * rp
 
-        // Q^T (or Q, for the row layout), scaled so that scores come out in half base 2 (unless softcap needs them in
-        // natural units first).
+        // Q^T (or, for the rows layout, Q as `fewRowsQueryIndex` lays it out), scaled so that scores come out in half
+        // base 2 (unless softcap needs them in natural units first).
         let softcap = p.options.softcap
         let qScale = softcap == nil ? p.scale * logitScale : p.scale
         qT.update(repeating: 0, count: dk * rp)
@@ -312,7 +312,9 @@ private struct BlockContext {
             for row in 0..<rows {
                 let r = head * br + row
                 for c in 0..<dk {
-                    let index = tiling.layout == .stripes ? stripeIndex(r, c, columns: dk) : r * dk + c
+                    let index =
+                        tiling.layout == .stripes
+                        ? stripeIndex(r, c, columns: dk) : fewRowsQueryIndex(r, c, rowCount: g * br, depth: dk)
                     qT[index] = source[row * dk + c] * qScale
                 }
             }
