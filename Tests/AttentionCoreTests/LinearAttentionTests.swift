@@ -32,7 +32,8 @@ final class LinearAttentionTests: XCTestCase {
 
     func testEveryMapModeAndNormalizationMatchesReference() throws {
         try withEvery("map", in: maps.indices) { m in
-            try withEvery("shape", in: [(1, 1, 1), (7, 5, 3), (130, 16, 16)]) { shape in
+            // Head dimensions below, at and above one 16-lane step of the element-wise maps.
+            try withEvery("shape", in: [(1, 1, 1), (7, 5, 3), (130, 16, 16), (40, 21, 9)]) { shape in
                 let (n, d, dv) = shape
                 let inputs = try attentionInputs(
                     queryHeads: 4, keyValueHeads: 2, queryLength: n, keyLength: n,
@@ -189,6 +190,38 @@ final class LinearAttentionTests: XCTestCase {
         XCTAssertThrowsError(try LinearAttentionState(batch: 1, heads: 0, featureDimension: 4, valueDimension: 4)) {
             XCTAssertEqual(($0 as? AttentionError)?.argument, "heads")
         }
+    }
+
+    func testWritingIntoAnOutputEqualsReturningOne() throws {
+        let inputs = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 70, keyLength: 70, headDimension: 20, valueDimension: 12,
+            seed: 8)
+        for options in [
+            LinearAttentionOptions(featureMap: .identity, normalize: false),
+            LinearAttentionOptions(causal: true, decay: [0.9, 0.95, 0.99, 1]),
+        ] {
+            let expected = try linearAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
+            // Old contents (here NaN) do not matter, and a tensor sharing the storage keeps its values.
+            var output = try Tensor(shape: [1, 4, 70, 12], repeating: .nan)
+            let alias = output
+            try linearAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options, into: &output)
+            XCTAssertEqual(output, expected)
+            XCTAssertTrue(alias.scalars.allSatisfy(\.isNaN))
+            // Writing again into the same storage gives the same result.
+            try linearAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options, into: &output)
+            XCTAssertEqual(output, expected)
+        }
+        var wrong = try Tensor(shape: [1, 4, 70, 13], repeating: 7)
+        XCTAssertThrowsError(
+            try linearAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, into: &wrong)
+        ) { error in
+            XCTAssertTrue("\(error)".contains("output"), "\(error)")
+            XCTAssertTrue("\(error)".contains("[1, 4, 70, 12]"), "\(error)")
+        }
+        XCTAssertEqual(wrong.scalars, [Float](repeating: 7, count: 4 * 70 * 13))
     }
 
     func testEmptySequencesGiveEmptyOrZeroOutputs() throws {
