@@ -52,6 +52,28 @@ final class VectorMathTests: XCTestCase {
         XCTAssertLessThanOrEqual(worst.ulp, 2, "at x = \(worst.at)")
     }
 
+    func testSoftmaxExp2IsWithinTwoUlpAndFlushesOnlyBelowTheNormalRange() {
+        // The softmax's 2^x for x <= 0: as accurate as exp2 down to -126 (2^-126 is the smallest normal float).
+        let worst = maxUlpError(vectorExp2OfNonPositive, Foundation.exp2, over: -126...0, count: 400_000)
+        print("softmax exp2 max ulp error: \(worst.ulp) at \(worst.at) over [-126, 0]")
+        XCTAssertLessThanOrEqual(worst.ulp, 2, "at x = \(worst.at)")
+        var x = SIMD16<Float>(repeating: 0)
+        let specials: [Float] = [-.infinity, .nan, -126, -126.4, -126.6, -127, -127.5, -1e30, -0.0, -0.5, -1]
+        for (lane, value) in specials.enumerated() { x[lane] = value }
+        let y = vectorExp2OfNonPositive(x)
+        XCTAssertEqual(y[0], 0)
+        XCTAssertTrue(y[1].isNaN)
+        XCTAssertEqual(y[2], exp2f(-126))
+        // Between -126.5 and -126 the (subnormal) result is still computed.
+        XCTAssertEqual(Double(y[3]), Foundation.exp2(-126.4), accuracy: Foundation.exp2(-126.0) * 1e-6)
+        // Below -126.5 the result is flushed to exactly 0 (the true values are subnormal).
+        for lane in 4...7 { XCTAssertEqual(y[lane], 0, "lane \(lane)") }
+        XCTAssertEqual(y[8], 1)
+        XCTAssertEqual(Double(y[9]), Foundation.exp2(-0.5), accuracy: Double(Float(0.7).ulp))
+        XCTAssertEqual(y[10], 0.5)
+        XCTAssertEqual(y[11], 1, "padding lanes of 0 give 1")
+    }
+
     func testSpecialValues() {
         var x = SIMD16<Float>(repeating: 0)
         let specials: [Float] = [

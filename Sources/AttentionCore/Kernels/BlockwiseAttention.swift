@@ -272,8 +272,10 @@ private struct BlockContext {
     let logSumExp: UnsafeMutablePointer<Float>?
 
     /// Offset of output element (row r, column c) in a work item's O accumulator.
-    @inline(__always) func outputIndex(_ r: Int, _ c: Int) -> Int {
-        tiling.layout == .stripes ? stripeIndex(r, c, columns: problem.valueDimension) : r * problem.valueDimension + c
+    /// Where row r of the O accumulator starts and how far apart its columns are (16 in a stripe, 1 in a row).
+    @inline(__always) func outputRow(_ r: Int) -> (start: Int, step: Int) {
+        tiling.layout == .stripes
+            ? ((r >> 4) &* problem.valueDimension &* 16 &+ (r & 15), 16) : (r &* problem.valueDimension, 1)
     }
 
     /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`, over the keys of
@@ -311,11 +313,14 @@ private struct BlockContext {
             let source = queries + ((b * p.queryHeads + kvHead * g + head) * nq + i0) * dk
             for row in 0..<rows {
                 let r = head * br + row
-                for c in 0..<dk {
-                    let index =
-                        tiling.layout == .stripes
-                        ? stripeIndex(r, c, columns: dk) : fewRowsQueryIndex(r, c, rowCount: g * br, depth: dk)
-                    qT[index] = source[row * dk + c] * qScale
+                let sourceRow = source + row * dk
+                switch tiling.layout {
+                case .stripes:
+                    // Row r is lane r % 16 of stripe r / 16: its columns are 16 floats apart.
+                    let target = qT + (r >> 4) * dk * 16 + (r & 15)
+                    for c in 0..<dk { target[c &* 16] = sourceRow[c] * qScale }
+                case .rows:
+                    for c in 0..<dk { qT[fewRowsQueryIndex(r, c, rowCount: g * br, depth: dk)] = sourceRow[c] * qScale }
                 }
             }
         }
@@ -425,7 +430,7 @@ private struct BlockContext {
                 for s in 0..<count { maximum = Swift.max(maximum, states[s * stride + dv * rp + r]) }
                 var denominator: Float = 0
                 let target = output + (rowBase + row) * dv
-                target.update(repeating: 0, count: dv)
+                let (start, step) = outputRow(r)
                 for s in 0..<count {
                     let state = states + s * stride
                     let (ms, ls) = (state[dv * rp + r], state[dv * rp + rp + r])
@@ -433,7 +438,12 @@ private struct BlockContext {
                     // subtracting keeps -inf - -inf out, and a NaN row (NaN query) stays NaN through l.
                     let weight: Float = ms == maximum ? 1 : _exp2((ms - maximum) * exponentScale)
                     denominator += ls * weight
-                    for c in 0..<dv { target[c] += state[outputIndex(r, c)] * weight }
+                    let source = state + start
+                    if s == 0 {
+                        for c in 0..<dv { target[c] = source[c &* step] * weight }
+                    } else {
+                        for c in 0..<dv { target[c] += source[c &* step] * weight }
+                    }
                 }
                 // denominator == 0: the row saw no key (and has no sink): zeros, not 0/0.
                 let inverse: Float = denominator == 0 ? 0 : 1 / denominator
@@ -608,7 +618,8 @@ private struct BlockContext {
             for r in 0..<rowCount {
                 let weight = pT[stripeIndex(r, kk, columns: keyCount)]
                 if weight == 0 && weight.sign == .minus { continue }
-                for c in 0..<dv { o[outputIndex(r, c)] += values[kk * dv + c] * weight }
+                let (start, step) = outputRow(r)
+                for c in 0..<dv { o[start + c * step] += values[kk * dv + c] * weight }
             }
         }
         return UnsafePointer(clean)

@@ -113,19 +113,16 @@ package func vectorExp2(_ x: SIMD16<Float>) -> SIMD16<Float> {
 }
 
 /// 2^x for x <= 0 (and -inf, NaN): `vectorExp2` without the overflow handling the softmax never needs, since its
-/// arguments are scores minus their running maximum.
+/// arguments are scores minus their running maximum. Lanes below -127 (and -inf) are clamped to -127, where
+/// n = round(x) = -127 builds the power 2^n with a zero exponent field, i.e. +0.0: they come out as exactly 0 with no
+/// compare and select (as does everything below -126.5, whose true value is subnormal). 2^n is a Float multiplied
+/// in rather than n added to the exponent bits, so a NaN input stays NaN whatever its payload bits.
 @inlinable @inline(__always)
 package func vectorExp2OfNonPositive(_ x: SIMD16<Float>) -> SIMD16<Float> {
-    let lowest: Float = -126
-    let tooLow = x .< lowest
-    // 2^n is built as a Float and multiplied in (n <= 0 here, so it is always a normal number): unlike adding n to
-    // the exponent bits, a multiply keeps a NaN input NaN whatever its payload bits.
-    let clamped = x.replacing(with: lowest, where: tooLow)
+    let clamped = x.replacing(with: -127, where: x .< -127)
     let (n, integer) = roundToNearest(clamped)
     let power = unsafeBitCast((integer &+ 127) &<< 23, to: SIMD16<Float>.self)
-    var result = exp2Polynomial(clamped - n) * power
-    result.replace(with: 0, where: tooLow)
-    return result
+    return exp2Polynomial(clamped - n) * power
 }
 
 /// 2^x for x in [-126, 128): n = round(x), f = x - n (exact, |f| <= 1/2), 2^f by a degree-6 polynomial, then n
