@@ -170,53 +170,61 @@ private func horizontalSums(
     return SIMD4(e[0], e[4], e[2], e[6]) + SIMD4(e[1], e[5], e[3], e[7])
 }
 
-/// O [rowCount, Dv] (row-major at `output`) += V[tile]^T-weighted sums: row r adds sum_k W[k, r] * V[k, :], with
-/// W[k, r] at `weights[k * weightStride + r]` (16 for a score stripe; linear attention passes other layouts).
+/// O [rowCount, Dv] (row-major at `output`) += weighted sums of value rows: row r adds sum_k W[k, r] * V[k, :],
+/// with W[k, r] at `weights[k * weightStride + r * rowStride]`: a score stripe has weightStride 16 and rowStride 1;
+/// a row-major matrix of per-row weights (linear attention's phi(Q) times its state) has weightStride 1 and
+/// rowStride = its row length. With `overwrite` the rows are set to the sums instead (O is not read).
 @inline(__always)
 func accumulateValuesFewRows(
-    weights pT: UnsafePointer<Float>, weightStride ws: Int = 16, rowCount: Int, keyCount: Int,
-    values: UnsafePointer<Float>, valueDimension dv: Int, output o: UnsafeMutablePointer<Float>
+    weights pT: UnsafePointer<Float>, weightStride ws: Int = 16, rowStride rs: Int = 1, rowCount: Int,
+    keyCount: Int, values: UnsafePointer<Float>, valueDimension dv: Int, output o: UnsafeMutablePointer<Float>,
+    overwrite: Bool = false
 ) {
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
         while c + 16 <= dv {
             valueRows4(
-                pT + r, weightStride: ws, keyCount: keyCount, values: values + c, valueStride: dv, out: o + r * dv + c)
+                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
+                valueStride: dv, out: o + r * dv + c, overwrite: overwrite)
             c += 16
         }
         valueColumnsTail(
-            pT, weightStride: ws, rows: r..<(r + 4), keyCount: keyCount, values: values, columns: c..<dv, output: o)
+            pT, weightStride: ws, rowStride: rs, rows: r..<(r + 4), keyCount: keyCount, values: values,
+            columns: c..<dv, output: o, overwrite: overwrite)
         r += 4
     }
     while r < rowCount {
         var c = 0
         while c + 32 <= dv {
             valueRow1x32(
-                pT + r, weightStride: ws, keyCount: keyCount, values: values + c, valueStride: dv, out: o + r * dv + c)
+                pT + r * rs, weightStride: ws, keyCount: keyCount, values: values + c, valueStride: dv,
+                out: o + r * dv + c, overwrite: overwrite)
             c += 32
         }
         valueColumnsTail(
-            pT, weightStride: ws, rows: r..<(r + 1), keyCount: keyCount, values: values, columns: c..<dv, output: o)
+            pT, weightStride: ws, rowStride: rs, rows: r..<(r + 1), keyCount: keyCount, values: values,
+            columns: c..<dv, output: o, overwrite: overwrite)
         r += 1
     }
 }
 
-/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] += sum_k pT[k * ws + i] * V[k, 0..<16].
+/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] (+)= sum_k pT[k * ws + i * rs] * V[k, 0..<16].
 @inline(__always)
 private func valueRows4(
-    _ pT: UnsafePointer<Float>, weightStride ws: Int, keyCount: Int, values: UnsafePointer<Float>,
-    valueStride dv: Int, out: UnsafeMutablePointer<Float>
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
+    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool
 ) {
-    var a0 = load16(out, 0), a1 = load16(out, dv), a2 = load16(out, 2 * dv), a3 = load16(out, 3 * dv)
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+    if !overwrite { (a0, a1, a2, a3) = (load16(out, 0), load16(out, dv), load16(out, 2 * dv), load16(out, 3 * dv)) }
     var p = pT
     var v = values
     for _ in 0..<keyCount {
         let vk = load16(v, 0)
         a0 = multiplyAdd(SIMD16<Float>(repeating: p[0]), vk, a0)
-        a1 = multiplyAdd(SIMD16<Float>(repeating: p[1]), vk, a1)
-        a2 = multiplyAdd(SIMD16<Float>(repeating: p[2]), vk, a2)
-        a3 = multiplyAdd(SIMD16<Float>(repeating: p[3]), vk, a3)
+        a1 = multiplyAdd(SIMD16<Float>(repeating: p[rs]), vk, a1)
+        a2 = multiplyAdd(SIMD16<Float>(repeating: p[2 * rs]), vk, a2)
+        a3 = multiplyAdd(SIMD16<Float>(repeating: p[3 * rs]), vk, a3)
         p += ws
         v += dv
     }
@@ -230,9 +238,10 @@ private func valueRows4(
 @inline(__always)
 private func valueRow1x32(
     _ pT: UnsafePointer<Float>, weightStride ws: Int, keyCount: Int, values: UnsafePointer<Float>,
-    valueStride dv: Int, out: UnsafeMutablePointer<Float>
+    valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool
 ) {
-    var a0 = load16(out, 0), a1 = load16(out, 16)
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>()
+    if !overwrite { (a0, a1) = (load16(out, 0), load16(out, 16)) }
     var p = pT
     var v = values
     for _ in 0..<keyCount {
@@ -249,15 +258,15 @@ private func valueRow1x32(
 /// The columns that the vector kernels leave (Dv not a multiple of 16 or 32), one scalar at a time.
 @inline(__always)
 private func valueColumnsTail(
-    _ pT: UnsafePointer<Float>, weightStride ws: Int, rows: Range<Int>, keyCount: Int, values: UnsafePointer<Float>,
-    columns: Range<Int>, output o: UnsafeMutablePointer<Float>
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, rows: Range<Int>, keyCount: Int,
+    values: UnsafePointer<Float>, columns: Range<Int>, output o: UnsafeMutablePointer<Float>, overwrite: Bool
 ) {
     if columns.isEmpty { return }
     let dv = columns.upperBound
     for r in rows {
         for c in columns {
-            var sum = o[r * dv + c]
-            for kk in 0..<keyCount { sum += pT[kk * ws + r] * values[kk * dv + c] }
+            var sum: Float = overwrite ? 0 : o[r * dv + c]
+            for kk in 0..<keyCount { sum += pT[kk * ws + r * rs] * values[kk * dv + c] }
             o[r * dv + c] = sum
         }
     }

@@ -295,11 +295,11 @@ private struct LinearContext {
             while start < nq {
                 let n = Swift.min(c, nq - start)
                 let out = outputBase + start * dv
-                out.update(repeating: 0, count: n * dv)
                 let chunkValues = valueBase + start * dv
                 packQueries(queryBase + start * dk, count: n, into: qT, rowFeatures: rowFeatures)
-                // Inter-chunk: o_i = lambda^(i+1) phi(q_i) S, d_i = lambda^(i+1) phi(q_i) . z.
-                addQueriesTimesState(qT, count: n, state: s, output: out)
+                // Inter-chunk: o_i = lambda^(i+1) phi(q_i) S, d_i = lambda^(i+1) phi(q_i) . z. (This sets the rows;
+                // the intra-chunk terms add to them.)
+                setQueriesTimesState(qT, count: n, state: s, output: out)
                 queriesDotKeySum(qT, count: n, keySum: z, into: denominators)
                 if lambda != 1 {
                     for i in 0..<n {
@@ -309,10 +309,8 @@ private struct LinearContext {
                     }
                 }
                 // Intra-chunk: A^T[j, i] = phi(q_i) . phi(k_j) * lambda^(i - j) for j <= i, 0 above the diagonal.
-                for j in 0..<n {
-                    options.featureMap.apply(keyBase + (start + j) * dk, count: dk, into: phiK + j * dPhi)
-                }
-                computeScores(qT: qT, rowCount: cp, keys: phiK, keyCount: n, depth: dPhi, scores: products)
+                let keyFeatures = featureRows(keyBase + start * dk, count: n, buffer: phiK)
+                computeScores(qT: qT, rowCount: cp, keys: keyFeatures, keyCount: n, depth: dPhi, scores: products)
                 var stripe = 0
                 while stripe * 16 < n {
                     let tile = products + stripe * n * 16
@@ -337,12 +335,12 @@ private struct LinearContext {
                 }
                 normalize(out, count: n, denominators: denominators)
                 // State: S = lambda^n S + sum_j lambda^(n-1-j) phi(k_j)^T v_j, z likewise.
-                var keyWeights = UnsafePointer(phiK)
+                var keyWeights = keyFeatures
                 if lambda != 1 {
                     for a in 0..<(dPhi * dv) { s[a] *= powers[n] }
                     for a in 0..<dPhi { z[a] *= powers[n] }
                     for j in 0..<n {
-                        for a in 0..<dPhi { weightedK[j * dPhi + a] = phiK[j * dPhi + a] * powers[n - 1 - j] }
+                        for a in 0..<dPhi { weightedK[j * dPhi + a] = keyFeatures[j * dPhi + a] * powers[n - 1 - j] }
                     }
                     keyWeights = UnsafePointer(weightedK)
                 }
@@ -362,10 +360,8 @@ private struct LinearContext {
                     rowFeatures[0] =
                         streamingSum(keyBase + (start + n) * dk, count: next * dk)
                         + streamingSum(valueBase + (start + n) * dv, count: next * dv)
-                    for j in 0..<n {
-                        options.featureMap.apply(keyBase + (start + j) * dk, count: dk, into: phiK + j * dPhi)
-                    }
-                    addKeysTimesValues(phiK, count: n, values: valueBase + start * dv, state: s, keySum: z)
+                    let features = featureRows(keyBase + start * dk, count: n, buffer: phiK)
+                    addKeysTimesValues(features, count: n, values: valueBase + start * dv, state: s, keySum: z)
                     start += n
                 }
             }
@@ -374,15 +370,30 @@ private struct LinearContext {
             while start < nq {
                 let n = Swift.min(c, nq - start)
                 let out = outputBase + start * dv
-                out.update(repeating: 0, count: n * dv)
                 rowFeatures[0] = streamingSum(queryBase + (start + n) * dk, count: Swift.min(c, nq - start - n) * dk)
-                packQueries(queryBase + start * dk, count: n, into: qT, rowFeatures: rowFeatures)
-                addQueriesTimesState(qT, count: n, state: s, output: out)
-                queriesDotKeySum(qT, count: n, keySum: z, into: denominators)
-                normalize(out, count: n, denominators: denominators)
+                // o_i = phi(q_i) S straight from the row-major features (no transpose, no zero fill first).
+                let features = featureRows(queryBase + start * dk, count: n, buffer: qT)
+                accumulateValuesFewRows(
+                    weights: features, weightStride: 1, rowStride: dPhi, rowCount: n, keyCount: dPhi, values: s,
+                    valueDimension: dv, output: out, overwrite: true)
+                if options.normalize {
+                    for i in 0..<n { denominators[i] = dotProduct(features + i * dPhi, z, count: dPhi) }
+                    normalize(out, count: n, denominators: denominators)
+                }
                 start += n
             }
         }
+    }
+
+    /// phi of `count` input rows as a row-major [count, d_phi] matrix: the rows themselves for the identity map
+    /// (no copy), else the map's output written to `buffer`.
+    private func featureRows(
+        _ rows: UnsafePointer<Float>, count n: Int, buffer: UnsafeMutablePointer<Float>
+    ) -> UnsafePointer<Float> {
+        if case .identity = options.featureMap { return rows }
+        let (dk, dPhi) = (shapes.keyDimension, featureDimension)
+        for i in 0..<n { options.featureMap.apply(rows + i * dk, count: dk, into: buffer + i * dPhi) }
+        return UnsafePointer(buffer)
     }
 
     /// phi of `count` query rows into the stripe-major phi(Q)^T [d_phi, Cp], zero beyond `count`.
@@ -393,13 +404,15 @@ private struct LinearContext {
         let (dk, dPhi) = (shapes.keyDimension, featureDimension)
         qT.update(repeating: 0, count: dPhi * tiling.paddedChunk)
         for i in 0..<n {
-            options.featureMap.apply(rows + i * dk, count: dk, into: rowFeatures)
-            for a in 0..<dPhi { qT[stripeIndex(i, a, columns: dPhi)] = rowFeatures[a] }
+            let features = featureRows(rows + i * dk, count: 1, buffer: rowFeatures)
+            // Row i is lane i % 16 of stripe i / 16: its features are 16 floats apart.
+            let target = qT + (i >> 4) * dPhi * 16 + (i & 15)
+            for a in 0..<dPhi { target[a &* 16] = features[a] }
         }
     }
 
-    /// out[i, :] += phi(q_i) S for the chunk's `count` rows, one 16-row stripe of phi(Q)^T at a time.
-    private func addQueriesTimesState(
+    /// out[i, :] = phi(q_i) S for the chunk's `count` rows, one 16-row stripe of phi(Q)^T at a time.
+    private func setQueriesTimesState(
         _ qT: UnsafePointer<Float>, count n: Int, state s: UnsafePointer<Float>, output out: UnsafeMutablePointer<Float>
     ) {
         let (dv, dPhi) = (shapes.valueDimension, featureDimension)
@@ -407,7 +420,7 @@ private struct LinearContext {
         while stripe * 16 < n {
             accumulateValuesFewRows(
                 weights: qT + stripe * dPhi * 16, weightStride: 16, rowCount: Swift.min(16, n - stripe * 16),
-                keyCount: dPhi, values: s, valueDimension: dv, output: out + stripe * 16 * dv)
+                keyCount: dPhi, values: s, valueDimension: dv, output: out + stripe * 16 * dv, overwrite: true)
             stripe += 1
         }
     }
