@@ -114,8 +114,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         machine's measured read bandwidth), window (sliding window of 1024 vs full causal, N = 4096..16384),
         streaming (a StreamingLLM session through StreamingKVCache, 4 sinks + 1020 window, per-token time at
         checkpoints up to 100,000 tokens, vs recomputing the window's attention for every token), linear (linear
-        attention, identity map non-causal (linear-id; linear-id-into writes into a reused output) and elu+1
-        causal, N = 1024..16384 (65536 with --full), beside blockwise
+        attention, identity map non-causal (linear-id) and elu+1 causal (linear-elu); the -into cases write
+        into a reused output; N = 1024..16384 (65536 with --full), beside blockwise
         softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention), sparse (block-sparse attention,
         N = 16384, H = 8, d = 64, blocks of 64, local / bigBird / strided / topK layouts at about 5, 10, 25, 50%
         density, one thread by default, beside the dense blockwise kernel; GFLOP/s count only listed blocks, and

@@ -3,8 +3,8 @@
 import AttentionCore
 import _AttentionTestSupport
 
-/// Times linear attention (identity map non-causal, unnormalized, returning a new output and writing into a reused
-/// one; elu+1 causal, normalized) over N = 1024..16384
+/// Times linear attention (identity map non-causal, unnormalized; elu+1 causal, normalized; each returning a new
+/// output and writing into a reused one) over N = 1024..16384
 /// (65536 with --full) and the blockwise softmax kernel, causal, up to N = 16384 for the crossover. GFLOP/s for
 /// linear attention counts 4 * B * H * N * d_phi * Dv (the two d x d products per token); the causal chunks' extra
 /// C x C products are not credited. Each configuration is validated on a small shape against the Float64 reference
@@ -17,12 +17,13 @@ public func linearSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
         ?? (configuration.quick
             ? [1024, 4096] : configuration.full ? [1024, 4096, 16384, 65536] : [1024, 4096, 16384])
     let budget = configuration.quick ? 0.25 : 1.0
-    // (name, mask, options, into a reused output): "linear-id-into" is "linear-id" writing into one output tensor
-    // that every repetition reuses, so that it is timed without the first-write page faults of a new result.
+    // (name, mask, options, into a reused output): the "-into" cases write into one output tensor that every
+    // repetition reuses, so that they are timed without the first-write page faults of a new result.
     let variants: [(String, String, LinearAttentionOptions, Bool)] = [
         ("linear-id", "none", LinearAttentionOptions(featureMap: .identity, normalize: false), false),
         ("linear-id-into", "none", LinearAttentionOptions(featureMap: .identity, normalize: false), true),
         ("linear-elu", "causal", LinearAttentionOptions(featureMap: .eluPlusOne, causal: true), false),
+        ("linear-elu-into", "causal", LinearAttentionOptions(featureMap: .eluPlusOne, causal: true), true),
     ]
     for (name, _, options, _) in variants {
         let small = try attentionInputs(queryHeads: 2, queryLength: 67, keyLength: 67, headDimension: d, seed: 2024)

@@ -245,9 +245,10 @@ package struct LinearTiling: Sendable {
     package var paddedChunk: Int { (chunk + 15) & ~15 }
 
     /// Per worker: phi(Q)^T [d_phi, Cp], phi(K) and decayed phi(K) [C, d_phi], the C x Cp products, the row
-    /// denominators [Cp], decay powers [C + 1], one input row's features [d_phi + d] for the map.
+    /// denominators [Cp], decay powers [C + 1], one input row's features [d_phi + d] for the map, and one float that
+    /// the read-ahead passes store their sums to.
     package func scratchFloats(featureDimension dPhi: Int, inputDimension d: Int) -> Int {
-        dPhi * paddedChunk + 2 * chunk * dPhi + chunk * paddedChunk + paddedChunk + chunk + 1 + dPhi + d
+        dPhi * paddedChunk + 2 * chunk * dPhi + chunk * paddedChunk + paddedChunk + chunk + 1 + dPhi + d + 1
     }
 }
 
@@ -275,6 +276,7 @@ private struct LinearContext {
         let denominators = products + c * cp
         let powers = denominators + cp
         let rowFeatures = powers + c + 1
+        let readAheadSink = rowFeatures + dPhi + dk
         let s = keyValueSum + (b * p.queryHeads + h) * dPhi * dv
         let z = keySum + (b * p.queryHeads + h) * dPhi
         let lambda = options.decay?[h] ?? 1
@@ -357,7 +359,7 @@ private struct LinearContext {
                     // misses in flight, where the compute kernels, with tens of instructions per cache line, wait for
                     // one line after another (Swift has no prefetch instruction). The sum is stored so the loads stay.
                     let next = Swift.min(c, nk - start - n)
-                    rowFeatures[0] =
+                    readAheadSink[0] =
                         streamingSum(keyBase + (start + n) * dk, count: next * dk)
                         + streamingSum(valueBase + (start + n) * dv, count: next * dv)
                     let features = featureRows(keyBase + start * dk, count: n, buffer: phiK)
@@ -370,7 +372,8 @@ private struct LinearContext {
             while start < nq {
                 let n = Swift.min(c, nq - start)
                 let out = outputBase + start * dv
-                rowFeatures[0] = streamingSum(queryBase + (start + n) * dk, count: Swift.min(c, nq - start - n) * dk)
+                readAheadSink[0] = streamingSum(
+                    queryBase + (start + n) * dk, count: Swift.min(c, nq - start - n) * dk)
                 // o_i = phi(q_i) S straight from the row-major features (no transpose, no zero fill first).
                 let features = featureRows(queryBase + start * dk, count: n, buffer: qT)
                 accumulateValuesFewRows(
