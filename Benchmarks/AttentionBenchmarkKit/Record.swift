@@ -84,7 +84,7 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     }
 
     public static let tableHeader =
-        "suite      kernel         mask     B  Hq Hkv      Nq      Nk    d thr   median ms (min - max)        GFLOP/s   workspace    max err"
+        "suite      kernel          mask     B  Hq Hkv      Nq      Nk    d thr   median ms (min - max)        GFLOP/s   workspace    max err"
 
     /// The record as one aligned table row.
     public func tableRow() -> String {
@@ -95,7 +95,7 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
         let times = String(
             format: "%10.3f (%.3f - %.3f)", medianSeconds * 1e3, minSeconds * 1e3, maxSeconds * 1e3)
         return [
-            pad(suite, 10, left: true), pad(kernel, 14, left: true), pad(mask, 6, left: true),
+            pad(suite, 10, left: true), pad(kernel, 15, left: true), pad(mask, 6, left: true),
             pad("\(batch)", 3),
             pad("\(queryHeads)", 3), pad("\(keyValueHeads)", 3), pad("\(queryLength)", 7),
             pad("\(keyLength)", 7),

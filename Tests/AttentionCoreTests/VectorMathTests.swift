@@ -61,13 +61,14 @@ final class VectorMathTests: XCTestCase {
         let specials: [Float] = [-.infinity, .nan, -126, -126.4, -126.6, -127, -127.5, -1e30, -0.0, -0.5, -1]
         for (lane, value) in specials.enumerated() { x[lane] = value }
         let y = vectorExp2OfNonPositive(x)
-        XCTAssertEqual(y[0], 0)
+        // +0.0 exactly (the softmax marks masked keys with -0.0 and must tell them from underflow).
+        XCTAssertEqual(y[0].bitPattern, 0)
         XCTAssertTrue(y[1].isNaN)
         XCTAssertEqual(y[2], exp2f(-126))
         // Between -126.5 and -126 the (subnormal) result is still computed.
-        XCTAssertEqual(Double(y[3]), Foundation.exp2(-126.4), accuracy: Foundation.exp2(-126.0) * 1e-6)
-        // Below -126.5 the result is flushed to exactly 0 (the true values are subnormal).
-        for lane in 4...7 { XCTAssertEqual(y[lane], 0, "lane \(lane)") }
+        XCTAssertEqual(Double(y[3]), Foundation.exp2(Double(x[3])), accuracy: Foundation.exp2(-126.0) * 1e-6)
+        // Below -126.5 the result is flushed to exactly +0.0 (the true values are subnormal).
+        for lane in 4...7 { XCTAssertEqual(y[lane].bitPattern, 0, "lane \(lane)") }
         XCTAssertEqual(y[8], 1)
         XCTAssertEqual(Double(y[9]), Foundation.exp2(-0.5), accuracy: Double(Float(0.7).ulp))
         XCTAssertEqual(y[10], 0.5)

@@ -9,7 +9,8 @@ public enum FeatureMap: Sendable {
     /// to 0, where the normalized output is ill-conditioned (any Float32 summation order loses digits); use it
     /// unnormalized, or a positive map when normalizing.
     case identity
-    /// phi(x) = elu(x) + 1: x + 1 for x > 0, e^x otherwise (Katharopoulos et al., 2020). Always positive.
+    /// phi(x) = elu(x) + 1: x + 1 for x > 0, e^x otherwise (Katharopoulos et al., 2020). Positive, except that e^x
+    /// is flushed to 0 below x = -87.3 (where it would be subnormal).
     case eluPlusOne
     /// phi(x) = max(x, 0). A row with no positive feature gets a denominator of 0 (its output is then 0).
     case relu
@@ -38,16 +39,18 @@ public enum FeatureMap: Sendable {
     ) {
         switch self {
         case .identity, .eluPlusOne, .relu:
-            // 16 features per step (elu + 1 through the vectorized exp, which flushes e^x below e^-87.3 to 0 where
-            // the scalar one returns a subnormal), the last Dk % 16 one at a time.
+            // 16 features per step; the last Dk % 16 go through the same vector code in a zero-padded vector, so
+            // every feature is computed the same way (elu + 1 uses the vectorized exp).
             var c = 0
             while c + 16 <= d {
                 store16(elementwise(load16(input, c)) * outputScale, output, c)
                 c += 16
             }
-            while c < d {
-                output[c] = elementwise(input[c]) * outputScale
-                c += 1
+            if c < d {
+                var tail = SIMD16<Float>()
+                for lane in 0..<(d - c) { tail[lane] = input[c + lane] }
+                let mapped = elementwise(tail) * outputScale
+                for lane in 0..<(d - c) { output[c + lane] = mapped[lane] }
             }
         case .taylor2:
             output[0] = outputScale
@@ -70,16 +73,6 @@ public enum FeatureMap: Sendable {
 }
 
 extension FeatureMap {
-    /// phi of one lane, for the element-wise maps (identity, elu + 1, relu).
-    @inline(__always)
-    fileprivate func elementwise(_ x: Float) -> Float {
-        switch self {
-        case .eluPlusOne: return x > 0 ? x + 1 : _exp(x)
-        case .relu: return Swift.max(x, 0)
-        default: return x
-        }
-    }
-
     /// phi of 16 lanes, for the element-wise maps. A NaN stays NaN (the comparisons are false for it).
     @inline(__always)
     fileprivate func elementwise(_ x: SIMD16<Float>) -> SIMD16<Float> {

@@ -271,11 +271,10 @@ private struct BlockContext {
     let output: UnsafeMutablePointer<Float>?
     let logSumExp: UnsafeMutablePointer<Float>?
 
-    /// Offset of output element (row r, column c) in a work item's O accumulator.
     /// Where row r of the O accumulator starts and how far apart its columns are (16 in a stripe, 1 in a row).
     @inline(__always) func outputRow(_ r: Int) -> (start: Int, step: Int) {
         tiling.layout == .stripes
-            ? ((r >> 4) &* problem.valueDimension &* 16 &+ (r & 15), 16) : (r &* problem.valueDimension, 1)
+            ? (stripeRowStart(r, columns: problem.valueDimension), 16) : (r &* problem.valueDimension, 1)
     }
 
     /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`, over the keys of
@@ -316,8 +315,7 @@ private struct BlockContext {
                 let sourceRow = source + row * dk
                 switch tiling.layout {
                 case .stripes:
-                    // Row r is lane r % 16 of stripe r / 16: its columns are 16 floats apart.
-                    let target = qT + (r >> 4) * dk * 16 + (r & 15)
+                    let target = qT + stripeRowStart(r, columns: dk)
                     for c in 0..<dk { target[c &* 16] = sourceRow[c] * qScale }
                 case .rows:
                     for c in 0..<dk { qT[fewRowsQueryIndex(r, c, rowCount: g * br, depth: dk)] = sourceRow[c] * qScale }
@@ -707,7 +705,13 @@ private struct GroupSpans {
 /// contiguous memory; with plain row-major [columns, Rp] storage its 64-byte loads were Rp * 4 bytes apart and
 /// fell into a quarter of L1's sets.
 @inline(__always) func stripeIndex(_ r: Int, _ x: Int, columns: Int) -> Int {
-    (r >> 4) * columns * 16 + x * 16 + (r & 15)
+    stripeRowStart(r, columns: columns) + x * 16
+}
+
+/// Where row r of a stripe-major matrix starts: it is lane r % 16 of stripe r / 16, and its columns follow 16
+/// floats apart.
+@inline(__always) func stripeRowStart(_ r: Int, columns: Int) -> Int {
+    (r >> 4) &* columns &* 16 &+ (r & 15)
 }
 
 /// Sets the scores of keys outside each row's (at most two) visible ranges to -inf, 16 rows at a time: two compares
