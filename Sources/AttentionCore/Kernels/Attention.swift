@@ -108,9 +108,9 @@ extension AttentionKernel {
     /// The one place that turns `.automatic` into a concrete kernel: the decode kernel when a key/value group has at
     /// most 16 query rows (G * Nq <= 16), the blockwise kernel with its default tiles otherwise; never naive.
     /// Measured with `attention-bench` (2026-11-23, 2-core Zen 4, AVX2 + FMA build): one token of H_q = 32,
-    /// H_kv = 8, d = 128 against 32768 keys takes 16.8 ms with the decode kernel and 27.6 ms with the blockwise
-    /// kernel (2 threads), which pads 4 rows to 16 lanes; for prefill, naive is within noise of blockwise at N = 512
-    /// and 1.7-5.8x slower from N = 1024 on, and it allocates the N x N scores.
+    /// H_kv = 8, d = 128 against 32768 keys takes 13.3-17.7 ms with the decode kernel and 26.7-29.8 ms with the
+    /// blockwise kernel (2 threads, three runs), which pads 4 rows to 16 lanes; for prefill, naive is within noise
+    /// of blockwise at N = 512 and 1.5-4.5x slower from N = 1024 on, and it allocates the N x N scores.
     package func resolved(for problem: AttentionProblem) -> AttentionKernel {
         switch self {
         case .automatic:

@@ -14,9 +14,9 @@
 // q_i[4 t + j], and four consecutive floats of the key, loaded once and repeated in all four 128-bit lanes (one
 // broadcast load), multiply it. The accumulator then holds four partial sums per row, which two even/odd halvings
 // reduce to the four scores. Reducing four 16-lane dot products per key instead (the first version) took more than
-// half of the decode kernel's instructions (callgrind), most of them shuffles. Measured 2026-11-23, one token, H_q = 32, H_kv = 8,
-// d = 128, 32768 keys: 89-93 ns per key and head on one thread against 97-100 before, 13.3 ms on two threads
-// against 15-17. A variant taking four keys per step (four rows x four keys, fewer loads per multiply-add) was
+// half of the decode kernel's instructions (callgrind), most of them shuffles. Measured 2026-11-23 (one token,
+// H_q = 32, H_kv = 8, d = 128, 32768 keys, the two builds run alternately): 89-93 ns per key and head on one
+// thread against 97-100 before. A variant taking four keys per step (four rows x four keys, fewer loads per multiply-add) was
 // faster on L1-resident data but slower here (150 ns): reading four key rows at once streams worse from memory
 // than reading one row front to back.
 
