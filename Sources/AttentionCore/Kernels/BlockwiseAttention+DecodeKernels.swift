@@ -16,9 +16,9 @@
 // reduce to the four scores. Reducing four 16-lane dot products per key instead (the first version) took more than
 // half of the decode kernel's instructions (callgrind), most of them shuffles. Measured 2026-11-23 (one token,
 // H_q = 32, H_kv = 8, d = 128, 32768 keys, the two builds run alternately): 89-93 ns per key and head on one
-// thread against 97-100 before. A variant taking four keys per step (four rows x four keys, fewer loads per multiply-add) was
-// faster on L1-resident data but slower here (150 ns): reading four key rows at once streams worse from memory
-// than reading one row front to back.
+// thread against 97-100 before. A variant taking four keys per step (four rows x four keys, fewer loads per
+// multiply-add) was faster on L1-resident data but slower here (150 ns): reading four key rows at once streams
+// worse from memory than reading one row front to back.
 
 /// Where Q[r, c] goes in the `.rows` layout's query scratch (R = `rowCount` rows of `depth` columns, R * Dk floats
 /// in all): rows in groups of four, each group interleaved as [c / 4][r % 4][c % 4] over the first Dk / 4 * 4

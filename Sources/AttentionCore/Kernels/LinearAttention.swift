@@ -14,8 +14,9 @@
 // S = lambda S + phi(k)^T v, o = phi(q) S. `LinearAttentionState` carries (S, z) across calls.
 //
 // Layouts reuse the softmax kernels' micro-kernels: phi(Q) of a chunk is packed stripe-major (rows in lanes) so
-// `computeScores` forms the C x C products, and `accumulateValuesFewRows` performs every "rows (+)= weights x matrix"
-// product (inter and non-causal ones set the rows, intra and state ones add). Work item = (batch, query head); query head h reads key/value head h / G.
+// `computeScores` forms the C x C products, and `accumulateValuesFewRows` performs every "rows (+)= weights x
+// matrix" product (inter-chunk and non-causal ones set the rows, intra-chunk and state ones add). Work item =
+// (batch, query head); query head h reads key/value head h / G.
 
 /// The recurrent state of causal linear attention per (batch, query head): S = sum_j w_j phi(k_j)^T v_j and
 /// z = sum_j w_j phi(k_j), with w_j the decay accumulated since token j.
@@ -185,8 +186,9 @@ private func runLinearAttention(
             : LinearAttentionState(batch: b, heads: hq, featureDimension: dPhi, valueDimension: dv))
     var keyValueSum = state.keyValueSum.scalars
     var keySum = state.keySum.scalars
-    // Every element is written by the kernel (each chunk's rows are set by their first product, then accumulate), so
-    // the output is not zero-filled up front: that pass over N * Dv floats measured ~5% of a non-causal call at N = 16384.
+    // Every element is written by the kernel (each chunk's rows are set by their first product, then accumulate),
+    // so the output is not zero-filled up front: that pass over N * Dv floats measured ~5% of a non-causal call at
+    // N = 16384.
     if allocateOutput {
         output = Tensor(
             uncheckedShape: [b, hq, nq, dv],
