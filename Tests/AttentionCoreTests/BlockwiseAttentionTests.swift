@@ -244,6 +244,55 @@ extension BlockwiseAttentionTests {
         }
     }
 
+    func testWritingIntoAnOutputEqualsReturningOne() throws {
+        let inputs = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 37, keyLength: 53, headDimension: 20, valueDimension: 12,
+            seed: 9)
+        let decodeInputs = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 3, keyLength: 700, headDimension: 20, valueDimension: 12,
+            seed: 10)
+        for (kernel, inputs) in [
+            (AttentionKernel.blockwise(queryBlock: 7, keyBlock: 16), inputs), (.naive, inputs),
+            (.decode(keysPerSplit: 64), decodeInputs),
+        ] {
+            let options = AttentionOptions(kernel: kernel, threads: 2)
+            let expected = try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
+            // Old contents (here NaN) do not matter, and a tensor sharing the storage keeps its values.
+            var output = try Tensor(shape: expected.shape, repeating: .nan)
+            let alias = output
+            try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options,
+                into: &output)
+            XCTAssertEqual(output, expected, "\(kernel)")
+            XCTAssertTrue(alias.scalars.allSatisfy(\.isNaN), "\(kernel)")
+            // Writing again into the same (now unshared) storage gives the same result.
+            try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options,
+                into: &output)
+            XCTAssertEqual(output, expected, "\(kernel)")
+        }
+        var wrong = try Tensor(shape: [1, 4, 37, 13], repeating: 7)
+        XCTAssertThrowsError(
+            try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, into: &wrong)
+        ) { error in
+            XCTAssertEqual((error as? AttentionError)?.argument, "output")
+            XCTAssertTrue("\(error)".contains("[1, 4, 37, 12]"), "\(error)")
+        }
+        XCTAssertEqual(wrong.scalars, [Float](repeating: 7, count: 4 * 37 * 13))
+        // A naive call over its budget throws and leaves the output as it was.
+        var kept = try Tensor(shape: [1, 4, 37, 12], repeating: 5)
+        XCTAssertThrowsError(
+            try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values,
+                options: AttentionOptions(kernel: .naive, naiveMemoryBudget: 16), into: &kept)
+        ) { error in
+            XCTAssertEqual((error as? AttentionError)?.argument, "options.naiveMemoryBudget")
+        }
+        XCTAssertEqual(kept.shape, [1, 4, 37, 12])
+        XCTAssertEqual(kept.scalars, [Float](repeating: 5, count: 4 * 37 * 12))
+    }
+
     func testAutomaticPicksTheBlockwiseKernel() throws {
         let inputs = try attentionInputs(queryHeads: 2, queryLength: 300, keyLength: 300, headDimension: 16, seed: 1)
         let automatic = try run(inputs, mask: .causal, AttentionOptions())

@@ -180,10 +180,11 @@ private let ln2: Float = 0.693_147_18
 /// Runs the tiled kernel over every work item. The blockwise kernel calls it with `.perWorkerTile`; the naive
 /// kernel with one tile covering everything and `.materialized` (after checking its memory budget); the decode
 /// kernel with the `.rows` layout and key splits. `segments` hold the keys and values (see `KeyValueSegment`),
-/// sorted by `start` and covering 0..<keyLength.
+/// sorted by `start` and covering 0..<keyLength. The output goes into `reused` (taken, leaving nil) when it holds
+/// exactly the output's element count, else into a new array; every element is overwritten either way.
 package func tiledAttention(
     _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], tiling: BlockwiseTiling,
-    scoreStorage: ScoreStorage
+    scoreStorage: ScoreStorage, reusing reused: inout [Float]?
 ) -> AttentionResult {
     let (nq, dv) = (problem.queryLength, problem.valueDimension)
     let queryBlocks = (nq + tiling.queryBlock - 1) / tiling.queryBlock
@@ -204,7 +205,12 @@ package func tiledAttention(
     let tileFloats = tiling.keyBlock * tiling.paddedRows(groupSize: problem.groupSize)
 
     let outputCount = problem.batch * problem.queryHeads * nq
-    var output = [Float](repeating: 0, count: outputCount * dv)
+    var output: [Float]
+    if let storage = reused.take(), storage.count == outputCount * dv {
+        output = storage
+    } else {
+        output = [Float](repeating: 0, count: outputCount * dv)
+    }
     var logSumExp = [Float](repeating: 0, count: outputCount)
     let biasScalars = problem.options.bias?.scalars ?? []
     queries.withUnsafeBufferPointer { q in

@@ -27,7 +27,7 @@ private func naiveTiling(_ problem: AttentionProblem) -> BlockwiseTiling {
 }
 
 package func naiveAttention(
-    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment]
+    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], reusing reused: inout [Float]?
 ) throws -> AttentionResult {
     let budget = problem.options.naiveMemoryBudget
     let required = naiveScoreBytes(problem)
@@ -37,5 +37,5 @@ package func naiveAttention(
     }
     return tiledAttention(
         problem, queries: queries, segments: segments, tiling: naiveTiling(problem),
-        scoreStorage: .materialized)
+        scoreStorage: .materialized, reusing: &reused)
 }
