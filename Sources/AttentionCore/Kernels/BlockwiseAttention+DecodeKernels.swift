@@ -20,9 +20,10 @@
 // multiply-add) was faster on L1-resident data but slower here (150 ns): reading four key rows at once streams
 // worse from memory than reading one row front to back. Re-measured on an AVX-512 build (2026-12-01, same
 // shape): the four-key variant with two accumulators per key (14.6 against 22 ns per key and head with the keys in
-// cache) and a value kernel of 4 rows x 64 columns (8.8 against 13.8 ns) both lost from memory, on one thread and
-// on two, even after a streaming pre-pass over the key tile; the kernel's compute does not overlap its memory
-// passes, and what helps in cache changes how the tiles stream. See the README's decode section.
+// cache) and a value kernel of 4 rows x 64 columns (8.8 against 13.8 ns) each lost from memory; both together
+// behind a streaming pre-pass over the key tile were 6% faster on one thread and 8% slower on two (alternating
+// runs). The kernel's compute does not overlap its memory passes, and what helps in cache changes how the tiles
+// stream. See the README's decode section.
 
 /// Where Q[r, c] goes in the `.rows` layout's query scratch (R = `rowCount` rows of `depth` columns, R * Dk floats
 /// in all): rows in groups of four, each group interleaved as [c / 4][r % 4][c % 4] over the first Dk / 4 * 4
