@@ -9,8 +9,8 @@
 // registers are live, so nothing spills. (A 16-accumulator kernel shaped for AVX-512 spilled on every step when
 // built for AVX2.) Built for AVX-512 each SIMD16 is one zmm register of 32, and the same kernels run the blockwise
 // kernel at 82-86% of the FMA peak on one Zen 4 core (N = 4096, d = 64 and 128, 2026-12-01). Leftovers run 4, then
-// 1, at a time. Matrices are stripe-major (see `stripeIndex`): one 16-row stripe is a contiguous [columns, 16] block, and
-// Rp is a multiple of 16, so rows never need a tail.
+// 1, at a time. Matrices are stripe-major (see `stripeIndex`): one 16-row stripe is a contiguous [columns, 16]
+// block, and Rp is a multiple of 16, so rows never need a tail.
 
 /// S^T [keyCount, Rp] = K[tile] Q^T for every row. One 16-row stripe of Q^T (Dk x 16 floats) at a time, so that
 /// it stays in L1 while every key of the tile streams past it.

@@ -458,7 +458,8 @@ private struct BlockContext {
         }
     }
 
-    /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in half base 2.
+    /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in half
+    /// base 2.
     /// Softcap and ALiBi run 16 rows at a time (padding rows included; their results are never read); the bias is
     /// gathered row by row from its [Nq, Nk] planes.
     private func applyScoreOptions(
