@@ -376,9 +376,17 @@ private struct BlockContext {
                     computeScores(
                         qT: qT, rowCount: rp, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk, scores: sT)
                 case .rows:
+                    // Decode reads each key and value once, so it is bound by memory: the next tile of this segment
+                    // is prefetched while this one computes.
+                    let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
+                    let nextRow = tileStart - segment.start
                     computeScoresFewRows(
                         queries: qT, rowCount: g * br, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk,
-                        scores: sT)
+                        scores: sT,
+                        prefetch: nextCount > 0
+                            ? TilePrefetch(
+                                keys: keyBase + nextRow * dk, values: valueBase + nextRow * dv, keyCount: nextCount,
+                                keyDimension: dk, valueDimension: dv) : nil)
                 }
                 if hasScoreOptions {
                     applyScoreOptions(
