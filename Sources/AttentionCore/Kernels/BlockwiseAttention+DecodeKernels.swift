@@ -51,7 +51,7 @@ func computeScoresFewRows(
     while r < fullRows {
         let group = q + r * dk
         for kk in 0..<keyCount {
-            if r == 0, let next { next.prefetch(forKey: kk) }
+            if r == 0, let next { next.prefetchKeyRow(kk) }
             interleavedScores(group, key: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r)
         }
         r += 4
@@ -62,25 +62,24 @@ func computeScoresFewRows(
         let row = q + r * dk
         var kk = 0
         while kk + 4 <= keyCount {
-            if r == 0, let leftoverPrefetch { for i in 0..<4 { leftoverPrefetch.prefetch(forKey: kk + i) } }
+            if r == 0, let leftoverPrefetch { for i in 0..<4 { leftoverPrefetch.prefetchKeyRow(kk + i) } }
             let key = keys + kk * dk
             let sums = dotProducts(row, row, row, row, key, key + dk, key + 2 * dk, key + 3 * dk, depth: dk)
             for i in 0..<4 { scores[(kk + i) * 16 + r] = sums[i] }
             kk += 4
         }
         while kk < keyCount {
-            if r == 0, let leftoverPrefetch { leftoverPrefetch.prefetch(forKey: kk) }
+            if r == 0, let leftoverPrefetch { leftoverPrefetch.prefetchKeyRow(kk) }
             scores[kk * 16 + r] = dotProduct(row, keys + kk * dk, count: dk)
             kk += 1
         }
     }
-    if let next { next.prefetchRemaining(from: keyCount) }
+    next?.prefetchKeyRows(from: keyCount)
 }
 
-/// The next tile's keys and values, prefetched while the score kernel works on the current tile. Every key step
-/// issues the hints for two rows of one array: two key rows on even keys, the same two value rows on odd ones, so
-/// each burst covers consecutive lines (1 KiB at d = 128). One key row and one value row per key streamed worse
-/// (see the measurements at the top of this file).
+/// The next tile's keys and values, prefetched while the current tile computes: key row kk at key step kk of the
+/// score kernel, and at each 16-column pass of the value kernel the line holding that column of every value row, so
+/// the hints are spread over the whole tile (see the measurements at the top of this file).
 struct TilePrefetch {
     /// Row 0 of the next tile's keys and values.
     let keys: UnsafePointer<Float>
@@ -90,24 +89,26 @@ struct TilePrefetch {
     let keyDimension: Int
     let valueDimension: Int
 
-    /// The hints that belong to key step `kk` of the current tile (nothing past the next tile's rows).
-    @inline(__always) func prefetch(forKey kk: Int) {
-        let first = kk & ~1
-        if first >= keyCount { return }
-        let rows = Swift.min(2, keyCount - first)
-        if kk & 1 == 0 {
-            prefetchToL2(keys + first * keyDimension, count: rows * keyDimension)
-        } else {
-            prefetchToL2(values + first * valueDimension, count: rows * valueDimension)
+    /// Key row `kk` of the next tile (nothing past its last row).
+    @inline(__always) func prefetchKeyRow(_ kk: Int) {
+        if kk < keyCount { prefetchToL2(keys + kk * keyDimension, count: keyDimension) }
+    }
+
+    /// Key rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
+    @inline(__always) func prefetchKeyRows(from kk: Int) {
+        var row = kk
+        while row < keyCount {
+            prefetchKeyRow(row)
+            row += 1
         }
     }
 
-    /// The hints of key steps `from ..< keyCount + 1` (for when the current tile has fewer keys than the next).
-    @inline(__always) func prefetchRemaining(from kk: Int) {
-        var step = kk
-        while step <= keyCount {
-            prefetch(forKey: step)
-            step += 1
+    /// The line holding value column `column` of every row of the next tile.
+    @inline(__always) func prefetchValueColumn(_ column: Int) {
+        var row = values + column
+        for _ in 0..<keyCount {
+            prefetchToL2(UnsafeRawPointer(row))
+            row += valueDimension
         }
     }
 }
@@ -223,17 +224,22 @@ private func horizontalSums(
 func accumulateValuesFewRows(
     weights pT: UnsafePointer<Float>, weightStride ws: Int = 16, rowStride rs: Int = 1, rowCount: Int,
     keyCount: Int, values: UnsafePointer<Float>, valueDimension dv: Int, output o: UnsafeMutablePointer<Float>,
-    overwrite: Bool = false
+    overwrite: Bool = false, prefetch next: TilePrefetch? = nil
 ) {
+    if rowCount < 4, let next {
+        for c in stride(from: 0, to: dv, by: 16) { next.prefetchValueColumn(c) }
+    }
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
         while c + 16 <= dv {
+            if r == 0 { next?.prefetchValueColumn(c) }
             valueRows4(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
                 valueStride: dv, out: o + r * dv + c, overwrite: overwrite)
             c += 16
         }
+        if r == 0, c < dv { next?.prefetchValueColumn(c) }
         valueColumnsTail(
             pT, weightStride: ws, rowStride: rs, rows: r..<(r + 4), keyCount: keyCount, values: values,
             columns: c..<dv, output: o, overwrite: overwrite)

@@ -371,22 +371,23 @@ private struct BlockContext {
                 let coverage = spans.coverage(keys: tile)
                 if coverage == .empty { continue }
                 let row0 = tile.lowerBound - segment.start
+                // Decode reads each key and value once, so it is bound by memory: the next tile of this segment is
+                // prefetched while this one computes.
+                let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
+                let nextTile =
+                    tiling.layout == .rows && nextCount > 0
+                    ? TilePrefetch(
+                        keys: keyBase + (tileStart - segment.start) * dk,
+                        values: valueBase + (tileStart - segment.start) * dv, keyCount: nextCount,
+                        keyDimension: dk, valueDimension: dv) : nil
                 switch tiling.layout {
                 case .stripes:
                     computeScores(
                         qT: qT, rowCount: rp, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk, scores: sT)
                 case .rows:
-                    // Decode reads each key and value once, so it is bound by memory: the next tile of this segment
-                    // is prefetched while this one computes.
-                    let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
-                    let nextRow = tileStart - segment.start
                     computeScoresFewRows(
                         queries: qT, rowCount: g * br, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk,
-                        scores: sT,
-                        prefetch: nextCount > 0
-                            ? TilePrefetch(
-                                keys: keyBase + nextRow * dk, values: valueBase + nextRow * dv, keyCount: nextCount,
-                                keyDimension: dk, valueDimension: dv) : nil)
+                        scores: sT, prefetch: nextTile)
                 }
                 if hasScoreOptions {
                     applyScoreOptions(
@@ -415,7 +416,7 @@ private struct BlockContext {
                 case .rows:
                     accumulateValuesFewRows(
                         weights: sT, rowCount: g * br, keyCount: tile.count, values: tileValues,
-                        valueDimension: dv, output: o)
+                        valueDimension: dv, output: o, prefetch: nextTile)
                 }
             }
         }
