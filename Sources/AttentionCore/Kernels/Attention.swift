@@ -158,7 +158,7 @@ extension AttentionKernel {
     /// The one place that turns `.automatic` into a concrete kernel: the decode kernel when a key/value group has at
     /// most 16 query rows (G * Nq <= 16), the blockwise kernel with its default tiles otherwise; never naive.
     /// Measured with `attention-bench` (2-core Zen 4 VMs): one token of H_q = 32, H_kv = 8, d = 128 against 32768
-    /// keys takes 12.0-12.8 ms with the decode kernel and 22.2-22.4 ms with the blockwise kernel, which pads 4 rows
+    /// keys takes 10.0-11.0 ms with the decode kernel and 24.9-27.9 ms with the blockwise kernel, which pads 4 rows
     /// to 16 lanes (2 threads, two runs, AVX-512 build, 2026-12-01; 13.3-17.7 against 26.7-29.8 ms on an AVX2
     /// build, 2026-11-23); for prefill, naive is within noise of blockwise at N = 512 and 1.4-4.6x slower from
     /// N = 1024 on (AVX-512), and it allocates the N x N scores.

@@ -18,12 +18,16 @@
 // H_q = 32, H_kv = 8, d = 128, 32768 keys, the two builds run alternately): 89-93 ns per key and head on one
 // thread against 97-100 before. A variant taking four keys per step (four rows x four keys, fewer loads per
 // multiply-add) was faster on L1-resident data but slower here (150 ns): reading four key rows at once streams
-// worse from memory than reading one row front to back. Re-measured on an AVX-512 build (2026-12-01, same
-// shape): the four-key variant with two accumulators per key (14.6 against 22 ns per key and head with the keys in
-// cache) and a value kernel of 4 rows x 64 columns (8.8 against 13.8 ns) each lost from memory; both together
-// behind a streaming pre-pass over the key tile were 6% faster on one thread and 8% slower on two (alternating
-// runs). The kernel's compute does not overlap its memory passes, and what helps in cache changes how the tiles
-// stream. See the README's decode section.
+// worse from memory than reading one row front to back.
+//
+// Memory: each key and value is read once, and without help the kernel's compute does not overlap its reads (on
+// an AVX-512 build, 2026-12-01, adding a cache-hot second score pass cost its full time). So each tile prefetches
+// the next one (`TilePrefetch`): key row kk at key step kk of the score kernel, and at the start of each 16-column
+// pass of the value kernel the line holding that column of every value row, so the hints are spread over the tile
+// and come in runs of consecutive lines of one array. Same shape, alternating runs: 32768 keys in 10.2 against
+// 13.7 ms on two threads and 18.0 against 22.7 ms on one; all hints from the score kernel gained half as much, and
+// a key row plus a value row per key step less. Kernels that were a third faster in cache (four keys per step; a
+// 4-row x 64-column value block) lost from memory before prefetching (see the README's decode section).
 
 /// Where Q[r, c] goes in the `.rows` layout's query scratch (R = `rowCount` rows of `depth` columns, R * Dk floats
 /// in all): rows in groups of four, each group interleaved as [c / 4][r % 4][c % 4] over the first Dk / 4 * 4

@@ -277,7 +277,9 @@ package func streamingSum(_ values: UnsafePointer<Float>, count: Int) -> Float {
 }
 
 /// LLVM's prefetch intrinsic, reached by its symbol name: Swift has no prefetch function, and this is the one place
-/// the package names an LLVM intrinsic. Arguments: address, 0 = read, locality 0...3, 1 = data cache.
+/// the package names an LLVM intrinsic (`@_silgen_name` binds the declaration to it; it needs no compiler flag and
+/// builds in debug and release). Arguments: address, 0 = read, locality 0...3, 1 = data cache. Used by the decode
+/// kernel (`TilePrefetch`); locality 2 measured as fast as 1 there and faster than 3 or 0.
 @_silgen_name("llvm.prefetch.p0")
 private func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32, _ cacheType: Int32)
 
