@@ -1,33 +1,34 @@
 // The decode micro-kernels: the blockwise kernel's `.rows` layout, for work items with few query rows
 // (R = G * Br <= 16, e.g. one new token of the G query heads sharing a key/value head).
 //
-//   computeScoresFewRows:    S^T[k, r] = Q[r, :] . K[k, :]            4 rows x 1 key, or 1 row x 4 keys, per step
-//   accumulateValuesFewRows: O[r, :] += sum_k P^T[k, r] * V[k, :]     4 rows x 16 value columns per step
+//   computeScoresFewRows:    S^T[k, r] = Q[r, :] . K[k, :]     4 rows x 4 keys (or x 1 key), or 1 row x 4 keys
+//   accumulateValuesFewRows: O[r, :] += sum_k P^T[k, r] * V[k, :]     4 rows x 32 (or 16) value columns per step
 //
 // The prefill kernels put query rows in the 16 vector lanes; with R = 4 rows three quarters of every multiply-add
 // would be padding. These kernels vectorize along the head dimension instead, so their work is proportional to R
 // and each key and value row is read from memory once per work item, however many rows share it. Scores and
 // weights keep the 16-lane stripe layout (lane r = row r), so masking and the online softmax are the same code for
-// both layouts. With AVX2's 16 registers: four SIMD16 accumulators (8 ymm) plus the operands.
+// both layouts.
 //
-// Scores for four rows at a time use an interleaved Q (see `fewRowsQueryIndex`): lane 4 i + j of step t holds
-// q_i[4 t + j], and four consecutive floats of the key, loaded once and repeated in all four 128-bit lanes (one
-// broadcast load), multiply it. The accumulator then holds four partial sums per row, which two even/odd halvings
-// reduce to the four scores. Reducing four 16-lane dot products per key instead (the first version) took more than
-// half of the decode kernel's instructions (callgrind), most of them shuffles. Measured 2026-11-23 (one token,
-// H_q = 32, H_kv = 8, d = 128, 32768 keys, the two builds run alternately): 89-93 ns per key and head on one
-// thread against 97-100 before. A variant taking four keys per step (four rows x four keys, fewer loads per
-// multiply-add) was faster on L1-resident data but slower here (150 ns): reading four key rows at once streams
-// worse from memory than reading one row front to back.
+// Scores for four rows use an interleaved Q (see `fewRowsQueryIndex`): lane 4 i + j of step t holds q_i[4 t + j],
+// and four consecutive floats of a key, loaded once and repeated in all four 128-bit lanes (one broadcast load),
+// multiply it. The accumulator then holds four partial sums per row. Four keys go together: each Q load serves
+// four multiply-adds, eight accumulators keep eight independent chains in flight, and one reduction turns the four
+// keys' accumulators into their 16 scores. Reducing 16-lane dot products per (row, key) instead took more than half
+// of the kernel's instructions (callgrind, 2026-11-23): LLVM scalarizes those shuffles. Values: four rows x 32
+// columns, eight accumulators, each broadcast weight serving two multiply-adds.
 //
 // Memory: each key and value is read once, and without help the kernel's compute does not overlap its reads (on
 // an AVX-512 build, 2026-12-01, adding a cache-hot second score pass cost its full time). So each tile prefetches
-// the next one (`TilePrefetch`): key row kk at key step kk of the score kernel, and at the start of each 16-column
-// pass of the value kernel the line holding that column of every value row, so the hints are spread over the tile
-// and come in runs of consecutive lines of one array. Same shape, alternating runs: 32768 keys in 10.2 against
-// 13.7 ms on two threads and 18.0 against 22.7 ms on one; all hints from the score kernel gained half as much, and
-// a key row plus a value row per key step less. Kernels that were a third faster in cache (four keys per step; a
-// 4-row x 64-column value block) lost from memory before prefetching (see the README's decode section).
+// the next one while it computes (`TilePrefetch`): two lines of the next tile's four key rows per column step of
+// the score kernel, and two lines (one row's 32-column stretch) per key step of the value kernel, so the hints are
+// spread evenly over the tile. Issued in bursts instead (a pass's 128 value lines at its start), the same kernels
+// took 1.5x as long from memory. Measured 2026-12-01, one token, H_q = 32, H_kv = 8, d = 128, alternating runs
+// against the previous kernels (4 rows x 1 key and 4 rows x 16 values, prefetching one key row per key step and
+// one value column per pass; median of medians): 1024 cached keys 0.31 against 0.49 ms on one thread; 32768 keys
+// from memory 19.1 against 20.5 ms on one thread, 11.0 against 11.3 on two. An AVX2 build (16 registers, so the
+// eight SIMD16 accumulators spill some) gains too: 0.49 against 0.53, 18.2 against 20.5, 10.6 against 11.4 ms.
+// Before prefetching (2026-11-23), kernels that were a third faster in cache lost from memory.
 
 /// Where Q[r, c] goes in the `.rows` layout's query scratch (R = `rowCount` rows of `depth` columns, R * Dk floats
 /// in all): rows in groups of four, each group interleaved as [c / 4][r % 4][c % 4] over the first Dk / 4 * 4
@@ -49,14 +50,25 @@ func computeScoresFewRows(
     queries q: UnsafePointer<Float>, rowCount: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
     scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch? = nil
 ) {
-    scores.update(repeating: 0, count: keyCount * 16)
     let fullRows = rowCount / 4 * 4
+    // The first four-row group stores whole 16-lane S^T rows (zeros past its four lanes); without one, clear first.
+    if fullRows == 0 { scores.update(repeating: 0, count: keyCount * 16) }
     var r = 0
     while r < fullRows {
         let group = q + r * dk
-        for kk in 0..<keyCount {
+        var kk = 0
+        while kk + 4 <= keyCount {
+            // The next tile's rows kk..<kk + 4 (contiguous), spread over the column steps.
+            let ahead = r == 0 ? next.map { ($0.keys + kk * dk, Swift.max(0, Swift.min(4, $0.keyCount - kk))) } : nil
+            interleavedScores4(
+                group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
+                prefetch: ahead?.0, prefetchFloats: (ahead?.1 ?? 0) * dk)
+            kk += 4
+        }
+        while kk < keyCount {
             if r == 0, let next { next.prefetchKeyRow(kk) }
-            interleavedScores(group, key: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r)
+            interleavedScores(group, key: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRow: r == 0)
+            kk += 1
         }
         r += 4
     }
@@ -81,9 +93,9 @@ func computeScoresFewRows(
     next?.prefetchKeyRows(from: keyCount)
 }
 
-/// The next tile's keys and values, prefetched while the current tile computes: key row kk at key step kk of the
-/// score kernel, and at each 16-column pass of the value kernel the line holding that column of every value row, so
-/// the hints are spread over the whole tile (see the measurements at the top of this file).
+/// The next tile's keys and values, prefetched while the current tile computes, spread over the whole tile (see the
+/// measurements at the top of this file): the four-key score steps and the 32-column value passes take their
+/// lines themselves; these helpers serve the single-key steps, the leftover rows and the 16-column passes.
 struct TilePrefetch {
     /// Row 0 of the next tile's keys and values.
     let keys: UnsafePointer<Float>
@@ -152,7 +164,8 @@ private func leftoverColumns(
 /// row). Four accumulators over consecutive 16-float stretches of the key, so the key row is read front to back.
 @inline(__always)
 private func interleavedScores(
-    _ group: UnsafePointer<Float>, key: UnsafePointer<Float>, depth dk: Int, scores: UnsafeMutablePointer<Float>
+    _ group: UnsafePointer<Float>, key: UnsafePointer<Float>, depth dk: Int, scores: UnsafeMutablePointer<Float>,
+    wholeRow: Bool
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     var c = 0
@@ -173,7 +186,99 @@ private func interleavedScores(
     a0 = (a0 + a1) + (a2 + a3)
     var s0 = rowSums(a0)
     leftoverColumns(group, key: key, depth: dk, sums: &s0)
-    UnsafeMutableRawPointer(scores).storeBytes(of: s0, as: SIMD4<Float>.self)
+    storeScores(s0, scores, wholeRow: wholeRow)
+}
+
+/// Four scores at `scores`; with `wholeRow`, lanes 4..<16 of the 16-lane S^T row are set to 0 in the same store.
+@inline(__always)
+private func storeScores(_ sums: SIMD4<Float>, _ scores: UnsafeMutablePointer<Float>, wholeRow: Bool) {
+    if wholeRow {
+        store16(SIMD16(lowHalf: SIMD8(lowHalf: sums, highHalf: .zero), highHalf: .zero), scores, 0)
+    } else {
+        UnsafeMutableRawPointer(scores).storeBytes(of: sums, as: SIMD4<Float>.self)
+    }
+}
+
+/// Scores of one interleaved four-row group against four consecutive keys (`depth` floats apart), stored like
+/// `interleavedScores` at `scores + 16 i` for key i. Each Q load serves four keys; eight accumulators (two per key,
+/// alternating column steps) keep eight independent chains of multiply-adds in flight.
+@inline(__always)
+private func interleavedScores4(
+    _ group: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, scores: UnsafeMutablePointer<Float>,
+    wholeRows: Bool, prefetch: UnsafePointer<Float>?, prefetchFloats: Int
+) {
+    let (k0, k1, k2, k3) = (keys, keys + dk, keys + 2 * dk, keys + 3 * dk)
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+    var b0 = SIMD16<Float>(), b1 = SIMD16<Float>(), b2 = SIMD16<Float>(), b3 = SIMD16<Float>()
+    var c = 0
+    var qv = group
+    // Two 64-byte lines of the prefetch range per column step: 4 Dk floats over Dk / 8 steps.
+    var ahead = 0
+    while c + 8 <= dk {
+        if let prefetch, ahead < prefetchFloats {
+            prefetchToL2(UnsafeRawPointer(prefetch + ahead))
+            prefetchToL2(UnsafeRawPointer(prefetch + ahead + 16))
+            ahead += 32
+        }
+        let q0 = load16(qv, 0)
+        a0 = multiplyAdd(q0, broadcast4(k0 + c), a0)
+        a1 = multiplyAdd(q0, broadcast4(k1 + c), a1)
+        a2 = multiplyAdd(q0, broadcast4(k2 + c), a2)
+        a3 = multiplyAdd(q0, broadcast4(k3 + c), a3)
+        let q1 = load16(qv, 16)
+        b0 = multiplyAdd(q1, broadcast4(k0 + c + 4), b0)
+        b1 = multiplyAdd(q1, broadcast4(k1 + c + 4), b1)
+        b2 = multiplyAdd(q1, broadcast4(k2 + c + 4), b2)
+        b3 = multiplyAdd(q1, broadcast4(k3 + c + 4), b3)
+        qv += 32
+        c += 8
+    }
+    if c + 4 <= dk {
+        let q0 = load16(qv, 0)
+        a0 = multiplyAdd(q0, broadcast4(k0 + c), a0)
+        a1 = multiplyAdd(q0, broadcast4(k1 + c), a1)
+        a2 = multiplyAdd(q0, broadcast4(k2 + c), a2)
+        a3 = multiplyAdd(q0, broadcast4(k3 + c), a3)
+    }
+    if let prefetch { prefetchToL2(prefetch + ahead, count: prefetchFloats - ahead) }
+    let sums = keyRowSums(a0 + b0, a1 + b1, a2 + b2, a3 + b3)
+    var s0 = sums.lowHalf.lowHalf, s1 = sums.lowHalf.highHalf, s2 = sums.highHalf.lowHalf, s3 = sums.highHalf.highHalf
+    leftoverColumns(group, key: k0, depth: dk, sums: &s0)
+    leftoverColumns(group, key: k1, depth: dk, sums: &s1)
+    leftoverColumns(group, key: k2, depth: dk, sums: &s2)
+    leftoverColumns(group, key: k3, depth: dk, sums: &s3)
+    storeScores(s0, scores, wholeRow: wholeRows)
+    storeScores(s1, scores + 16, wholeRow: wholeRows)
+    storeScores(s2, scores + 32, wholeRow: wholeRows)
+    storeScores(s3, scores + 48, wholeRow: wholeRows)
+}
+
+/// The row sums of four interleaved accumulators x_i (key i; lanes 4 r ..< 4 r + 4 hold row r's partial sums):
+/// lane 4 i + r of the result is key i's score for row r. Two pairings within 128-bit lanes and one permutation.
+@inline(__always)
+private func keyRowSums(
+    _ x0: SIMD16<Float>, _ x1: SIMD16<Float>, _ x2: SIMD16<Float>, _ x3: SIMD16<Float>
+) -> SIMD16<Float> {
+    // Per 128-bit lane r: [x0 p0 + p2, x1 p0 + p2, x0 p1 + p3, x1 p1 + p3], and the same for x2, x3.
+    let s01 = pairLanes(x0, x1, 0, 1) + pairLanes(x0, x1, 2, 3)
+    let s23 = pairLanes(x2, x3, 0, 1) + pairLanes(x2, x3, 2, 3)
+    // Per lane r: the four keys' row-r sums.
+    let v =
+        SIMD16(
+            s01[0], s01[1], s23[0], s23[1], s01[4], s01[5], s23[4], s23[5], s01[8], s01[9], s23[8], s23[9],
+            s01[12], s01[13], s23[12], s23[13])
+        + SIMD16(
+            s01[2], s01[3], s23[2], s23[3], s01[6], s01[7], s23[6], s23[7], s01[10], s01[11], s23[10], s23[11],
+            s01[14], s01[15], s23[14], s23[15])
+    return SIMD16(v[0], v[4], v[8], v[12], v[1], v[5], v[9], v[13], v[2], v[6], v[10], v[14], v[3], v[7], v[11], v[15])
+}
+
+/// In every 128-bit lane L: [x[4 L + i], y[4 L + i], x[4 L + j], y[4 L + j]].
+@inline(__always)
+private func pairLanes(_ x: SIMD16<Float>, _ y: SIMD16<Float>, _ i: Int, _ j: Int) -> SIMD16<Float> {
+    SIMD16(
+        x[i], y[i], x[j], y[j], x[4 + i], y[4 + i], x[4 + j], y[4 + j], x[8 + i], y[8 + i], x[8 + j], y[8 + j],
+        x[12 + i], y[12 + i], x[12 + j], y[12 + j])
 }
 
 /// Four dot products x_i . y_i of `depth` floats (one query row against four keys).
@@ -236,7 +341,14 @@ func accumulateValuesFewRows(
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
-        while c + 16 <= dv {
+        while c + 32 <= dv {
+            valueRows4x32(
+                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
+                valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
+                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0)
+            c += 32
+        }
+        if c + 16 <= dv {
             if r == 0 { next?.prefetchValueColumn(c) }
             valueRows4(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
@@ -271,7 +383,7 @@ private func valueRows4(
     values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-    if !overwrite { (a0, a1, a2, a3) = (load16(out, 0), load16(out, dv), load16(out, 2 * dv), load16(out, 3 * dv)) }
+    if !overwrite { (a0, a1, a2, a3) = loadRows4(out, dv) }
     var p = pT
     var v = values
     for _ in 0..<keyCount {
@@ -283,10 +395,72 @@ private func valueRows4(
         p += ws
         v += dv
     }
-    store16(a0, out, 0)
-    store16(a1, out, dv)
-    store16(a2, out, 2 * dv)
-    store16(a3, out, 3 * dv)
+    storeRows4((a0, a1, a2, a3), out, dv)
+}
+
+/// 16 floats of each of four rows `dv` floats apart, from `out`.
+@inline(__always)
+private func loadRows4(
+    _ out: UnsafePointer<Float>, _ dv: Int
+) -> (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>) {
+    (load16(out, 0), load16(out, dv), load16(out, 2 * dv), load16(out, 3 * dv))
+}
+
+/// Stores `rows` as 16 floats of each of four rows `dv` floats apart, at `out`.
+@inline(__always)
+private func storeRows4(
+    _ rows: (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>), _ out: UnsafeMutablePointer<Float>,
+    _ dv: Int
+) {
+    store16(rows.0, out, 0)
+    store16(rows.1, out, dv)
+    store16(rows.2, out, 2 * dv)
+    store16(rows.3, out, 3 * dv)
+}
+
+/// Four rows x 32 value columns: as `valueRows4`, with eight accumulators, so each broadcast weight serves two
+/// multiply-adds and eight independent chains are in flight.
+@inline(__always)
+private func valueRows4x32(
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
+    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
+    prefetch: UnsafePointer<Float>?, prefetchCount: Int
+) {
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+    var b0 = SIMD16<Float>(), b1 = SIMD16<Float>(), b2 = SIMD16<Float>(), b3 = SIMD16<Float>()
+    var ahead = prefetch
+    var aheadCount = prefetch == nil ? 0 : prefetchCount
+    if !overwrite {
+        (a0, a1, a2, a3) = loadRows4(out, dv)
+        (b0, b1, b2, b3) = loadRows4(out + 16, dv)
+    }
+    var p = pT
+    var v = values
+    for _ in 0..<keyCount {
+        if aheadCount > 0, let line = ahead {
+            prefetchToL2(UnsafeRawPointer(line))
+            prefetchToL2(UnsafeRawPointer(line + 16))
+            ahead = line + dv
+            aheadCount -= 1
+        }
+        let (v0, v1) = (load16(v, 0), load16(v, 16))
+        let p0 = SIMD16<Float>(repeating: p[0])
+        a0 = multiplyAdd(p0, v0, a0)
+        b0 = multiplyAdd(p0, v1, b0)
+        let p1 = SIMD16<Float>(repeating: p[rs])
+        a1 = multiplyAdd(p1, v0, a1)
+        b1 = multiplyAdd(p1, v1, b1)
+        let p2 = SIMD16<Float>(repeating: p[2 * rs])
+        a2 = multiplyAdd(p2, v0, a2)
+        b2 = multiplyAdd(p2, v1, b2)
+        let p3 = SIMD16<Float>(repeating: p[3 * rs])
+        a3 = multiplyAdd(p3, v0, a3)
+        b3 = multiplyAdd(p3, v1, b3)
+        p += ws
+        v += dv
+    }
+    storeRows4((a0, a1, a2, a3), out, dv)
+    storeRows4((b0, b1, b2, b3), out + 16, dv)
 }
 
 /// One row x 32 value columns (two accumulators, so consecutive keys do not wait on each other).
