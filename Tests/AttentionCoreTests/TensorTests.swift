@@ -122,4 +122,13 @@ final class TensorTests: XCTestCase {
             XCTAssertEqual((error as? AttentionError)?.argument, "range")
         }
     }
+
+    func testZeroedScalarsArePositiveZerosOfTheRequestedCountOnBothSidesOfTheHugePageThreshold() {
+        // 4 MiB = 1 << 20 floats is where the storage is first marked for huge pages (on Linux).
+        for count in [0, 1, 17, (1 << 20) - 1, 1 << 20, 3_000_001] {
+            let scalars = zeroedScalars(count: count)
+            XCTAssertEqual(scalars.count, count)
+            XCTAssertNil(scalars.firstIndex { $0.bitPattern != 0 }, "count \(count)")
+        }
+    }
 }

@@ -23,8 +23,8 @@ package struct KeyValueBuffer: Sendable {
         self.keyDimension = keyDimension
         self.valueDimension = valueDimension
         self.capacity = capacity
-        keys = [Float](repeating: 0, count: batch * heads * capacity * keyDimension)
-        values = [Float](repeating: 0, count: batch * heads * capacity * valueDimension)
+        keys = zeroedScalars(count: batch * heads * capacity * keyDimension)
+        values = zeroedScalars(count: batch * heads * capacity * valueDimension)
     }
 
     /// Bytes of key and value storage.
@@ -33,7 +33,7 @@ package struct KeyValueBuffer: Sendable {
     /// Re-lays the storage out with `newCapacity` slots per head, keeping slots 0..<used of every head.
     package mutating func resize(to newCapacity: Int, keeping used: Int) {
         func relaid(_ old: [Float], width: Int) -> [Float] {
-            var new = [Float](repeating: 0, count: batch * heads * newCapacity * width)
+            var new = zeroedScalars(count: batch * heads * newCapacity * width)
             old.withUnsafeBufferPointer { source in
                 new.withUnsafeMutableBufferPointer { target in
                     for head in 0..<(batch * heads) where used > 0 {

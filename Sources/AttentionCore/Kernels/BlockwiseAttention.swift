@@ -209,7 +209,7 @@ package func tiledAttention(
     if let storage = reused.take(), storage.count == outputCount * dv {
         output = storage
     } else {
-        output = [Float](repeating: 0, count: outputCount * dv)
+        output = zeroedScalars(count: outputCount * dv)
     }
     var logSumExp = [Float](repeating: 0, count: outputCount)
     let biasScalars = problem.options.bias?.scalars ?? []

@@ -45,7 +45,7 @@ public func mergeAttention(_ first: AttentionResult, _ second: AttentionResult) 
     }
     let rows = first.logSumExp.count
     let width = shape[3]
-    var output = [Float](repeating: 0, count: rows * width)
+    var output = zeroedScalars(count: rows * width)
     var logSumExp = [Float](repeating: -.infinity, count: rows)
     let (o1, o2) = (first.output.scalars, second.output.scalars)
     let (l1, l2) = (first.logSumExp.scalars, second.logSumExp.scalars)

@@ -91,7 +91,7 @@ public func topKAttention(
         problem.batch, problem.queryHeads, problem.queryLength, problem.keyLength, problem.keyDimension,
         problem.valueDimension
     )
-    var output = [Float](repeating: 0, count: b * hq * nq * dv)
+    var output = zeroedScalars(count: b * hq * nq * dv)
     let rowsPerItem = 16
     let blocks = (nq + rowsPerItem - 1) / rowsPerItem
     let items = b * hq * blocks
