@@ -140,10 +140,11 @@ final class DecodeAttentionTests: XCTestCase {
     }
 
     func testHugeFiniteValuesWhoseSumOverflowsStayExact() throws {
-        // The tiles' finiteness probe sums the values: four of 1e38 overflow, which sends the tile down the exact
-        // quarantine path. The output (the average, 1e38) must still be finite and right. (The unnormalized output
-        // accumulator itself holds sum(p * v) with p <= 1, so values within Float.greatestFiniteMagnitude / Nk
-        // are safe; larger ones can overflow, as in any online-softmax kernel.)
+        // The finiteness probes sum floats: the output accumulator's 2e38 + 2e38 overflows, which sends the item
+        // to the recomputation with per-tile value scans, and the scan's sum of four 1e38 overflows too, which sends
+        // the tile down the exact quarantine path. The output (the average, 1e38) must still be finite and right.
+        // (The unnormalized output accumulator itself holds sum(p * v) with p <= 1, so values within
+        // Float.greatestFiniteMagnitude / Nk are safe; larger ones can overflow, as in any online-softmax kernel.)
         let queries = try Tensor(shape: [1, 1, 1, 2], repeating: 0)
         let keys = try Tensor(shape: [1, 1, 2, 2], repeating: 0)
         let values = try Tensor(shape: [1, 1, 2, 2], repeating: 1e38)
