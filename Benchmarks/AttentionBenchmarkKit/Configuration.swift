@@ -127,6 +127,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).
         workspace = bytes of scratch the kernel allocated (for naive: the whole score matrix; for streaming: the
         cache's storage). GB/s (decode, streaming) = bytes of keys and values read per call / median seconds.
+        growth lines (window, streaming): the median time at the longest N over the shortest, beside the growth of
+        the visible work for the window (a rate flat in N gives equal ratios), per-token for streaming.
         speedup vs naive = naive's median / the case's median on the same shape, mask and threads (naive runs
         first). peak RSS (memory suite) = the child process's peak resident set (VmHWM on Linux) after the
         call minus before it, with the inputs already allocated and locked in memory (mlockall, so reclaim cannot

@@ -157,6 +157,8 @@ where configuration.suites.contains(name) {
     }
 }
 
+for line in growthSummaries(records) { note(line) }
+
 if !memoryCases.isEmpty {
     let executable = currentExecutablePath()
     var blockwisePeak: [Int: Int] = [:]

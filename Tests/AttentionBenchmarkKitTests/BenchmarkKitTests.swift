@@ -180,4 +180,33 @@ final class BenchmarkKitTests: XCTestCase {
         machine.build = "debug"
         XCTAssertTrue(machine.warnings.first?.contains("debug build") ?? false)
     }
+
+    func testGrowthSummariesPairTheShortestAndLongestOfEachSeries() {
+        func record(_ suite: String, _ kernel: String, _ mask: String, _ n: Int, seconds: Double, gflops: Double)
+            -> BenchmarkRecord
+        {
+            BenchmarkRecord(
+                suite: suite, kernel: kernel, batch: 1, queryHeads: 8, keyValueHeads: 8, queryLength: n, keyLength: n,
+                headDimension: 64, mask: mask, threads: 1, medianSeconds: seconds, minSeconds: seconds,
+                maxSeconds: seconds, gflops: gflops, workspaceBytes: 0, maxAbsError: 0)
+        }
+        let lines = growthSummaries([
+            record("window", "blockwise", "win1024", 4096, seconds: 0.1, gflops: 80),
+            record("window", "blockwise", "win1024", 8192, seconds: 0.2, gflops: 80),
+            // Work x4.4 (GFLOP/s x time) in x4.4 the time, then a 16384 run taking 4.5x as long at a 2% lower rate.
+            record("window", "blockwise", "win1024", 16384, seconds: 0.45, gflops: 80 * 4.4 / 4.5),
+            record("window", "blockwise", "causal", 4096, seconds: 0.2, gflops: 90),
+            record("blockwise", "blockwise", "none", 4096, seconds: 1, gflops: 90),
+            record("blockwise", "blockwise", "none", 8192, seconds: 4, gflops: 90),
+            record("streaming", "cache", "sinks4+1020", 2000, seconds: 0.0004, gflops: 40),
+            record("streaming", "cache", "sinks4+1020", 100_000, seconds: 0.00042, gflops: 38),
+            record("streaming", "recompute", "causal", 1024, seconds: 0.1, gflops: 80),
+        ])
+        XCTAssertEqual(
+            lines,
+            [
+                "growth: window blockwise win1024, 1 thread, N 4096 -> 16384: time x4.50, visible work x4.40",
+                "growth: streaming sinks4+1020, 1 thread, per-token time at 100000 tokens / at 2000: 1.05",
+            ])
+    }
 }
