@@ -113,7 +113,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         token, H_q = 32, H_kv = 8, d = 128, KV 4096..131072: decode kernel vs blockwise vs naive, with GB/s and the
         machine's measured read bandwidth), window (sliding window of 1024 vs full causal, N = 4096..16384),
         streaming (a StreamingLLM session through StreamingKVCache, 4 sinks + 1020 window, per-token time at
-        checkpoints up to 100,000 tokens, vs recomputing the window's attention for every token), linear (linear
+        checkpoints up to 100,000 tokens, the checkpoints timed side by side on copies of the session's cache, vs
+        recomputing the window's attention for every token), linear (linear
         attention, identity map non-causal (linear-id) and elu+1 causal (linear-elu); the -into cases write
         into a reused output; N = 1024..16384 (65536 with --full), beside blockwise
         softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention), sparse (block-sparse attention,

@@ -209,4 +209,22 @@ final class BenchmarkKitTests: XCTestCase {
                 "growth: streaming sinks4+1020, 1 thread, per-token time at 100000 tokens / at 2000: 1.05",
             ])
     }
+
+    func testStreamingSuiteTimesEveryCheckpointSideBySideAndValidatesIt() throws {
+        // --quick samples 100 steps per checkpoint: copies start at tokens 20, 50 and 300, and each is validated
+        // against the reference at its checkpoint (the suite throws otherwise).
+        let configuration = try BenchmarkConfiguration(arguments: [
+            "--suite", "streaming", "--quick", "--sizes", "400,120,150", "--head-dim", "8", "--threads", "1",
+        ])
+        let records = try streamingSuite(configuration, allThreads: 1)
+        let cache = records.filter { $0.kernel == "cache" }
+        XCTAssertEqual(cache.map(\.keyLength), [120, 150, 400])
+        for record in cache {
+            XCTAssertGreaterThan(record.medianSeconds, 0)
+            XCTAssertLessThanOrEqual(record.minSeconds, record.medianSeconds)
+            XCTAssertLessThan(record.maxAbsError, 1e-4)
+            XCTAssertEqual(record.workspaceBytes, 2 * 8 * 1024 * 8 * 4)  // K and V, 8 heads, 1024 slots, d = 8
+        }
+        XCTAssertEqual(records.filter { $0.kernel == "recompute" }.count, 1)
+    }
 }
