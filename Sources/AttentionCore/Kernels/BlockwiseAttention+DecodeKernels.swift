@@ -459,6 +459,13 @@ private func valueRows4x32(
         p += ws
         v += dv
     }
+    // A next tile longer than this one (a segment's first, clipped tile is followed by a whole one).
+    while aheadCount > 0, let line = ahead {
+        prefetchToL2(UnsafeRawPointer(line))
+        prefetchToL2(UnsafeRawPointer(line + 16))
+        ahead = line + dv
+        aheadCount -= 1
+    }
     storeRows4((a0, a1, a2, a3), out, dv)
     storeRows4((b0, b1, b2, b3), out + 16, dv)
 }
