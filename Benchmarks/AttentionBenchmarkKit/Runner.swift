@@ -252,7 +252,8 @@ public func decodeSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
 /// before it) beside full causal attention, H = 8, d = 64, N = 4096..16384, one thread and all. Visible work
 /// counts only the window, so equal GFLOP/s means the window costs O(N * window). The window also runs as
 /// "blockwise-into", writing into a reused output: a new 32 MiB result (N = 16384) costs page faults that an 8 MiB
-/// one (N = 4096), recycled by the allocator, does not, which skews the growth from 4096 to 16384.
+/// one (N = 4096), recycled by the allocator, does not (4-5 ms per call in huge pages, see `zeroedScalars`; 18-23 ms
+/// before), which skews the growth from 4096 to 16384.
 public func windowSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
     let lengths = configuration.sequenceLengths ?? (configuration.quick ? [4096, 8192] : [4096, 8192, 16384])
     var cases: [BenchmarkCase] = []
