@@ -129,7 +129,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         workspace = bytes of scratch the kernel allocated (for naive: the whole score matrix; for streaming: the
         cache's storage). GB/s (decode, streaming) = bytes of keys and values read per call / median seconds.
         growth lines (window, streaming): the median time at the longest N over the shortest, beside the growth of
-        the visible work for the window (a rate flat in N gives equal ratios), per-token for streaming.
+        the visible work for the window (a rate flat in N gives equal ratios), per-token for streaming; the window's
+        "paired" line times the two lengths alternately, call by call, and gives the median round's ratio.
         speedup vs naive = naive's median / the case's median on the same shape, mask and threads (naive runs
         first). peak RSS (memory suite) = the child process's peak resident set (VmHWM on Linux) after the
         call minus before it, with the inputs already allocated and locked in memory (mlockall, so reclaim cannot

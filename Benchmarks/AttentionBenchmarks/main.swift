@@ -158,6 +158,14 @@ where configuration.suites.contains(name) {
 }
 
 for line in growthSummaries(records) { note(line) }
+if configuration.suites.contains("window") {
+    do {
+        for line in try pairedWindowGrowth(configuration, allThreads: allThreads) { note(line) }
+    } catch {
+        printError("attention-bench: paired window growth failed: \(error)")
+        exit(1)
+    }
+}
 
 if !memoryCases.isEmpty {
     let executable = currentExecutablePath()

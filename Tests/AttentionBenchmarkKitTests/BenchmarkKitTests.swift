@@ -227,4 +227,14 @@ final class BenchmarkKitTests: XCTestCase {
         }
         XCTAssertEqual(records.filter { $0.kernel == "recompute" }.count, 1)
     }
+
+    func testPairedWindowGrowthReportsTheMedianRoundAndTheVisibleWorkRatio() throws {
+        // N <= 1024: the 1024-key window is the causal mask, so the work grows (256 * 257) / (64 * 65) = 15.82x.
+        let line = try XCTUnwrap(
+            try pairedWindowGrowth(lengths: [256, 64, 128], heads: 1, headDimension: 8, threads: 1, rounds: 3))
+        XCTAssertTrue(line.hasPrefix("growth: window blockwise-into win1024 paired (3 rounds alternating), 1 thread"))
+        XCTAssertTrue(line.contains("N 64 -> 256: time x"), line)
+        XCTAssertTrue(line.hasSuffix("visible work x15.82"), line)
+        XCTAssertNil(try pairedWindowGrowth(lengths: [64], heads: 1, headDimension: 8, threads: 1, rounds: 3))
+    }
 }
