@@ -94,8 +94,9 @@ func computeScoresFewRows(
 }
 
 /// The next tile's keys and values, prefetched while the current tile computes, spread over the whole tile (see the
-/// measurements at the top of this file): the four-key score steps and the 32-column value passes take their
-/// lines themselves; these helpers serve the single-key steps, the leftover rows and the 16-column passes.
+/// measurements at the top of this file): the decode kernels' four-key score steps and 32-column value passes take
+/// their lines themselves; these helpers serve the single-key steps, the leftover rows, the 16-column passes and
+/// the prefill score kernel (`computeScores`).
 struct TilePrefetch {
     /// Row 0 of the next tile's keys and values.
     let keys: UnsafePointer<Float>
@@ -117,6 +118,16 @@ struct TilePrefetch {
             prefetchKeyRow(row)
             row += 1
         }
+    }
+
+    /// Key rows `rows` of the next tile (nothing past its last row).
+    @inline(__always) func prefetchKeyRows(_ rows: Range<Int>) {
+        for row in rows { prefetchKeyRow(row) }
+    }
+
+    /// Value rows `rows` of the next tile (nothing past its last row).
+    @inline(__always) func prefetchValueRows(_ rows: Range<Int>) {
+        for row in rows where row < keyCount { prefetchToL2(values + row * valueDimension, count: valueDimension) }
     }
 
     /// The line holding value column `column` of every row of the next tile.

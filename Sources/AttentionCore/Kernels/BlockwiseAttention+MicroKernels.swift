@@ -11,31 +11,51 @@
 // kernel at 82-86% of the FMA peak on one Zen 4 core (N = 4096, d = 64 and 128, 2026-12-01). Leftovers run 4, then
 // 1, at a time. Matrices are stripe-major (see `stripeIndex`): one 16-row stripe is a contiguous [columns, 16]
 // block, and Rp is a multiple of 16, so rows never need a tail.
+//
+// The score kernel's key steps also prefetch the next tile (key rows during the first stripe, value rows during the
+// second), for long sequences whose K and V no longer stay in L2 between query blocks. Causal, d = 64, N = 16384,
+// one thread, alternating with the kernel before (2026-12-01): 98.5 / 94.3, 92.0 / 89.9 and 90.6 / 75.4 GFLOP/s;
+// hinting key and value rows together in the first stripe took 2-thread GQA 32/8 at N = 2048 down 7%, split over
+// two stripes it is even. At N = 4096 (bench blockwise suite, three alternating runs on one and on two threads)
+// the differences stayed within the machine's noise.
 
 /// S^T [keyCount, Rp] = K[tile] Q^T for every row. One 16-row stripe of Q^T (Dk x 16 floats) at a time, so that
-/// it stays in L1 while every key of the tile streams past it.
+/// it stays in L1 while every key of the tile streams past it. With `next`, the key steps also prefetch the next
+/// tile's rows of the same keys: key rows during the first stripe, value rows during the second (the rest at the
+/// end, if the next tile is longer).
 @inline(__always)
 func computeScores(
     qT: UnsafePointer<Float>, rowCount rp: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
-    scores: UnsafeMutablePointer<Float>
+    scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch? = nil
 ) {
     var rb = 0
     while rb < rp {
         let q = qT + rb * dk
         let out = scores + rb * keyCount
+        // The first stripe's steps hint key rows, the second's (or the first's, with one stripe) value rows.
+        let keysAhead = rb == 0 ? next : nil
+        let valuesAhead = rb == (rp > 16 ? 16 : 0) ? next : nil
         var kk = 0
         while kk + 6 <= keyCount {
+            keysAhead?.prefetchKeyRows(kk..<(kk + 6))
+            valuesAhead?.prefetchValueRows(kk..<(kk + 6))
             scoreKernel6(q, keys: keys + kk * dk, depth: dk, out: out + kk * 16)
             kk += 6
         }
         if kk + 4 <= keyCount {
+            keysAhead?.prefetchKeyRows(kk..<(kk + 4))
+            valuesAhead?.prefetchValueRows(kk..<(kk + 4))
             scoreKernel4(q, keys: keys + kk * dk, depth: dk, out: out + kk * 16)
             kk += 4
         }
         while kk < keyCount {
+            keysAhead?.prefetchKeyRows(kk..<(kk + 1))
+            valuesAhead?.prefetchValueRows(kk..<(kk + 1))
             scoreKernel1(q, key: keys + kk * dk, depth: dk, out: out + kk * 16)
             kk += 1
         }
+        keysAhead?.prefetchKeyRows(from: keyCount)
+        valuesAhead?.prefetchValueRows(keyCount..<Swift.max(keyCount, next?.keyCount ?? 0))
         rb += 16
     }
 }

@@ -378,11 +378,11 @@ private struct BlockContext {
                     let coverage = spans.coverage(keys: tile)
                     if coverage == .empty { continue }
                     let row0 = tile.lowerBound - segment.start
-                    // Decode reads each key and value once, so it is bound by memory: the next tile of this segment is
-                    // prefetched while this one computes.
+                    // The next tile of this segment is prefetched while this one computes: decode reads each key and
+                    // value once and is bound by memory; prefill at long N reads tiles that have left L2.
                     let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
                     let nextTile =
-                        tiling.layout == .rows && nextCount > 0
+                        nextCount > 0
                         ? TilePrefetch(
                             keys: keyBase + (tileStart - segment.start) * dk,
                             values: valueBase + (tileStart - segment.start) * dv, keyCount: nextCount,
@@ -390,8 +390,8 @@ private struct BlockContext {
                     switch tiling.layout {
                     case .stripes:
                         computeScores(
-                            qT: qT, rowCount: rp, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk, scores: sT
-                        )
+                            qT: qT, rowCount: rp, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk,
+                            scores: sT, prefetch: nextTile)
                     case .rows:
                         computeScoresFewRows(
                             queries: qT, rowCount: g * br, keys: keyBase + row0 * dk, keyCount: tile.count, depth: dk,
