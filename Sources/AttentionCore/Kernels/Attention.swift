@@ -68,8 +68,9 @@ public func attentionWithLogSumExp(
 /// `attention(queries:keys:values:mask:options:)` writing into `output` instead of returning a new tensor, for
 /// callers that run it repeatedly (every layer of every step) and keep one output buffer. A new result's memory is
 /// fresh pages that the operating system maps and zeroes on first write once it is too large for the allocator to
-/// recycle: for 32 MiB (H = 8, N = 16384, d = 64) that took 18-20 ms on the development VM (2026-12-01), 5% of a
-/// one-thread sliding-window call, while an 8 MiB result was reused from the heap (0.1 ms). Every element of
+/// recycle: for 32 MiB (H = 8, N = 16384, d = 64) that took 18-20 ms in 4 KiB pages on the development VM
+/// (2026-12-01), 5% of a one-thread sliding-window call, and still 4-5 ms in the huge pages `zeroedScalars` now
+/// asks for, while an 8 MiB result was reused from the heap (0.1 ms). Every element of
 /// `output` is overwritten (its old contents do not matter); if its storage is shared with another tensor it is
 /// copied first, as for any mutation of a `Tensor`.
 ///

@@ -111,23 +111,24 @@ struct TilePrefetch {
         if kk < keyCount { prefetchToL2(keys + kk * keyDimension, count: keyDimension) }
     }
 
-    /// Key rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
-    @inline(__always) func prefetchKeyRows(from kk: Int) {
-        var row = kk
-        while row < keyCount {
-            prefetchKeyRow(row)
-            row += 1
-        }
-    }
-
     /// Key rows `rows` of the next tile (nothing past its last row).
     @inline(__always) func prefetchKeyRows(_ rows: Range<Int>) {
         for row in rows { prefetchKeyRow(row) }
     }
 
+    /// Key rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
+    @inline(__always) func prefetchKeyRows(from kk: Int) {
+        prefetchKeyRows(kk..<Swift.max(kk, keyCount))
+    }
+
     /// Value rows `rows` of the next tile (nothing past its last row).
     @inline(__always) func prefetchValueRows(_ rows: Range<Int>) {
         for row in rows where row < keyCount { prefetchToL2(values + row * valueDimension, count: valueDimension) }
+    }
+
+    /// Value rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
+    @inline(__always) func prefetchValueRows(from kk: Int) {
+        prefetchValueRows(kk..<Swift.max(kk, keyCount))
     }
 
     /// The line holding value column `column` of every row of the next tile.

@@ -55,7 +55,7 @@ func computeScores(
             kk += 1
         }
         keysAhead?.prefetchKeyRows(from: keyCount)
-        valuesAhead?.prefetchValueRows(keyCount..<Swift.max(keyCount, next?.keyCount ?? 0))
+        valuesAhead?.prefetchValueRows(from: keyCount)
         rb += 16
     }
 }
