@@ -73,20 +73,31 @@ final class DecodeAttentionTests: XCTestCase {
     }
 
     func testAutomaticPicksDecodeForShortQueriesOnly() throws {
-        func resolved(queryHeads: Int, keyValueHeads: Int, queryLength: Int) throws -> AttentionKernel {
+        /// The automatic kernel's name, and that it equals the explicit request of that kernel.
+        func resolved(queryHeads: Int, keyValueHeads: Int, queryLength: Int) throws -> String {
             let inputs = try attentionInputs(
                 queryHeads: queryHeads, keyValueHeads: keyValueHeads, queryLength: queryLength, keyLength: 10,
                 headDimension: 4, seed: 1)
             let problem = try AttentionProblem(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .none,
                 options: AttentionOptions())
-            return AttentionKernel.automatic.resolved(for: problem)
+            let automatic = AttentionKernel.automatic.resolved(for: problem)
+            switch automatic {
+            case .decode:
+                XCTAssertEqual(automatic, AttentionKernel.decode().resolved(for: problem))
+                return "decode"
+            case .blockwise:
+                XCTAssertEqual(automatic, AttentionKernel.blockwise().resolved(for: problem))
+                return "blockwise"
+            case .naive:
+                return "naive"
+            }
         }
-        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 1), .decode())
-        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 4), .decode())
-        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 5), .blockwise())
-        XCTAssertEqual(try resolved(queryHeads: 8, keyValueHeads: 8, queryLength: 16), .decode())
-        XCTAssertEqual(try resolved(queryHeads: 8, keyValueHeads: 8, queryLength: 17), .blockwise())
+        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 1), "decode")
+        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 4), "decode")
+        XCTAssertEqual(try resolved(queryHeads: 32, keyValueHeads: 8, queryLength: 5), "blockwise")
+        XCTAssertEqual(try resolved(queryHeads: 8, keyValueHeads: 8, queryLength: 16), "decode")
+        XCTAssertEqual(try resolved(queryHeads: 8, keyValueHeads: 8, queryLength: 17), "blockwise")
     }
 
     func testDecodeRejectsTooManyRowsAndBadSplits() throws {

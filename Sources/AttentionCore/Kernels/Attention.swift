@@ -121,53 +121,11 @@ package func runAttention(
     _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], reusing reused: inout [Float]?
 ) throws -> AttentionResult {
     switch problem.options.kernel.resolved(for: problem) {
-    case .naive, .automatic:
+    case .naive:
         return try naiveAttention(problem, queries: queries, segments: segments, reusing: &reused)
-    case .blockwise(let queryBlock, let keyBlock):
-        let automatic = BlockwiseTiling.automatic(groupSize: problem.groupSize)
-        // Tiles larger than the sequences are clamped to them: the result is the same, and Int.max stays harmless.
-        let tiling = BlockwiseTiling(
-            queryBlock: Swift.min(queryBlock ?? automatic.queryBlock, Swift.max(1, problem.queryLength)),
-            keyBlock: Swift.min(keyBlock ?? automatic.keyBlock, Swift.max(1, problem.keyLength)))
+    case .blockwise(let tiling), .decode(let tiling):
         return tiledAttention(
             problem, queries: queries, segments: segments, tiling: tiling, scoreStorage: .perWorkerTile,
             reusing: &reused)
-    case .decode(let keysPerSplit):
-        return tiledAttention(
-            problem, queries: queries, segments: segments, tiling: decodeTiling(problem, keysPerSplit: keysPerSplit),
-            scoreStorage: .perWorkerTile, reusing: &reused)
-    }
-}
-
-/// The decode kernel's schedule: one query block holding every query of the group (R = G * Nq <= 16 rows), 64-key
-/// tiles, and key splits of `keysPerSplit` keys (rounded up to whole tiles). By default the keys are split so that
-/// there are about 64 work items in all (enough to balance any common core count with the dynamic schedule), but
-/// never into splits under 512 keys, whose merge would cost more than it balances. The split depends only on the
-/// shape, never on the thread count, so results are bitwise identical for every thread count.
-package func decodeTiling(_ problem: AttentionProblem, keysPerSplit: Int?) -> BlockwiseTiling {
-    let keyBlock = 64
-    let nk = Swift.max(1, problem.keyLength)
-    let units = problem.batch * problem.keyValueHeads
-    let wanted = Swift.max(1, Swift.min((64 + units - 1) / units, (nk + 511) / 512))
-    let perSplit = keysPerSplit ?? (nk + wanted - 1) / wanted
-    let rounded = (Swift.min(perSplit, nk) + keyBlock - 1) / keyBlock * keyBlock
-    return BlockwiseTiling(
-        queryBlock: Swift.max(1, problem.queryLength), keyBlock: keyBlock, layout: .rows, keysPerSplit: rounded)
-}
-
-extension AttentionKernel {
-    /// The one place that turns `.automatic` into a concrete kernel: the decode kernel when a key/value group has at
-    /// most 16 query rows (G * Nq <= 16), the blockwise kernel with its default tiles otherwise; never naive.
-    /// Measured with `attention-bench` (2-core Zen 4 VMs): one token of H_q = 32, H_kv = 8, d = 128 against 32768
-    /// keys takes 10.0-11.0 ms with the decode kernel and 24.9-27.9 ms with the blockwise kernel, which pads 4 rows
-    /// to 16 lanes (2 threads, two runs, AVX-512 build, 2026-12-01; 13.3-17.7 against 26.7-29.8 ms on an AVX2
-    /// build, 2026-11-23); for prefill, naive is within noise of blockwise at N = 512 and 1.4-4.6x slower from
-    /// N = 1024 on (AVX-512), and it allocates the N x N scores.
-    package func resolved(for problem: AttentionProblem) -> AttentionKernel {
-        switch self {
-        case .automatic:
-            return problem.groupSize * problem.queryLength <= 16 ? .decode() : .blockwise()
-        case .naive, .blockwise, .decode: return self
-        }
     }
 }

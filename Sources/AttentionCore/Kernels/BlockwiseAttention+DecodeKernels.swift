@@ -93,54 +93,6 @@ func computeScoresFewRows(
     next?.prefetchKeyRows(from: keyCount)
 }
 
-/// The next tile's keys and values, prefetched while the current tile computes, spread over the whole tile (see the
-/// measurements at the top of this file): the decode kernels' four-key score steps and 32-column value passes take
-/// their lines themselves; these helpers serve the single-key steps, the leftover rows, the 16-column passes and
-/// the prefill score kernel (`computeScores`).
-struct TilePrefetch {
-    /// Row 0 of the next tile's keys and values.
-    let keys: UnsafePointer<Float>
-    let values: UnsafePointer<Float>
-    /// Keys in the next tile.
-    let keyCount: Int
-    let keyDimension: Int
-    let valueDimension: Int
-
-    /// Key row `kk` of the next tile (nothing past its last row).
-    @inline(__always) func prefetchKeyRow(_ kk: Int) {
-        if kk < keyCount { prefetchToL2(keys + kk * keyDimension, count: keyDimension) }
-    }
-
-    /// Key rows `rows` of the next tile (nothing past its last row).
-    @inline(__always) func prefetchKeyRows(_ rows: Range<Int>) {
-        for row in rows { prefetchKeyRow(row) }
-    }
-
-    /// Key rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
-    @inline(__always) func prefetchKeyRows(from kk: Int) {
-        prefetchKeyRows(kk..<Swift.max(kk, keyCount))
-    }
-
-    /// Value rows `rows` of the next tile (nothing past its last row).
-    @inline(__always) func prefetchValueRows(_ rows: Range<Int>) {
-        for row in rows where row < keyCount { prefetchToL2(values + row * valueDimension, count: valueDimension) }
-    }
-
-    /// Value rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
-    @inline(__always) func prefetchValueRows(from kk: Int) {
-        prefetchValueRows(kk..<Swift.max(kk, keyCount))
-    }
-
-    /// The line holding value column `column` of every row of the next tile.
-    @inline(__always) func prefetchValueColumn(_ column: Int) {
-        var row = values + column
-        for _ in 0..<keyCount {
-            prefetchToL2(UnsafeRawPointer(row))
-            row += valueDimension
-        }
-    }
-}
-
 /// Four consecutive floats at `pointer`, repeated in all four 128-bit lanes of a SIMD16.
 @inline(__always)
 private func broadcast4(_ pointer: UnsafePointer<Float>) -> SIMD16<Float> {

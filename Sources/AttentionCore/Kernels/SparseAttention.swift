@@ -35,9 +35,7 @@ public func blockSparseAttentionWithLogSumExp(
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {
     var options = options
-    if case .automatic = options.kernel {
-        options.kernel = .blockwise(queryBlock: layout.queryBlock, keyBlock: layout.keyBlock)
-    }
+    options.kernel = options.kernel.forBlockSparse(layout)
     var combined = mask
     if layout.heads == 1 {
         if case .none = mask {

@@ -1,0 +1,279 @@
+// The blockwise kernel's per-tile steps after the scores: score options (softcap, ALiBi, bias), masking of
+// partial tiles, the online softmax update, and the quarantine of value rows holding NaN or infinity; plus the
+// visible-key spans of a work item's rows (`GroupSpans`) that masking and the tile walk's coverage read.
+//
+// Numerics: masked scores become -inf *after* they are computed (so NaN in a masked key is discarded); the row
+// maximum used for exponentials is replaced by 0 while a row has seen no key, so exp2(-inf - -inf) never happens;
+// a value row holding NaN or infinity reaches exactly the rows that see its key (even with a weight that underflowed
+// to 0, as in the Float64 reference) and never a row for which the key is masked or scored -inf.
+//
+// Legend as in BlockwiseAttention.swift: S^T scores stripe-major [Bc, Rp], m running maximum (half base 2), l
+// denominator, P = exp2(2 (S - m)) weights, O unnormalized output.
+
+extension WorkItemContext {
+    /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in half
+    /// base 2.
+    /// Softcap and ALiBi run 16 rows at a time (padding rows included; their results are never read); the bias is
+    /// gathered row by row from its [Nq, Nk] planes.
+    func applyScoreOptions(
+        _ sT: UnsafeMutablePointer<Float>, batch b: Int, keyValueHead kvHead: Int, i0: Int, rows: Int,
+        tile: Range<Int>, _ tables: Scratch
+    ) {
+        let p = problem
+        let rp = tiling.paddedRows(groupSize: p.groupSize)
+        let (alibiSlopes, alibiDiagonals) = (tables.alibiSlopes, tables.alibiDiagonals)
+        let (g, br, nq, nk, columns) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyLength, tile.count)
+        if let softcap = p.options.softcap {
+            let cap = SIMD16<Float>(repeating: softcap)
+            let outer = SIMD16<Float>(repeating: softcap * logitScale)
+            for index in stride(from: 0, to: rp * columns, by: 16) {
+                store16(outer * vectorTanh(load16(sT, index) / cap), sT, index)
+            }
+        }
+        if p.options.alibiSlopes != nil {
+            var rv = 0
+            while rv < rp {
+                let slope = load16(alibiSlopes, rv)
+                let diagonal = load16(alibiDiagonals, rv)
+                let stripe = sT + rv * columns
+                for (kk, j) in tile.enumerated() {
+                    let distance = diagonal - Float(j)
+                    let penalty = slope * distance.replacing(with: -distance, where: distance .< 0)
+                    store16(load16(stripe, kk * 16) - penalty, stripe, kk * 16)
+                }
+                rv += 16
+            }
+        }
+        if let bias = p.options.bias, let base = self.bias {
+            let bb = bias.shape[0] == 1 ? 0 : b
+            for head in 0..<g {
+                let bh = bias.shape[1] == 1 ? 0 : kvHead * g + head
+                let plane = base + (bb * bias.shape[1] + bh) * nq * nk
+                for row in 0..<rows {
+                    let biasRow = plane + (i0 + row) * nk
+                    for (kk, j) in tile.enumerated() {
+                        sT[stripeIndex(head * br + row, kk, columns: columns)] += biasRow[j] * logitScale
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets masked scores of a partial tile to -inf, head by head (a head's mask depends on positions only).
+    /// Walks each row's visible spans clipped to the tile, so a structured mask costs one store per masked score;
+    /// a `custom` predicate is consulted only inside the spans.
+    func applyMask(
+        _ sT: UnsafeMutablePointer<Float>, spans: GroupSpans, i0: Int, rows: Int, tile: Range<Int>
+    ) {
+        let p = problem
+        let (br, columns) = (tiling.queryBlock, tile.count)
+        for head in 0..<p.groupSize {
+            let (rowSpans, mask) = spans.forHead(head)
+            if rowSpans.coverage(keys: tile) == .full { continue }
+            func hide(_ row: Int, _ keys: Range<Int>) {
+                for j in keys { sT[stripeIndex(head * br + row, j - tile.lowerBound, columns: columns)] = -.infinity }
+            }
+            for row in 0..<rows {
+                var next = tile.lowerBound
+                for span in rowSpans.spans[row] where span.overlaps(tile) {
+                    let visible = span.clamped(to: tile)
+                    hide(row, next..<visible.lowerBound)
+                    if rowSpans.hasPredicate {
+                        for j in visible
+                        where !mask.allows(query: i0 + row, key: j, queryLength: p.queryLength, keyLength: p.keyLength)
+                        {
+                            hide(row, j..<(j + 1))
+                        }
+                    }
+                    next = visible.upperBound
+                }
+                hide(row, next..<tile.upperBound)
+            }
+        }
+    }
+
+    /// Online softmax over one tile for every 16-row stripe: m' = max(m, max_j S), P = exp2(S - m'),
+    /// l' = l * 2^(m - m') + sum P, O *= 2^(m - m'). P overwrites S.
+    @inline(__always)
+    func updateSoftmax(_ sT: UnsafeMutablePointer<Float>, keyCount: Int, _ s: State, markMasked: Bool) {
+        let (m, l) = (s.m, s.l)
+        let rp = tiling.paddedRows(groupSize: problem.groupSize)
+        let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
+        var rv = 0
+        while rv < rp {
+            let stripe = sT + rv * keyCount
+            var tileMax = negativeInfinity
+            for kk in 0..<keyCount { tileMax = vectorMax(tileMax, load16(stripe, kk * 16)) }
+            let oldMax = load16(m, rv)
+            let newMax = vectorMax(oldMax, tileMax)
+            // A row that has seen no key keeps m = -inf; exponentiate against 0 instead so that no -inf - -inf
+            // occurs.
+            let shift = newMax.replacing(with: 0, where: newMax .== negativeInfinity)
+            let alpha = vectorExp2OfNonPositive((oldMax - shift) * exponentScale)
+            var sum = SIMD16<Float>()
+            if markMasked {
+                // The tile's values hold NaN or infinity. Masked keys (and keys whose score is -inf) get weight
+                // -0.0: zero in every sum, but marked, so that the quarantine can tell them from visible keys whose
+                // weight merely underflowed.
+                for kk in 0..<keyCount {
+                    let score = load16(stripe, kk * 16)
+                    let weight = vectorExp2OfNonPositive((score - shift) * exponentScale).replacing(
+                        with: -0.0, where: score .== negativeInfinity)
+                    store16(weight, stripe, kk * 16)
+                    sum += weight
+                }
+            } else {
+                for kk in 0..<keyCount {
+                    let weight = vectorExp2OfNonPositive((load16(stripe, kk * 16) - shift) * exponentScale)
+                    store16(weight, stripe, kk * 16)
+                    sum += weight
+                }
+            }
+            store16(multiplyAdd(load16(l, rv), alpha, sum), l, rv)
+            store16(newMax, m, rv)
+            // Skip the rescale when no row's maximum moved (the common case once a row has seen its largest score).
+            if horizontalMin(alpha) != 1 { layout.rescale(s.o, stripe: rv, by: alpha) }
+            rv += 16
+        }
+    }
+
+    /// Value rows with NaN or infinity. A key that is masked for a row (or has a -inf score there) must not bring
+    /// 0 * NaN into that row, while a key the row sees must propagate its NaN even if its weight underflowed to 0, as
+    /// the reference does. The bad rows are zeroed in a copy (`clean`, which the fast kernel then uses) and added
+    /// here to every row whose weight is not the -0.0 "masked" marker. Returns the values pointer the fast kernel
+    /// should use.
+    func quarantineNonFiniteValues(
+        _ values: UnsafePointer<Float>, keyCount: Int, weights pT: UnsafePointer<Float>,
+        output o: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
+    ) -> UnsafePointer<Float> {
+        let dv = problem.valueDimension
+        let rowCount = layout.computedRows
+        var poisoned: [Int] = []
+        for kk in 0..<keyCount {
+            let row = values + kk * dv
+            var bad = false
+            for c in 0..<dv where !row[c].isFinite { bad = true }
+            if bad { poisoned.append(kk) }
+        }
+        if poisoned.isEmpty { return values }
+        clean.update(from: values, count: keyCount * dv)
+        for kk in poisoned {
+            (clean + kk * dv).update(repeating: 0, count: dv)
+            for r in 0..<rowCount {
+                let weight = pT[stripeIndex(r, kk, columns: keyCount)]
+                if weight == 0 && weight.sign == .minus { continue }
+                let (start, step) = layout.outputRow(r)
+                for c in 0..<dv { o[start + c * step] += values[kk * dv + c] * weight }
+            }
+        }
+        return UnsafePointer(clean)
+    }
+}
+
+/// The visible key spans of one work item's rows: shared by the group's heads, or one per head when the call has
+/// per-head masks (`AttentionOptions.headMasks`, each intersected with the call's mask).
+struct GroupSpans {
+    let perHead: [MaskRowSpans]
+    let masks: [AttentionMask]
+    let groupSize: Int
+    /// The smallest key range holding every visible key of every head's rows.
+    let keyHull: Range<Int>
+
+    init(problem p: AttentionProblem, keyValueHead kvHead: Int, queries: Range<Int>) {
+        groupSize = p.groupSize
+        if let headMasks = p.options.headMasks {
+            masks = (0..<p.groupSize).map { head in
+                let own = headMasks[kvHead * p.groupSize + head]
+                if case .none = p.mask { return own }
+                return .intersection(p.mask, own)
+            }
+        } else {
+            masks = [p.mask]
+        }
+        perHead = masks.map {
+            MaskRowSpans(mask: $0, queries: queries, queryLength: p.queryLength, keyLength: p.keyLength)
+        }
+        let hulls = perHead.map(\.keyHull).filter { !$0.isEmpty }
+        if let lower = hulls.map(\.lowerBound).min(), let upper = hulls.map(\.upperBound).max() {
+            keyHull = lower..<upper
+        } else {
+            keyHull = 0..<0
+        }
+    }
+
+    /// Writes each row's visible keys as at most two inclusive ranges [lo1, hi1], [lo2, hi2] (Int32, four arrays of
+    /// `rowCount` at `bounds`, row r = head * queryBlock + row; empty ranges and padding rows get lo > hi), for
+    /// `applyMaskBounds`. Returns false, writing nothing useful, when a head has a predicate, a row has more than two
+    /// spans, or key positions do not fit Int32: then the caller masks span by span.
+    func writeBounds(
+        _ bounds: UnsafeMutableRawPointer, rowCount rp: Int, queryBlock br: Int, rows: Int, keyLength: Int
+    ) -> Bool {
+        if keyLength >= Int(Int32.max) || perHead.contains(where: { $0.hasPredicate }) { return false }
+        let lanes = bounds.bindMemory(to: Int32.self, capacity: 4 * rp)
+        for i in 0..<rp {
+            (lanes[i], lanes[rp + i], lanes[2 * rp + i], lanes[3 * rp + i]) = (.max, .min, .max, .min)
+        }
+        for head in 0..<groupSize {
+            let (rowSpans, _) = forHead(head)
+            for row in 0..<rows {
+                let spans = rowSpans.spans[row]
+                if spans.count > 2 { return false }
+                let r = head * br + row
+                for (index, span) in spans.enumerated() {
+                    lanes[2 * index * rp + r] = Int32(span.lowerBound)
+                    lanes[(2 * index + 1) * rp + r] = Int32(span.upperBound - 1)
+                }
+            }
+        }
+        return true
+    }
+
+    /// The spans and mask of head `head` of the group.
+    func forHead(_ head: Int) -> (MaskRowSpans, AttentionMask) {
+        perHead.count == 1 ? (perHead[0], masks[0]) : (perHead[head], masks[head])
+    }
+
+    /// The coverage of a key tile for all heads: empty when empty for each, full when full for each.
+    func coverage(keys: Range<Int>) -> TileCoverage {
+        if perHead.count == 1 { return perHead[0].coverage(keys: keys) }
+        var (anyVisible, allFull) = (false, true)
+        for spans in perHead {
+            let coverage = spans.coverage(keys: keys)
+            anyVisible = anyVisible || coverage != .empty
+            allFull = allFull && coverage == .full
+        }
+        return allFull ? .full : anyVisible ? .partial : .empty
+    }
+}
+
+/// Sets the scores of keys outside each row's (at most two) visible ranges to -inf, 16 rows at a time: two compares
+/// per range and a blend per key, instead of a scalar store per masked score. `bounds` as written by
+/// `GroupSpans.writeBounds`.
+@inline(__always)
+func applyMaskBounds(
+    _ sT: UnsafeMutablePointer<Float>, bounds: UnsafeMutableRawPointer, rowCount rp: Int, tile: Range<Int>
+) {
+    let lanes = UnsafeRawPointer(bounds)
+    let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
+    func load(_ array: Int, _ rv: Int) -> SIMD16<Int32> {
+        lanes.loadUnaligned(fromByteOffset: (array * rp + rv) * 4, as: SIMD16<Int32>.self)
+    }
+    var rv = 0
+    while rv < rp {
+        let (lo1, hi1, lo2, hi2) = (load(0, rv), load(1, rv), load(2, rv), load(3, rv))
+        let stripe = sT + rv * tile.count
+        for kk in 0..<tile.count {
+            let j = SIMD16<Int32>(repeating: Int32(tile.lowerBound + kk))
+            let visible = ((j .>= lo1) .& (j .<= hi1)) .| ((j .>= lo2) .& (j .<= hi2))
+            store16(load16(stripe, kk * 16).replacing(with: negativeInfinity, where: .!visible), stripe, kk * 16)
+        }
+        rv += 16
+    }
+}
+
+/// Whether `count` floats are all finite: their sum is NaN or infinite whenever some value is. (A sum of finite
+/// values that overflows also reports "not finite"; the quarantine path it then takes is exact, only slower.)
+@inline(__always)
+func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
+    streamingSum(values, count: count).isFinite
+}

@@ -1,0 +1,282 @@
+// The blockwise kernel's tiling: tile sizes and schedule (`BlockwiseTiling`), where keys and values live
+// (`KeyValueSegment`), scratch sizes, the stripe-major index, and the tile walk (`TileWalk`): the one place that
+// turns a work item's keys into the sequence of key tiles it computes, with each tile's coverage and a prefetch
+// handle for the tile after it.
+//
+// Legend: Br query positions per block (per head), Bc keys per tile, G = Hq / Hkv, R = G * Br rows per work item,
+// Rp = R rounded up to 16, Dk/Dv head dimensions.
+
+/// The blockwise kernel's tile sizes and schedule for one call.
+package struct BlockwiseTiling: Sendable, Hashable {
+    /// Query positions per block, per head (Br).
+    package var queryBlock: Int
+    /// Keys per tile (Bc).
+    package var keyBlock: Int
+    /// How a work item holds its rows (see `RowLayout`).
+    package var layout: RowLayout = .stripes
+    /// Keys per split (a multiple of `keyBlock`), or nil for one split: each (batch, key/value head, query block)
+    /// is then computed by one work item over all keys. With splits, every split is a work item that produces a
+    /// partial (O, m, l), and the partials are merged in split order afterwards (flash-decoding).
+    package var keysPerSplit: Int? = nil
+
+    package init(queryBlock: Int, keyBlock: Int, layout: RowLayout = .stripes, keysPerSplit: Int? = nil) {
+        self.queryBlock = queryBlock
+        self.keyBlock = keyBlock
+        self.layout = layout
+        self.keysPerSplit = keysPerSplit
+    }
+
+    /// Rp: the rows of one work item (G * Br) rounded up to whole 16-row stripes.
+    package func paddedRows(groupSize: Int) -> Int { (groupSize * queryBlock + 15) & ~15 }
+
+    /// The number of key splits for `keyLength` keys.
+    package func splitCount(keyLength: Int) -> Int {
+        guard let keysPerSplit, keyLength > 0 else { return 1 }
+        return (keyLength + keysPerSplit - 1) / keysPerSplit
+    }
+}
+
+/// How a work item keeps its R = G * Br query rows. The work item reads it once and runs with the matching
+/// `TileRowLayout` strategy (`StripeRows` or `FewRows`).
+package enum RowLayout: Sendable, Hashable {
+    /// Rows in lanes: Q^T and O^T stripe-major, computed 16 rows at a time by the prefill micro-kernels.
+    case stripes
+    /// R <= 16 rows, each row-major (query [R, Dk], output [R, Dv]); the decode micro-kernels vectorize along the
+    /// head dimension, so one to a few query rows do not pay for 16 lanes. Scores and weights stay a single
+    /// 16-lane stripe, so masking and the online softmax are shared with `.stripes`.
+    case rows
+}
+
+/// Where the kernel keeps each tile's scores.
+package enum ScoreStorage {
+    /// One S^T tile per worker, reused for every tile: the blockwise kernel.
+    case perWorkerTile
+    /// Every work item's S^T in one tensor of `B * Hkv * Bc * Rp` floats, kept whole: the naive kernel, which runs
+    /// this same code with a single tile (Br = Nq, Bc = Nk) so that it materializes the entire score matrix.
+    case materialized
+}
+
+/// Keys and values at consecutive logical positions `start ..< start + count` that are contiguous in memory, for
+/// every (batch, key/value head). A tensor is one segment; a ring-buffer cache is up to two, plus the new tokens of
+/// the step. The kernel reads them in place.
+package struct KeyValueSegment {
+    /// Key row `start` of head (batch 0, key/value head 0); rows are `keyDimension` floats apart.
+    package var keys: UnsafePointer<Float>
+    /// Value row `start` of head 0; rows are `valueDimension` floats apart.
+    package var values: UnsafePointer<Float>
+    /// Floats from a key row to the same row of the next head (head index = batch * Hkv + kvHead).
+    package var keyHeadStride: Int
+    /// Floats from a value row to the same row of the next head.
+    package var valueHeadStride: Int
+    /// The logical position of the segment's first key.
+    package var start: Int
+    /// Keys in the segment.
+    package var count: Int
+
+    package init(
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keyHeadStride: Int, valueHeadStride: Int,
+        start: Int, count: Int
+    ) {
+        self.keys = keys
+        self.values = values
+        self.keyHeadStride = keyHeadStride
+        self.valueHeadStride = valueHeadStride
+        self.start = start
+        self.count = count
+    }
+}
+
+/// Calls `body` with the single segment of a [B, Hkv, Nk, D] key tensor and its value tensor (none when Nk = 0 or
+/// a tensor is empty).
+package func withKeyValueSegments<R>(
+    keys: Tensor, values: Tensor, _ body: ([KeyValueSegment]) throws -> R
+) rethrows -> R {
+    try keys.withUnsafeBufferPointer { k in
+        try values.withUnsafeBufferPointer { v in
+            guard let kBase = k.baseAddress, let vBase = v.baseAddress, keys.rank == 4, keys.shape[2] > 0 else {
+                return try body([])
+            }
+            let nk = keys.shape[2]
+            return try body([
+                KeyValueSegment(
+                    keys: kBase, values: vBase, keyHeadStride: nk * keys.shape[3],
+                    valueHeadStride: nk * values.shape[3], start: 0, count: nk)
+            ])
+        }
+    }
+}
+
+/// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], four rows of mask span bounds [Rp], the
+/// quarantine copy of a V tile [Bc, Dv], for
+/// `.perWorkerTile` the S^T tile [Bc, Rp], and with one split the softmax state (`stateFloats`).
+package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
+{
+    let rp = tiling.paddedRows(groupSize: problem.groupSize)
+    let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
+    let tile = storage == .perWorkerTile ? bc * rp : 0
+    let state = tiling.splitCount(keyLength: problem.keyLength) == 1 ? stateFloats(problem, tiling) : 0
+    return rp * (dk + 6) + bc * dv + tile + state
+}
+
+/// Floats of one work item's softmax state: O [Dv x Rp] (in the tiling's layout), then m [Rp] and l [Rp].
+package func stateFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) -> Int {
+    tiling.paddedRows(groupSize: problem.groupSize) * (problem.valueDimension + 2)
+}
+
+/// Floats of the materialized score tensor for `.materialized` storage, or nil if that overflows Int.
+package func materializedScoreFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) -> Int? {
+    let queryBlocks = (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock
+    var total = 1
+    for factor in [
+        problem.batch, problem.keyValueHeads, queryBlocks, tiling.keyBlock,
+        tiling.paddedRows(groupSize: problem.groupSize),
+    ] {
+        let (product, overflow) = total.multipliedReportingOverflow(by: factor)
+        if overflow { return nil }
+        total = product
+    }
+    return total
+}
+
+/// Index of (row r, column x) in a stripe-major matrix with `columns` columns: rows are grouped in stripes of 16,
+/// and each stripe is stored as `columns` consecutive 16-float vectors. A micro-kernel walking one stripe reads
+/// contiguous memory; with plain row-major [columns, Rp] storage its 64-byte loads were Rp * 4 bytes apart and
+/// fell into a quarter of L1's sets.
+@inline(__always) func stripeIndex(_ r: Int, _ x: Int, columns: Int) -> Int {
+    stripeRowStart(r, columns: columns) + x * 16
+}
+
+/// Where row r of a stripe-major matrix starts: it is lane r % 16 of stripe r / 16, and its columns follow 16
+/// floats apart.
+@inline(__always) func stripeRowStart(_ r: Int, columns: Int) -> Int {
+    (r >> 4) &* columns &* 16 &+ (r & 15)
+}
+
+/// One key tile of a work item, as the tile walk hands it to the per-tile steps.
+struct KeyTile {
+    /// The tile's logical key positions (at most Bc, never crossing a segment boundary).
+    let keys: Range<Int>
+    /// How the item's mask covers the tile (never `.empty`: empty tiles are not handed out).
+    let coverage: TileCoverage
+    /// Key row `keys.lowerBound` of the item's head; rows are Dk floats apart.
+    let keyRows: UnsafePointer<Float>
+    /// Value row `keys.lowerBound`; rows are Dv floats apart.
+    let valueRows: UnsafePointer<Float>
+    /// The next tile of the same segment, for prefetching while this one computes (nil after a segment's last).
+    let next: TilePrefetch?
+}
+
+/// The key tiles of one work item: its visible key range (clipped to its key split) cut into tiles of Bc keys
+/// aligned to each segment's start, clipped to the range, skipping tiles the mask hides completely. Used by the
+/// prefill, decode and naive paths alike.
+struct TileWalk {
+    let segments: [KeyValueSegment]
+    /// The item's head index (batch * Hkv + key/value head), which selects the rows of every segment.
+    let head: Int
+    /// The keys this item visits: the mask's key hull for its rows, clipped to its split.
+    let keyRange: Range<Int>
+    let keyBlock: Int
+    let keyDimension: Int
+    let valueDimension: Int
+
+    /// - Parameters:
+    ///   - visibleKeys: the smallest range holding every key the item's rows see.
+    ///   - split: the item's key split; with `keysPerSplit` nil the walk covers all of `visibleKeys`.
+    init(
+        segments: [KeyValueSegment], head: Int, visibleKeys: Range<Int>, split: Int, keysPerSplit: Int?,
+        keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int
+    ) {
+        var range = visibleKeys
+        if let keysPerSplit {
+            range = range.clamped(to: (split * keysPerSplit)..<Swift.min(keyLength, (split + 1) * keysPerSplit))
+        }
+        self.segments = segments
+        self.head = head
+        self.keyRange = range
+        self.keyBlock = keyBlock
+        self.keyDimension = keyDimension
+        self.valueDimension = valueDimension
+    }
+
+    /// Calls `body` for each tile in key order; `coverage` classifies a tile's keys for the item's rows.
+    @inline(__always)
+    func forEach(coverage: (Range<Int>) -> TileCoverage, _ body: (KeyTile) -> Void) {
+        if keyRange.isEmpty { return }
+        let (bc, dk, dv) = (keyBlock, keyDimension, valueDimension)
+        for segment in segments {
+            let part = keyRange.clamped(to: segment.start..<(segment.start + segment.count))
+            if part.isEmpty { continue }
+            let keyBase = segment.keys + head * segment.keyHeadStride
+            let valueBase = segment.values + head * segment.valueHeadStride
+            var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
+            while tileStart < part.upperBound {
+                let keys = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)
+                tileStart += bc
+                let tileCoverage = coverage(keys)
+                if tileCoverage == .empty { continue }
+                let row0 = keys.lowerBound - segment.start
+                // The next tile of this segment is prefetched while this one computes: decode reads each key and
+                // value once and is bound by memory; prefill at long N reads tiles that have left L2.
+                let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
+                let next =
+                    nextCount > 0
+                    ? TilePrefetch(
+                        keys: keyBase + (tileStart - segment.start) * dk,
+                        values: valueBase + (tileStart - segment.start) * dv, keyCount: nextCount,
+                        keyDimension: dk, valueDimension: dv) : nil
+                body(
+                    KeyTile(
+                        keys: keys, coverage: tileCoverage, keyRows: keyBase + row0 * dk,
+                        valueRows: valueBase + row0 * dv, next: next))
+            }
+        }
+    }
+}
+
+/// The next tile's keys and values, prefetched while the current tile computes, spread over the whole tile (see
+/// the measurements in the micro-kernel files): the decode kernels' four-key score steps and 32-column value passes
+/// take their lines themselves; these helpers serve the single-key steps, the leftover rows, the 16-column passes
+/// and the prefill score kernel (`computeScores`).
+struct TilePrefetch {
+    /// Row 0 of the next tile's keys and values.
+    let keys: UnsafePointer<Float>
+    let values: UnsafePointer<Float>
+    /// Keys in the next tile.
+    let keyCount: Int
+    let keyDimension: Int
+    let valueDimension: Int
+
+    /// Key row `kk` of the next tile (nothing past its last row).
+    @inline(__always) func prefetchKeyRow(_ kk: Int) {
+        if kk < keyCount { prefetchToL2(keys + kk * keyDimension, count: keyDimension) }
+    }
+
+    /// Key rows `rows` of the next tile (nothing past its last row).
+    @inline(__always) func prefetchKeyRows(_ rows: Range<Int>) {
+        for row in rows { prefetchKeyRow(row) }
+    }
+
+    /// Key rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
+    @inline(__always) func prefetchKeyRows(from kk: Int) {
+        prefetchKeyRows(kk..<Swift.max(kk, keyCount))
+    }
+
+    /// Value rows `rows` of the next tile (nothing past its last row).
+    @inline(__always) func prefetchValueRows(_ rows: Range<Int>) {
+        for row in rows where row < keyCount { prefetchToL2(values + row * valueDimension, count: valueDimension) }
+    }
+
+    /// Value rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
+    @inline(__always) func prefetchValueRows(from kk: Int) {
+        prefetchValueRows(kk..<Swift.max(kk, keyCount))
+    }
+
+    /// The line holding value column `column` of every row of the next tile.
+    @inline(__always) func prefetchValueColumn(_ column: Int) {
+        var row = values + column
+        for _ in 0..<keyCount {
+            prefetchToL2(UnsafeRawPointer(row))
+            row += valueDimension
+        }
+    }
+}
