@@ -1,14 +1,19 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.2
 //
 // Pure-Swift CPU attention kernels. No package dependencies, by design.
 //
-// Build flags for full speed (e.g. `-Xcc -march=native`) go on the command line, never here:
-// SwiftPM rejects `unsafeFlags` in a package that other packages depend on by version.
+// Full speed needs a CPU target with the machine's vector units: `-Xcc -march=native` on the command line, or the
+// `NativeCPU` trait, which adds that flag to AttentionCore itself. Since tools version 6.2, SwiftPM accepts
+// `unsafeFlags` in a dependency pinned by version, so a dependent can turn the trait on in its `.package(...)`
+// line (see the README's "Using it from your package").
 
 import PackageDescription
 
 let package = Package(
     name: "swift-attention",
+    // Duration and ContinuousClock (macOS 13 / iOS 16) are the newest APIs the library uses; its atomics come from
+    // AttentionPlatform, not from Synchronization (macOS 15 / iOS 18).
+    platforms: [.macOS(.v13), .iOS(.v16), .tvOS(.v16), .watchOS(.v9), .visionOS(.v1)],
     products: [
         .library(name: "Attention", targets: ["Attention"]),
         .library(name: "AttentionCore", targets: ["AttentionCore"]),
@@ -20,14 +25,27 @@ let package = Package(
     ],
     traits: [
         .trait(
+            name: "NativeCPU",
+            description: "Compile AttentionCore for the CPU that builds it (-march=native): AVX2/AVX-512 and FMA "
+                + "on x86_64, the register blocking for the target, fused multiply-add where it exists. The binary "
+                + "then needs a CPU with the same features."
+        ),
+        .trait(
             name: "FusedMultiplyAdd",
-            description: "Use fused multiply-add in the kernels' inner loops. Enable it only together with a CPU "
-                + "target that has FMA (e.g. -Xcc -march=native on x86_64, or any arm64 build): on baseline x86_64 "
-                + "each fused multiply-add becomes a libm call per lane."
-        )
+            description: "Force fused multiply-add in the kernels' inner loops even where the build target is not "
+                + "known to have FMA. Targets with FMA (-march=native on a CPU with FMA, arm64) use it without this "
+                + "trait; on baseline x86_64 each fused multiply-add would be a libm call per lane."
+        ),
     ],
     targets: [
-        .target(name: "AttentionCore"),
+        // Compile-time target facts, CPU detection, a prefetch hint and an atomic increment: a header of static
+        // inline C functions (see its comment for why each one is not Swift).
+        .target(name: "AttentionPlatform"),
+        .target(
+            name: "AttentionCore",
+            dependencies: ["AttentionPlatform"],
+            swiftSettings: [.unsafeFlags(["-Xcc", "-march=native"], .when(traits: ["NativeCPU"]))]
+        ),
         .target(name: "MultiQueryAttention", dependencies: ["AttentionCore"]),
         .target(name: "GroupedQueryAttention", dependencies: ["AttentionCore"]),
         .target(name: "SlidingWindowAttention", dependencies: ["AttentionCore"]),

@@ -168,17 +168,14 @@ final class BenchmarkKitTests: XCTestCase {
 
     func testMachineWarningsNameTheFix() {
         var machine = MachineContext(
-            cpu: "x", cores: 2, cpuFlags: ["avx2", "fma"], build: "release", fusedMultiplyAdd: false,
+            cpu: "x", cores: 2, build: "release", kernels: "x86_64", advice: "this CPU has AVX2 FMA but ...",
             microKernelGFLOPS: 17)
-        XCTAssertTrue(machine.warnings.first?.contains("baseline x86_64") ?? false)
-        XCTAssertTrue(machine.warnings.first?.contains("-Xcc -march=native --traits FusedMultiplyAdd") ?? false)
-        machine.microKernelGFLOPS = 46
-        XCTAssertTrue(machine.warnings.first?.contains("FusedMultiplyAdd trait") ?? false)
-        machine.fusedMultiplyAdd = true
-        machine.microKernelGFLOPS = 80
+        XCTAssertEqual(machine.warnings.count, 1)
+        XCTAssertTrue(machine.warnings[0].contains("this CPU has AVX2 FMA"))
+        XCTAssertTrue(machine.warnings[0].contains("-c release -Xcc -march=native attention-bench"))
+        machine.advice = nil
         XCTAssertEqual(machine.warnings, [])
-        machine.build = "debug"
-        XCTAssertTrue(machine.warnings.first?.contains("debug build") ?? false)
+        XCTAssertTrue(machine.summary[1].contains("kernels: x86_64"))
     }
 
     func testGrowthSummariesPairTheShortestAndLongestOfEachSeries() {

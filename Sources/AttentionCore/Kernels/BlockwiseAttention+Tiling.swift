@@ -18,12 +18,19 @@ package struct BlockwiseTiling: Sendable, Hashable {
     /// is then computed by one work item over all keys. With splits, every split is a work item that produces a
     /// partial (O, m, l), and the partials are merged in split order afterwards (flash-decoding).
     package var keysPerSplit: Int? = nil
+    /// The register blocking of the `.stripes` micro-kernels: the build target's unless a test asks for the other
+    /// (both give identical results).
+    package var shape: MicroKernelShape = .target
 
-    package init(queryBlock: Int, keyBlock: Int, layout: RowLayout = .stripes, keysPerSplit: Int? = nil) {
+    package init(
+        queryBlock: Int, keyBlock: Int, layout: RowLayout = .stripes, keysPerSplit: Int? = nil,
+        shape: MicroKernelShape = .target
+    ) {
         self.queryBlock = queryBlock
         self.keyBlock = keyBlock
         self.layout = layout
         self.keysPerSplit = keysPerSplit
+        self.shape = shape
     }
 
     /// Rp: the rows of one work item (G * Br) rounded up to whole 16-row stripes.

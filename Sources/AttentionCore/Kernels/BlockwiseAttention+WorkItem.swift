@@ -36,8 +36,10 @@ struct StripeRows: TileRowLayout {
     let paddedRows: Int
     let keyDimension: Int
     let valueDimension: Int
+    let shape: MicroKernelShape
 
     init(_ problem: AttentionProblem, _ tiling: BlockwiseTiling) {
+        shape = tiling.shape
         paddedRows = tiling.paddedRows(groupSize: problem.groupSize)
         keyDimension = problem.keyDimension
         valueDimension = problem.valueDimension
@@ -53,7 +55,7 @@ struct StripeRows: TileRowLayout {
     {
         computeScores(
             qT: queries, rowCount: paddedRows, keys: tile.keyRows, keyCount: tile.keys.count, depth: keyDimension,
-            scores: sT, prefetch: tile.next)
+            scores: sT, prefetch: tile.next, shape: shape)
     }
 
     @inline(__always) func accumulate(
@@ -62,7 +64,7 @@ struct StripeRows: TileRowLayout {
     ) {
         accumulateValues(
             weights: pT, rowCount: paddedRows, keyCount: tile.keys.count, values: values,
-            valueDimension: valueDimension, oT: o)
+            valueDimension: valueDimension, oT: o, shape: shape)
     }
 
     @inline(__always) func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>) {

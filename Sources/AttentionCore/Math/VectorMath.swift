@@ -14,6 +14,8 @@
 // exp2(x) for x < -126); these are weights below 1.2e-38, which no softmax row can notice. exp(-inf) = 0,
 // exp(+inf) = +inf, exp(NaN) = NaN.
 
+import AttentionPlatform
+
 /// The SIMD width every kernel in this package is written for: 16 Float lanes (one AVX-512 register, four SSE).
 public typealias FloatVector = SIMD16<Float>
 
@@ -238,14 +240,16 @@ package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, 
     return total
 }
 
-/// acc + a * b. With the `FusedMultiplyAdd` package trait this is one fused multiply-add (one rounding); without
-/// it, a multiply and an add, because on Swift's default x86_64 target a fused multiply-add is a libm call per
-/// lane (see the README's "Build flags" section for the measured numbers behind this choice).
+/// acc + a * b: one fused multiply-add (one rounding) when the build target has FMA (`-Xcc -march=native` on a
+/// CPU with FMA, every arm64 build) or the `FusedMultiplyAdd` package trait forces it; otherwise a multiply and an
+/// add, because on Swift's default x86_64 target a fused multiply-add is a libm call per lane (see the README's
+/// "Build flags" section). The target test is a constant the compiler folds (see AttentionPlatform.h).
 @inlinable @inline(__always)
 package func multiplyAdd(_ a: SIMD16<Float>, _ b: SIMD16<Float>, _ acc: SIMD16<Float>) -> SIMD16<Float> {
     #if FusedMultiplyAdd
         return acc.addingProduct(a, b)
     #else
+        if swift_attention_target_has_fma() != 0 { return acc.addingProduct(a, b) }
         return acc + a * b
     #endif
 }
@@ -276,18 +280,14 @@ package func streamingSum(_ values: UnsafePointer<Float>, count: Int) -> Float {
     return horizontalSum(probe) + tail
 }
 
-/// LLVM's prefetch intrinsic, reached by its symbol name: Swift has no prefetch function, and this is the one place
-/// the package names an LLVM intrinsic (`@_silgen_name` binds the declaration to it; it needs no compiler flag and
-/// builds in debug and release). Arguments: address, 0 = read, locality 0...3, 1 = data cache. Used by the decode
-/// kernel (`TilePrefetch`); locality 2 measured as fast as 1 there and faster than 3 or 0.
-@_silgen_name("llvm.prefetch.p0")
-private func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32, _ cacheType: Int32)
-
 /// Hints the CPU to start loading the cache line holding `address` into L2 (x86 `prefetcht1`, arm64 `prfm
-/// pldl2keep`; nothing where there is no such instruction). Never faults, never changes a result.
+/// pldl2keep`; nothing where there is no such instruction). Never faults, never changes a result. It is
+/// `__builtin_prefetch` from AttentionPlatform: a C call is nounwind, so it stays a plain call under the thread
+/// sanitizer, where binding LLVM's intrinsic directly (`@_silgen_name`) failed to compile. Locality 2 measured as
+/// fast as 1 in the decode kernel and faster than 3 or 0.
 @inline(__always)
 package func prefetchToL2(_ address: UnsafeRawPointer) {
-    llvmPrefetch(address, 0, 2, 1)
+    swift_attention_prefetch_l2(address)
 }
 
 /// Prefetches `count` floats at `start` into L2, one hint per 64-byte line.

@@ -1,12 +1,13 @@
 // Parallel: the one place in the package that talks to Dispatch.
 //
 // Work is a list of independent items (for attention: one item per (batch, head) or per query block). Workers
-// claim items from a shared atomic counter, so the split adapts to uneven items (causal rows) and to a core
+// claim items from a shared atomic counter (a relaxed fetch-and-add from AttentionPlatform: `Synchronization.Atomic`
+// would require macOS 15 / iOS 18), so the split adapts to uneven items (causal rows) and to a core
 // that the hypervisor takes away. Each item is computed entirely by the worker that claims it, and items never
 // share output memory, so results are bitwise identical for every thread count and every schedule.
 
+import AttentionPlatform
 import Dispatch
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -34,15 +35,17 @@ package enum Parallel {
             for item in 0..<itemCount { body(0, item) }
             return
         }
-        let next = Atomic<Int>(0)
+        let next = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+        next.initialize(to: 0)
+        defer { next.deallocate() }
         // `body` is only called while this function runs; concurrentPerform returns after every worker finished.
         withoutActuallyEscaping(body) { body in
-            let shared = UncheckedSendable(body)
+            let shared = UncheckedSendable((body, next))
             DispatchQueue.concurrentPerform(iterations: workers) { worker in
                 while true {
-                    let item = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    let item = swift_attention_fetch_increment(shared.value.1)
                     if item >= itemCount { return }
-                    shared.value(worker, item)
+                    shared.value.0(worker, item)
                 }
             }
         }

@@ -1,0 +1,64 @@
+import AttentionCore
+import XCTest
+import _AttentionTestSupport
+
+/// Both register blockings of the prefill micro-kernels, whichever one this build targets: each against the
+/// Float64 reference, and the two bit for bit against each other (the shape must never change a result).
+final class MicroKernelShapeTests: XCTestCase {
+    private func run(
+        _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), mask: AttentionMask, options: AttentionOptions,
+        tiling: BlockwiseTiling
+    ) throws -> AttentionResult {
+        let problem = try AttentionProblem(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
+        return withKeyValueSegments(keys: inputs.keys, values: inputs.values) { segments in
+            var fresh: [Float]? = nil
+            return tiledAttention(
+                problem, queries: inputs.queries, segments: segments, tiling: tiling, scoreStorage: .perWorkerTile,
+                reusing: &fresh)
+        }
+    }
+
+    func testWideAndNarrowShapesAgreeBitForBitAndMatchTheReference() throws {
+        // (query heads, key/value heads, Nq, Nk, Dk, Dv, Br, Bc): Rp of 16, 32, 48 and 64 rows (an unpaired
+        // stripe), key tiles that are and are not multiples of 8, head dimensions with and without a tail of 8.
+        let cases: [(Int, Int, Int, Int, Int, Int, Int, Int)] = [
+            (2, 2, 113, 203, 64, 64, 64, 64), (4, 1, 45, 70, 19, 21, 12, 7), (8, 2, 33, 90, 63, 80, 16, 64),
+            (3, 3, 7, 7, 1, 3, 7, 5), (1, 1, 128, 217, 128, 128, 48, 16), (2, 1, 40, 40, 8, 9, 8, 13),
+        ]
+        try withEvery("case", in: cases.indices) { index in
+            let (hq, hkv, nq, nk, dk, dv, br, bc) = cases[index]
+            let inputs = try attentionInputs(
+                queryHeads: hq, keyValueHeads: hkv, queryLength: nq, keyLength: nk, headDimension: dk,
+                valueDimension: dv, seed: UInt64(index + 40))
+            try withEvery("mask", in: [AttentionMask.none, .causal, .window(left: 9, right: 2)]) { mask in
+                let options = AttentionOptions(threads: 1)
+                var results: [AttentionResult] = []
+                for shape in [MicroKernelShape.narrow, .wide] {
+                    let result = try run(
+                        inputs, mask: mask, options: options,
+                        tiling: BlockwiseTiling(queryBlock: br, keyBlock: bc, shape: shape))
+                    let check = checkOutput(
+                        result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+                        options: options)
+                    XCTAssertTrue(check.passes, "\(shape): \(check)")
+                    results.append(result)
+                }
+                XCTAssertEqual(results[0].output.scalars, results[1].output.scalars, "output bits")
+                XCTAssertEqual(results[0].logSumExp.scalars, results[1].logSumExp.scalars, "log-sum-exp bits")
+            }
+        }
+    }
+
+    func testTargetShapeFollowsTheBuildTarget() {
+        let build = KernelBuild.current
+        XCTAssertEqual(MicroKernelShape.target == .wide, build.targetFeatures.contains(.avx512f))
+        XCTAssertEqual(MicroKernelShape.target.accumulators, build.targetFeatures.contains(.avx512f) ? 16 : 6)
+        XCTAssertEqual(BlockwiseTiling(queryBlock: 1, keyBlock: 1).shape, MicroKernelShape.target)
+    }
+
+    func testProbeMeasuresAPositiveRate() {
+        let rate = microKernelThroughput(seconds: 0.02, windows: 2)
+        XCTAssertTrue(rate.isFinite && rate > 0.1, "\(rate) GFLOP/s")
+    }
+}
