@@ -1,7 +1,10 @@
 // `attention-bench ext ...`: the external-implementation protocol of the peers harness
 // (shared/peers/ext_example.py), so this package can be timed in the same run as ONNX Runtime and PyTorch:
 // read Q, K, V (float32 little-endian, [B, H, N, d]) from files, run warm-up and timed calls of the automatic
-// kernel, write O, and print one JSON line {"times_s": [...], "peak_rss_mb": ..., "backend": ...}.
+// kernel, write O, and print one JSON line {"times_s": [...], "base_rss_mb": ..., "peak_rss_mb": ..., "backend": ...}.
+// Memory as the harness measures its in-process peers: the resident set once the inputs are loaded (base), the
+// kernel's peak mark reset (/proc/self/clear_refs), then the peak during the calls, so peak - base is what the
+// calls themselves needed (output included), not the file loading.
 
 import AttentionCore
 import Foundation
@@ -73,7 +76,8 @@ public func runExternal(_ job: ExternalJob) throws -> String {
     let v = try read(job.values, [job.batch, job.keyValueHeads, job.keyLength, job.headDimension])
     let options = AttentionOptions(scale: job.scale, threads: job.threads)
     let mask: AttentionMask = job.causal ? .causal : .none
-    let baseResident = residentHighWaterMegabytes()
+    let baseResident = residentMegabytes()
+    resetResidentHighWater()
     for _ in 0..<job.warmup { _ = try attention(queries: q, keys: k, values: v, mask: mask, options: options) }
     var output = q
     var times: [Double] = []
@@ -84,23 +88,36 @@ public func runExternal(_ job: ExternalJob) throws -> String {
         }
         times.append(elapsed.inSeconds)
     }
+    let peakResident = Swift.max(baseResident, residentHighWaterMegabytes())
     var bytes = Data(capacity: output.count * 4)
     for scalar in output.scalars {
         withUnsafeBytes(of: scalar.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
     }
     try bytes.write(to: URL(fileURLWithPath: job.output))
     let object: [String: Any] = [
-        "times_s": times, "peak_rss_mb": residentHighWaterMegabytes(), "base_rss_mb": baseResident,
+        "times_s": times, "peak_rss_mb": peakResident, "base_rss_mb": baseResident,
         "backend": "swift-attention blockwise (automatic kernel)",
     ]
     let json = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     return String(decoding: json, as: UTF8.self)
 }
 
-/// The process's peak resident set (VmHWM) in MiB, read from /proc; 0 where /proc is unavailable.
-public func residentHighWaterMegabytes() -> Double {
+/// The process's peak resident set (VmHWM) in MiB since start or the last `resetResidentHighWater`, read from
+/// /proc; 0 where /proc is unavailable.
+public func residentHighWaterMegabytes() -> Double { statusMegabytes("VmHWM:") }
+
+/// The process's resident set now (VmRSS) in MiB; 0 where /proc is unavailable.
+public func residentMegabytes() -> Double { statusMegabytes("VmRSS:") }
+
+/// Resets the kernel's peak-resident mark (VmHWM) to the current resident set (Linux 4.0 and later; a no-op
+/// elsewhere, where the peak then counts from the process's start).
+public func resetResidentHighWater() {
+    try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
+}
+
+private func statusMegabytes(_ key: String) -> Double {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+    for line in status.split(separator: "\n") where line.hasPrefix(key) {
         let fields = line.split(separator: " ", omittingEmptySubsequences: true)
         if fields.count >= 2, let kilobytes = Double(fields[1]) { return kilobytes / 1024 }
     }

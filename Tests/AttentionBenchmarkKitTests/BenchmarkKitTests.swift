@@ -166,6 +166,54 @@ final class BenchmarkKitTests: XCTestCase {
         XCTAssertTrue(svg.contains("512.0 MiB"))
     }
 
+    /// One external-protocol job end to end: the output file holds the kernel's result, and the memory fields
+    /// are the harness's base (resident set after loading) and peak (during the calls, after a reset).
+    func testExternalJobWritesTheOutputAndReportsBaseAndPeakMemory() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ext-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (b, hq, hkv, n, d) = (1, 4, 2, 300, 16)
+        var paths: [String: String] = [:]
+        var tensors: [String: Tensor] = [:]
+        for (name, heads, seed) in [("q", hq, 1), ("k", hkv, 2), ("v", hkv, 3)] {
+            let tensor = try Tensor.randomNormal(shape: [b, heads, n, d], seed: UInt64(seed))
+            var bytes = Data()
+            for scalar in tensor.scalars {
+                withUnsafeBytes(of: scalar.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+            }
+            let path = directory.appendingPathComponent("\(name).f32").path
+            try bytes.write(to: URL(fileURLWithPath: path))
+            paths[name] = path
+            tensors[name] = tensor
+        }
+        let out = directory.appendingPathComponent("o.f32").path
+        let arguments = [
+            "--q", paths["q"]!, "--k", paths["k"]!, "--v", paths["v"]!, "--out", out, "--batch", "\(b)",
+            "--q-heads", "\(hq)", "--kv-heads", "\(hkv)", "--q-len", "\(n)", "--kv-len", "\(n)", "--head-dim", "\(d)",
+            "--causal", "1", "--scale", "0.25", "--threads", "1", "--warmup", "1", "--reps", "2",
+        ]
+        let line = try runExternal(ExternalJob(arguments: arguments))
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        XCTAssertEqual((object["times_s"] as? [Double])?.count, 2)
+        let base = try XCTUnwrap(object["base_rss_mb"] as? Double)
+        let peak = try XCTUnwrap(object["peak_rss_mb"] as? Double)
+        #if os(Linux)
+            XCTAssertGreaterThan(base, 0)
+        #endif
+        XCTAssertGreaterThanOrEqual(peak, base)
+        let expected = try attention(
+            queries: tensors["q"]!, keys: tensors["k"]!, values: tensors["v"]!, mask: .causal,
+            options: AttentionOptions(scale: 0.25, threads: 1))
+        let written = try Data(contentsOf: URL(fileURLWithPath: out))
+        XCTAssertEqual(written.count, expected.count * 4)
+        let scalars = written.withUnsafeBytes { raw in
+            (0..<expected.count).map {
+                Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+            }
+        }
+        XCTAssertEqual(scalars, expected.scalars)
+    }
+
     func testMachineWarningsNameTheFix() {
         var machine = MachineContext(
             cpu: "x", cores: 2, build: "release", kernels: "x86_64", advice: "this CPU has AVX2 FMA but ...",

@@ -410,8 +410,10 @@ private typealias Vectors8 = (
 /// Eight consecutive 16-float vectors at `p`.
 @inline(__always)
 private func load8Vectors(_ p: UnsafePointer<Float>) -> Vectors8 {
-    (load16(p, 0), load16(p, 16), load16(p, 32), load16(p, 48), load16(p, 64), load16(p, 80), load16(p, 96),
-     load16(p, 112))
+    (
+        load16(p, 0), load16(p, 16), load16(p, 32), load16(p, 48), load16(p, 64), load16(p, 80), load16(p, 96),
+        load16(p, 112)
+    )
 }
 
 /// Stores eight vectors consecutively at `p`.

@@ -51,8 +51,7 @@ struct StripeRows: TileRowLayout {
         stripeIndex(r, c, columns: keyDimension)
     }
 
-    @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>)
-    {
+    @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
         computeScores(
             qT: queries, rowCount: paddedRows, keys: tile.keyRows, keyCount: tile.keys.count, depth: keyDimension,
             scores: sT, prefetch: tile.next, shape: shape)
@@ -96,8 +95,7 @@ struct FewRows: TileRowLayout {
         fewRowsQueryIndex(r, c, rowCount: rowCount, depth: keyDimension)
     }
 
-    @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>)
-    {
+    @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
         computeScoresFewRows(
             queries: queries, rowCount: rowCount, keys: tile.keyRows, keyCount: tile.keys.count,
             depth: keyDimension, scores: sT, prefetch: tile.next)
