@@ -7,22 +7,30 @@
 // The register blocking is chosen for the build target (`MicroKernelShape.target`), because the accumulators
 // must cover FMA latency x FMA pipes within the register file:
 //
-//   narrow (AVX2, SSE2, arm64 NEON): 6 keys (value columns) x 16 rows per step, 6 SIMD16 accumulators. On AVX2 a
-//     SIMD16 is two ymm registers: 12 accumulator chains hide the 4-cycle latency at 2 FMAs per cycle, and 15 of
-//     the 16 registers are live, so nothing spills (a 16-accumulator kernel spilled on every step there).
-//   wide (AVX-512): 8 keys (value columns) x 32 rows (two stripes) per step, 16 zmm accumulators of 32 registers:
-//     >= 8 chains are needed on a core with two 512-bit FMA pipes (Intel Xeon: `fma_peak` gives 127.5 GFLOP/s
-//     with 6 accumulators, 168 with 8), and each broadcast now feeds two multiply-adds, so a step needs 10 loads
-//     for 16 FMAs instead of 7 for 6. Zen 4 (one 512-bit FMA per cycle) needs only 4 chains and loses nothing.
+//   narrow (AVX2, SSE2, arm64 NEON, AMD Zen 4/5): 6 keys (value columns) x 16 rows per step, 6 SIMD16
+//     accumulators. On AVX2 a SIMD16 is two ymm registers: 12 accumulator chains hide the 4-cycle latency at 2 FMAs
+//     per cycle, and 15 of the 16 registers are live, so nothing spills (a 16-accumulator kernel spilled on every
+//     step there).
+//   wide (AVX-512 on Intel): 4 keys (value columns) x 64 rows (four stripes) per step, 16 zmm accumulators of 32
+//     registers: >= 8 chains are needed on a core with two 512-bit FMA pipes (Intel Xeon: `fma_peak` gives 127.5
+//     GFLOP/s with 6 accumulators, 168 with 8), and each step needs only 4 broadcasts and 4 vector loads for 16
+//     multiply-adds. llvm-mca 14 (-mcpu=icelake-server, two 512-bit FMA ports) on the compiled loops: 8.1 cycles
+//     per 16 multiply-adds for both wide kernels (99% of the ports), against 8.1 per 12 (74%) for the narrow ones
+//     built for the same target; an 8 x 32 blocking modelled at 82% (scores) and 88% (values). AMD Zen 4 and 5
+//     keep the narrow shape even with AVX-512: one 512-bit FMA per cycle needs only 4 chains, the narrow kernels
+//     fold each broadcast into its multiply-add (llvm-mca 19, -mcpu=znver4: 100% of the FMA rate) while the wide
+//     ones pay a separate floating-point uop per broadcast (82%), and the narrow kernels ran the blockwise kernel
+//     at 82-86% of the FMA peak on a Zen 4 core (N = 4096, d = 64 and 128, 2026-12-01).
 //
 // The shape never changes a result: every score is the same chain of multiply-adds over c in order, every output
-// the same chain over k, so both shapes give identical bits (tested). Leftovers run 4, then 1, at a time; a
-// 16-row stripe without a partner and value columns past the last group of 8 run the narrow kernels. Matrices are
+// the same chain over k, so both shapes give identical bits (tested). Leftover keys run 4, then 1, at a time; the
+// stripes past the last group of four, and value columns past the last group of 4, run the narrow kernels. The
+// default tiles always give Rp = 64 (see `BlockwiseTiling.automatic`). Matrices are
 // stripe-major (see `stripeIndex`): one 16-row stripe is a contiguous [columns, 16] block, and Rp is a multiple
 // of 16, so rows never need a tail.
 //
 // The score kernel's key steps also prefetch the next tile (key rows during the first stripe, value rows during the
-// second; both during the first pair of stripes for the wide shape, which does twice the work per step), for long
+// second; both during the first four stripes for the wide shape, which does four times the work per step), for long
 // sequences whose K and V no longer stay in L2 between query blocks. Causal, d = 64, N = 16384,
 // one thread, alternating with the kernel before (2026-12-01): 98.5 / 94.3, 92.0 / 89.9 and 90.6 / 75.4 GFLOP/s;
 // hinting key and value rows together in the first stripe took 2-thread GQA 32/8 at N = 2048 down 7%, split over
@@ -34,12 +42,13 @@ import AttentionPlatform
 package enum MicroKernelShape: Sendable, Hashable {
     /// 6 keys (or value columns) x 16 rows: 6 SIMD16 accumulators, for 16 vector registers.
     case narrow
-    /// 8 keys (or value columns) x 32 rows: 16 SIMD16 accumulators, for 32 512-bit registers.
+    /// 4 keys (or value columns) x 64 rows: 16 SIMD16 accumulators, for 32 512-bit registers.
     case wide
 
-    /// The shape for the build target: wide when it has AVX-512 (a constant the compiler folds).
+    /// The shape for the build target: wide for AVX-512 targets other than AMD Zen 4 and 5 (a constant the
+    /// compiler folds; see `swift_attention_target_prefers_wide_blocking` for the measurements).
     package static var target: MicroKernelShape {
-        swift_attention_target_has_avx512() != 0 ? .wide : .narrow
+        swift_attention_target_prefers_wide_blocking() != 0 ? .wide : .narrow
     }
 
     /// Independent SIMD16 accumulator chains per step.
@@ -48,7 +57,7 @@ package enum MicroKernelShape: Sendable, Hashable {
     /// A short description for build reports, e.g. "6 keys x 16 rows (6 accumulators)".
     package var summary: String {
         self == .wide
-            ? "8 keys x 32 rows (16 SIMD16 accumulators, for 32 registers)"
+            ? "4 keys x 64 rows (16 SIMD16 accumulators, for 32 registers)"
             : "6 keys x 16 rows (6 SIMD16 accumulators, for 16 registers)"
     }
 }
@@ -64,26 +73,27 @@ func computeScores(
 ) {
     var rb = 0
     if shape == .wide {
-        while rb + 32 <= rp {
+        while rb + 64 <= rp {
             let ahead = rb == 0 ? next : nil
-            let (q0, q1) = (qT + rb * dk, qT + (rb + 16) * dk)
-            let (out0, out1) = (scores + rb * keyCount, scores + (rb + 16) * keyCount)
+            let q = qT + rb * dk
+            let out = scores + rb * keyCount
             var kk = 0
-            while kk + 8 <= keyCount {
-                ahead?.prefetchKeyRows(kk..<(kk + 8))
-                ahead?.prefetchValueRows(kk..<(kk + 8))
-                scoreKernel8x32(q0, q1, keys: keys + kk * dk, depth: dk, out0: out0 + kk * 16, out1: out1 + kk * 16)
-                kk += 8
+            while kk + 4 <= keyCount {
+                ahead?.prefetchKeyRows(kk..<(kk + 4))
+                ahead?.prefetchValueRows(kk..<(kk + 4))
+                scoreKernel4x64(q, keys: keys + kk * dk, depth: dk, keyCount: keyCount, out: out + kk * 16)
+                kk += 4
             }
-            if kk < keyCount {
-                ahead?.prefetchKeyRows(kk..<keyCount)
-                ahead?.prefetchValueRows(kk..<keyCount)
-                scoreColumns(q0, keys: keys, keys: kk..<keyCount, depth: dk, out: out0)
-                scoreColumns(q1, keys: keys, keys: kk..<keyCount, depth: dk, out: out1)
+            ahead?.prefetchKeyRows(kk..<Swift.max(kk, keyCount))
+            ahead?.prefetchValueRows(kk..<Swift.max(kk, keyCount))
+            for stripe in 0..<4 {
+                scoreColumns(
+                    q + stripe * 16 * dk, keys: keys, keys: kk..<keyCount, depth: dk,
+                    out: out + stripe * 16 * keyCount)
             }
             ahead?.prefetchKeyRows(from: keyCount)
             ahead?.prefetchValueRows(from: keyCount)
-            rb += 32
+            rb += 64
         }
     }
     while rb < rp {
@@ -135,19 +145,21 @@ func accumulateValues(
 ) {
     var rb = 0
     if shape == .wide {
-        while rb + 32 <= rp {
-            let (p0, p1) = (pT + rb * keyCount, pT + (rb + 16) * keyCount)
-            let (out0, out1) = (oT + rb * dv, oT + (rb + 16) * dv)
+        while rb + 64 <= rp {
+            let p = pT + rb * keyCount
+            let out = oT + rb * dv
             var c = 0
-            while c + 8 <= dv {
-                valueKernel8x32(
-                    p0, p1, keyCount: keyCount, values: values + c, valueStride: dv, out0: out0 + c * 16,
-                    out1: out1 + c * 16)
-                c += 8
+            while c + 4 <= dv {
+                valueKernel4x64(
+                    p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16, columns: dv)
+                c += 4
             }
-            valueColumns(p0, keyCount: keyCount, values: values, columns: c..<dv, out: out0)
-            valueColumns(p1, keyCount: keyCount, values: values, columns: c..<dv, out: out1)
-            rb += 32
+            for stripe in 0..<4 {
+                valueColumns(
+                    p + stripe * 16 * keyCount, keyCount: keyCount, values: values, columns: c..<dv,
+                    out: out + stripe * 16 * dv)
+            }
+            rb += 64
         }
     }
     while rb < rp {
@@ -310,121 +322,112 @@ private func valueKernel6(
     store16(a5, out, 80)
 }
 
-/// The wide shape's score step: 8 keys against two 16-row stripes of Q^T, 16 accumulators; each broadcast key
-/// element feeds two multiply-adds.
+/// The wide shape's score step: 4 keys against four 16-row stripes of Q^T (64 rows), 16 accumulators; each
+/// broadcast key element feeds four multiply-adds. Stripe s of Q^T starts 16 * Dk floats after stripe s - 1, and
+/// its scores 16 * keyCount floats after those of stripe s - 1.
 @inline(__always)
-private func scoreKernel8x32(
-    _ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int,
-    out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>
+private func scoreKernel4x64(
+    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, keyCount: Int,
+    out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-    var a4 = SIMD16<Float>(), a5 = SIMD16<Float>(), a6 = SIMD16<Float>(), a7 = SIMD16<Float>()
     var b0 = SIMD16<Float>(), b1 = SIMD16<Float>(), b2 = SIMD16<Float>(), b3 = SIMD16<Float>()
-    var b4 = SIMD16<Float>(), b5 = SIMD16<Float>(), b6 = SIMD16<Float>(), b7 = SIMD16<Float>()
+    var c0 = SIMD16<Float>(), c1 = SIMD16<Float>(), c2 = SIMD16<Float>(), c3 = SIMD16<Float>()
+    var d0 = SIMD16<Float>(), d1 = SIMD16<Float>(), d2 = SIMD16<Float>(), d3 = SIMD16<Float>()
     let k0 = keys, k1 = keys + dk, k2 = keys + 2 * dk, k3 = keys + 3 * dk
-    let k4 = keys + 4 * dk, k5 = keys + 5 * dk, k6 = keys + 6 * dk, k7 = keys + 7 * dk
-    var (x, y) = (q0, q1)
+    let stripe = 16 * dk
+    var q = qT
     for c in 0..<dk {
-        let (qa, qb) = (load16(x, 0), load16(y, 0))
+        let (x0, x1, x2, x3) = (load16(q, 0), load16(q, stripe), load16(q, 2 * stripe), load16(q, 3 * stripe))
         var k = SIMD16<Float>(repeating: k0[c])
-        a0 = multiplyAdd(k, qa, a0)
-        b0 = multiplyAdd(k, qb, b0)
+        a0 = multiplyAdd(k, x0, a0)
+        b0 = multiplyAdd(k, x1, b0)
+        c0 = multiplyAdd(k, x2, c0)
+        d0 = multiplyAdd(k, x3, d0)
         k = SIMD16<Float>(repeating: k1[c])
-        a1 = multiplyAdd(k, qa, a1)
-        b1 = multiplyAdd(k, qb, b1)
+        a1 = multiplyAdd(k, x0, a1)
+        b1 = multiplyAdd(k, x1, b1)
+        c1 = multiplyAdd(k, x2, c1)
+        d1 = multiplyAdd(k, x3, d1)
         k = SIMD16<Float>(repeating: k2[c])
-        a2 = multiplyAdd(k, qa, a2)
-        b2 = multiplyAdd(k, qb, b2)
+        a2 = multiplyAdd(k, x0, a2)
+        b2 = multiplyAdd(k, x1, b2)
+        c2 = multiplyAdd(k, x2, c2)
+        d2 = multiplyAdd(k, x3, d2)
         k = SIMD16<Float>(repeating: k3[c])
-        a3 = multiplyAdd(k, qa, a3)
-        b3 = multiplyAdd(k, qb, b3)
-        k = SIMD16<Float>(repeating: k4[c])
-        a4 = multiplyAdd(k, qa, a4)
-        b4 = multiplyAdd(k, qb, b4)
-        k = SIMD16<Float>(repeating: k5[c])
-        a5 = multiplyAdd(k, qa, a5)
-        b5 = multiplyAdd(k, qb, b5)
-        k = SIMD16<Float>(repeating: k6[c])
-        a6 = multiplyAdd(k, qa, a6)
-        b6 = multiplyAdd(k, qb, b6)
-        k = SIMD16<Float>(repeating: k7[c])
-        a7 = multiplyAdd(k, qa, a7)
-        b7 = multiplyAdd(k, qb, b7)
-        x += 16
-        y += 16
+        a3 = multiplyAdd(k, x0, a3)
+        b3 = multiplyAdd(k, x1, b3)
+        c3 = multiplyAdd(k, x2, c3)
+        d3 = multiplyAdd(k, x3, d3)
+        q += 16
     }
-    store8Vectors((a0, a1, a2, a3, a4, a5, a6, a7), out0)
-    store8Vectors((b0, b1, b2, b3, b4, b5, b6, b7), out1)
+    let outStripe = 16 * keyCount
+    store4Vectors((a0, a1, a2, a3), out)
+    store4Vectors((b0, b1, b2, b3), out + outStripe)
+    store4Vectors((c0, c1, c2, c3), out + 2 * outStripe)
+    store4Vectors((d0, d1, d2, d3), out + 3 * outStripe)
 }
 
-/// The wide shape's value step: 8 value columns for two 16-row stripes of P^T, 16 accumulators; each broadcast
-/// value feeds two multiply-adds.
+/// The wide shape's value step: 4 value columns for four 16-row stripes of P^T (64 rows), 16 accumulators; each
+/// broadcast value feeds four multiply-adds. Stripe s of P^T starts 16 * keyCount floats after stripe s - 1, and
+/// its O^T 16 * `columns` (Dv) floats after that of stripe s - 1.
 @inline(__always)
-private func valueKernel8x32(
-    _ p0: UnsafePointer<Float>, _ p1: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>,
-    valueStride dv: Int, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>
+private func valueKernel4x64(
+    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
+    out: UnsafeMutablePointer<Float>, columns: Int
 ) {
-    var (a0, a1, a2, a3, a4, a5, a6, a7) = load8Vectors(out0)
-    var (b0, b1, b2, b3, b4, b5, b6, b7) = load8Vectors(out1)
-    var (x, y) = (p0, p1)
+    let outStripe = 16 * columns
+    var (a0, a1, a2, a3) = load4Vectors(out)
+    var (b0, b1, b2, b3) = load4Vectors(out + outStripe)
+    var (c0, c1, c2, c3) = load4Vectors(out + 2 * outStripe)
+    var (d0, d1, d2, d3) = load4Vectors(out + 3 * outStripe)
+    let stripe = 16 * keyCount
+    var p = pT
     var v = values
     for _ in 0..<keyCount {
-        let (pa, pb) = (load16(x, 0), load16(y, 0))
+        let (x0, x1, x2, x3) = (load16(p, 0), load16(p, stripe), load16(p, 2 * stripe), load16(p, 3 * stripe))
         var w = SIMD16<Float>(repeating: v[0])
-        a0 = multiplyAdd(w, pa, a0)
-        b0 = multiplyAdd(w, pb, b0)
+        a0 = multiplyAdd(w, x0, a0)
+        b0 = multiplyAdd(w, x1, b0)
+        c0 = multiplyAdd(w, x2, c0)
+        d0 = multiplyAdd(w, x3, d0)
         w = SIMD16<Float>(repeating: v[1])
-        a1 = multiplyAdd(w, pa, a1)
-        b1 = multiplyAdd(w, pb, b1)
+        a1 = multiplyAdd(w, x0, a1)
+        b1 = multiplyAdd(w, x1, b1)
+        c1 = multiplyAdd(w, x2, c1)
+        d1 = multiplyAdd(w, x3, d1)
         w = SIMD16<Float>(repeating: v[2])
-        a2 = multiplyAdd(w, pa, a2)
-        b2 = multiplyAdd(w, pb, b2)
+        a2 = multiplyAdd(w, x0, a2)
+        b2 = multiplyAdd(w, x1, b2)
+        c2 = multiplyAdd(w, x2, c2)
+        d2 = multiplyAdd(w, x3, d2)
         w = SIMD16<Float>(repeating: v[3])
-        a3 = multiplyAdd(w, pa, a3)
-        b3 = multiplyAdd(w, pb, b3)
-        w = SIMD16<Float>(repeating: v[4])
-        a4 = multiplyAdd(w, pa, a4)
-        b4 = multiplyAdd(w, pb, b4)
-        w = SIMD16<Float>(repeating: v[5])
-        a5 = multiplyAdd(w, pa, a5)
-        b5 = multiplyAdd(w, pb, b5)
-        w = SIMD16<Float>(repeating: v[6])
-        a6 = multiplyAdd(w, pa, a6)
-        b6 = multiplyAdd(w, pb, b6)
-        w = SIMD16<Float>(repeating: v[7])
-        a7 = multiplyAdd(w, pa, a7)
-        b7 = multiplyAdd(w, pb, b7)
-        x += 16
-        y += 16
+        a3 = multiplyAdd(w, x0, a3)
+        b3 = multiplyAdd(w, x1, b3)
+        c3 = multiplyAdd(w, x2, c3)
+        d3 = multiplyAdd(w, x3, d3)
+        p += 16
         v += dv
     }
-    store8Vectors((a0, a1, a2, a3, a4, a5, a6, a7), out0)
-    store8Vectors((b0, b1, b2, b3, b4, b5, b6, b7), out1)
+    store4Vectors((a0, a1, a2, a3), out)
+    store4Vectors((b0, b1, b2, b3), out + outStripe)
+    store4Vectors((c0, c1, c2, c3), out + 2 * outStripe)
+    store4Vectors((d0, d1, d2, d3), out + 3 * outStripe)
 }
 
-private typealias Vectors8 = (
-    SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>,
-    SIMD16<Float>
-)
-
-/// Eight consecutive 16-float vectors at `p`.
+/// Four consecutive 16-float vectors at `p`.
 @inline(__always)
-private func load8Vectors(_ p: UnsafePointer<Float>) -> Vectors8 {
-    (
-        load16(p, 0), load16(p, 16), load16(p, 32), load16(p, 48), load16(p, 64), load16(p, 80), load16(p, 96),
-        load16(p, 112)
-    )
+private func load4Vectors(_ p: UnsafePointer<Float>) -> (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>) {
+    (load16(p, 0), load16(p, 16), load16(p, 32), load16(p, 48))
 }
 
-/// Stores eight vectors consecutively at `p`.
+/// Stores four vectors consecutively at `p`.
 @inline(__always)
-private func store8Vectors(_ v: Vectors8, _ p: UnsafeMutablePointer<Float>) {
+private func store4Vectors(
+    _ v: (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>), _ p: UnsafeMutablePointer<Float>
+) {
     store16(v.0, p, 0)
     store16(v.1, p, 16)
     store16(v.2, p, 32)
     store16(v.3, p, 48)
-    store16(v.4, p, 64)
-    store16(v.5, p, 80)
-    store16(v.6, p, 96)
-    store16(v.7, p, 112)
 }

@@ -53,10 +53,23 @@ static inline int32_t swift_attention_target_features(void) {
     return features;
 }
 
-/// Whether the build target has 32 vector registers of 16 floats (AVX-512), which sets the register blocking
-/// of the prefill micro-kernels.
+/// Whether the build target has 32 vector registers of 16 floats (AVX-512).
 static inline int32_t swift_attention_target_has_avx512(void) {
     return (swift_attention_target_features() & SWIFT_ATTENTION_AVX512F) != 0;
+}
+
+/// Whether the prefill micro-kernels should use their wide register blocking: AVX-512, except when the target is
+/// AMD Zen 4 or 5 (`-march=native` there defines __znver4__ / __znver5__). The wide kernels reuse each broadcast
+/// key or value element for four multiply-adds, which on Zen 4 costs a separate floating-point uop per broadcast
+/// (llvm-mca 19, -mcpu=znver4: 82% of the FMA rate) where the narrow kernels fold it into the multiply-add (100%);
+/// on Intel's two 512-bit FMA ports the wide kernels model at 99% and the narrow ones at 74% (llvm-mca 14,
+/// -mcpu=icelake-server).
+static inline int32_t swift_attention_target_prefers_wide_blocking(void) {
+#if defined(__znver4__) || defined(__znver5__)
+    return 0;
+#else
+    return swift_attention_target_has_avx512();
+#endif
 }
 
 /// Whether the build target has fused multiply-add.
