@@ -14,6 +14,10 @@ public struct MachineContext: Sendable {
     public var advice: String?
     /// GFLOP/s of the blockwise kernel's micro-kernels on L1-resident data, one thread.
     public var microKernelGFLOPS: Double
+    /// The plain multiply-add rate of the same core in windows interleaved with the kernels', and the kernels'
+    /// median fraction of it (see `microKernelProbe`); 0 when not measured.
+    public var multiplyAddGFLOPS: Double = 0
+    public var fractionOfMultiplyAdd: Double = 0
 
     public init(
         cpu: String, cores: Int, build: String, kernels: String, advice: String?, microKernelGFLOPS: Double
@@ -27,7 +31,7 @@ public struct MachineContext: Sendable {
     }
 
     /// Reads the CPU's name from /proc/cpuinfo where it exists, the build from `KernelBuild.current`, and runs
-    /// the micro-kernel probe for about 0.4 s.
+    /// the micro-kernel probe for about 0.7 s.
     public static func measure(cores: Int) -> MachineContext {
         var cpu = "unknown CPU"
         if let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) {
@@ -45,9 +49,13 @@ public struct MachineContext: Sendable {
             let build = "release"
         #endif
         let kernels = KernelBuild.current
-        return MachineContext(
+        let probe = microKernelProbe()
+        var context = MachineContext(
             cpu: cpu, cores: cores, build: build, kernels: kernels.description, advice: kernels.advice,
-            microKernelGFLOPS: microKernelThroughput())
+            microKernelGFLOPS: probe.gflops)
+        context.multiplyAddGFLOPS = probe.peakGFLOPS
+        context.fractionOfMultiplyAdd = probe.fractionOfPeak
+        return context
     }
 
     /// Lines for the top of the report (the `warnings` go to standard error separately).
@@ -56,8 +64,9 @@ public struct MachineContext: Sendable {
             "machine: \(cpu), \(cores) processors",
             "build: \(build); kernels: \(kernels)",
             String(
-                format: "micro-kernel throughput, one core, L1-resident (fastest of 8 windows): %.1f GFLOP/s",
-                microKernelGFLOPS),
+                format: "micro-kernel throughput, one core, L1-resident: %.1f GFLOP/s (fastest window), %.0f%% of "
+                    + "the %.1f GFLOP/s this core's multiply-adds reached in interleaved windows (median ratio)",
+                microKernelGFLOPS, 100 * fractionOfMultiplyAdd, multiplyAddGFLOPS),
         ]
     }
 

@@ -61,8 +61,10 @@ final class MicroKernelShapeTests: XCTestCase {
         XCTAssertEqual(BlockwiseTiling(queryBlock: 1, keyBlock: 1).shape, MicroKernelShape.target)
     }
 
-    func testProbeMeasuresAPositiveRate() {
-        let rate = microKernelThroughput(seconds: 0.02, windows: 2)
-        XCTAssertTrue(rate.isFinite && rate > 0.1, "\(rate) GFLOP/s")
+    func testProbeMeasuresPositiveRatesAndAFraction() {
+        let probe = microKernelProbe(seconds: 0.02, windows: 2)
+        XCTAssertTrue(probe.gflops.isFinite && probe.gflops > 0.1, "\(probe)")
+        XCTAssertTrue(probe.peakGFLOPS.isFinite && probe.peakGFLOPS > 0.1, "\(probe)")
+        XCTAssertTrue(probe.fractionOfPeak > 0 && probe.fractionOfPeak < 10, "\(probe)")
     }
 }
