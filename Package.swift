@@ -44,7 +44,11 @@ let package = Package(
         .target(
             name: "AttentionCore",
             dependencies: ["AttentionPlatform"],
-            swiftSettings: [.unsafeFlags(["-Xcc", "-march=native"], .when(traits: ["NativeCPU"]))]
+            // Only where the build machine is the target: a cross-compiled iOS, tvOS, watchOS or visionOS build
+            // has no "native" CPU.
+            swiftSettings: [
+                .unsafeFlags(["-Xcc", "-march=native"], .when(platforms: [.linux, .macOS], traits: ["NativeCPU"]))
+            ]
         ),
         .target(name: "MultiQueryAttention", dependencies: ["AttentionCore"]),
         .target(name: "GroupedQueryAttention", dependencies: ["AttentionCore"]),

@@ -12,6 +12,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 git clone -q "$root" "$work/swift-attention"
+# Only the one tag, so that `from: "0.1.0"` cannot resolve to an older tagged commit.
+git -C "$work/swift-attention" tag -l | xargs -r git -C "$work/swift-attention" tag -d > /dev/null
 git -C "$work/swift-attention" tag 0.1.0
 
 mkdir -p "$work/dependent/Sources/Dependent"
@@ -33,6 +35,12 @@ let package = Package(
 MANIFEST
 cat > "$work/dependent/Sources/Dependent/main.swift" <<'SWIFT'
 import Attention
+
+#if canImport(Glibc)
+    import Glibc  // exit()
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 let build = KernelBuild.current
 print("kernels:", build)
@@ -66,10 +74,7 @@ if !(error < 1e-4) {
 }
 print("dependent build: OK")
 SWIFT
-# exit() comes from the C library.
-sed -i '1i #if canImport(Glibc)\nimport Glibc\n#elseif canImport(Darwin)\nimport Darwin\n#endif' \
-    "$work/dependent/Sources/Dependent/main.swift"
 
 cd "$work/dependent"
-swift build -c release 2>&1 | tail -3
+swift build -c release
 "$(swift build -c release --show-bin-path)/Dependent"

@@ -20,13 +20,14 @@ final class MicroKernelShapeTests: XCTestCase {
     }
 
     func testWideAndNarrowShapesAgreeBitForBitAndMatchTheReference() throws {
-        // (query heads, key/value heads, Nq, Nk, Dk, Dv, Br, Bc): Rp of 16, 32, 48, 64 and 80 rows (stripes past
-        // the wide kernels' groups of four), key tiles that are and are not multiples of 4, head dimensions with and
-        // without a tail of 4.
+        // (query heads, key/value heads, Nq, Nk, Dk, Dv, Br, Bc): Rp of 16, 32, 48, 64, 80, 128 and 144 rows (one and
+        // two wide blocks, stripes past them), key tiles that are and are not multiples of 4, head dimensions with
+        // and without a tail of 4.
         let cases: [(Int, Int, Int, Int, Int, Int, Int, Int)] = [
             (2, 2, 113, 203, 64, 64, 64, 64), (4, 1, 45, 70, 19, 21, 12, 7), (8, 2, 33, 90, 63, 80, 16, 64),
             (3, 3, 7, 7, 1, 3, 7, 5), (1, 1, 128, 217, 128, 128, 48, 16), (2, 1, 40, 40, 8, 9, 8, 13),
-            (1, 1, 150, 150, 80, 66, 80, 64), (4, 2, 64, 100, 64, 64, 32, 64),
+            (1, 1, 150, 150, 80, 66, 80, 64), (4, 2, 64, 100, 64, 64, 32, 64), (1, 1, 90, 70, 16, 16, 32, 16),
+            (2, 2, 130, 90, 20, 24, 128, 32), (1, 1, 130, 90, 20, 24, 130, 32),
         ]
         try withEvery("case", in: cases.indices) { index in
             let (hq, hkv, nq, nk, dk, dv, br, bc) = cases[index]
@@ -65,6 +66,6 @@ final class MicroKernelShapeTests: XCTestCase {
         let probe = microKernelProbe(seconds: 0.02, windows: 2)
         XCTAssertTrue(probe.gflops.isFinite && probe.gflops > 0.1, "\(probe)")
         XCTAssertTrue(probe.peakGFLOPS.isFinite && probe.peakGFLOPS > 0.1, "\(probe)")
-        XCTAssertTrue(probe.fractionOfPeak > 0 && probe.fractionOfPeak < 10, "\(probe)")
+        XCTAssertTrue(probe.fractionOfPeak.isFinite && probe.fractionOfPeak > 0, "\(probe)")
     }
 }

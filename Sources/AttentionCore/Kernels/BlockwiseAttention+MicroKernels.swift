@@ -62,10 +62,11 @@ package enum MicroKernelShape: Sendable, Hashable {
     }
 }
 
-/// S^T [keyCount, Rp] = K[tile] Q^T for every row. One 16-row stripe of Q^T (Dk x 16 floats) at a time (two
+/// S^T [keyCount, Rp] = K[tile] Q^T for every row. One 16-row stripe of Q^T (Dk x 16 floats) at a time (four
 /// for the wide shape), so that it stays in L1 while every key of the tile streams past it. With `next`, the key
 /// steps also prefetch the next tile's rows of the same keys: key rows during the first stripe, value rows during
-/// the second (both during the first pair for the wide shape; the rest at the end, if the next tile is longer).
+/// the second (both during the first four stripes for the wide shape; the rest at the end, if the next tile is
+/// longer).
 @inline(__always)
 func computeScores(
     qT: UnsafePointer<Float>, rowCount rp: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
@@ -100,7 +101,7 @@ func computeScores(
         let q = qT + rb * dk
         let out = scores + rb * keyCount
         // The first stripe's steps hint key rows, the second's (or the first's, with one stripe) value rows; a
-        // stripe left after the wide shape's pairs hints nothing (the pairs did).
+        // stripe left after the wide shape's groups of four hints nothing (the first group did).
         let keysAhead = rb == 0 ? next : nil
         let valuesAhead = rb == (rp > 16 ? 16 : 0) ? next : nil
         var kk = 0
@@ -136,7 +137,7 @@ private func scoreColumns(
     }
 }
 
-/// O^T [Dv, Rp] += V[tile]^T P^T for every row, one 16-row stripe of P^T (keyCount x 16 floats) at a time (two
+/// O^T [Dv, Rp] += V[tile]^T P^T for every row, one 16-row stripe of P^T (keyCount x 16 floats) at a time (four
 /// for the wide shape).
 @inline(__always)
 func accumulateValues(

@@ -21,6 +21,9 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 #endif
 
 /// Bits of `swift_attention_target_features` and `swift_attention_cpu_features`.
@@ -78,7 +81,8 @@ static inline int32_t swift_attention_target_has_fma(void) {
 }
 
 /// The vector features of the CPU running this code, as far as the operating system enables them (x86: CPUID
-/// leaves 1 and 7 and the XCR0 register state; arm64: NEON and FMA are part of the architecture).
+/// leaves 1 and 7 and the XCR0 register state, or on macOS its own report for AVX-512; arm64: NEON and FMA are part
+/// of the architecture; elsewhere the build target's features).
 static inline int32_t swift_attention_cpu_features(void) {
     int32_t features = 0;
 #if defined(__x86_64__) || defined(__i386__)
@@ -96,12 +100,25 @@ static inline int32_t swift_attention_cpu_features(void) {
     if (!ymmState) return 0;
     if (fma) features |= SWIFT_ATTENTION_FMA;
     if (f16c) features |= SWIFT_ATTENTION_F16C;
+    // macOS enables the AVX-512 register state for a thread only when it first uses it, so XCR0 can say no on
+    // a CPU that has it; the kernel reports the feature itself.
+    int zmmEnabled = zmmState;
+#if defined(__APPLE__)
+    if (!zmmEnabled) {
+        int64_t value = 0;
+        size_t size = sizeof(value);
+        zmmEnabled = sysctlbyname("hw.optional.avx512f", &value, &size, NULL, 0) == 0 && value != 0;
+    }
+#endif
     if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
         if ((ebx >> 5) & 1) features |= SWIFT_ATTENTION_AVX2;
-        if (((ebx >> 16) & 1) && zmmState) features |= SWIFT_ATTENTION_AVX512F;
+        if (((ebx >> 16) & 1) && zmmEnabled) features |= SWIFT_ATTENTION_AVX512F;
     }
 #elif defined(__aarch64__) || defined(__arm64__)
     features = SWIFT_ATTENTION_NEON | SWIFT_ATTENTION_FMA;
+#else
+    // No run-time detection here: the running CPU has at least what the code was compiled for.
+    features = swift_attention_target_features();
 #endif
     return features;
 }
