@@ -136,7 +136,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         call minus before it, with the inputs already allocated and locked in memory (mlockall, so reclaim cannot
         page them out mid-call): what the call itself added at its peak, output included.
 
-        At start the bench prints the CPU, cores, build configuration and the GFLOP/s its own micro-kernels reach
-        on one core with L1-resident data; compare kernel GFLOP/s to that figure for a practical % of peak.
+        At start the bench prints the CPU, cores, the build (target features, fused multiply-add, micro-kernel
+        shape, the CPU's features; a warning when the build leaves some unused) and the GFLOP/s its own
+        micro-kernels reach on one core with L1-resident data, beside the same core's plain multiply-add rate in
+        interleaved windows; compare kernel GFLOP/s within a run to those figures for a practical % of peak.
         """
 }
