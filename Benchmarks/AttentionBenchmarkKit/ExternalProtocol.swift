@@ -116,10 +116,5 @@ public func resetResidentHighWater() {
 }
 
 private func statusMegabytes(_ key: String) -> Double {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in status.split(separator: "\n") where line.hasPrefix(key) {
-        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-        if fields.count >= 2, let kilobytes = Double(fields[1]) { return kilobytes / 1024 }
-    }
-    return 0
+    Double(processStatusKilobytes(key) ?? 0) / 1024
 }

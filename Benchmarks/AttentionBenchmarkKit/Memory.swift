@@ -53,12 +53,7 @@ public func memoryChildArguments(_ c: BenchmarkCase) -> [String] {
 /// parent would start with the parent's peak. Elsewhere, getrusage.
 public func peakResidentSetBytes() -> Int {
     #if canImport(Glibc)
-        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-            let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        {
-            return kilobytes * 1024
-        }
+        if let kilobytes = processStatusKilobytes("VmHWM:") { return kilobytes * 1024 }
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Int(usage.ru_maxrss) * 1024
@@ -67,6 +62,14 @@ public func peakResidentSetBytes() -> Int {
         getrusage(RUSAGE_SELF, &usage)
         return Int(usage.ru_maxrss)  // bytes on Darwin
     #endif
+}
+
+/// The value of a "Key:  N kB" line of /proc/self/status (`key` with its colon), or nil where there is none.
+func processStatusKilobytes(_ key: String) -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key) })
+    else { return nil }
+    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
 }
 
 /// Runs in the child: builds the case's inputs, records the peak resident set, runs the call once, and returns the

@@ -362,9 +362,10 @@ private func valueRows4(
     storeRows4((a0, a1, a2, a3), out, dv)
 }
 
-/// 16 floats of each of four rows `dv` floats apart, from `out`.
+/// 16 floats of each of four rows `dv` floats apart, from `out` (with `dv` = 16: four consecutive vectors, as the
+/// prefill kernels' stripes hold them).
 @inline(__always)
-private func loadRows4(
+func loadRows4(
     _ out: UnsafePointer<Float>, _ dv: Int
 ) -> (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>) {
     (load16(out, 0), load16(out, dv), load16(out, 2 * dv), load16(out, 3 * dv))
@@ -372,7 +373,7 @@ private func loadRows4(
 
 /// Stores `rows` as 16 floats of each of four rows `dv` floats apart, at `out`.
 @inline(__always)
-private func storeRows4(
+func storeRows4(
     _ rows: (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>), _ out: UnsafeMutablePointer<Float>,
     _ dv: Int
 ) {

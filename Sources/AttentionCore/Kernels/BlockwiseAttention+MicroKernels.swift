@@ -151,8 +151,7 @@ func accumulateValues(
             let out = oT + rb * dv
             var c = 0
             while c + 4 <= dv {
-                valueKernel4x64(
-                    p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16, columns: dv)
+                valueKernel4x64(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
                 c += 4
             }
             for stripe in 0..<4 {
@@ -363,25 +362,25 @@ private func scoreKernel4x64(
         q += 16
     }
     let outStripe = 16 * keyCount
-    store4Vectors((a0, a1, a2, a3), out)
-    store4Vectors((b0, b1, b2, b3), out + outStripe)
-    store4Vectors((c0, c1, c2, c3), out + 2 * outStripe)
-    store4Vectors((d0, d1, d2, d3), out + 3 * outStripe)
+    storeRows4((a0, a1, a2, a3), out, 16)
+    storeRows4((b0, b1, b2, b3), out + outStripe, 16)
+    storeRows4((c0, c1, c2, c3), out + 2 * outStripe, 16)
+    storeRows4((d0, d1, d2, d3), out + 3 * outStripe, 16)
 }
 
 /// The wide shape's value step: 4 value columns for four 16-row stripes of P^T (64 rows), 16 accumulators; each
 /// broadcast value feeds four multiply-adds. Stripe s of P^T starts 16 * keyCount floats after stripe s - 1, and
-/// its O^T 16 * `columns` (Dv) floats after that of stripe s - 1.
+/// its O^T 16 * Dv floats after that of stripe s - 1 (Dv is also the value row stride).
 @inline(__always)
 private func valueKernel4x64(
     _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
-    out: UnsafeMutablePointer<Float>, columns: Int
+    out: UnsafeMutablePointer<Float>
 ) {
-    let outStripe = 16 * columns
-    var (a0, a1, a2, a3) = load4Vectors(out)
-    var (b0, b1, b2, b3) = load4Vectors(out + outStripe)
-    var (c0, c1, c2, c3) = load4Vectors(out + 2 * outStripe)
-    var (d0, d1, d2, d3) = load4Vectors(out + 3 * outStripe)
+    let outStripe = 16 * dv
+    var (a0, a1, a2, a3) = loadRows4(out, 16)
+    var (b0, b1, b2, b3) = loadRows4(out + outStripe, 16)
+    var (c0, c1, c2, c3) = loadRows4(out + 2 * outStripe, 16)
+    var (d0, d1, d2, d3) = loadRows4(out + 3 * outStripe, 16)
     let stripe = 16 * keyCount
     var p = pT
     var v = values
@@ -410,25 +409,8 @@ private func valueKernel4x64(
         p += 16
         v += dv
     }
-    store4Vectors((a0, a1, a2, a3), out)
-    store4Vectors((b0, b1, b2, b3), out + outStripe)
-    store4Vectors((c0, c1, c2, c3), out + 2 * outStripe)
-    store4Vectors((d0, d1, d2, d3), out + 3 * outStripe)
-}
-
-/// Four consecutive 16-float vectors at `p`.
-@inline(__always)
-private func load4Vectors(_ p: UnsafePointer<Float>) -> (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>) {
-    (load16(p, 0), load16(p, 16), load16(p, 32), load16(p, 48))
-}
-
-/// Stores four vectors consecutively at `p`.
-@inline(__always)
-private func store4Vectors(
-    _ v: (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>), _ p: UnsafeMutablePointer<Float>
-) {
-    store16(v.0, p, 0)
-    store16(v.1, p, 16)
-    store16(v.2, p, 32)
-    store16(v.3, p, 48)
+    storeRows4((a0, a1, a2, a3), out, 16)
+    storeRows4((b0, b1, b2, b3), out + outStripe, 16)
+    storeRows4((c0, c1, c2, c3), out + 2 * outStripe, 16)
+    storeRows4((d0, d1, d2, d3), out + 3 * outStripe, 16)
 }
