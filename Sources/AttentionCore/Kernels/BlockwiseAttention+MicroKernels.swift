@@ -85,8 +85,8 @@ func computeScores(
                 scoreKernel4x64(q, keys: keys + kk * dk, depth: dk, keyCount: keyCount, out: out + kk * 16)
                 kk += 4
             }
-            ahead?.prefetchKeyRows(kk..<Swift.max(kk, keyCount))
-            ahead?.prefetchValueRows(kk..<Swift.max(kk, keyCount))
+            ahead?.prefetchKeyRows(kk..<keyCount)
+            ahead?.prefetchValueRows(kk..<keyCount)
             for stripe in 0..<4 {
                 scoreColumns(
                     q + stripe * 16 * dk, keys: keys, keys: kk..<keyCount, depth: dk,
