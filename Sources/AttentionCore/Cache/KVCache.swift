@@ -30,20 +30,29 @@ public struct KVCache: Sendable {
     ///   - headDimension: the key dimension (>= 1).
     ///   - valueDimension: the value dimension (default: `headDimension`).
     ///   - reservingCapacity: tokens to allocate room for up front (>= 0); the cache grows past it as needed.
-    /// - Throws: `AttentionError.invalidValue` naming the first size out of range.
+    ///   - format: how keys and values are stored (default Float32). Appended tokens are encoded once, as they are
+    ///     appended; attention decodes them tile by tile as it reads them and accumulates in Float32.
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range, or the dimension a quantized
+    ///   format's block size does not divide.
     public init(
         batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        reservingCapacity: Int = 0
+        reservingCapacity: Int = 0, format: StorageFormat = .float32
     ) throws {
         try KeyValueBuffer.validateDimensions(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension)
+            valueDimension: valueDimension ?? headDimension, format: format)
         try AttentionError.require(
             reservingCapacity >= 0, "reservingCapacity", expected: ">= 0", actual: "\(reservingCapacity)")
         buffer = KeyValueBuffer(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension, capacity: reservingCapacity)
+            valueDimension: valueDimension ?? headDimension, capacity: reservingCapacity, keyFormat: format,
+            valueFormat: format)
     }
+
+    /// How keys and values are stored.
+    public var format: StorageFormat { buffer.keyCodec.format }
+    /// Bytes each token takes in the cache (its key and value rows in every batch entry and key/value head).
+    public var bytesPerToken: Int { buffer.bytesPerToken }
 
     /// Tokens the cache holds room for before it grows.
     public var capacity: Int { buffer.capacity }
@@ -88,6 +97,7 @@ public struct KVCache: Sendable {
             newValues: nil, mask: mask, options: options)
     }
 
-    /// The cached keys and values as [batch, keyValueHeads, count, D] tensors (a copy, for inspection and tests).
+    /// The cached keys and values as [batch, keyValueHeads, count, D] Float32 tensors, decoded from the cache's
+    /// format (a copy, for inspection and tests: attention over them equals attention over the cache).
     public var contents: (keys: Tensor, values: Tensor) { buffer.gather([0..<count]) }
 }

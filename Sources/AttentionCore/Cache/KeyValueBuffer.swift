@@ -6,66 +6,82 @@
 // the kernel reads in place. Which slots hold which tokens (append-only, ring, pinned sinks) is the cache's
 // business.
 
-/// Slot storage for keys and values of every (batch, key/value head).
+/// Slot storage for keys and values of every (batch, key/value head), each row encoded in the buffer's
+/// `StorageFormat`s (a fixed number of bytes per row, see `RowCodec`).
 package struct KeyValueBuffer: Sendable {
     package let batch: Int
     package let heads: Int
     package let keyDimension: Int
     package let valueDimension: Int
+    package let keyCodec: RowCodec
+    package let valueCodec: RowCodec
     /// Slots per head.
     package private(set) var capacity: Int
+    // Encoded rows, in Float-sized words (so the storage is aligned for Float32 rows and gets `zeroedScalars`'
+    // huge pages when large).
     private var keys: [Float]
     private var values: [Float]
 
-    package init(batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, capacity: Int) {
+    package init(
+        batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, capacity: Int,
+        keyFormat: StorageFormat = .float32, valueFormat: StorageFormat = .float32
+    ) {
         self.batch = batch
         self.heads = heads
         self.keyDimension = keyDimension
         self.valueDimension = valueDimension
+        keyCodec = RowCodec(keyFormat, dimension: keyDimension)
+        valueCodec = RowCodec(valueFormat, dimension: valueDimension)
         self.capacity = capacity
-        keys = zeroedScalars(count: batch * heads * capacity * keyDimension)
-        values = zeroedScalars(count: batch * heads * capacity * valueDimension)
+        keys = zeroedScalars(count: Self.words(batch * heads * capacity * keyCodec.rowBytes))
+        values = zeroedScalars(count: Self.words(batch * heads * capacity * valueCodec.rowBytes))
     }
+
+    private static func words(_ bytes: Int) -> Int { (bytes + 3) / 4 }
 
     /// Bytes of key and value storage.
     package var bytes: Int { (keys.count + values.count) * MemoryLayout<Float>.size }
 
+    /// Bytes one token takes in every (batch, key/value head): its key and value rows.
+    package var bytesPerToken: Int { batch * heads * (keyCodec.rowBytes + valueCodec.rowBytes) }
+
     /// Re-lays the storage out with `newCapacity` slots per head, keeping slots 0..<used of every head.
     package mutating func resize(to newCapacity: Int, keeping used: Int) {
-        func relaid(_ old: [Float], width: Int) -> [Float] {
-            var new = zeroedScalars(count: batch * heads * newCapacity * width)
-            old.withUnsafeBufferPointer { source in
-                new.withUnsafeMutableBufferPointer { target in
+        func relaid(_ old: [Float], rowBytes: Int) -> [Float] {
+            var new = zeroedScalars(count: Self.words(batch * heads * newCapacity * rowBytes))
+            old.withUnsafeBytes { source in
+                new.withUnsafeMutableBytes { target in
                     for head in 0..<(batch * heads) where used > 0 {
-                        (target.baseAddress! + head * newCapacity * width).update(
-                            from: source.baseAddress! + head * capacity * width, count: used * width)
+                        (target.baseAddress! + head * newCapacity * rowBytes).copyMemory(
+                            from: source.baseAddress! + head * capacity * rowBytes, byteCount: used * rowBytes)
                     }
                 }
             }
             return new
         }
-        keys = relaid(keys, width: keyDimension)
-        values = relaid(values, width: valueDimension)
+        keys = relaid(keys, rowBytes: keyCodec.rowBytes)
+        values = relaid(values, rowBytes: valueCodec.rowBytes)
         capacity = newCapacity
     }
 
-    /// Copies tokens `rows` of `newKeys` / `newValues` ([batch, heads, n, D], already validated) into consecutive
+    /// Encodes tokens `rows` of `newKeys` / `newValues` ([batch, heads, n, D], already validated) into consecutive
     /// slots starting at `slot`, for every head.
     package mutating func write(keys newKeys: Tensor, values newValues: Tensor, rows: Range<Int>, toSlot slot: Int) {
         precondition(slot >= 0 && slot + rows.count <= capacity, "slots out of range")
         let n = newKeys.shape[2]
-        func copy(_ source: Tensor, into storage: inout [Float], width: Int) {
+        func copy(_ source: Tensor, into storage: inout [Float], codec: RowCodec) {
             source.withUnsafeBufferPointer { s in
-                storage.withUnsafeMutableBufferPointer { t in
+                storage.withUnsafeMutableBytes { t in
                     for head in 0..<(batch * heads) where !rows.isEmpty {
-                        (t.baseAddress! + (head * capacity + slot) * width).update(
-                            from: s.baseAddress! + (head * n + rows.lowerBound) * width, count: rows.count * width)
+                        codec.encode(
+                            s.baseAddress! + (head * n + rows.lowerBound) * codec.dimension, rows: rows.count,
+                            into: t.baseAddress! + (head * capacity + slot) * codec.rowBytes)
                     }
                 }
             }
         }
-        copy(newKeys, into: &keys, width: keyDimension)
-        copy(newValues, into: &values, width: valueDimension)
+        copy(newKeys, into: &keys, codec: keyCodec)
+        copy(newValues, into: &values, codec: valueCodec)
     }
 
     /// Calls `body` with one segment per run: run i covers `runs[i].slots` and starts at logical key position
@@ -73,36 +89,45 @@ package struct KeyValueBuffer: Sendable {
     package func withSegments<R>(
         _ runs: [(slots: Range<Int>, start: Int)], _ body: ([KeyValueSegment]) throws -> R
     ) rethrows -> R {
-        try keys.withUnsafeBufferPointer { k in
-            try values.withUnsafeBufferPointer { v in
+        try keys.withUnsafeBytes { k in
+            try values.withUnsafeBytes { v in
                 guard let kBase = k.baseAddress, let vBase = v.baseAddress else { return try body([]) }
                 let segments = runs.filter { !$0.slots.isEmpty }.map { run in
                     KeyValueSegment(
-                        keys: kBase + run.slots.lowerBound * keyDimension,
-                        values: vBase + run.slots.lowerBound * valueDimension, keyHeadStride: capacity * keyDimension,
-                        valueHeadStride: capacity * valueDimension, start: run.start, count: run.slots.count)
+                        keys: kBase + run.slots.lowerBound * keyCodec.rowBytes,
+                        values: vBase + run.slots.lowerBound * valueCodec.rowBytes, keyCodec: keyCodec,
+                        valueCodec: valueCodec, keyHeadStride: capacity * keyCodec.rowBytes,
+                        valueHeadStride: capacity * valueCodec.rowBytes, start: run.start, count: run.slots.count)
                 }
                 return try body(segments)
             }
         }
     }
 
-    /// The keys and values of the given slot runs, concatenated in order, as [batch, heads, n, D] tensors.
+    /// The keys and values of the given slot runs, concatenated in order and decoded, as [batch, heads, n, D]
+    /// Float32 tensors.
     package func gather(_ slotRuns: [Range<Int>]) -> (keys: Tensor, values: Tensor) {
         let n = slotRuns.reduce(0) { $0 + $1.count }
-        func collect(_ storage: [Float], width: Int) -> Tensor {
-            var out: [Float] = []
-            out.reserveCapacity(batch * heads * n * width)
-            for head in 0..<(batch * heads) {
-                for run in slotRuns {
-                    out +=
-                        storage[
-                            ((head * capacity + run.lowerBound) * width)..<((head * capacity + run.upperBound) * width)]
+        func collect(_ storage: [Float], codec: RowCodec) -> Tensor {
+            let width = codec.dimension
+            var out = [Float](repeating: 0, count: batch * heads * n * width)
+            storage.withUnsafeBytes { source in
+                out.withUnsafeMutableBufferPointer { target in
+                    var row = 0
+                    for head in 0..<(batch * heads) {
+                        for run in slotRuns where !run.isEmpty {
+                            codec.decode(
+                                source.baseAddress! + (head * capacity + run.lowerBound) * codec.rowBytes,
+                                rows: run.count, into: target.baseAddress! + row * width, prefetching: nil,
+                                nextRows: 0)
+                            row += run.count
+                        }
+                    }
                 }
             }
             return Tensor(uncheckedShape: [batch, heads, n, width], scalars: out)
         }
-        return (collect(keys, width: keyDimension), collect(values, width: valueDimension))
+        return (collect(keys, codec: keyCodec), collect(values, codec: valueCodec))
     }
 
     /// Checks that `newKeys` and `newValues` are [batch, heads, n, D] for this buffer and returns n.
@@ -124,12 +149,16 @@ package struct KeyValueBuffer: Sendable {
     }
 
     /// Validates the dimensions a cache is created with.
-    package static func validateDimensions(batch: Int, heads: Int, keyDimension: Int, valueDimension: Int) throws {
+    package static func validateDimensions(
+        batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, format: StorageFormat = .float32
+    ) throws {
         try AttentionError.require(batch >= 1, "batch", expected: ">= 1", actual: "\(batch)")
         try AttentionError.require(heads >= 1, "keyValueHeads", expected: ">= 1", actual: "\(heads)")
         try AttentionError.require(keyDimension >= 1, "keyDimension", expected: ">= 1", actual: "\(keyDimension)")
         try AttentionError.require(
             valueDimension >= 1, "valueDimension", expected: ">= 1", actual: "\(valueDimension)")
+        try format.validate(dimension: keyDimension, argument: "format", dimensionName: "headDimension")
+        try format.validate(dimension: valueDimension, argument: "format", dimensionName: "valueDimension")
     }
 }
 

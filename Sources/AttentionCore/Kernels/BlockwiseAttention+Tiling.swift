@@ -65,15 +65,19 @@ package enum ScoreStorage {
 
 /// Keys and values at consecutive logical positions `start ..< start + count` that are contiguous in memory, for
 /// every (batch, key/value head). A tensor is one segment; a ring-buffer cache is up to two, plus the new tokens of
-/// the step. The kernel reads them in place.
+/// the step. Rows are stored in their codec's format (Float32, or a `StorageFormat` the tile walk decodes tile by
+/// tile); the kernel reads them in place.
 package struct KeyValueSegment {
-    /// Key row `start` of head (batch 0, key/value head 0); rows are `keyDimension` floats apart.
-    package var keys: UnsafePointer<Float>
-    /// Value row `start` of head 0; rows are `valueDimension` floats apart.
-    package var values: UnsafePointer<Float>
-    /// Floats from a key row to the same row of the next head (head index = batch * Hkv + kvHead).
+    /// Key row `start` of head (batch 0, key/value head 0); rows are `keyCodec.rowBytes` apart.
+    package var keys: UnsafeRawPointer
+    /// Value row `start` of head 0; rows are `valueCodec.rowBytes` apart.
+    package var values: UnsafeRawPointer
+    /// How key and value rows are stored.
+    package var keyCodec: RowCodec
+    package var valueCodec: RowCodec
+    /// Bytes from a key row to the same row of the next head (head index = batch * Hkv + kvHead).
     package var keyHeadStride: Int
-    /// Floats from a value row to the same row of the next head.
+    /// Bytes from a value row to the same row of the next head.
     package var valueHeadStride: Int
     /// The logical position of the segment's first key.
     package var start: Int
@@ -81,16 +85,21 @@ package struct KeyValueSegment {
     package var count: Int
 
     package init(
-        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keyHeadStride: Int, valueHeadStride: Int,
-        start: Int, count: Int
+        keys: UnsafeRawPointer, values: UnsafeRawPointer, keyCodec: RowCodec, valueCodec: RowCodec,
+        keyHeadStride: Int, valueHeadStride: Int, start: Int, count: Int
     ) {
         self.keys = keys
         self.values = values
+        self.keyCodec = keyCodec
+        self.valueCodec = valueCodec
         self.keyHeadStride = keyHeadStride
         self.valueHeadStride = valueHeadStride
         self.start = start
         self.count = count
     }
+
+    /// Whether the tile walk decodes this segment's tiles (any format but Float32).
+    var needsDecoding: Bool { keyCodec.format != .float32 || valueCodec.format != .float32 }
 }
 
 /// Calls `body` with the single segment of a [B, Hkv, Nk, D] key tensor and its value tensor (none when Nk = 0 or
@@ -106,23 +115,27 @@ package func withKeyValueSegments<R>(
             let nk = keys.shape[2]
             return try body([
                 KeyValueSegment(
-                    keys: kBase, values: vBase, keyHeadStride: nk * keys.shape[3],
-                    valueHeadStride: nk * values.shape[3], start: 0, count: nk)
+                    keys: kBase, values: vBase, keyCodec: RowCodec(.float32, dimension: keys.shape[3]),
+                    valueCodec: RowCodec(.float32, dimension: values.shape[3]),
+                    keyHeadStride: nk * keys.shape[3] * 4, valueHeadStride: nk * values.shape[3] * 4, start: 0,
+                    count: nk)
             ])
         }
     }
 }
 
 /// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], four rows of mask span bounds [Rp], the
-/// quarantine copy of a V tile [Bc, Dv], for
+/// quarantine copy of a V tile [Bc, Dv], with `decodesTiles` the decoded K and V tiles [Bc, Dk + Dv], for
 /// `.perWorkerTile` the S^T tile [Bc, Rp], and with one split the softmax state (`stateFloats`).
-package func tiledScratchFloats(_ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage) -> Int
-{
+package func tiledScratchFloats(
+    _ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage, decodesTiles: Bool
+) -> Int {
     let rp = tiling.paddedRows(groupSize: problem.groupSize)
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0
     let state = tiling.splitCount(keyLength: problem.keyLength) == 1 ? stateFloats(problem, tiling) : 0
-    return rp * (dk + 6) + bc * dv + tile + state
+    let decoded = decodesTiles ? bc * (dk + dv) : 0
+    return rp * (dk + 6) + bc * dv + decoded + tile + state
 }
 
 /// Floats of one work item's softmax state: O [Dv x Rp] (in the tiling's layout), then m [Rp] and l [Rp].
@@ -185,14 +198,18 @@ struct TileWalk {
     let keyBlock: Int
     let keyDimension: Int
     let valueDimension: Int
+    /// Where a stored (non-Float32) tile is decoded: [Bc, Dk] keys, then [Bc, Dv] values.
+    let decoded: UnsafeMutablePointer<Float>?
 
     /// - Parameters:
     ///   - visibleKeys: the smallest range holding every key the item's rows see.
     ///   - split: the item's key split; with `keysPerSplit` nil the walk covers all of `visibleKeys`.
+    ///   - decoded: room for one decoded tile, needed when a segment is not Float32.
     init(
         segments: [KeyValueSegment], head: Int, visibleKeys: Range<Int>, split: Int, keysPerSplit: Int?,
-        keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int
+        keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int, decoded: UnsafeMutablePointer<Float>?
     ) {
+        self.decoded = decoded
         var range = visibleKeys
         if let keysPerSplit {
             range = range.clamped(to: (split * keysPerSplit)..<Swift.min(keyLength, (split + 1) * keysPerSplit))
@@ -215,6 +232,8 @@ struct TileWalk {
             if part.isEmpty { continue }
             let keyBase = segment.keys + head * segment.keyHeadStride
             let valueBase = segment.values + head * segment.valueHeadStride
+            let (keyBytes, valueBytes) = (segment.keyCodec.rowBytes, segment.valueCodec.rowBytes)
+            let decodes = segment.needsDecoding
             var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
             while tileStart < part.upperBound {
                 let keys = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)
@@ -225,16 +244,35 @@ struct TileWalk {
                 // The next tile of this segment is prefetched while this one computes: decode reads each key and
                 // value once and is bound by memory; prefill at long N reads tiles that have left L2.
                 let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
-                let next =
-                    nextCount > 0
-                    ? TilePrefetch(
-                        keys: keyBase + (tileStart - segment.start) * dk,
-                        values: valueBase + (tileStart - segment.start) * dv, keyCount: nextCount,
-                        keyDimension: dk, valueDimension: dv) : nil
+                let nextRow = tileStart - segment.start
+                if !decodes {
+                    let next =
+                        nextCount > 0
+                        ? TilePrefetch(
+                            keys: (keyBase + nextRow * keyBytes).assumingMemoryBound(to: Float.self),
+                            values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
+                            keyCount: nextCount, keyDimension: dk, valueDimension: dv) : nil
+                    body(
+                        KeyTile(
+                            keys: keys, coverage: tileCoverage,
+                            keyRows: (keyBase + row0 * keyBytes).assumingMemoryBound(to: Float.self),
+                            valueRows: (valueBase + row0 * valueBytes).assumingMemoryBound(to: Float.self),
+                            next: next))
+                    continue
+                }
+                // A stored tile is decoded into the worker's tile scratch (and the next one's bytes prefetched as
+                // it goes); the micro-kernels then read Float32 rows from L1/L2 and need no prefetch of their own.
+                guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
+                let decodedValues = decoded + bc * dk
+                segment.keyCodec.decode(
+                    keyBase + row0 * keyBytes, rows: keys.count, into: decoded,
+                    prefetching: nextCount > 0 ? keyBase + nextRow * keyBytes : nil, nextRows: nextCount)
+                segment.valueCodec.decode(
+                    valueBase + row0 * valueBytes, rows: keys.count, into: decodedValues,
+                    prefetching: nextCount > 0 ? valueBase + nextRow * valueBytes : nil, nextRows: nextCount)
                 body(
                     KeyTile(
-                        keys: keys, coverage: tileCoverage, keyRows: keyBase + row0 * dk,
-                        valueRows: valueBase + row0 * dv, next: next))
+                        keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decodedValues, next: nil))
             }
         }
     }

@@ -127,6 +127,8 @@ struct WorkItemContext<Layout: TileRowLayout> {
     let layout: Layout
     let queries: UnsafePointer<Float>?
     let segments: [KeyValueSegment]
+    /// Whether any segment is stored in a format the tile walk decodes (see `tiledScratchFloats`).
+    let decodesTiles: Bool
     let bias: UnsafePointer<Float>?
     let output: UnsafeMutablePointer<Float>?
     let logSumExp: UnsafeMutablePointer<Float>?
@@ -149,6 +151,8 @@ struct WorkItemContext<Layout: TileRowLayout> {
         let spanBounds: UnsafeMutableRawPointer
         /// A copy of a value tile with its non-finite rows zeroed (the quarantine).
         let cleanValues: UnsafeMutablePointer<Float>
+        /// The decoded K and V tiles of stored (non-Float32) segments, when any segment is stored.
+        let decodedTile: UnsafeMutablePointer<Float>?
     }
 
     /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`, over the keys of
@@ -169,7 +173,8 @@ struct WorkItemContext<Layout: TileRowLayout> {
 
         let tables = Scratch(
             queries: scratch, alibiSlopes: scratch + dk * rp, alibiDiagonals: scratch + dk * rp + rp,
-            spanBounds: UnsafeMutableRawPointer(scratch + dk * rp + 2 * rp), cleanValues: scratch + dk * rp + 6 * rp)
+            spanBounds: UnsafeMutableRawPointer(scratch + dk * rp + 2 * rp), cleanValues: scratch + dk * rp + 6 * rp,
+            decodedTile: decodesTiles ? scratch + dk * rp + 6 * rp + tiling.keyBlock * dv : nil)
         packQueries(queries, into: tables.queries, batch: b, keyValueHead: kvHead, i0: i0, rows: rows)
         writeAlibiRows(tables, keyValueHead: kvHead, i0: i0, rows: rows)
 
@@ -177,7 +182,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
         let walk = TileWalk(
             segments: segments, head: b * p.keyValueHeads + kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
-            valueDimension: dv)
+            valueDimension: dv, decoded: tables.decodedTile)
         if walk.keyRange.isEmpty { return }
         let vectorMask = spans.writeBounds(tables.spanBounds, rowCount: rp, queryBlock: br, rows: rows, keyLength: nk)
         let hasScoreOptions = p.options.softcap != nil || p.options.alibiSlopes != nil || p.options.bias != nil

@@ -76,7 +76,8 @@ private func tiledAttention<Layout: TileRowLayout>(
     let splits = tiling.splitCount(keyLength: problem.keyLength)
     let items = units * splits
     let workers = Parallel.workerCount(items: items, threads: problem.threads)
-    let scratchFloats = tiledScratchFloats(problem, tiling, scoreStorage)
+    let decodesTiles = segments.contains { $0.needsDecoding }
+    let scratchFloats = tiledScratchFloats(problem, tiling, scoreStorage, decodesTiles: decodesTiles)
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
     defer { scratch.deallocate() }
     let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
@@ -104,7 +105,8 @@ private func tiledAttention<Layout: TileRowLayout>(
                     let context = UncheckedSendable(
                         WorkItemContext(
                             problem: problem, tiling: tiling, layout: layout, queries: q.baseAddress,
-                            segments: segments, bias: bias.baseAddress, output: o.baseAddress,
+                            segments: segments, decodesTiles: decodesTiles, bias: bias.baseAddress,
+                            output: o.baseAddress,
                             logSumExp: lse.baseAddress))
                     Parallel.forEach(items: items, threads: problem.threads) { worker, item in
                         let (unit, split) = item.quotientAndRemainder(dividingBy: splits)
