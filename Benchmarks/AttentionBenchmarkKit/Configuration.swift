@@ -21,6 +21,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var minimumRepetitions = 3
     public var queryBlock: Int? = nil
     public var kernels: [String]? = nil
+    /// Decode suite: the cache storage formats to time (f32, f16, bf16, q8, q4; default all).
+    public var storages: [String]? = nil
     public var keyBlock: Int? = nil
     public var help = false
     /// Where to write the SVG chart (`--chart FILE.svg`), if anywhere.
@@ -74,6 +76,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
             case "--heads": heads = try integers(for: argument, minimum: 1)[0]
             case "--repetitions": minimumRepetitions = try integers(for: argument, minimum: 1)[0]
             case "--kernels": kernels = try value(for: argument).split(separator: ",").map(String.init)
+            case "--storage": storages = try value(for: argument).split(separator: ",").map(String.init)
             case "--query-block": queryBlock = try integers(for: argument, minimum: 1)[0]
             case "--key-block": keyBlock = try integers(for: argument, minimum: 1)[0]
             default: throw UsageError("unknown option '\(argument)'; see --help")
@@ -103,6 +106,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
           --heads H           query heads = key/value heads (default 8)
           --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
           --kernels LIST      only these kernels of the chosen suites, e.g. blockwise
+          --storage LIST      decode suite: the cache formats timed beside the tensor call (decode-cache rows),
+                              from f32, f16, bf16, q8, q4 (default all; "none" for none)
           --query-block Br    blockwise kernel: query positions per block and head (default: 64 / group size)
           --key-block Bc      blockwise kernel: keys per tile (default 64)
           --help              this text

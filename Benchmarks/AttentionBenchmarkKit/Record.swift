@@ -29,6 +29,13 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     /// Growth of the process's peak resident memory while this case ran once in a fresh child process (memory
     /// suite only; see `attention-bench --help`).
     public var peakResidentBytes: Int?
+    /// Decode cases over a cache: how it stores keys and values (f32, f16, bf16, q8, q4, see `StorageFormat`), the
+    /// bytes one token takes in it, and the max error of the sampled rows against the Float64 reference on the
+    /// original Float32 inputs (what the format costs; `maxAbsError` is against the reference on the stored values,
+    /// the kernel's own exactness).
+    public var storage: String?
+    public var bytesPerToken: Int?
+    public var errorVersusFloat32Inputs: Double?
 
     public init(
         suite: String, kernel: String, batch: Int, queryHeads: Int, keyValueHeads: Int,
@@ -58,13 +65,15 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     /// The CSV header: the JSON keys in the same order as `csvLine`.
     public static let csvHeader =
         "suite,kernel,batch,queryHeads,keyValueHeads,queryLength,keyLength,headDimension,mask,threads,medianSeconds,"
-        + "minSeconds,maxSeconds,gflops,workspaceBytes,maxAbsError,gbPerSecond,speedupVsNaive,peakResidentBytes"
+        + "minSeconds,maxSeconds,gflops,workspaceBytes,maxAbsError,gbPerSecond,speedupVsNaive,peakResidentBytes,"
+        + "storage,bytesPerToken,errorVersusFloat32Inputs"
 
     /// The record as one CSV line (empty fields for absent values).
     public func csvLine() -> String {
         let optional: [String] = [
             gbPerSecond.map { "\($0)" } ?? "", speedupVsNaive.map { "\($0)" } ?? "",
-            peakResidentBytes.map { "\($0)" } ?? "",
+            peakResidentBytes.map { "\($0)" } ?? "", storage ?? "", bytesPerToken.map { "\($0)" } ?? "",
+            errorVersusFloat32Inputs.map { "\($0)" } ?? "",
         ]
         let fields: [String] = [
             suite, kernel, "\(batch)", "\(queryHeads)", "\(keyValueHeads)", "\(queryLength)", "\(keyLength)",
@@ -105,6 +114,8 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
         ].joined(separator: " ") + (gbPerSecond.map { String(format: "  %.1f GB/s", $0) } ?? "")
             + (speedupVsNaive.map { String(format: "  %.1fx vs naive", $0) } ?? "")
             + (peakResidentBytes.map { "  peak RSS +" + formatBytes($0) } ?? "")
+            + (storage.map { "  \($0)" } ?? "") + (bytesPerToken.map { "  " + formatBytes($0) + "/token" } ?? "")
+            + (errorVersusFloat32Inputs.map { String(format: "  err vs f32 inputs %.1e", $0) } ?? "")
     }
 }
 

@@ -23,6 +23,9 @@ public struct BenchmarkCase: Sendable {
     /// Whether each repetition writes into one reused output tensor (`attention(..., into:)`), so that the case is
     /// timed without the first-write page faults of a new result.
     public var writesIntoOutput = false
+    /// When set, the keys and values are appended to a `KVCache` of this format and the case times attention over
+    /// the cache; its name (f32, f16, bf16, q8, q4) goes into the record's storage column.
+    public var storage: (name: String, format: StorageFormat)? = nil
 
     public init(
         suite: String, kernelName: String, kernel: AttentionKernel, maskName: String,
@@ -114,6 +117,11 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
         batch: c.batch, queryHeads: c.queryHeads, keyValueHeads: c.keyValueHeads,
         queryLength: c.queryLength,
         keyLength: c.keyLength, headDimension: c.headDimension, seed: 7)
+    if let storage = c.storage {
+        return try runOverCache(
+            c, storage: storage, inputs: inputs, budget: budget,
+            minimumRepetitions: minimumRepetitions)
+    }
     var last: AttentionResult? = nil
     let timing: TimingSummary
     do {
@@ -164,6 +172,47 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
                 ? Double((inputs.keys.count + inputs.values.count) * MemoryLayout<Float>.size) / timing.median / 1e9
                 : nil))
 }
+
+/// `run` for a case over a cache: the keys and values go into a `KVCache` of the case's format, and attention over
+/// the cache is timed. The sampled rows are checked against the Float64 reference on the cache's decoded contents
+/// (the kernel's exactness) and on the original inputs (the format's cost); GB/s counts the bytes the cache stores.
+func runOverCache(
+    _ c: BenchmarkCase, storage: (name: String, format: StorageFormat),
+    inputs: (queries: Tensor, keys: Tensor, values: Tensor), budget: Double, minimumRepetitions: Int
+) throws -> BenchmarkOutcome {
+    var cache = try KVCache(
+        batch: c.batch, keyValueHeads: c.keyValueHeads, headDimension: c.headDimension, format: storage.format)
+    try cache.append(keys: inputs.keys, values: inputs.values)
+    var last: AttentionResult? = nil
+    let timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {
+        last = try cache.attentionWithLogSumExp(queries: inputs.queries, mask: c.mask, options: c.options)
+    }
+    guard let result = last else { return .skipped(reason: "no run completed") }
+    let stored = cache.contents
+    let flops = attentionFLOPs(
+        batch: c.batch, queryHeads: c.queryHeads, queryLength: c.queryLength, keyLength: c.keyLength,
+        headDimension: c.headDimension,
+        visibleFraction: visibleFraction(of: c.mask, queryLength: c.queryLength, keyLength: c.keyLength))
+    var record = BenchmarkRecord(
+        suite: c.suite, kernel: c.kernelName, batch: c.batch, queryHeads: c.queryHeads,
+        keyValueHeads: c.keyValueHeads, queryLength: c.queryLength, keyLength: c.keyLength,
+        headDimension: c.headDimension, mask: c.maskName, threads: c.threads, medianSeconds: timing.median,
+        minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
+        workspaceBytes: result.workspaceBytes,
+        maxAbsError: sampledError(
+            result.output, queries: inputs.queries, keys: stored.keys, values: stored.values, case: c),
+        gbPerSecond: Double(cache.bytesPerToken * cache.count) / timing.median / 1e9)
+    record.storage = storage.name
+    record.bytesPerToken = cache.bytesPerToken
+    record.errorVersusFloat32Inputs = sampledError(
+        result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c)
+    return .measured(record)
+}
+
+/// The storage formats the decode suite times, by the names the records carry.
+public let decodeStorages: [(name: String, format: StorageFormat)] = [
+    ("f32", .float32), ("f16", .float16), ("bf16", .bfloat16), ("q8", .int8()), ("q4", .int4()),
+]
 
 /// The cases of the `naive` suite: naive attention over a sequence-length sweep, unmasked and causal.
 public func naiveSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
@@ -242,6 +291,15 @@ public func decodeSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                     headDimension: configuration.headDimensions?.first ?? 128, threads: threads)
                 c.reportsBandwidth = true
                 cases.append(c)
+                // The decode kernel over a cache in every storage format.
+                if kernelName == "decode" {
+                    for storage in decodeStorages where configuration.storages?.contains(storage.name) ?? true {
+                        var stored = c
+                        stored.kernelName = "decode-cache"
+                        stored.storage = storage
+                        cases.append(stored)
+                    }
+                }
             }
         }
     }

@@ -119,8 +119,14 @@ final class BenchmarkKitTests: XCTestCase {
         record.speedupVsNaive = 2.5
         record.peakResidentBytes = 2_097_152
         record.gbPerSecond = 12
-        let fields = record.csvLine().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        XCTAssertEqual(fields.suffix(3), ["12.0", "2.5", "2097152"])
+        var fields = record.csvLine().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(fields.suffix(6), ["12.0", "2.5", "2097152", "", "", ""])
+        record.storage = "q8"
+        record.bytesPerToken = 2304
+        record.errorVersusFloat32Inputs = 0.25
+        fields = record.csvLine().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(fields.suffix(3), ["q8", "2304", "0.25"])
+        XCTAssertTrue(record.tableRow().contains("q8  2.2 KiB/token  err vs f32 inputs 2.5e-01"), record.tableRow())
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(record.jsonLine().utf8)) as? [String: Any])
         XCTAssertEqual(object["peakResidentBytes"] as? Int, 2_097_152)
         XCTAssertEqual(object["speedupVsNaive"] as? Double, 2.5)

@@ -52,7 +52,7 @@ final class StorageFormatTests: XCTestCase {
                 bits.withUnsafeMutableBytes { source in
                     decoded.withUnsafeMutableBufferPointer { target in
                         codec.decode(
-                            source.baseAddress!, rows: rows, into: target.baseAddress!, prefetching: nil, nextRows: 0)
+                            source.baseAddress!, rows: rows, into: target.baseAddress!)
                     }
                 }
                 for (code, value) in zip(bits, decoded) {

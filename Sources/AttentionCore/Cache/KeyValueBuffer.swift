@@ -118,8 +118,7 @@ package struct KeyValueBuffer: Sendable {
                         for run in slotRuns where !run.isEmpty {
                             codec.decode(
                                 source.baseAddress! + (head * capacity + run.lowerBound) * codec.rowBytes,
-                                rows: run.count, into: target.baseAddress! + row * width, prefetching: nil,
-                                nextRows: 0)
+                                rows: run.count, into: target.baseAddress! + row * width)
                             row += run.count
                         }
                     }

@@ -59,10 +59,14 @@ func computeScoresFewRows(
         var kk = 0
         while kk + 4 <= keyCount {
             // The next tile's rows kk..<kk + 4 (contiguous), spread over the column steps.
-            let ahead = r == 0 ? next.map { ($0.keys + kk * dk, Swift.max(0, Swift.min(4, $0.keyCount - kk))) } : nil
+            let ahead =
+                r == 0
+                ? next.map {
+                    ($0.keys + kk * $0.keyDimension, Swift.max(0, Swift.min(4, $0.keyCount - kk)) * $0.keyDimension)
+                } : nil
             interleavedScores4(
                 group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
-                prefetch: ahead?.0, prefetchFloats: (ahead?.1 ?? 0) * dk)
+                prefetch: ahead?.0, prefetchFloats: ahead?.1 ?? 0)
             kk += 4
         }
         while kk < keyCount {
@@ -309,7 +313,8 @@ func accumulateValuesFewRows(
             valueRows4x32(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
                 valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
-                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0)
+                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
+                prefetchStride: next?.valueDimension ?? dv)
             c += 32
         }
         if c + 16 <= dv {
@@ -389,7 +394,7 @@ func storeRows4(
 private func valueRows4x32(
     _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
     values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
-    prefetch: UnsafePointer<Float>?, prefetchCount: Int
+    prefetch: UnsafePointer<Float>?, prefetchCount: Int, prefetchStride: Int
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     var b0 = SIMD16<Float>(), b1 = SIMD16<Float>(), b2 = SIMD16<Float>(), b3 = SIMD16<Float>()
@@ -405,7 +410,7 @@ private func valueRows4x32(
         if aheadCount > 0, let line = ahead {
             prefetchToL2(UnsafeRawPointer(line))
             prefetchToL2(UnsafeRawPointer(line + 16))
-            ahead = line + dv
+            ahead = line + prefetchStride
             aheadCount -= 1
         }
         let (v0, v1) = (load16(v, 0), load16(v, 16))
@@ -428,7 +433,7 @@ private func valueRows4x32(
     while aheadCount > 0, let line = ahead {
         prefetchToL2(UnsafeRawPointer(line))
         prefetchToL2(UnsafeRawPointer(line + 16))
-        ahead = line + dv
+        ahead = line + prefetchStride
         aheadCount -= 1
     }
     storeRows4((a0, a1, a2, a3), out, dv)

@@ -125,7 +125,7 @@ package func withKeyValueSegments<R>(
 }
 
 /// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], four rows of mask span bounds [Rp], the
-/// quarantine copy of a V tile [Bc, Dv], with `decodesTiles` the decoded K and V tiles [Bc, Dk + Dv], for
+/// quarantine copy of a V tile [Bc, Dv], with `decodesTiles` the decoded K, then V, tile [Bc, max(Dk, Dv)], for
 /// `.perWorkerTile` the S^T tile [Bc, Rp], and with one split the softmax state (`stateFloats`).
 package func tiledScratchFloats(
     _ problem: AttentionProblem, _ tiling: BlockwiseTiling, _ storage: ScoreStorage, decodesTiles: Bool
@@ -134,7 +134,7 @@ package func tiledScratchFloats(
     let (dk, dv, bc) = (problem.keyDimension, problem.valueDimension, tiling.keyBlock)
     let tile = storage == .perWorkerTile ? bc * rp : 0
     let state = tiling.splitCount(keyLength: problem.keyLength) == 1 ? stateFloats(problem, tiling) : 0
-    let decoded = decodesTiles ? bc * (dk + dv) : 0
+    let decoded = decodesTiles ? bc * Swift.max(dk, dv) : 0
     return rp * (dk + 6) + bc * dv + decoded + tile + state
 }
 
@@ -180,10 +180,27 @@ struct KeyTile {
     let coverage: TileCoverage
     /// Key row `keys.lowerBound` of the item's head; rows are Dk floats apart.
     let keyRows: UnsafePointer<Float>
-    /// Value row `keys.lowerBound`; rows are Dv floats apart.
+    /// Value row `keys.lowerBound`; rows are Dv floats apart. For a stored segment, where `values()` decodes them.
     let valueRows: UnsafePointer<Float>
     /// The next tile of the same segment, for prefetching while this one computes (nil after a segment's last).
     let next: TilePrefetch?
+    /// A stored segment's value rows, decoded only when the tile's scores are done (see `values()`).
+    var storedValues: StoredRows? = nil
+
+    /// Encoded rows to decode into `valueRows`.
+    struct StoredRows {
+        let source: UnsafeRawPointer
+        let codec: RowCodec
+    }
+
+    /// The tile's value rows as Float32: in place, or decoded now over the keys' decoded rows, which the scores no
+    /// longer need, so a tile's decoded keys and values share the same L1 lines.
+    @inline(__always) func values() -> UnsafePointer<Float> {
+        if let stored = storedValues {
+            stored.codec.decode(stored.source, rows: keys.count, into: UnsafeMutablePointer(mutating: valueRows))
+        }
+        return valueRows
+    }
 }
 
 /// The key tiles of one work item: its visible key range (clipped to its key split) cut into tiles of Bc keys
@@ -198,7 +215,7 @@ struct TileWalk {
     let keyBlock: Int
     let keyDimension: Int
     let valueDimension: Int
-    /// Where a stored (non-Float32) tile is decoded: [Bc, Dk] keys, then [Bc, Dv] values.
+    /// Where a stored (non-Float32) tile is decoded: [Bc, max(Dk, Dv)], keys first, then values over them.
     let decoded: UnsafeMutablePointer<Float>?
 
     /// - Parameters:
@@ -263,16 +280,20 @@ struct TileWalk {
                 // A stored tile is decoded into the worker's tile scratch (and the next one's bytes prefetched as
                 // it goes); the micro-kernels then read Float32 rows from L1/L2 and need no prefetch of their own.
                 guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
-                let decodedValues = decoded + bc * dk
-                segment.keyCodec.decode(
-                    keyBase + row0 * keyBytes, rows: keys.count, into: decoded,
-                    prefetching: nextCount > 0 ? keyBase + nextRow * keyBytes : nil, nextRows: nextCount)
-                segment.valueCodec.decode(
-                    valueBase + row0 * valueBytes, rows: keys.count, into: decodedValues,
-                    prefetching: nextCount > 0 ? valueBase + nextRow * valueBytes : nil, nextRows: nextCount)
-                body(
-                    KeyTile(
-                        keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decodedValues, next: nil))
+                segment.keyCodec.decode(keyBase + row0 * keyBytes, rows: keys.count, into: decoded)
+                // The micro-kernels prefetch the next tile's stored rows, spread over their work as for Float32
+                // rows (a burst of hints while decoding took 1.4x as long from memory); their prefetch strides
+                // are the stored row sizes, in floats.
+                let next =
+                    nextCount > 0
+                    ? TilePrefetch(
+                        keys: (keyBase + nextRow * keyBytes).assumingMemoryBound(to: Float.self),
+                        values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
+                        keyCount: nextCount, keyDimension: (keyBytes + 3) / 4, valueDimension: (valueBytes + 3) / 4)
+                    : nil
+                var tile = KeyTile(keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decoded, next: next)
+                tile.storedValues = KeyTile.StoredRows(source: valueBase + row0 * valueBytes, codec: segment.valueCodec)
+                body(tile)
             }
         }
     }

@@ -201,7 +201,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
                         applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile.keys)
                     }
                 }
-                var values = tile.valueRows
+                var values = tile.values()
                 let valuesFinite = !scanValues || allFinite(values, count: tile.keys.count * dv)
                 updateSoftmax(sT, keyCount: tile.keys.count, s, markMasked: !valuesFinite)
                 if !valuesFinite {
