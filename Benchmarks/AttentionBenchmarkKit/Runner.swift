@@ -181,7 +181,8 @@ func runOverCache(
     inputs: (queries: Tensor, keys: Tensor, values: Tensor), budget: Double, minimumRepetitions: Int
 ) throws -> BenchmarkOutcome {
     var cache = try KVCache(
-        batch: c.batch, keyValueHeads: c.keyValueHeads, headDimension: c.headDimension, format: storage.format)
+        batch: c.batch, keyValueHeads: c.keyValueHeads, headDimension: c.headDimension,
+        storage: CacheStorage(storage.format))
     try cache.append(keys: inputs.keys, values: inputs.values)
     var last: AttentionResult? = nil
     let timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {

@@ -100,36 +100,68 @@ public func attention(
 public struct StreamingKVCache: Sendable {
     /// The visibility the cache serves.
     public let sinks: SinkTokens
-    private var buffer: KeyValueBuffer
-    /// Slots 0..<sinks.count hold the sink tokens; the ring holds the last `window` other tokens.
+    /// How keys and values are stored.
+    public let storage: CacheStorage
+    /// The sink tokens, slots 0..<sinks.count (in Float32 when `storage.sinksInFloat32`).
+    private var sinkBuffer: KeyValueBuffer
     private var sinkHeld = 0
+    /// The older window - recent.size recent tokens, in the storage's format.
+    private var buffer: KeyValueBuffer
     private var ring: RingSlots
+    /// The newest tokens, in Float32.
+    private var recent: RecentTokens
     /// Tokens seen since creation (or `removeAll`), including those no longer held.
     public private(set) var tokenCount = 0
 
     /// Creates an empty cache for `sinks` (valueDimension defaults to headDimension).
-    /// - Throws: `AttentionError.invalidValue` naming the first size out of range.
+    /// - Parameter storage: how keys and values are stored (default Float32; see `CacheStorage`): the sinks in
+    ///   Float32 when `sinksInFloat32`, the newest `min(sinks.window, recentTokensInFloat32)` tokens in Float32,
+    ///   the rest of the window in the storage's format.
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
+    ///   not fit.
     public init(
-        sinks: SinkTokens, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil
+        sinks: SinkTokens, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
+        storage: CacheStorage = .float32
     ) throws {
+        let dv = valueDimension ?? headDimension
         try KeyValueBuffer.validateDimensions(
-            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension)
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv)
+        try storage.validate(keyDimension: headDimension, valueDimension: dv)
         self.sinks = sinks
+        self.storage = storage
+        let sinkFormat = storage.sinksInFloat32 ? StorageFormat.float32 : storage.format
+        sinkBuffer = KeyValueBuffer(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
+            capacity: sinks.count, keyFormat: sinkFormat, valueFormat: sinkFormat)
+        let recentSize = Swift.min(sinks.window, storage.recentTokensInFloat32)
         buffer = KeyValueBuffer(
-            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension, capacity: sinks.count + sinks.window)
-        ring = RingSlots(base: sinks.count, size: sinks.window)
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
+            capacity: sinks.window - recentSize, keyFormat: storage.format, valueFormat: storage.format)
+        ring = RingSlots(base: 0, size: sinks.window - recentSize)
+        recent = RecentTokens(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv, size: recentSize)
     }
 
     /// Tokens held: at most sinks.count + sinks.window.
-    public var count: Int { sinkHeld + ring.held }
+    public var count: Int { sinkHeld + ring.held + recent.held }
 
     /// Bytes of key and value storage (fixed at creation).
-    public var storageBytes: Int { buffer.bytes }
+    public var storageBytes: Int { sinkBuffer.bytes + buffer.bytes + recent.buffer.bytes }
 
     /// Stream indices of the held tokens in attention order: the sinks, then the recent tokens oldest first.
-    public var streamPositions: [Int] { Array(0..<sinkHeld) + Array((tokenCount - ring.held)..<tokenCount) }
+    public var streamPositions: [Int] {
+        Array(0..<sinkHeld) + Array((tokenCount - ring.held - recent.held)..<tokenCount)
+    }
+
+    /// Held tokens in attention order: the sinks, the encoded ring, the Float32 window of the newest. Between the
+    /// sinks and the ring lies the evicted gap, which the mask never reaches: a window only looks back `window - 1`
+    /// tokens and the cache holds the last `window`.
+    private var parts: [CachePart] {
+        [
+            CachePart(buffer: sinkBuffer, runs: [(0..<sinkHeld, 0)]),
+            CachePart(buffer: buffer, runs: ring.runs(start: sinkHeld)), recent.part(start: sinkHeld + ring.held),
+        ]
+    }
 
     /// Positions within the cache of the held tokens in attention order: 0..<count.
     public var cachePositions: Range<Int> { 0..<count }
@@ -156,27 +188,29 @@ public struct StreamingKVCache: Sendable {
     ) throws -> Tensor {
         let n = try buffer.validateAppend(keys: keys, values: values)
         try requireOneQueryPerToken(queries, tokens: n)
-        // Held tokens in stream order: sinks, then the ring. Between them lies the evicted gap, which the mask never
-        // reaches: a window only looks back `window - 1` tokens and the ring holds the last `window`.
-        let runs = [(slots: 0..<sinkHeld, start: 0)] + ring.runs(start: sinkHeld)
+        let (keys, values) = (storage.rotated(keys), storage.rotated(values))
         let result = try attentionOverCache(
-            queries: queries, buffer: buffer, runs: runs, cachedCount: count, newKeys: keys, newValues: values,
-            mask: sinks.mask, options: options)
+            queries: queries, parts: parts, cachedCount: count, newKeys: keys, newValues: values, mask: sinks.mask,
+            options: options, storage: storage)
         store(keys: keys, values: values, tokens: n)
         return result.output
     }
 
     /// Stores tokens without attending them.
     public mutating func append(keys: Tensor, values: Tensor) throws {
-        store(keys: keys, values: values, tokens: try buffer.validateAppend(keys: keys, values: values))
+        let n = try buffer.validateAppend(keys: keys, values: values)
+        store(keys: storage.rotated(keys), values: storage.rotated(values), tokens: n)
     }
 
     private mutating func store(keys: Tensor, values: Tensor, tokens n: Int) {
         // The first sinks.count tokens of the stream fill the sink slots; the rest go to the ring.
         let toSinks = Swift.min(n, sinks.count - sinkHeld)
-        buffer.write(keys: keys, values: values, rows: 0..<toSinks, toSlot: sinkHeld)
+        sinkBuffer.write(keys: keys, values: values, rows: 0..<toSinks, toSlot: sinkHeld)
         sinkHeld += toSinks
-        ring.store(keys: keys, values: values, rows: toSinks..<n, in: &buffer)
+        // Then into the Float32 window of the newest; what leaves it goes to the encoded ring.
+        for (k, v, rows) in recent.push(keys: keys, values: values, rows: toSinks..<n) {
+            ring.store(keys: k, values: v, rows: rows, in: &buffer)
+        }
         tokenCount += n
     }
 
@@ -184,9 +218,13 @@ public struct StreamingKVCache: Sendable {
     public mutating func removeAll() {
         sinkHeld = 0
         ring.removeAll()
+        recent.removeAll()
         tokenCount = 0
     }
 
     /// The held keys and values in attention order, as [batch, keyValueHeads, count, D] tensors (a copy).
-    public var contents: (keys: Tensor, values: Tensor) { buffer.gather([0..<sinkHeld] + ring.slotRuns) }
+    public var contents: (keys: Tensor, values: Tensor) {
+        let (keys, values) = gatheredContents(parts)
+        return (storage.rotated(keys), storage.rotated(values))
+    }
 }

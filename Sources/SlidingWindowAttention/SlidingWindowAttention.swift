@@ -75,8 +75,13 @@ public struct SlidingWindow: Sendable, Hashable {
 public struct RollingKVCache: Sendable {
     /// The window: each new token sees itself and the `window - 1` tokens before it.
     public let window: Int
+    /// How keys and values are stored.
+    public let storage: CacheStorage
+    /// The older window - recent.size held tokens, in the storage's format.
     private var buffer: KeyValueBuffer
     private var ring: RingSlots
+    /// The newest tokens, in Float32.
+    private var recent: RecentTokens
     /// Tokens seen since creation (or `removeAll`), including those no longer held.
     public private(set) var tokenCount = 0
 
@@ -85,30 +90,44 @@ public struct RollingKVCache: Sendable {
     ///   - window: keys each token sees, counting itself (>= 1). The ring holds this many tokens.
     ///   - batch, keyValueHeads, headDimension, valueDimension: the layout of the keys and values to append
     ///     (valueDimension defaults to headDimension).
-    /// - Throws: `AttentionError.invalidValue` naming the first size out of range.
+    ///   - storage: how keys and values are stored (default Float32; see `CacheStorage`). The newest
+    ///     `min(window, storage.recentTokensInFloat32)` tokens stay in Float32.
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
+    ///   not fit.
     public init(
-        window: Int, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil
+        window: Int, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
+        storage: CacheStorage = .float32
     ) throws {
+        let dv = valueDimension ?? headDimension
         try AttentionError.require(window >= 1, "window", expected: ">= 1", actual: "\(window)")
         try KeyValueBuffer.validateDimensions(
-            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension)
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv)
+        try storage.validate(keyDimension: headDimension, valueDimension: dv)
         self.window = window
+        self.storage = storage
+        let recentSize = Swift.min(window, storage.recentTokensInFloat32)
         buffer = KeyValueBuffer(
-            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension, capacity: window)
-        ring = RingSlots(base: 0, size: window)
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
+            capacity: window - recentSize, keyFormat: storage.format, valueFormat: storage.format)
+        ring = RingSlots(base: 0, size: window - recentSize)
+        recent = RecentTokens(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv, size: recentSize)
     }
 
     /// Tokens held: min(tokenCount, window).
-    public var count: Int { ring.held }
+    public var count: Int { ring.held + recent.held }
 
     /// Bytes of key and value storage (fixed at creation).
-    public var storageBytes: Int { buffer.bytes }
+    public var storageBytes: Int { buffer.bytes + recent.buffer.bytes }
+
+    /// The held tokens as the kernel reads them: the encoded ring, then the Float32 window of the newest.
+    private var parts: [CachePart] {
+        [CachePart(buffer: buffer, runs: ring.runs(start: 0)), recent.part(start: ring.held)]
+    }
 
     /// Stream positions (0-based token indices since creation) of the held tokens, oldest first: the order in
     /// which the kernel sees them.
-    public var positions: [Int] { Array((tokenCount - ring.held)..<tokenCount) }
+    public var positions: [Int] { Array((tokenCount - count)..<tokenCount) }
 
     /// Attends the new tokens and stores them.
     ///
@@ -126,27 +145,39 @@ public struct RollingKVCache: Sendable {
     ) throws -> Tensor {
         let n = try buffer.validateAppend(keys: keys, values: values)
         try requireOneQueryPerToken(queries, tokens: n)
+        let (keys, values) = (storage.rotated(keys), storage.rotated(values))
         let result = try attentionOverCache(
-            queries: queries, buffer: buffer, runs: ring.runs(start: 0), cachedCount: ring.held, newKeys: keys,
-            newValues: values, mask: .window(left: window - 1, right: 0), options: options)
-        ring.store(keys: keys, values: values, rows: 0..<n, in: &buffer)
-        tokenCount += n
+            queries: queries, parts: parts, cachedCount: count, newKeys: keys, newValues: values,
+            mask: .window(left: window - 1, right: 0), options: options, storage: storage)
+        store(keys: keys, values: values, tokens: n)
         return result.output
+    }
+
+    /// Stores rotated tokens: into the Float32 window, and what leaves it into the encoded ring.
+    private mutating func store(keys: Tensor, values: Tensor, tokens n: Int) {
+        for (k, v, rows) in recent.push(keys: keys, values: values, rows: 0..<n) {
+            ring.store(keys: k, values: v, rows: rows, in: &buffer)
+        }
+        tokenCount += n
     }
 
     /// Stores tokens without attending them (e.g. a prompt whose outputs are not needed).
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)
-        ring.store(keys: keys, values: values, rows: 0..<n, in: &buffer)
-        tokenCount += n
+        store(keys: storage.rotated(keys), values: storage.rotated(values), tokens: n)
     }
 
     /// Forgets every token.
     public mutating func removeAll() {
         ring.removeAll()
+        recent.removeAll()
         tokenCount = 0
     }
 
-    /// The held keys and values, oldest first, as [batch, keyValueHeads, count, D] tensors (a copy).
-    public var contents: (keys: Tensor, values: Tensor) { buffer.gather(ring.slotRuns) }
+    /// The held keys and values, oldest first, as [batch, keyValueHeads, count, D] Float32 tensors, decoded (and
+    /// rotated back) from the cache's storage (a copy).
+    public var contents: (keys: Tensor, values: Tensor) {
+        let (keys, values) = gatheredContents(parts)
+        return (storage.rotated(keys), storage.rotated(values))
+    }
 }

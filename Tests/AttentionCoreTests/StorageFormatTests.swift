@@ -29,14 +29,14 @@ final class StorageFormatTests: XCTestCase {
     func testCacheContentsAreTheInputsRoundedAsEachFormatDefinesIt() throws {
         for format in Self.formats {
             let (keys, values) = try inputs(keyValueHeads: 2, tokens: 37, dimension: 64, seed: 3)
-            var cache = try KVCache(keyValueHeads: 2, headDimension: 64, format: format)
+            var cache = try KVCache(keyValueHeads: 2, headDimension: 64, storage: CacheStorage(format))
             try cache.append(keys: tokens(keys, 0..<20), values: tokens(values, 0..<20))
             try cache.append(keys: tokens(keys, 20..<37), values: tokens(values, 20..<37))
             guard let expectedKeys = roundedThrough(format, keys), let expectedValues = roundedThrough(format, values)
             else { continue }
             XCTAssertEqual(cache.contents.keys, expectedKeys, "\(format)")
             XCTAssertEqual(cache.contents.values, expectedValues, "\(format)")
-            XCTAssertEqual(cache.format, format)
+            XCTAssertEqual(cache.storage.format, format)
             XCTAssertEqual(cache.bytesPerToken, 2 * 2 * format.bytesPerRow(dimension: 64))
         }
     }
@@ -101,7 +101,7 @@ final class StorageFormatTests: XCTestCase {
                 let all = try attentionInputs(
                     queryHeads: shape.hq, keyValueHeads: shape.hkv, queryLength: shape.nq, keyLength: shape.nk,
                     headDimension: shape.d, seed: UInt64(40 + index))
-                var cache = try KVCache(keyValueHeads: shape.hkv, headDimension: shape.d, format: format)
+                var cache = try KVCache(keyValueHeads: shape.hkv, headDimension: shape.d, storage: CacheStorage(format))
                 let half = shape.nk / 2
                 try cache.append(keys: tokens(all.keys, 0..<half), values: tokens(all.values, 0..<half))
                 try cache.append(
@@ -126,7 +126,7 @@ final class StorageFormatTests: XCTestCase {
         let all = try attentionInputs(
             queryHeads: 32, keyValueHeads: 8, queryLength: 1, keyLength: 3000, headDimension: 64, seed: 5)
         for format in Self.formats {
-            var cache = try KVCache(keyValueHeads: 8, headDimension: 64, format: format)
+            var cache = try KVCache(keyValueHeads: 8, headDimension: 64, storage: CacheStorage(format))
             try cache.append(keys: all.keys, values: all.values)
             let one = try cache.attention(queries: all.queries, options: AttentionOptions(threads: 1))
             for threads in [2, 3, 8] {
@@ -144,7 +144,7 @@ final class StorageFormatTests: XCTestCase {
                     queryHeads: 2, keyValueHeads: 1, queryLength: 1, keyLength: 50, headDimension: 32, seed: 8)
                 all.keys[0, 0, 49, 3] = .nan
                 all.values[0, 0, 48, 5] = .infinity
-                var cache = try KVCache(keyValueHeads: 1, headDimension: 32, format: format)
+                var cache = try KVCache(keyValueHeads: 1, headDimension: 32, storage: CacheStorage(format))
                 try cache.append(keys: all.keys, values: all.values)
                 let hidden = try cache.attention(
                     queries: all.queries, mask: .custom { _, j in j < 48 },
@@ -157,17 +157,150 @@ final class StorageFormatTests: XCTestCase {
     }
 
     func testFormatsThatDoNotFitTheHeadDimensionThrowNamingIt() throws {
-        XCTAssertThrowsError(try KVCache(keyValueHeads: 1, headDimension: 48, format: .int8())) { error in
+        XCTAssertThrowsError(try KVCache(keyValueHeads: 1, headDimension: 48, storage: .int8)) { error in
             XCTAssertEqual((error as? AttentionError)?.argument, "headDimension")
             XCTAssertEqual(
                 "\(error)",
                 "headDimension is 48 but expected a multiple of format's block size 32 (int8(blockSize: 32))")
         }
         XCTAssertThrowsError(
-            try KVCache(keyValueHeads: 1, headDimension: 64, valueDimension: 40, format: .int4(blockSize: 16))
+            try KVCache(
+                keyValueHeads: 1, headDimension: 64, valueDimension: 40, storage: CacheStorage(.int4(blockSize: 16)))
         ) { error in XCTAssertEqual((error as? AttentionError)?.argument, "valueDimension") }
-        XCTAssertThrowsError(try KVCache(keyValueHeads: 1, headDimension: 64, format: .int4(blockSize: 0))) { error in
+        XCTAssertThrowsError(
+            try KVCache(keyValueHeads: 1, headDimension: 64, storage: CacheStorage(.int4(blockSize: 0)))
+        ) { error in
             XCTAssertEqual((error as? AttentionError)?.argument, "format.blockSize")
         }
+        XCTAssertThrowsError(
+            try KVCache(keyValueHeads: 1, headDimension: 48, storage: CacheStorage(.float16, hadamardRotation: true))
+        ) { error in
+            XCTAssertEqual("\(error)", "headDimension is 48 but expected a power of two for hadamardRotation")
+        }
+        XCTAssertThrowsError(
+            try KVCache(keyValueHeads: 1, headDimension: 64, storage: CacheStorage(.int8(), recentTokensInFloat32: -1))
+        ) { error in XCTAssertEqual((error as? AttentionError)?.argument, "recentTokensInFloat32") }
     }
+
+    func testTheNewestTokensStayInFloat32UpToTheWindowsExactBoundary() throws {
+        // Recent window R = 5: after every append, the last min(count, 5) tokens are exact and the older ones are the
+        // format's rounding of the inputs (encoded once, when they left the window), in appends of every size.
+        let (keys, values) = try inputs(keyValueHeads: 2, tokens: 40, dimension: 32, seed: 21)
+        let rounded = (roundedThrough(.int4(), keys)!, roundedThrough(.int4(), values)!)
+        var cache = try KVCache(
+            keyValueHeads: 2, headDimension: 32, storage: CacheStorage(.int4(), recentTokensInFloat32: 5))
+        var count = 0
+        for chunk in [1, 3, 1, 1, 7, 5, 4, 6, 12] {
+            try cache.append(
+                keys: tokens(keys, count..<(count + chunk)), values: tokens(values, count..<(count + chunk)))
+            count += chunk
+            let boundary = Swift.max(0, count - 5)
+            XCTAssertEqual(
+                cache.contents.keys, concatenated(tokens(rounded.0, 0..<boundary), tokens(keys, boundary..<count)),
+                "\(count)")
+            XCTAssertEqual(
+                cache.contents.values, concatenated(tokens(rounded.1, 0..<boundary), tokens(values, boundary..<count)),
+                "\(count)")
+            let queries = try Tensor.randomNormal(shape: [1, 4, 1, 32], seed: UInt64(count))
+            let output = try cache.attention(queries: queries)
+            let check = checkOutput(output, queries: queries, keys: cache.contents.keys, values: cache.contents.values)
+            XCTAssertTrue(check.passes, "\(count): \(check)")
+        }
+    }
+
+    func testHadamardRotationIsTheOrthonormalWalshHadamardMatrixAndItsOwnInverse() throws {
+        for d in [1, 2, 8, 64, 128] {
+            let x = try Tensor.randomNormal(shape: [1, 1, 3, d], seed: UInt64(d))
+            let rotated = hadamardRotatedRows(x)
+            // Sylvester's construction: H[i][j] = (-1)^popcount(i & j), scaled by 1 / sqrt(d), in Float64.
+            for row in 0..<3 {
+                for i in 0..<d {
+                    var sum = 0.0
+                    for j in 0..<d {
+                        sum += ((i & j).nonzeroBitCount % 2 == 0 ? 1 : -1) * Double(x[0, 0, row, j])
+                    }
+                    let expected = sum / Double(d).squareRoot()
+                    XCTAssertEqual(
+                        Double(rotated[0, 0, row, i]), expected, accuracy: 1e-6 * Swift.max(1, abs(expected)))
+                }
+            }
+            let back = hadamardRotatedRows(rotated)
+            XCTAssertLessThan(maxAbsoluteError(back.scalars, x.scalars.map(Double.init)), 1e-5, "d \(d)")
+        }
+    }
+
+    func testRotatedCachesMatchTheReferenceAndShrinkTheQuantizationErrorOfOutliers() throws {
+        // Keys with a few outlier channels, as real models have: rotation spreads them, so 4-bit blocks lose less.
+        var all = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 1, keyLength: 300, headDimension: 64, seed: 31)
+        for head in 0..<2 { for t in 0..<300 { all.keys[0, head, t, 5] *= 20; all.values[0, head, t, 9] *= 20 } }
+        let exact = referenceAttention(queries: all.queries, keys: all.keys, values: all.values)
+        var errors: [Bool: Double] = [:]
+        for rotate in [false, true] {
+            var cache = try KVCache(
+                keyValueHeads: 2, headDimension: 64, storage: CacheStorage(.int4(), hadamardRotation: rotate))
+            try cache.append(keys: all.keys, values: all.values)
+            let output = try cache.attention(queries: all.queries)
+            errors[rotate] = maxAbsoluteError(output.scalars, exact.output)
+            // Exactness on what the cache holds: its contents are the stored rows rotated back, so the kernel's
+            // output may differ from the reference on them by the rotations' rounding as well (a few ulps of the
+            // values per butterfly pass): bound it by 2x the plain Float32 error plus log2(64) * 8 ulps.
+            let contents = cache.contents
+            let check = checkOutput(output, queries: all.queries, keys: contents.keys, values: contents.values)
+            let largest = contents.values.scalars.map { abs(Double($0)) }.max()!
+            XCTAssertLessThanOrEqual(
+                check.kernelError, check.bound + 6 * 8 * Double(Float.ulpOfOne) * largest, "rotate \(rotate): \(check)")
+        }
+        XCTAssertLessThan(errors[true]!, errors[false]!, "\(errors)")
+    }
+
+    func testQuantizationErrorStaysWithinEachFormatsProvableBound() throws {
+        // Against attention on the original Float32 inputs, a format perturbs each key by at most dk and each value
+        // by at most dv (per value: |x| 2^-11 for float16, 2^-8 for bfloat16, block max / 254 for int8, / 14 for
+        // int4). A score then moves by at most delta = scale * max_r ||q_r||_1 * dk, which scales every softmax weight
+        // by a factor in [e^-2delta, e^2delta]; so |O' - O| <= (e^(2 delta) - 1) max|v'| + dv. The Float32 kernel's
+        // own rounding adds at most the tolerance rule's bound on the stored values.
+        let all = try attentionInputs(
+            queryHeads: 8, keyValueHeads: 2, queryLength: 1, keyLength: 500, headDimension: 64, seed: 13)
+        let exact = referenceAttention(queries: all.queries, keys: all.keys, values: all.values)
+        let largestQueryNorm = (0..<8).map { h in (0..<64).reduce(0.0) { $0 + abs(Double(all.queries[0, h, 0, $1])) } }
+            .max()!
+        for format in Self.formats where format != .float32 {
+            guard let storedKeys = roundedThrough(format, all.keys),
+                let storedValues = roundedThrough(format, all.values)
+            else { continue }
+            func perturbation(_ original: Tensor) -> Double {
+                let x = original.scalars.map { abs(Double($0)) }
+                switch format {
+                case .float16: return x.max()! * 0x1p-11
+                case .bfloat16: return x.max()! * 0x1p-8
+                case .int8(let b), .int4(let b):
+                    let levels = format == .int8(blockSize: b) ? 127.0 : 7.0
+                    return stride(from: 0, to: x.count, by: b).map { x[$0..<($0 + b)].max()! }.max()! / (2 * levels)
+                case .float32: return 0
+                }
+            }
+            let delta = largestQueryNorm / 8 * perturbation(all.keys)
+            let largestValue = storedValues.scalars.map { abs(Double($0)) }.max()!
+            let bound = (exp(2 * delta) - 1) * largestValue + perturbation(all.values)
+            var cache = try KVCache(keyValueHeads: 2, headDimension: 64, storage: CacheStorage(format))
+            try cache.append(keys: all.keys, values: all.values)
+            let output = try cache.attention(queries: all.queries)
+            let kernel = checkOutput(output, queries: all.queries, keys: storedKeys, values: storedValues)
+            let error = maxAbsoluteError(output.scalars, exact.output)
+            XCTAssertLessThanOrEqual(error, bound + kernel.bound, "\(format): error \(error), bound \(bound)")
+            print("quantization error of \(format) vs Float32 inputs: \(error) (bound \(bound))")
+        }
+    }
+}
+
+/// Two [1, H, n, D] tensors joined along the tokens.
+private func concatenated(_ a: Tensor, _ b: Tensor) -> Tensor {
+    let (heads, d) = (a.shape[1], a.shape[3])
+    var out: [Float] = []
+    for h in 0..<heads {
+        out += tokens(a, 0..<a.shape[2]).scalars[(h * a.shape[2] * d)..<((h + 1) * a.shape[2] * d)]
+        out += b.scalars[(h * b.shape[2] * d)..<((h + 1) * b.shape[2] * d)]
+    }
+    return try! Tensor(shape: [1, heads, a.shape[2] + b.shape[2], d], scalars: out)
 }

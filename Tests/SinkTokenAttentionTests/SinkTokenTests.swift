@@ -109,4 +109,45 @@ final class SinkTokenTests: XCTestCase {
             XCTAssertEqual((error as? AttentionError)?.argument, "window")
         }
     }
+
+    /// A quantized StreamingLLM cache: sinks and the newest 3 tokens in Float32, the rest of the window in 4-bit
+    /// blocks. At every step the output must equal the reference over exactly those values: the sinks and the
+    /// 3 newest cached tokens (and the new one) exact, the older window tokens rounded as int4 defines it.
+    func testQuantizedSessionKeepsSinksAndTheNewestTokensExact() throws {
+        let (steps, sinkCount, window, recent) = (80, 2, 9, 3)
+        let all = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: steps, keyLength: steps, headDimension: 32, seed: 23)
+        let rounded = (roundedThrough(.int4(), all.keys)!, roundedThrough(.int4(), all.values)!)
+        var cache = try StreamingKVCache(
+            sinks: SinkTokens(count: sinkCount, window: window), keyValueHeads: 2, headDimension: 32,
+            storage: CacheStorage(.int4(), recentTokensInFloat32: recent))
+        for step in 0..<steps {
+            let t = step..<(step + 1)
+            let output = try cache.attend(
+                queries: tokens(all.queries, t), keys: tokens(all.keys, t), values: tokens(all.values, t))
+            let sinks = 0..<Swift.min(sinkCount, step + 1)
+            let windowStart = Swift.max(sinks.upperBound, step + 1 - window)
+            let exactStart = Swift.max(windowStart, step - recent)
+            let keys = concatenateTokens([
+                tokens(all.keys, sinks), tokens(rounded.0, windowStart..<exactStart),
+                tokens(all.keys, exactStart..<(step + 1)),
+            ])
+            let values = concatenateTokens([
+                tokens(all.values, sinks), tokens(rounded.1, windowStart..<exactStart),
+                tokens(all.values, exactStart..<(step + 1)),
+            ])
+            let check = checkOutput(output, queries: tokens(all.queries, t), keys: keys, values: values)
+            if !check.passes {
+                XCTFail("step \(step): \(check)")
+                return
+            }
+        }
+        // Held now: 2 sinks, 6 window tokens in int4, the 3 newest exact.
+        let held = concatenateTokens([
+            tokens(all.keys, 0..<2), tokens(rounded.0, (steps - 9)..<(steps - 3)),
+            tokens(all.keys, (steps - 3)..<steps),
+        ])
+        XCTAssertEqual(cache.contents.keys, held)
+        XCTAssertEqual(cache.streamPositions, Array(0..<2) + Array((steps - 9)..<steps))
+    }
 }

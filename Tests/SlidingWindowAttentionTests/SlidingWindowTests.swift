@@ -102,4 +102,33 @@ final class SlidingWindowTests: XCTestCase {
         XCTAssertEqual(cache.count, 0)
         XCTAssertEqual(cache.tokenCount, 0)
     }
+
+    /// A Float16 rolling cache whose newest 4 tokens stay in Float32, in chunks that cross the window boundary.
+    func testStoredRingKeepsTheNewestTokensExactAcrossWraparound() throws {
+        let (total, window, recent) = (70, 10, 4)
+        let all = try attentionInputs(
+            queryHeads: 2, keyValueHeads: 1, queryLength: total, keyLength: total, headDimension: 16, seed: 29)
+        guard let roundedKeys = roundedThrough(.bfloat16, all.keys),
+            let roundedValues = roundedThrough(.bfloat16, all.values)
+        else { return }
+        var cache = try RollingKVCache(
+            window: window, keyValueHeads: 1, headDimension: 16,
+            storage: CacheStorage(.bfloat16, recentTokensInFloat32: recent))
+        var start = 0
+        for chunk in [1, 2, 3, 5, 1, 13, 1, 1, 20, 4, 19] {
+            let t = start..<(start + chunk)
+            _ = try cache.attend(
+                queries: tokens(all.queries, t), keys: tokens(all.keys, t), values: tokens(all.values, t))
+            start += chunk
+            let held = Swift.max(0, start - window)..<start
+            let exact = Swift.max(held.lowerBound, start - recent)
+            XCTAssertEqual(
+                cache.contents.keys,
+                concatenateTokens([tokens(roundedKeys, held.lowerBound..<exact), tokens(all.keys, exact..<start)]))
+            XCTAssertEqual(
+                cache.contents.values,
+                concatenateTokens([tokens(roundedValues, held.lowerBound..<exact), tokens(all.values, exact..<start)]))
+            XCTAssertEqual(cache.positions, Array(held))
+        }
+    }
 }

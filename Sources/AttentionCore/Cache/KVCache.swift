@@ -19,9 +19,16 @@
 /// A `KVCache` is a value: copies are independent (copy-on-write), and a cache may be read from many threads at once
 /// (`attention` does not mutate it) but, like an `Array`, must not be mutated while another thread uses it.
 public struct KVCache: Sendable {
+    /// Tokens 0..<count - recent.held, in the storage's format (slot i holds token i).
     private var buffer: KeyValueBuffer
+    /// The newest tokens, in Float32 (`CacheStorage.recentTokensInFloat32`).
+    private var recent: RecentTokens
+    /// How keys and values are stored.
+    public let storage: CacheStorage
     /// Tokens stored.
     public private(set) var count: Int = 0
+    /// Tokens in `buffer` (count - recent.held).
+    private var encoded = 0
 
     /// Creates an empty cache.
     /// - Parameters:
@@ -30,49 +37,70 @@ public struct KVCache: Sendable {
     ///   - headDimension: the key dimension (>= 1).
     ///   - valueDimension: the value dimension (default: `headDimension`).
     ///   - reservingCapacity: tokens to allocate room for up front (>= 0); the cache grows past it as needed.
-    ///   - format: how keys and values are stored (default Float32). Appended tokens are encoded once, as they are
-    ///     appended; attention decodes them tile by tile as it reads them and accumulates in Float32.
-    /// - Throws: `AttentionError.invalidValue` naming the first size out of range, or the dimension a quantized
-    ///   format's block size does not divide.
+    ///   - storage: how keys and values are stored (default Float32; see `CacheStorage` and `StorageFormat`).
+    ///     Tokens are encoded once, as they are appended (or as they leave the Float32 window of the newest
+    ///     tokens); attention decodes them tile by tile as it reads them and accumulates in Float32.
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range, or the dimension the storage does
+    ///   not fit (a block size that does not divide it, or a rotation of a dimension that is not a power of two).
     public init(
         batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        reservingCapacity: Int = 0, format: StorageFormat = .float32
+        reservingCapacity: Int = 0, storage: CacheStorage = .float32
     ) throws {
+        let dv = valueDimension ?? headDimension
         try KeyValueBuffer.validateDimensions(
-            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension, format: format)
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv)
+        try storage.validate(keyDimension: headDimension, valueDimension: dv)
         try AttentionError.require(
             reservingCapacity >= 0, "reservingCapacity", expected: ">= 0", actual: "\(reservingCapacity)")
+        self.storage = storage
         buffer = KeyValueBuffer(
-            batch: batch, heads: keyValueHeads, keyDimension: headDimension,
-            valueDimension: valueDimension ?? headDimension, capacity: reservingCapacity, keyFormat: format,
-            valueFormat: format)
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
+            capacity: reservingCapacity, keyFormat: storage.format, valueFormat: storage.format)
+        recent = RecentTokens(
+            batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
+            size: storage.recentTokensInFloat32)
     }
 
-    /// How keys and values are stored.
-    public var format: StorageFormat { buffer.keyCodec.format }
-    /// Bytes each token takes in the cache (its key and value rows in every batch entry and key/value head).
-    public var bytesPerToken: Int { buffer.bytesPerToken }
-
     /// Tokens the cache holds room for before it grows.
-    public var capacity: Int { buffer.capacity }
+    public var capacity: Int { buffer.capacity + recent.buffer.capacity }
     /// Bytes of key and value storage currently allocated.
-    public var storageBytes: Int { buffer.bytes }
+    public var storageBytes: Int { buffer.bytes + recent.buffer.bytes }
+    /// Bytes each token takes in the cache's format (its key and value rows in every batch entry and key/value
+    /// head); tokens in the Float32 window of the newest take `4 * (headDimension + valueDimension)` per head.
+    public var bytesPerToken: Int { buffer.bytesPerToken }
 
     /// Appends keys [batch, keyValueHeads, n, headDimension] and values [batch, keyValueHeads, n, valueDimension]
     /// (n >= 0 new tokens). Amortized O(n): the capacity doubles when it runs out.
     /// - Throws: `AttentionError.shapeMismatch` if a shape does not fit the cache; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)
-        if count + n > buffer.capacity {
-            buffer.resize(to: Swift.max(count + n, 2 * buffer.capacity, 16), keeping: count)
+        let (keys, values) = (storage.rotated(keys), storage.rotated(values))
+        for (k, v, rows) in recent.push(keys: keys, values: values, rows: 0..<n) {
+            appendEncoded(keys: k, values: v, rows: rows)
         }
-        buffer.write(keys: keys, values: values, rows: 0..<n, toSlot: count)
         count += n
     }
 
+    /// Encodes tokens into `buffer`, growing it by doubling.
+    private mutating func appendEncoded(keys: Tensor, values: Tensor, rows: Range<Int>) {
+        if encoded + rows.count > buffer.capacity {
+            buffer.resize(to: Swift.max(encoded + rows.count, 2 * buffer.capacity, 16), keeping: encoded)
+        }
+        buffer.write(keys: keys, values: values, rows: rows, toSlot: encoded)
+        encoded += rows.count
+    }
+
     /// Forgets every token; keeps the allocated storage for reuse.
-    public mutating func removeAll() { count = 0 }
+    public mutating func removeAll() {
+        count = 0
+        encoded = 0
+        recent.removeAll()
+    }
+
+    /// The cache's tokens as the kernel reads them: the encoded ones, then the Float32 window.
+    private var parts: [CachePart] {
+        [CachePart(buffer: buffer, runs: [(0..<encoded, 0)]), recent.part(start: encoded)]
+    }
 
     /// Attention of `queries` [batch, queryHeads, Nq, headDimension] over every cached token, read in place.
     ///
@@ -93,11 +121,15 @@ public struct KVCache: Sendable {
         queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()
     ) throws -> AttentionResult {
         try attentionOverCache(
-            queries: queries, buffer: buffer, runs: [(0..<count, 0)], cachedCount: count, newKeys: nil,
-            newValues: nil, mask: mask, options: options)
+            queries: queries, parts: parts, cachedCount: count, newKeys: nil, newValues: nil, mask: mask,
+            options: options, storage: storage)
     }
 
     /// The cached keys and values as [batch, keyValueHeads, count, D] Float32 tensors, decoded from the cache's
-    /// format (a copy, for inspection and tests: attention over them equals attention over the cache).
-    public var contents: (keys: Tensor, values: Tensor) { buffer.gather([0..<count]) }
+    /// storage (and rotated back when it rotates): attention over them equals attention over the cache up to
+    /// rounding. A copy, for inspection and tests.
+    public var contents: (keys: Tensor, values: Tensor) {
+        let (keys, values) = gatheredContents(parts)
+        return (storage.rotated(keys), storage.rotated(values))
+    }
 }

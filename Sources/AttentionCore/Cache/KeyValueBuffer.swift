@@ -148,33 +148,32 @@ package struct KeyValueBuffer: Sendable {
     }
 
     /// Validates the dimensions a cache is created with.
-    package static func validateDimensions(
-        batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, format: StorageFormat = .float32
-    ) throws {
+    package static func validateDimensions(batch: Int, heads: Int, keyDimension: Int, valueDimension: Int) throws {
         try AttentionError.require(batch >= 1, "batch", expected: ">= 1", actual: "\(batch)")
         try AttentionError.require(heads >= 1, "keyValueHeads", expected: ">= 1", actual: "\(heads)")
         try AttentionError.require(keyDimension >= 1, "keyDimension", expected: ">= 1", actual: "\(keyDimension)")
         try AttentionError.require(
             valueDimension >= 1, "valueDimension", expected: ">= 1", actual: "\(valueDimension)")
-        try format.validate(dimension: keyDimension, argument: "format", dimensionName: "headDimension")
-        try format.validate(dimension: valueDimension, argument: "format", dimensionName: "valueDimension")
     }
 }
 
-/// Attention of `queries` over keys held as slot runs of `buffer` (logical positions 0..<cachedCount) followed by
-/// `newKeys` / `newValues` (positions cachedCount..<cachedCount + n), read in place. Caches call this before they
-/// store the new tokens, so a ring buffer never has to hold more than its window.
+/// Attention of `queries` over keys held in `parts` (logical positions 0..<cachedCount) followed by `newKeys` /
+/// `newValues` (positions cachedCount..<cachedCount + n), read in place. Caches call this before they store the new
+/// tokens, so a ring buffer never has to hold more than its window. With `storage.hadamardRotation` the queries are
+/// rotated here and the output rotated back; the new keys and values must arrive rotated (the caller stores them).
 package func attentionOverCache(
-    queries: Tensor, buffer: KeyValueBuffer, runs: [(slots: Range<Int>, start: Int)], cachedCount: Int,
-    newKeys: Tensor?, newValues: Tensor?, mask: AttentionMask, options: AttentionOptions
+    queries: Tensor, parts: [CachePart], cachedCount: Int, newKeys: Tensor?, newValues: Tensor?,
+    mask: AttentionMask, options: AttentionOptions, storage: CacheStorage = .float32
 ) throws -> AttentionResult {
     let n = newKeys?.shape[2] ?? 0
+    let layout = parts[0].buffer
     let problem = try AttentionProblem(
-        queries: queries, cacheBatch: buffer.batch, keyValueHeads: buffer.heads, keyLength: cachedCount + n,
-        keyDimension: buffer.keyDimension, valueDimension: buffer.valueDimension, mask: mask, options: options)
-    return try buffer.withSegments(runs) { cached in
+        queries: queries, cacheBatch: layout.batch, keyValueHeads: layout.heads, keyLength: cachedCount + n,
+        keyDimension: layout.keyDimension, valueDimension: layout.valueDimension, mask: mask, options: options)
+    let rotatedQueries = storage.rotated(queries)
+    var result = try withSegments(of: parts[...]) { cached in
         guard let newKeys, let newValues, n > 0 else {
-            return try runAttention(problem, queries: queries, segments: cached)
+            return try runAttention(problem, queries: rotatedQueries, segments: cached)
         }
         return try withKeyValueSegments(keys: newKeys, values: newValues) { fresh in
             let shifted = fresh.map { segment -> KeyValueSegment in
@@ -182,9 +181,11 @@ package func attentionOverCache(
                 segment.start = cachedCount
                 return segment
             }
-            return try runAttention(problem, queries: queries, segments: cached + shifted)
+            return try runAttention(problem, queries: rotatedQueries, segments: cached + shifted)
         }
     }
+    result.output = storage.rotated(result.output)
+    return result
 }
 
 /// The bookkeeping of a ring of `size` slots starting at slot `base` of a KeyValueBuffer: the last `size` tokens
