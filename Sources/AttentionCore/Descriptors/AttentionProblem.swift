@@ -29,27 +29,34 @@ package struct AttentionProblem: Sendable {
     package init(
         queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions
     ) throws {
-        for (name, tensor) in [("queries", queries), ("keys", keys), ("values", values)]
-        where tensor.rank != 4 {
+        try self.init(
+            queries: queries, keyShape: keys.shape, valueShape: values.shape, mask: mask, options: options)
+    }
+
+    /// Validates queries against keys and values of the given shapes (held in any storage format).
+    package init(
+        queries: Tensor, keyShape: [Int], valueShape: [Int], mask: AttentionMask, options: AttentionOptions
+    ) throws {
+        for (name, shape) in [("queries", queries.shape), ("keys", keyShape), ("values", valueShape)]
+        where shape.count != 4 {
             throw AttentionError.shapeMismatch(
-                argument: name, expected: "rank 4 [batch, heads, sequence, headDimension]",
-                actual: tensor.shape,
+                argument: name, expected: "rank 4 [batch, heads, sequence, headDimension]", actual: shape,
                 reason: "attention takes rank-4 tensors")
         }
         try Self.validateQueries(queries)
         let (b, hq, dk) = (queries.shape[0], queries.shape[1], queries.shape[3])
-        let (hkv, nk, dv) = (keys.shape[1], keys.shape[2], values.shape[3])
-        guard keys.shape[0] == b, hkv >= 1, hq % hkv == 0, keys.shape[3] == dk else {
+        let (hkv, nk, dv) = (keyShape[1], keyShape[2], valueShape[3])
+        guard keyShape[0] == b, hkv >= 1, hq % hkv == 0, keyShape[3] == dk else {
             throw AttentionError.shapeMismatch(
                 argument: "keys", expected: "[\(b), H, N, \(dk)] with H >= 1 dividing \(hq)",
-                actual: keys.shape,
+                actual: keyShape,
                 reason:
                     "keys must match the queries' batch and head dimension, and their head count must divide "
                     + "the query head count \(hq)")
         }
-        guard values.shape[0] == b, values.shape[1] == hkv, values.shape[2] == nk, dv >= 1 else {
+        guard valueShape[0] == b, valueShape[1] == hkv, valueShape[2] == nk, dv >= 1 else {
             throw AttentionError.shapeMismatch(
-                argument: "values", expected: "[\(b), \(hkv), \(nk), D] with D >= 1", actual: values.shape,
+                argument: "values", expected: "[\(b), \(hkv), \(nk), D] with D >= 1", actual: valueShape,
                 reason: "keys and values must have the same batch, head count and sequence length")
         }
         try self.init(

@@ -124,6 +124,25 @@ package func withKeyValueSegments<R>(
     }
 }
 
+/// Calls `body` with the single segment of stored [B, Hkv, Nk, D] keys and values, read in their formats (none
+/// when Nk = 0 or either holds no bytes).
+package func withKeyValueSegments<R>(
+    keys: StoredTensor, values: StoredTensor, _ body: ([KeyValueSegment]) throws -> R
+) rethrows -> R {
+    try keys.withRows { k in
+        try values.withRows { v in
+            guard let k, let v, keys.shape.count == 4, keys.shape[2] > 0 else { return try body([]) }
+            let (nk, keyCodec, valueCodec) = (keys.shape[2], keys.codec, values.codec)
+            return try body([
+                KeyValueSegment(
+                    keys: k, values: v, keyCodec: keyCodec, valueCodec: valueCodec,
+                    keyHeadStride: nk * keyCodec.rowBytes, valueHeadStride: nk * valueCodec.rowBytes, start: 0,
+                    count: nk)
+            ])
+        }
+    }
+}
+
 /// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], four rows of mask span bounds [Rp], the
 /// quarantine copy of a V tile [Bc, Dv], with `decodesTiles` the decoded K, then V, tile [Bc, max(Dk, Dv)], for
 /// `.perWorkerTile` the S^T tile [Bc, Rp], and with one split the softmax state (`stateFloats`).

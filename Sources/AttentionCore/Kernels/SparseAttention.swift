@@ -34,32 +34,33 @@ public func blockSparseAttentionWithLogSumExp(
     queries: Tensor, keys: Tensor, values: Tensor, layout: BlockSparseLayout, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {
+    let (mask, options) = try blockSparseDescription(
+        layout: layout, mask: mask, options: options, queryHeads: queries.rank == 4 ? queries.shape[1] : 0)
+    return try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options)
+}
+
+/// The mask and options that run `layout` (intersected with `mask`) through the blockwise kernel: one
+/// `.blockSparse` mask, or per-head masks for a layout with one pattern per query head.
+package func blockSparseDescription(
+    layout: BlockSparseLayout, mask: AttentionMask, options: AttentionOptions, queryHeads heads: Int
+) throws -> (AttentionMask, AttentionOptions) {
     var options = options
     options.kernel = options.kernel.forBlockSparse(layout)
-    var combined = mask
     if layout.heads == 1 {
-        if case .none = mask {
-            combined = .blockSparse(layout)
-        } else {
-            combined = .intersection(mask, .blockSparse(layout))
-        }
-    } else {
-        let heads = queries.rank == 4 ? queries.shape[1] : 0
-        try AttentionError.require(
-            layout.heads == heads, "layout.heads", expected: "1 or \(heads) (the query heads)",
-            actual: "\(layout.heads)")
-        // A caller's own per-head masks of the wrong count are left for validation to report.
-        if let existing = options.headMasks, existing.count != heads {
-            return try attentionWithLogSumExp(
-                queries: queries, keys: keys, values: values, mask: mask, options: options)
-        }
-        let existing = options.headMasks
-        options.headMasks = (0..<heads).map { h in
-            let own = AttentionMask.blockSparse(layout.forHead(h))
-            return existing.map { .intersection($0[h], own) } ?? own
-        }
+        if case .none = mask { return (.blockSparse(layout), options) }
+        return (.intersection(mask, .blockSparse(layout)), options)
     }
-    return try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: combined, options: options)
+    try AttentionError.require(
+        layout.heads == heads, "layout.heads", expected: "1 or \(heads) (the query heads)",
+        actual: "\(layout.heads)")
+    // A caller's own per-head masks of the wrong count are left for validation to report.
+    if let existing = options.headMasks, existing.count != heads { return (mask, options) }
+    let existing = options.headMasks
+    options.headMasks = (0..<heads).map { h in
+        let own = AttentionMask.blockSparse(layout.forHead(h))
+        return existing.map { .intersection($0[h], own) } ?? own
+    }
+    return (mask, options)
 }
 
 /// Token-level top-k attention: each query attends, with an exact softmax, to only the `k` visible keys with the

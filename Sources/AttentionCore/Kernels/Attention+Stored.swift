@@ -1,0 +1,94 @@
+// Attention over stored tensors: queries, keys and values in Float16, BFloat16 (keys and values also in 8- and
+// 4-bit blocks), with the output in Float32 or a 16-bit format, through the same kernels as Float32 tensors.
+//
+// Where each operand is converted:
+// - keys and values: tile by tile in the tile walk, into a per-worker tile of Bc rows that the micro-kernels read
+//   (keys before the scores, values after them); the kernels accumulate in Float32. No Float32 copy of K or V
+//   exists at any time, so K and V cost their stored bytes only. Every kernel reads them this way: blockwise,
+//   decode, naive and block-sparse.
+// - queries: decoded once per call into a Float32 tensor of the queries' shape (Nq * Dk floats per head). Each
+//   work item copies its query rows into scratch (scaled, in its micro-kernel layout) anyway, so this adds one pass
+//   over Q; its memory is what Float32 queries would take, at most the output's size for Dk = Dv.
+// - output: written in Float32 by the kernel, then encoded into the requested format (one pass, rounded to nearest
+//   even). The Float32 result exists until the call returns.
+// Shapes are those of `attention(queries:keys:values:mask:options:)`.
+
+/// Attention with queries, keys and values held in any ``StorageFormat``, returning a Float32 output.
+///
+/// Keys and values may be in different formats, and each format may differ from the queries'. The result is
+/// exactly that of `attention(queries:keys:values:mask:options:)` on the decoded tensors (`Tensor(keys)` ...) up
+/// to float reassociation, computed without expanding keys or values into Float32.
+///
+/// - Parameters:
+///   - queries: [batch, queryHeads, queryLength, headDimension] in `.float32`, `.float16` or `.bfloat16`.
+///   - keys: [batch, keyValueHeads, keyLength, headDimension] in any format.
+///   - values: [batch, keyValueHeads, keyLength, valueDimension] in any format.
+///   - mask, options: as for `attention(queries:keys:values:mask:options:)`.
+/// - Returns: [batch, queryHeads, queryLength, valueDimension] in Float32.
+/// - Throws: `AttentionError` as `attention(queries:keys:values:mask:options:)` does, and for quantized queries
+///   (named `queries.format`).
+///
+/// ```swift
+/// let q = try StoredTensor(Tensor.randomNormal(shape: [1, 8, 1024, 64], seed: 1), format: .bfloat16)
+/// let k = try StoredTensor(Tensor.randomNormal(shape: [1, 2, 1024, 64], seed: 2), format: .bfloat16)
+/// let v = try StoredTensor(Tensor.randomNormal(shape: [1, 2, 1024, 64], seed: 3), format: .bfloat16)
+/// let o = try attention(queries: q, keys: k, values: v, mask: .causal)   // Tensor [1, 8, 1024, 64]
+/// ```
+public func attention(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> Tensor {
+    try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options).output
+}
+
+/// The stored-tensor `attention(queries:keys:values:mask:options:)`, with the output encoded in
+/// `outputFormat`: the Float32 result rounded to nearest even (`.float16`, `.bfloat16`), or kept (`.float32`).
+/// - Throws: what the Float32-output call throws, and for a quantized `outputFormat`.
+public func attention(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions(), outputFormat: StorageFormat
+) throws -> StoredTensor {
+    try requireFloatFormat(outputFormat, "outputFormat")
+    let output = try attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
+    return try StoredTensor(output, format: outputFormat)
+}
+
+/// Like the stored-tensor `attention(queries:keys:values:mask:options:)`, also returning each row's
+/// log-sum-exp and the kernel's workspace (which includes the per-worker decoded tiles).
+public func attentionWithLogSumExp(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> AttentionResult {
+    let q = try decodedQueries(queries)
+    let problem = try AttentionProblem(
+        queries: q, keyShape: keys.shape, valueShape: values.shape, mask: mask, options: options)
+    return try withKeyValueSegments(keys: keys, values: values) { segments in
+        try runAttention(problem, queries: q, segments: segments)
+    }
+}
+
+/// `blockSparseAttention(queries:keys:values:layout:mask:options:)` over stored tensors: the listed key blocks
+/// only, each tile of keys and values decoded as it is loaded.
+/// - Returns: [batch, queryHeads, Nq, Dv] in Float32.
+/// - Throws: what `blockSparseAttention` and the stored `attention` throw.
+public func blockSparseAttention(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, layout: BlockSparseLayout,
+    mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
+) throws -> Tensor {
+    let (mask, options) = try blockSparseDescription(
+        layout: layout, mask: mask, options: options,
+        queryHeads: queries.shape.count == 4 ? queries.shape[1] : 0)
+    return try attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
+}
+
+/// Queries as Float32, after checking that their format is one queries may have.
+private func decodedQueries(_ queries: StoredTensor) throws -> Tensor {
+    try requireFloatFormat(queries.format, "queries.format")
+    return Tensor(queries)
+}
+
+/// Queries and outputs are activations: Float32, Float16 or BFloat16, never block-quantized.
+private func requireFloatFormat(_ format: StorageFormat, _ argument: String) throws {
+    try AttentionError.require(
+        !format.isQuantized, argument, expected: "float32, float16 or bfloat16", actual: "\(format)")
+}
