@@ -21,7 +21,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var minimumRepetitions = 3
     public var queryBlock: Int? = nil
     public var kernels: [String]? = nil
-    /// Decode suite: the cache storage formats to time (f32, f16, bf16, q8, q4; default all).
+    /// The storage formats to time (f32, f16, bf16, q8, q4): decode suite caches (default all), blockwise suite
+    /// stored tensors beside the d = 128 cases (default f16).
     public var storages: [String]? = nil
     public var keyBlock: Int? = nil
     public var help = false
@@ -107,7 +108,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
           --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
           --kernels LIST      only these kernels of the chosen suites, e.g. blockwise
           --storage LIST      decode suite: the cache formats timed beside the tensor call (decode-cache rows),
-                              from f32, f16, bf16, q8, q4 (default all; "none" for none)
+                              from f32, f16, bf16, q8, q4 (default all; "none" for none); blockwise suite:
+                              the formats of stored-tensor rows beside each d = 128 case (default f16)
           --query-block Br    blockwise kernel: query positions per block and head (default: 64 / group size)
           --key-block Bc      blockwise kernel: keys per tile (default 64)
           --help              this text

@@ -26,6 +26,9 @@ public struct BenchmarkCase: Sendable {
     /// When set, the keys and values are appended to a `KVCache` of this format and the case times attention over
     /// the cache; its name (f32, f16, bf16, q8, q4) goes into the record's storage column.
     public var storage: (name: String, format: StorageFormat)? = nil
+    /// When set (and `storage` is not), the case passes queries, keys and values as `StoredTensor`s of this format
+    /// (queries in Float32 when the format is quantized); its name goes into the storage column.
+    public var tensorStorage: (name: String, format: StorageFormat)? = nil
 
     public init(
         suite: String, kernelName: String, kernel: AttentionKernel, maskName: String,
@@ -122,6 +125,10 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
             c, storage: storage, inputs: inputs, budget: budget,
             minimumRepetitions: minimumRepetitions)
     }
+    if let storage = c.tensorStorage {
+        return try runOverStoredTensors(
+            c, storage: storage, inputs: inputs, budget: budget, minimumRepetitions: minimumRepetitions)
+    }
     var last: AttentionResult? = nil
     let timing: TimingSummary
     do {
@@ -210,6 +217,42 @@ func runOverCache(
     return .measured(record)
 }
 
+/// `run` for a case over stored tensors: the inputs are encoded once, then attention over the stored tensors is
+/// timed. Errors are sampled against the Float64 reference on the stored values (the kernel's exactness) and on the
+/// Float32 inputs (the format's cost).
+func runOverStoredTensors(
+    _ c: BenchmarkCase, storage: (name: String, format: StorageFormat),
+    inputs: (queries: Tensor, keys: Tensor, values: Tensor), budget: Double, minimumRepetitions: Int
+) throws -> BenchmarkOutcome {
+    let queries = try StoredTensor(inputs.queries, format: storage.format.isQuantized ? .float32 : storage.format)
+    let keys = try StoredTensor(inputs.keys, format: storage.format)
+    let values = try StoredTensor(inputs.values, format: storage.format)
+    var last: AttentionResult? = nil
+    let timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {
+        last = try attentionWithLogSumExp(
+            queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
+    }
+    guard let result = last else { return .skipped(reason: "no run completed") }
+    let flops = attentionFLOPs(
+        batch: c.batch, queryHeads: c.queryHeads, queryLength: c.queryLength, keyLength: c.keyLength,
+        headDimension: c.headDimension,
+        visibleFraction: visibleFraction(of: c.mask, queryLength: c.queryLength, keyLength: c.keyLength))
+    var record = BenchmarkRecord(
+        suite: c.suite, kernel: c.kernelName, batch: c.batch, queryHeads: c.queryHeads,
+        keyValueHeads: c.keyValueHeads, queryLength: c.queryLength, keyLength: c.keyLength,
+        headDimension: c.headDimension, mask: c.maskName, threads: c.threads, medianSeconds: timing.median,
+        minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
+        workspaceBytes: result.workspaceBytes,
+        maxAbsError: sampledError(
+            result.output, queries: Tensor(queries), keys: Tensor(keys), values: Tensor(values), case: c),
+        gbPerSecond: nil)
+    record.storage = storage.name
+    record.bytesPerToken = 2 * c.keyValueHeads * storage.format.bytesPerRow(dimension: c.headDimension)
+    record.errorVersusFloat32Inputs = sampledError(
+        result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c)
+    return .measured(record)
+}
+
 /// The storage formats the decode suite times, by the names the records carry.
 public let decodeStorages: [(name: String, format: StorageFormat)] = [
     ("f32", .float32), ("f16", .float16), ("bf16", .bfloat16), ("q8", .int8()), ("q4", .int4()),
@@ -244,7 +287,20 @@ public func blockwiseSuite(_ configuration: BenchmarkConfiguration, allThreads: 
                     headDimension: 128, threads: threads))
         }
     }
-    return cases
+    // Right after each d = 128 blockwise case, the same case over stored tensors (f16 unless --storage names other
+    // formats), so that the two are timed minutes apart at most and their GFLOP/s compare.
+    let stored = decodeStorages.filter {
+        $0.name != "f32" && (configuration.storages?.contains($0.name) ?? ($0.name == "f16"))
+    }
+    return cases.flatMap { c -> [BenchmarkCase] in
+        guard c.kernelName == "blockwise" && c.headDimension == 128 else { return [c] }
+        return [c]
+            + stored.map { storage in
+                var copy = c
+                copy.tensorStorage = storage
+                return copy
+            }
+    }
 }
 
 func threadCounts(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [Int] {

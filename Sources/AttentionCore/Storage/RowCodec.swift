@@ -3,11 +3,14 @@
 // Bc rows (L1/L2-resident) right before the micro-kernels read it (keys before the scores, values after them,
 // over the keys); a tile is the most ever decoded at once.
 //
-// Decoding is branch-free integer and float arithmetic per value, so it vectorizes on every target (SSE2 to
-// AVX-512, NEON) and needs neither F16C nor the `Float16` type (which x86_64 macOS lacks): a binary16 value's bits
+// Decoding vectorizes on every target (SSE2 to AVX-512, NEON). Float16 uses the hardware conversion where the
+// build target has one (arm64; x86_64 with F16C, e.g. -march=native or x86-64-v3); elsewhere, and on x86_64 macOS,
+// which lacks the `Float16` type, branch-free integer and float arithmetic per value: a binary16 value's bits
 // shifted into binary32 position and multiplied by 2^112 give its value exactly, normal or subnormal; the
 // exponent-31 codes (infinity, NaN) are moved to exponent 255 by a select. Encoding runs once per appended row and
 // is scalar.
+
+import AttentionPlatform
 
 /// The rows of one format and dimension.
 package struct RowCodec: Sendable, Hashable {
@@ -128,8 +131,31 @@ package struct RowCodec: Sendable, Hashable {
 
 @inline(never)
 private func decodeFloat16(_ codes: UnsafePointer<UInt16>, count: Int, into out: UnsafeMutablePointer<Float>) {
-    for c in 0..<count { out[c] = float16Value(codes[c]) }
+    #if arch(arm64)
+        decodeFloat16Natively(codes, count: count, into: out)
+    #elseif arch(x86_64) && !os(macOS)
+        // With F16C in the build target the conversion is one vcvtph2ps per 8 values; without it, the same Swift
+        // code would call a library routine per value, so the bit arithmetic below serves (4-6 operations per value).
+        if swift_attention_target_features() & Int32(SWIFT_ATTENTION_F16C) != 0 {
+            decodeFloat16Natively(codes, count: count, into: out)
+        } else {
+            for c in 0..<count { out[c] = float16Value(codes[c]) }
+        }
+    #else
+        for c in 0..<count { out[c] = float16Value(codes[c]) }
+    #endif
 }
+
+#if arch(arm64) || (arch(x86_64) && !os(macOS))
+    /// Float16 to Float32 by the type's own conversion: fcvtl on arm64, vcvtph2ps where the target has F16C.
+    @inline(never)
+    private func decodeFloat16Natively(
+        _ codes: UnsafePointer<UInt16>, count: Int, into out: UnsafeMutablePointer<Float>
+    ) {
+        let halves = UnsafeRawPointer(codes).assumingMemoryBound(to: Float16.self)
+        for c in 0..<count { out[c] = Float(halves[c]) }
+    }
+#endif
 
 @inline(never)
 private func decodeBFloat16(_ codes: UnsafePointer<UInt16>, count: Int, into out: UnsafeMutablePointer<Float>) {
