@@ -197,29 +197,15 @@ func runOverCache(
     }
     guard let result = last else { return .skipped(reason: "no run completed") }
     let stored = cache.contents
-    let flops = attentionFLOPs(
-        batch: c.batch, queryHeads: c.queryHeads, queryLength: c.queryLength, keyLength: c.keyLength,
-        headDimension: c.headDimension,
-        visibleFraction: visibleFraction(of: c.mask, queryLength: c.queryLength, keyLength: c.keyLength))
-    var record = BenchmarkRecord(
-        suite: c.suite, kernel: c.kernelName, batch: c.batch, queryHeads: c.queryHeads,
-        keyValueHeads: c.keyValueHeads, queryLength: c.queryLength, keyLength: c.keyLength,
-        headDimension: c.headDimension, mask: c.maskName, threads: c.threads, medianSeconds: timing.median,
-        minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
-        workspaceBytes: result.workspaceBytes,
-        maxAbsError: sampledError(
-            result.output, queries: inputs.queries, keys: stored.keys, values: stored.values, case: c),
-        gbPerSecond: Double(cache.bytesPerToken * cache.count) / timing.median / 1e9)
-    record.storage = storage.name
-    record.bytesPerToken = cache.bytesPerToken
-    record.errorVersusFloat32Inputs = sampledError(
-        result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c)
-    return .measured(record)
+    return .measured(
+        storedRecord(
+            c, storage: storage.name, bytesPerToken: cache.bytesPerToken, timing: timing, result: result,
+            inputs: inputs, stored: (inputs.queries, stored.keys, stored.values),
+            gbPerSecond: Double(cache.bytesPerToken * cache.count) / timing.median / 1e9))
 }
 
 /// `run` for a case over stored tensors: the inputs are encoded once, then attention over the stored tensors is
-/// timed. Errors are sampled against the Float64 reference on the stored values (the kernel's exactness) and on the
-/// Float32 inputs (the format's cost).
+/// timed (errors as for `runOverCache`).
 func runOverStoredTensors(
     _ c: BenchmarkCase, storage: (name: String, format: StorageFormat),
     inputs: (queries: Tensor, keys: Tensor, values: Tensor), budget: Double, minimumRepetitions: Int
@@ -233,6 +219,21 @@ func runOverStoredTensors(
             queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
     }
     guard let result = last else { return .skipped(reason: "no run completed") }
+    return .measured(
+        storedRecord(
+            c, storage: storage.name,
+            bytesPerToken: 2 * c.keyValueHeads * storage.format.bytesPerRow(dimension: c.headDimension),
+            timing: timing, result: result, inputs: inputs,
+            stored: (Tensor(queries), Tensor(keys), Tensor(values)), gbPerSecond: nil))
+}
+
+/// The record of a case over stored data: errors sampled against the Float64 reference on the stored values (the
+/// kernel's exactness) and on the Float32 inputs (the format's cost).
+private func storedRecord(
+    _ c: BenchmarkCase, storage: String, bytesPerToken: Int, timing: TimingSummary, result: AttentionResult,
+    inputs: (queries: Tensor, keys: Tensor, values: Tensor), stored: (queries: Tensor, keys: Tensor, values: Tensor),
+    gbPerSecond: Double?
+) -> BenchmarkRecord {
     let flops = attentionFLOPs(
         batch: c.batch, queryHeads: c.queryHeads, queryLength: c.queryLength, keyLength: c.keyLength,
         headDimension: c.headDimension,
@@ -244,13 +245,13 @@ func runOverStoredTensors(
         minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
         workspaceBytes: result.workspaceBytes,
         maxAbsError: sampledError(
-            result.output, queries: Tensor(queries), keys: Tensor(keys), values: Tensor(values), case: c),
-        gbPerSecond: nil)
-    record.storage = storage.name
-    record.bytesPerToken = 2 * c.keyValueHeads * storage.format.bytesPerRow(dimension: c.headDimension)
+            result.output, queries: stored.queries, keys: stored.keys, values: stored.values, case: c),
+        gbPerSecond: gbPerSecond)
+    record.storage = storage
+    record.bytesPerToken = bytesPerToken
     record.errorVersusFloat32Inputs = sampledError(
         result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, case: c)
-    return .measured(record)
+    return record
 }
 
 /// The storage formats the decode suite times, by the names the records carry.
