@@ -4,11 +4,11 @@
 // over the keys); a tile is the most ever decoded at once.
 //
 // Decoding vectorizes on every target (SSE2 to AVX-512, NEON). Float16 uses the hardware conversion where the
-// build target has one (arm64; x86_64 with F16C, e.g. -march=native or x86-64-v3); elsewhere, and on x86_64 macOS,
-// which lacks the `Float16` type, branch-free integer and float arithmetic per value: a binary16 value's bits
-// shifted into binary32 position and multiplied by 2^112 give its value exactly, normal or subnormal; the
-// exponent-31 codes (infinity, NaN) are moved to exponent 255 by a select. Encoding runs once per appended row and
-// is scalar.
+// build target has one (arm64; x86_64 with F16C, e.g. -march=native or x86-64-v3). Elsewhere, and on x86_64 Apple
+// platforms, which lack the `Float16` type, it is branch-free integer and float arithmetic per value: a binary16
+// value's bits shifted into binary32 position and multiplied by 2^112 give its value exactly, normal or subnormal;
+// the exponent-31 codes (infinity, NaN) are moved to exponent 255 by a select. Encoding runs once per appended row
+// and is scalar.
 
 import AttentionPlatform
 
@@ -133,7 +133,7 @@ package struct RowCodec: Sendable, Hashable {
 private func decodeFloat16(_ codes: UnsafePointer<UInt16>, count: Int, into out: UnsafeMutablePointer<Float>) {
     #if arch(arm64)
         decodeFloat16Natively(codes, count: count, into: out)
-    #elseif arch(x86_64) && !os(macOS)
+    #elseif arch(x86_64) && !canImport(Darwin)
         // With F16C in the build target the conversion is one vcvtph2ps per 8 values; without it, the same Swift
         // code would call a library routine per value, so the bit arithmetic below serves (4-6 operations per value).
         if swift_attention_target_features() & Int32(SWIFT_ATTENTION_F16C) != 0 {
@@ -146,7 +146,7 @@ private func decodeFloat16(_ codes: UnsafePointer<UInt16>, count: Int, into out:
     #endif
 }
 
-#if arch(arm64) || (arch(x86_64) && !os(macOS))
+#if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
     /// Float16 to Float32 by the type's own conversion: fcvtl on arm64, vcvtph2ps where the target has F16C.
     @inline(never)
     private func decodeFloat16Natively(
