@@ -224,7 +224,6 @@ public struct StreamingKVCache: Sendable {
 
     /// The held keys and values in attention order, as [batch, keyValueHeads, count, D] tensors (a copy).
     public var contents: (keys: Tensor, values: Tensor) {
-        let (keys, values) = gatheredContents(parts)
-        return (storage.rotated(keys), storage.rotated(values))
+        gatheredContents(parts, storage: storage)
     }
 }

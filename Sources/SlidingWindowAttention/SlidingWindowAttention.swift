@@ -177,7 +177,6 @@ public struct RollingKVCache: Sendable {
     /// The held keys and values, oldest first, as [batch, keyValueHeads, count, D] Float32 tensors, decoded (and
     /// rotated back) from the cache's storage (a copy).
     public var contents: (keys: Tensor, values: Tensor) {
-        let (keys, values) = gatheredContents(parts)
-        return (storage.rotated(keys), storage.rotated(values))
+        gatheredContents(parts, storage: storage)
     }
 }

@@ -165,8 +165,9 @@ package func withSegments<R>(of parts: ArraySlice<CachePart>, _ body: ([KeyValue
     }
 }
 
-/// The keys and values of `parts`, decoded and concatenated in order, as [batch, heads, n, D] Float32 tensors.
-package func gatheredContents(_ parts: [CachePart]) -> (keys: Tensor, values: Tensor) {
+/// The keys and values of `parts`, decoded, concatenated in order and rotated back by `storage`, as
+/// [batch, heads, n, D] Float32 tensors: a cache's `contents`.
+package func gatheredContents(_ parts: [CachePart], storage: CacheStorage) -> (keys: Tensor, values: Tensor) {
     let pieces = parts.map { $0.buffer.gather($0.runs.map(\.slots)) }
     func joined(_ tensors: [Tensor]) -> Tensor {
         guard let first = tensors.first else { return Tensor(uncheckedShape: [0], scalars: []) }
@@ -182,5 +183,5 @@ package func gatheredContents(_ parts: [CachePart]) -> (keys: Tensor, values: Te
         }
         return Tensor(uncheckedShape: [first.shape[0], first.shape[1], n, width], scalars: out)
     }
-    return (joined(pieces.map(\.keys)), joined(pieces.map(\.values)))
+    return (storage.rotated(joined(pieces.map(\.keys))), storage.rotated(joined(pieces.map(\.values))))
 }

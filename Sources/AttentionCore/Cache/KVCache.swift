@@ -129,7 +129,6 @@ public struct KVCache: Sendable {
     /// storage (and rotated back when it rotates): attention over them equals attention over the cache up to
     /// rounding. A copy, for inspection and tests.
     public var contents: (keys: Tensor, values: Tensor) {
-        let (keys, values) = gatheredContents(parts)
-        return (storage.rotated(keys), storage.rotated(values))
+        gatheredContents(parts, storage: storage)
     }
 }

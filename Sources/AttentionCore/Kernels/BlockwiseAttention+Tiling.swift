@@ -109,17 +109,11 @@ package func withKeyValueSegments<R>(
 ) rethrows -> R {
     try keys.withUnsafeBufferPointer { k in
         try values.withUnsafeBufferPointer { v in
-            guard let kBase = k.baseAddress, let vBase = v.baseAddress, keys.rank == 4, keys.shape[2] > 0 else {
-                return try body([])
-            }
-            let nk = keys.shape[2]
-            return try body([
-                KeyValueSegment(
-                    keys: kBase, values: vBase, keyCodec: RowCodec(.float32, dimension: keys.shape[3]),
-                    valueCodec: RowCodec(.float32, dimension: values.shape[3]),
-                    keyHeadStride: nk * keys.shape[3] * 4, valueHeadStride: nk * values.shape[3] * 4, start: 0,
-                    count: nk)
-            ])
+            try body(
+                wholeTensorSegments(
+                    keys: k.baseAddress.map(UnsafeRawPointer.init), values: v.baseAddress.map(UnsafeRawPointer.init),
+                    keyShape: keys.shape, keyCodec: RowCodec(.float32, dimension: keys.shape.last ?? 0),
+                    valueCodec: RowCodec(.float32, dimension: values.shape.last ?? 0)))
         }
     }
 }
@@ -131,16 +125,25 @@ package func withKeyValueSegments<R>(
 ) rethrows -> R {
     try keys.withRows { k in
         try values.withRows { v in
-            guard let k, let v, keys.shape.count == 4, keys.shape[2] > 0 else { return try body([]) }
-            let (nk, keyCodec, valueCodec) = (keys.shape[2], keys.codec, values.codec)
-            return try body([
-                KeyValueSegment(
-                    keys: k, values: v, keyCodec: keyCodec, valueCodec: valueCodec,
-                    keyHeadStride: nk * keyCodec.rowBytes, valueHeadStride: nk * valueCodec.rowBytes, start: 0,
-                    count: nk)
-            ])
+            try body(
+                wholeTensorSegments(
+                    keys: k, values: v, keyShape: keys.shape, keyCodec: keys.codec, valueCodec: values.codec))
         }
     }
+}
+
+/// The one segment of rank-4 keys and values whose rows start at `keys` / `values` (none when Nk = 0 or either has
+/// no rows).
+private func wholeTensorSegments(
+    keys: UnsafeRawPointer?, values: UnsafeRawPointer?, keyShape: [Int], keyCodec: RowCodec, valueCodec: RowCodec
+) -> [KeyValueSegment] {
+    guard let keys, let values, keyShape.count == 4, keyShape[2] > 0 else { return [] }
+    let nk = keyShape[2]
+    return [
+        KeyValueSegment(
+            keys: keys, values: values, keyCodec: keyCodec, valueCodec: valueCodec,
+            keyHeadStride: nk * keyCodec.rowBytes, valueHeadStride: nk * valueCodec.rowBytes, start: 0, count: nk)
+    ]
 }
 
 /// Floats of per-worker scratch: Q^T [Dk, Rp], two ALiBi rows [Rp], four rows of mask span bounds [Rp], the

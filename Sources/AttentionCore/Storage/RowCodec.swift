@@ -131,22 +131,25 @@ package struct RowCodec: Sendable, Hashable {
 
 @inline(never)
 private func decodeFloat16(_ codes: UnsafePointer<UInt16>, count: Int, into out: UnsafeMutablePointer<Float>) {
-    #if arch(arm64)
-        decodeFloat16Natively(codes, count: count, into: out)
-    #elseif arch(x86_64) && !canImport(Darwin)
-        // With F16C in the build target the conversion is one vcvtph2ps per 8 values; without it, the same Swift
-        // code would call a library routine per value, so the bit arithmetic below serves (4-6 operations per value).
-        if swift_attention_target_features() & Int32(SWIFT_ATTENTION_F16C) != 0 {
-            decodeFloat16Natively(codes, count: count, into: out)
-        } else {
-            for c in 0..<count { out[c] = float16Value(codes[c]) }
-        }
-    #else
-        for c in 0..<count { out[c] = float16Value(codes[c]) }
+    #if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
+        if targetConvertsFloat16 { return decodeFloat16Natively(codes, count: count, into: out) }
     #endif
+    for c in 0..<count { out[c] = float16Value(codes[c]) }
 }
 
 #if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
+    /// Whether the build target converts Float16 in hardware: always on arm64; on x86_64 with F16C in the target
+    /// (one vcvtph2ps per 8 values). Without F16C, Swift's conversion would call a library routine per value, so the
+    /// bit arithmetic (4-6 operations per value) serves instead.
+    @inline(__always)
+    private var targetConvertsFloat16: Bool {
+        #if arch(arm64)
+            return true
+        #else
+            return swift_attention_target_features() & Int32(SWIFT_ATTENTION_F16C) != 0
+        #endif
+    }
+
     /// Float16 to Float32 by the type's own conversion: fcvtl on arm64, vcvtph2ps where the target has F16C.
     @inline(never)
     private func decodeFloat16Natively(
