@@ -66,9 +66,12 @@ static inline int32_t swift_attention_target_has_avx512(void) {
 /// key or value element for four multiply-adds, which on Zen 4 costs a separate floating-point uop per broadcast
 /// (llvm-mca 19, -mcpu=znver4: 82% of the FMA rate) where the narrow kernels fold it into the multiply-add (100%);
 /// on Intel's two 512-bit FMA ports the wide kernels model at 99% and the narrow ones at 74% (llvm-mca 14,
-/// -mcpu=icelake-server).
+/// -mcpu=icelake-server). Defining SWIFT_ATTENTION_NARROW_BLOCKING (`-Xcc -DSWIFT_ATTENTION_NARROW_BLOCKING`) forces
+/// the narrow kernels, for A/B measurements: on an Intel Xeon VM (family 6 model 167, two 512-bit FMA ports,
+/// 2026-12-02, N = 4096, H = 8, one thread, three alternating runs) the wide kernels gave 56-83 GFLOP/s (d = 64)
+/// and 63-79 (d = 128) without a mask, the narrow ones 48-51 and 49-55.
 static inline int32_t swift_attention_target_prefers_wide_blocking(void) {
-#if defined(__znver4__) || defined(__znver5__)
+#if defined(__znver4__) || defined(__znver5__) || defined(SWIFT_ATTENTION_NARROW_BLOCKING)
     return 0;
 #else
     return swift_attention_target_has_avx512();
