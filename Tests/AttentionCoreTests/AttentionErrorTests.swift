@@ -98,7 +98,7 @@ final class AttentionErrorTests: XCTestCase {
             "options.sinkLogits[3]", mentioning: ["inf"],
             options: AttentionOptions(sinkLogits: [0, 0, 0, .infinity]))
         assertThrows(
-            "options.bias", mentioning: ["[1, 4, 5, 6]", "[2 or 1, 4 or 1, 5, 7]"],
+            "options.bias", mentioning: ["[1, 4, 5, 6]", "[2 or 1, 4 or 1, 5 or 1, 7]"],
             options: AttentionOptions(bias: try! Tensor(zeros: [1, 4, 5, 6])))
         assertThrows(
             "options.bias", mentioning: ["[5, 7]"],

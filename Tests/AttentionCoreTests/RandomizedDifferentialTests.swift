@@ -3,8 +3,9 @@ import Foundation
 import XCTest
 import _AttentionTestSupport
 
-/// Random configurations (shapes, grouping, masks, kernels and block sizes, score options, threads) checked against
-/// the Float64 reference. 300 cases by default; set ATTENTION_FUZZ_CASES (e.g. 5000) for more, and
+/// Random configurations (shapes, grouping, masks, kernels and block sizes, score options, key padding, threads)
+/// checked against the Float64 reference, with NaN and infinity in the keys and values a -inf bias or key padding
+/// hides. 300 cases by default; set ATTENTION_FUZZ_CASES (e.g. 5000) for more, and
 /// ATTENTION_FUZZ_SEED to replay. Every failure prints a one-line reproducer: the seed and the configuration.
 final class RandomizedDifferentialTests: XCTestCase {
     struct Configuration: CustomStringConvertible {
@@ -15,6 +16,9 @@ final class RandomizedDifferentialTests: XCTestCase {
         var maskName = "none"
         var options = AttentionOptions()
         var optionNames: [String] = []
+        /// Keys no row of batch entry b may see (a -inf bias column, key padding), whose keys and values the test
+        /// fills with NaN and infinity: the output must not change.
+        var hiddenKeys: [[Int]]? = nil
 
         var description: String {
             "seed=\(seed) B=\(batch) Hkv=\(keyValueHeads) G=\(group) Nq=\(queryLength) Nk=\(keyLength) Dk=\(keyDimension) "
@@ -72,15 +76,63 @@ final class RandomizedDifferentialTests: XCTestCase {
             c.optionNames.append("sinkLogits")
         }
         if chance(15) {
-            c.options.bias = try? Tensor.randomNormal(
-                shape: [chance(50) ? 1 : c.batch, chance(50) ? 1 : heads, c.queryLength, c.keyLength], seed: seed)
+            var bias = try? Tensor.randomNormal(
+                shape: [
+                    chance(50) ? 1 : c.batch, chance(50) ? 1 : heads, chance(30) ? 1 : c.queryLength, c.keyLength,
+                ], seed: seed)
             c.optionNames.append("bias")
+            if chance(50), c.keyLength > 0, var removed = bias {
+                // One key removed by a -inf bias for every row; its key and value get poisoned (see `poison`).
+                let key = pick(0...(c.keyLength - 1))
+                removed.withUnsafeMutableBufferPointer { scalars in
+                    for index in stride(from: key, to: scalars.count, by: c.keyLength) { scalars[index] = -.infinity }
+                }
+                bias = removed
+                c.hiddenKeys = (0..<c.batch).map { _ in [key] }
+                c.optionNames.append("-inf bias on key \(key)")
+            }
+            c.options.bias = bias
+        }
+        if chance(15) {
+            // Key padding in one of its three forms, with NaN and infinity in the padded keys and values.
+            let lengths = (0..<c.batch).map { _ in pick(0...c.keyLength) }
+            switch pick(0...2) {
+            case 0:
+                c.options.keyPadding = .lengths(lengths)
+            case 1:
+                c.options.keyPadding = .ranges(lengths.map { length in (c.keyLength - length)..<c.keyLength })
+            default:
+                c.options.keyPadding = .realKeys((0..<(c.batch * c.keyLength)).map { _ in chance(70) })
+            }
+            c.optionNames.append("keyPadding \(c.options.keyPadding!)")
+            let padded = (0..<c.batch).map { b in
+                (0..<c.keyLength).filter {
+                    !isRealKey(c.options.keyPadding, batch: b, key: $0, keyLength: c.keyLength)
+                }
+            }
+            c.hiddenKeys = zip(c.hiddenKeys ?? padded.map { _ in [] }, padded).map { $0 + $1 }
         }
         if chance(10) {
             c.options.headMasks = (0..<heads).map { $0 % 2 == 0 ? .none : .window(left: 4, right: 1) }
             c.optionNames.append("headMasks")
         }
         return c
+    }
+
+    /// NaN in column 0 of each hidden key and +infinity in the last column of its value, every key/value head.
+    static func poison(
+        _ inputs: inout (queries: Tensor, keys: Tensor, values: Tensor), keys hidden: [[Int]], heads: Int
+    ) {
+        let (nk, dk, dv) = (inputs.keys.shape[2], inputs.keys.shape[3], inputs.values.shape[3])
+        for (b, keys) in hidden.enumerated() {
+            for h in 0..<heads {
+                for j in keys {
+                    let row = (b * heads + h) * nk + j
+                    inputs.keys.withUnsafeMutableBufferPointer { $0[row * dk] = .nan }
+                    inputs.values.withUnsafeMutableBufferPointer { $0[row * dv + dv - 1] = .infinity }
+                }
+            }
+        }
     }
 
     func testRandomConfigurationsMatchTheReference() throws {
@@ -90,10 +142,11 @@ final class RandomizedDifferentialTests: XCTestCase {
         var failures = 0
         for seed in first..<(first + UInt64(cases)) {
             let c = Self.configuration(seed: seed)
-            let inputs = try attentionInputs(
+            var inputs = try attentionInputs(
                 batch: c.batch, queryHeads: c.keyValueHeads * c.group, keyValueHeads: c.keyValueHeads,
                 queryLength: c.queryLength, keyLength: c.keyLength, headDimension: c.keyDimension,
                 valueDimension: c.valueDimension, seed: seed)
+            if let hidden = c.hiddenKeys { Self.poison(&inputs, keys: hidden, heads: c.keyValueHeads) }
             do {
                 let checks = try checkAttention(
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask, options: c.options)

@@ -31,7 +31,14 @@ final class ReadmeExampleTests: XCTestCase {
         var stream = try StreamingKVCache(
             sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: 2, headDimension: 64)
         let streamed = try stream.attend(queries: queries, keys: keys, values: values)  // [1, 8, 256, 64]
+
+        // A padded encoder batch: sentences of 12, 8, 43 and 4 tokens in one [4, heads, 43, 64] tensor
+        let sentences = try Tensor.randomNormal(shape: [4, 8, 43, 64], seed: 5)
+        let encoded = try attention(
+            queries: sentences, keys: sentences, values: sentences,
+            options: AttentionOptions(keyPadding: .lengths([12, 8, 43, 4])))  // padding keys hidden; ignore padded rows
         // README example end
+        XCTAssertEqual(encoded.shape, [4, 8, 43, 64])
         XCTAssertEqual(output.shape, [1, 8, 256, 64])
         XCTAssertEqual(windowed.logSumExp.shape, [1, 8, 256])
         XCTAssertEqual(next.shape, [1, 8, 1, 64])

@@ -55,8 +55,9 @@ public func referenceRow<Scalar: ReferenceScalar>(
     var scores: [(key: Int, score: Scalar)] = []
     let headMask = options.headMasks?[head] ?? .none
     for key in 0..<keyLength
-    where mask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength)
-        && headMask.allows(query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+    where textbookVisible(mask, query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+        && textbookVisible(headMask, query: query, key: key, queryLength: queryLength, keyLength: keyLength)
+        && isRealKey(options.keyPadding, batch: batch, key: key, keyLength: keyLength)
     {
         var dot: Scalar = 0
         for c in 0..<headDimension {
@@ -72,8 +73,12 @@ public func referenceRow<Scalar: ReferenceScalar>(
             score -= Scalar(slopes[head]) * Scalar(abs(diagonal - key))
         }
         if let bias = options.bias {
-            score += Scalar(
-                element(bias, bias.shape[0] == 1 ? 0 : batch, bias.shape[1] == 1 ? 0 : head, query, key))
+            let added = element(
+                bias, bias.shape[0] == 1 ? 0 : batch, bias.shape[1] == 1 ? 0 : head, bias.shape[2] == 1 ? 0 : query,
+                key)
+            // A -inf bias removes the key, whatever its score (AttentionOptions.bias).
+            if added == -.infinity { continue }
+            score += Scalar(added)
         }
         if score == -.infinity { continue }
         scores.append((key, score))
@@ -93,6 +98,42 @@ public func referenceRow<Scalar: ReferenceScalar>(
         }
     }
     return (output, maximum + Scalar.logarithm(denominator))
+}
+
+/// Whether query `i` sees key `j`, decided from each mask's definition (the table in AttentionMask.swift) written
+/// out here, never through the library's `allows` or span code, so a wrong span computation cannot hide behind
+/// its own reference. Differences like d - j are formed instead of d - left, so huge windows cannot overflow.
+public func textbookVisible(
+    _ mask: AttentionMask, query i: Int, key j: Int, queryLength: Int, keyLength: Int
+) -> Bool {
+    let d = i + keyLength - queryLength  // the diagonal key
+    switch mask {
+    case .none:
+        return true
+    case .causal:
+        return j <= d
+    case .window(let left, let right):
+        return d - j <= left && j - d <= right
+    case .sinks(let count, let window):
+        return j <= d && (j < count || d - j < window)
+    case .blockSparse(let layout):
+        return layout.keyBlocks(queryBlock: i / layout.queryBlock).contains(j / layout.keyBlock)
+    case .custom(let predicate):
+        return predicate(i, j)
+    case .intersection(let a, let b):
+        return textbookVisible(a, query: i, key: j, queryLength: queryLength, keyLength: keyLength)
+            && textbookVisible(b, query: i, key: j, queryLength: queryLength, keyLength: keyLength)
+    }
+}
+
+/// Whether key `key` of batch entry `batch` is a real token under `padding` (every key is, without padding).
+public func isRealKey(_ padding: KeyPadding?, batch: Int, key: Int, keyLength: Int) -> Bool {
+    switch padding {
+    case nil: return true
+    case .lengths(let lengths): return key < lengths[batch]
+    case .ranges(let ranges): return ranges[batch].contains(key)
+    case .realKeys(let realKeys): return realKeys[batch * keyLength + key]
+    }
 }
 
 /// `tensor[a, b, c, d]` for a rank-4 tensor, without the variadic subscript's array allocation.

@@ -128,17 +128,31 @@ public enum AttentionMask: Sendable {
         case .blockSparse(let layout):
             return layout.visibleSpans(query: query)
         case .intersection(let a, let b):
-            let first = a.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
-            let second = b.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
-            var result: [Range<Int>] = []
-            for x in first {
-                for y in second where x.overlaps(y) {
-                    result.append(x.clamped(to: y))
-                }
-            }
-            return unionOfSpans(result)
+            return intersectionOfSpans(
+                a.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength),
+                b.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength))
         }
     }
+}
+
+/// The keys in both of two sorted, disjoint span lists, as a sorted, disjoint list (touching results merged).
+package func intersectionOfSpans(_ first: [Range<Int>], _ second: [Range<Int>]) -> [Range<Int>] {
+    var result: [Range<Int>] = []
+    var (i, j) = (0, 0)
+    while i < first.count && j < second.count {
+        let (x, y) = (first[i], second[j])
+        let lower = Swift.max(x.lowerBound, y.lowerBound)
+        let upper = Swift.min(x.upperBound, y.upperBound)
+        if lower < upper {
+            if let last = result.last, last.upperBound == lower {
+                result[result.count - 1] = last.lowerBound..<upper
+            } else {
+                result.append(lower..<upper)
+            }
+        }
+        if x.upperBound <= y.upperBound { i += 1 } else { j += 1 }
+    }
+    return result
 }
 
 /// Sorts ranges and merges the ones that overlap or touch.
@@ -190,15 +204,23 @@ package struct MaskRowSpans {
     /// query block, or no mask): coverage is then a binary search over them instead of a walk over the rows.
     package let uniform: [Range<Int>]?
 
-    package init(mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int) {
+    /// - Parameter keyRuns: when set, the only keys any row may see (a sequence's real keys, see `KeyPadding`),
+    ///   sorted and disjoint; each row's spans are intersected with them.
+    package init(
+        mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int, keyRuns: [Range<Int>]? = nil
+    ) {
         if case .blockSparse(let layout) = mask, !queries.isEmpty,
             queries.lowerBound / layout.queryBlock == (queries.upperBound - 1) / layout.queryBlock
         {
             // Every row of one layout block sees the same blocks: compute them once (the copies share storage).
-            let shared = layout.visibleSpans(query: queries.lowerBound)
+            var shared = layout.visibleSpans(query: queries.lowerBound)
+            if let keyRuns { shared = intersectionOfSpans(shared, keyRuns) }
             spans = Array(repeating: shared, count: queries.count)
         } else {
-            spans = queries.map { mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength) }
+            spans = queries.map {
+                let visible = mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength)
+                return keyRuns.map { intersectionOfSpans(visible, $0) } ?? visible
+            }
         }
         hasPredicate = mask.hasPredicate
         let lower = spans.compactMap { $0.first?.lowerBound }.min() ?? 0

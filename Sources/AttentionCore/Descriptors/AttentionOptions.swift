@@ -4,8 +4,8 @@
 //   s = scale * (q_i . k_j)
 //   s = softcap * tanh(s / softcap)                 if softcap is set
 //   s = s - alibiSlopes[h] * |d(i) - j|            if alibiSlopes is set; d(i) = i + keyLength - queryLength
-//   s = s + bias[b, h, i, j]                        if bias is set (broadcast over size-1 batch/head axes)
-// then masked keys are removed and p = softmax(s) over the visible keys, with sinkLogits[h] (if set) joining
+//   s = s + bias[b, h, i, j]                        if bias is set (broadcast over size-1 batch/head/query axes)
+// then masked keys (the mask, per-head masks and key padding) are removed and p = softmax(s) over the visible keys, with sinkLogits[h] (if set) joining
 // the denominator only. A score of -infinity (e.g. from the bias) is treated exactly like a masked key.
 //
 // Range: the kernels carry logits as s * log2(e) / 2 and exponentiate 2^(2 (s - m)), so every finite Float logit
@@ -46,9 +46,14 @@ public struct AttentionOptions: Sendable {
     public var softcap: Float?
     /// ALiBi slopes, one per query head (`queryHeads` values, finite). Adds `-slope * |d(i) - j|`.
     public var alibiSlopes: [Float]?
-    /// An additive score bias of shape [batch or 1, queryHeads or 1, queryLength, keyLength].
-    /// Entries of -infinity act as a mask. Entries of +infinity or NaN poison their row (the math is undefined).
+    /// An additive score bias of shape [batch or 1, queryHeads or 1, queryLength or 1, keyLength] (a size-1 axis
+    /// broadcasts). An entry of -infinity removes its key exactly like a mask, even when the key or its score holds
+    /// NaN or infinity. Entries of +infinity or NaN poison their row (the math is undefined). For key padding,
+    /// `keyPadding` costs no memory and skips the padded tiles; a [B, 1, 1, Nk] bias works too.
     public var bias: Tensor?
+    /// Key padding of a padded batch: which keys of each sequence are real tokens (see `KeyPadding`); hidden keys
+    /// are removed like masked ones, for every query and head of their sequence, intersected with the mask.
+    public var keyPadding: KeyPadding?
     /// Learned attention-sink logits (gpt-oss style), one per query head, finite: each adds `exp(sink)` to its
     /// head's softmax denominator without adding an output term. Unrelated to sink *tokens*
     /// (`AttentionMask.sinks`).
@@ -69,13 +74,15 @@ public struct AttentionOptions: Sendable {
     /// Creates options; every parameter defaults to plain scaled dot-product attention.
     public init(
         scale: Float? = nil, softcap: Float? = nil, alibiSlopes: [Float]? = nil, bias: Tensor? = nil,
-        sinkLogits: [Float]? = nil, headMasks: [AttentionMask]? = nil, kernel: AttentionKernel = .automatic,
+        keyPadding: KeyPadding? = nil, sinkLogits: [Float]? = nil, headMasks: [AttentionMask]? = nil,
+        kernel: AttentionKernel = .automatic,
         threads: Int? = nil, naiveMemoryBudget: Int = 4 << 30
     ) {
         self.scale = scale
         self.softcap = softcap
         self.alibiSlopes = alibiSlopes
         self.bias = bias
+        self.keyPadding = keyPadding
         self.sinkLogits = sinkLogits
         self.headMasks = headMasks
         self.kernel = kernel

@@ -16,6 +16,8 @@ package struct AttentionProblem: Sendable {
     package let mask: AttentionMask
     package let options: AttentionOptions
     package let threads: Int
+    /// Each batch entry's real keys (`options.keyPadding`) as sorted, disjoint ranges; nil without key padding.
+    package let keyRuns: [[Range<Int>]]?
 
     /// Query heads per key/value head.
     package var groupSize: Int { queryHeads / keyValueHeads }
@@ -128,14 +130,16 @@ package struct AttentionProblem: Sendable {
         if let bias = options.bias {
             let fits =
                 bias.rank == 4 && (bias.shape[0] == b || bias.shape[0] == 1)
-                && (bias.shape[1] == hq || bias.shape[1] == 1) && bias.shape[2] == nq && bias.shape[3] == nk
+                && (bias.shape[1] == hq || bias.shape[1] == 1) && (bias.shape[2] == nq || bias.shape[2] == 1)
+                && bias.shape[3] == nk
             guard fits else {
                 throw AttentionError.shapeMismatch(
-                    argument: "options.bias", expected: "[\(b) or 1, \(hq) or 1, \(nq), \(nk)]",
+                    argument: "options.bias", expected: "[\(b) or 1, \(hq) or 1, \(nq) or 1, \(nk)]",
                     actual: bias.shape,
                     reason: "the bias adds to the [batch, queryHeads, queryLength, keyLength] scores")
             }
         }
+        try options.keyPadding?.validate(batch: b, keyLength: nk)
         if case .blockwise(let queryBlock, let keyBlock) = options.kernel {
             if let queryBlock {
                 try AttentionError.require(
@@ -184,6 +188,7 @@ package struct AttentionProblem: Sendable {
         self.mask = mask
         self.options = options
         threads = options.threads ?? Parallel.defaultThreadCount
+        keyRuns = options.keyPadding.map { padding in (0..<b).map { padding.keyRuns(batch: $0, keyLength: nk) } }
     }
 
     private static func validatePerHead(_ values: [Float]?, _ argument: String, heads: Int) throws {

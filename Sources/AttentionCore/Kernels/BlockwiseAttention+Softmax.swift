@@ -14,7 +14,7 @@ extension WorkItemContext {
     /// Softcap, ALiBi and bias on one tile of scores (stripe-major, row r = head * Br + row). Scores leave in half
     /// base 2.
     /// Softcap and ALiBi run 16 rows at a time (padding rows included; their results are never read); the bias is
-    /// gathered row by row from its [Nq, Nk] planes.
+    /// gathered row by row from its [Nq, Nk] (or [1, Nk]) planes.
     func applyScoreOptions(
         _ sT: UnsafeMutablePointer<Float>, batch b: Int, keyValueHead kvHead: Int, i0: Int, rows: Int,
         tile: Range<Int>, _ tables: Scratch
@@ -45,14 +45,19 @@ extension WorkItemContext {
             }
         }
         if let bias = p.options.bias, let base = self.bias {
-            let bb = bias.shape[0] == 1 ? 0 : b
+            // Broadcast over size-1 batch, head and query axes. A -inf entry removes its key outright: the score
+            // becomes -inf whatever it was, so a NaN or infinite key behind it never reaches the row (NaN + -inf
+            // would be NaN).
+            let (bb, planeRows) = (bias.shape[0] == 1 ? 0 : b, bias.shape[2])
             for head in 0..<g {
                 let bh = bias.shape[1] == 1 ? 0 : kvHead * g + head
-                let plane = base + (bb * bias.shape[1] + bh) * nq * nk
+                let plane = base + (bb * bias.shape[1] + bh) * planeRows * nk
                 for row in 0..<rows {
-                    let biasRow = plane + (i0 + row) * nk
+                    let biasRow = plane + (planeRows == 1 ? 0 : i0 + row) * nk
                     for (kk, j) in tile.enumerated() {
-                        sT[stripeIndex(head * br + row, kk, columns: columns)] += biasRow[j] * logitScale
+                        let index = stripeIndex(head * br + row, kk, columns: columns)
+                        let added = biasRow[j]
+                        sT[index] = added == -.infinity ? -.infinity : sT[index] + added * logitScale
                     }
                 }
             }
@@ -179,7 +184,8 @@ struct GroupSpans {
     /// The smallest key range holding every visible key of every head's rows.
     let keyHull: Range<Int>
 
-    init(problem p: AttentionProblem, keyValueHead kvHead: Int, queries: Range<Int>) {
+    /// The spans of rows `queries` of batch entry `batch` (whose key padding, if any, applies to every head).
+    init(problem p: AttentionProblem, batch: Int, keyValueHead kvHead: Int, queries: Range<Int>) {
         groupSize = p.groupSize
         if let headMasks = p.options.headMasks {
             masks = (0..<p.groupSize).map { head in
@@ -191,7 +197,9 @@ struct GroupSpans {
             masks = [p.mask]
         }
         perHead = masks.map {
-            MaskRowSpans(mask: $0, queries: queries, queryLength: p.queryLength, keyLength: p.keyLength)
+            MaskRowSpans(
+                mask: $0, queries: queries, queryLength: p.queryLength, keyLength: p.keyLength,
+                keyRuns: p.keyRuns?[batch])
         }
         let hulls = perHead.map(\.keyHull).filter { !$0.isEmpty }
         if let lower = hulls.map(\.lowerBound).min(), let upper = hulls.map(\.upperBound).max() {

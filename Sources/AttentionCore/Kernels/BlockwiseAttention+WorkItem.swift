@@ -178,7 +178,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
         packQueries(queries, into: tables.queries, batch: b, keyValueHead: kvHead, i0: i0, rows: rows)
         writeAlibiRows(tables, keyValueHead: kvHead, i0: i0, rows: rows)
 
-        let spans = GroupSpans(problem: p, keyValueHead: kvHead, queries: i0..<(i0 + rows))
+        let spans = GroupSpans(problem: p, batch: b, keyValueHead: kvHead, queries: i0..<(i0 + rows))
         let walk = TileWalk(
             segments: segments, head: b * p.keyValueHeads + kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
