@@ -102,15 +102,19 @@ final class RandomizedDifferentialTests: XCTestCase {
             case 1:
                 c.options.keyPadding = .ranges(lengths.map { length in (c.keyLength - length)..<c.keyLength })
             default:
-                c.options.keyPadding = .realKeys((0..<(c.batch * c.keyLength)).map { _ in chance(70) })
+                c.options.keyPadding = .realTokens((0..<(c.batch * c.keyLength)).map { _ in chance(70) })
             }
             c.optionNames.append("keyPadding \(c.options.keyPadding!)")
             let padded = (0..<c.batch).map { b in
                 (0..<c.keyLength).filter {
-                    !isRealKey(c.options.keyPadding, batch: b, key: $0, keyLength: c.keyLength)
+                    !isRealToken(c.options.keyPadding, batch: b, position: $0, length: c.keyLength)
                 }
             }
             c.hiddenKeys = zip(c.hiddenKeys ?? padded.map { _ in [] }, padded).map { $0 + $1 }
+        }
+        if chance(10) {
+            c.options.queryPadding = .lengths((0..<c.batch).map { _ in pick(0...c.queryLength) })
+            c.optionNames.append("queryPadding \(c.options.queryPadding!)")
         }
         if chance(10) {
             c.options.headMasks = (0..<heads).map { $0 % 2 == 0 ? .none : .window(left: 4, right: 1) }

@@ -34,9 +34,10 @@ final class ReadmeExampleTests: XCTestCase {
 
         // A padded encoder batch: sentences of 12, 8, 43 and 4 tokens in one [4, heads, 43, 64] tensor
         let sentences = try Tensor.randomNormal(shape: [4, 8, 43, 64], seed: 5)
+        let padding = SequencePadding.lengths([12, 8, 43, 4])
         let encoded = try attention(
             queries: sentences, keys: sentences, values: sentences,
-            options: AttentionOptions(keyPadding: .lengths([12, 8, 43, 4])))  // padding keys hidden; ignore padded rows
+            options: AttentionOptions(keyPadding: padding, queryPadding: padding))  // padding rows: zeros, not computed
         // README example end
         XCTAssertEqual(encoded.shape, [4, 8, 43, 64])
         XCTAssertEqual(output.shape, [1, 8, 256, 64])

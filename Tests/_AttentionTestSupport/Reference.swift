@@ -3,7 +3,8 @@
 // It reads like the textbook formula, one query row at a time, with no tiling, no vector code and no shortcuts:
 //
 //   for each visible key j:  s_j = scale * (q . k_j), then softcap, ALiBi and bias (AttentionOptions.swift order)
-//   keys whose score is -inf are dropped like masked ones
+//   (visible: the mask, the per-head mask and key padding allow it; a padding query sees no key)
+//   keys whose score is -inf, or whose bias is -inf, are dropped like masked ones
 //   m = max(s_j, sink);  denominator = sum_j exp(s_j - m) + exp(sink - m)
 //   o = sum_j exp(s_j - m) / denominator * v_j;  lse = m + log(denominator)
 //   no visible key and no sink: o = 0, lse = -inf
@@ -57,7 +58,8 @@ public func referenceRow<Scalar: ReferenceScalar>(
     for key in 0..<keyLength
     where textbookVisible(mask, query: query, key: key, queryLength: queryLength, keyLength: keyLength)
         && textbookVisible(headMask, query: query, key: key, queryLength: queryLength, keyLength: keyLength)
-        && isRealKey(options.keyPadding, batch: batch, key: key, keyLength: keyLength)
+        && isRealToken(options.keyPadding, batch: batch, position: key, length: keyLength)
+        && isRealToken(options.queryPadding, batch: batch, position: query, length: queryLength)
     {
         var dot: Scalar = 0
         for c in 0..<headDimension {
@@ -126,13 +128,14 @@ public func textbookVisible(
     }
 }
 
-/// Whether key `key` of batch entry `batch` is a real token under `padding` (every key is, without padding).
-public func isRealKey(_ padding: KeyPadding?, batch: Int, key: Int, keyLength: Int) -> Bool {
+/// Whether position `position` of batch entry `batch` is a real token under `padding` (every position is, without
+/// padding). A padding key is invisible to every query; a padding query sees no key.
+public func isRealToken(_ padding: SequencePadding?, batch: Int, position: Int, length: Int) -> Bool {
     switch padding {
     case nil: return true
-    case .lengths(let lengths): return key < lengths[batch]
-    case .ranges(let ranges): return ranges[batch].contains(key)
-    case .realKeys(let realKeys): return realKeys[batch * keyLength + key]
+    case .lengths(let lengths): return position < lengths[batch]
+    case .ranges(let ranges): return ranges[batch].contains(position)
+    case .realTokens(let realTokens): return realTokens[batch * length + position]
     }
 }
 

@@ -192,7 +192,7 @@ extension AttentionMask {
 /// The visible key spans of a block of consecutive query rows, computed once and reused for every key tile.
 package struct MaskRowSpans {
     /// spans[row] are the sorted, disjoint visible key ranges of query `queries.lowerBound + row`.
-    package let spans: [[Range<Int>]]
+    package private(set) var spans: [[Range<Int>]]
     /// Whether a `custom` predicate must still be consulted inside the spans.
     package let hasPredicate: Bool
     /// The smallest range holding every row's visible keys (empty if no row sees a key).
@@ -204,10 +204,13 @@ package struct MaskRowSpans {
     /// query block, or no mask): coverage is then a binary search over them instead of a walk over the rows.
     package let uniform: [Range<Int>]?
 
-    /// - Parameter keyRuns: when set, the only keys any row may see (a sequence's real keys, see `KeyPadding`),
-    ///   sorted and disjoint; each row's spans are intersected with them.
+    /// - Parameters:
+    ///   - keyRuns: when set, the only keys any row may see (a sequence's real keys, see `SequencePadding`), sorted
+    ///     and disjoint; each row's spans are intersected with them.
+    ///   - queryRuns: when set, the real query rows (sorted, disjoint); every other row sees no key.
     package init(
-        mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int, keyRuns: [Range<Int>]? = nil
+        mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int, keyRuns: [Range<Int>]? = nil,
+        queryRuns: [Range<Int>]? = nil
     ) {
         if case .blockSparse(let layout) = mask, !queries.isEmpty,
             queries.lowerBound / layout.queryBlock == (queries.upperBound - 1) / layout.queryBlock
@@ -220,6 +223,12 @@ package struct MaskRowSpans {
             spans = queries.map {
                 let visible = mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength)
                 return keyRuns.map { intersectionOfSpans(visible, $0) } ?? visible
+            }
+        }
+        if let queryRuns {
+            let real = intersectionOfSpans([queries], queryRuns)
+            for (row, query) in queries.enumerated() where !real.contains(where: { $0.contains(query) }) {
+                spans[row] = []
             }
         }
         hasPredicate = mask.hasPredicate

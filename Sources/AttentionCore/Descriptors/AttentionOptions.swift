@@ -51,9 +51,12 @@ public struct AttentionOptions: Sendable {
     /// NaN or infinity. Entries of +infinity or NaN poison their row (the math is undefined). For key padding,
     /// `keyPadding` costs no memory and skips the padded tiles; a [B, 1, 1, Nk] bias works too.
     public var bias: Tensor?
-    /// Key padding of a padded batch: which keys of each sequence are real tokens (see `KeyPadding`); hidden keys
-    /// are removed like masked ones, for every query and head of their sequence, intersected with the mask.
-    public var keyPadding: KeyPadding?
+    /// Key padding of a padded batch: which keys of each sequence are real tokens (see `SequencePadding`); padding
+    /// keys are removed like masked ones, for every query and head of their sequence, intersected with the mask.
+    public var keyPadding: SequencePadding?
+    /// Query padding of a padded batch: which query rows of each sequence are real tokens. Padding rows are not
+    /// computed: each is a row that sees no key (zeros, log-sum-exp -infinity or its sink logit).
+    public var queryPadding: SequencePadding?
     /// Learned attention-sink logits (gpt-oss style), one per query head, finite: each adds `exp(sink)` to its
     /// head's softmax denominator without adding an output term. Unrelated to sink *tokens*
     /// (`AttentionMask.sinks`).
@@ -74,7 +77,8 @@ public struct AttentionOptions: Sendable {
     /// Creates options; every parameter defaults to plain scaled dot-product attention.
     public init(
         scale: Float? = nil, softcap: Float? = nil, alibiSlopes: [Float]? = nil, bias: Tensor? = nil,
-        keyPadding: KeyPadding? = nil, sinkLogits: [Float]? = nil, headMasks: [AttentionMask]? = nil,
+        keyPadding: SequencePadding? = nil, queryPadding: SequencePadding? = nil, sinkLogits: [Float]? = nil,
+        headMasks: [AttentionMask]? = nil,
         kernel: AttentionKernel = .automatic,
         threads: Int? = nil, naiveMemoryBudget: Int = 4 << 30
     ) {
@@ -83,6 +87,7 @@ public struct AttentionOptions: Sendable {
         self.alibiSlopes = alibiSlopes
         self.bias = bias
         self.keyPadding = keyPadding
+        self.queryPadding = queryPadding
         self.sinkLogits = sinkLogits
         self.headMasks = headMasks
         self.kernel = kernel

@@ -18,6 +18,8 @@ package struct AttentionProblem: Sendable {
     package let threads: Int
     /// Each batch entry's real keys (`options.keyPadding`) as sorted, disjoint ranges; nil without key padding.
     package let keyRuns: [[Range<Int>]]?
+    /// Each batch entry's real query rows (`options.queryPadding`); nil without query padding.
+    package let queryRuns: [[Range<Int>]]?
 
     /// Query heads per key/value head.
     package var groupSize: Int { queryHeads / keyValueHeads }
@@ -139,7 +141,8 @@ package struct AttentionProblem: Sendable {
                     reason: "the bias adds to the [batch, queryHeads, queryLength, keyLength] scores")
             }
         }
-        try options.keyPadding?.validate(batch: b, keyLength: nk)
+        try options.keyPadding?.validate("options.keyPadding", batch: b, length: nk, lengthName: "key length")
+        try options.queryPadding?.validate("options.queryPadding", batch: b, length: nq, lengthName: "query length")
         if case .blockwise(let queryBlock, let keyBlock) = options.kernel {
             if let queryBlock {
                 try AttentionError.require(
@@ -188,7 +191,8 @@ package struct AttentionProblem: Sendable {
         self.mask = mask
         self.options = options
         threads = options.threads ?? Parallel.defaultThreadCount
-        keyRuns = options.keyPadding.map { padding in (0..<b).map { padding.keyRuns(batch: $0, keyLength: nk) } }
+        keyRuns = options.keyPadding.map { padding in (0..<b).map { padding.runs(batch: $0, length: nk) } }
+        queryRuns = options.queryPadding.map { padding in (0..<b).map { padding.runs(batch: $0, length: nq) } }
     }
 
     private static func validatePerHead(_ values: [Float]?, _ argument: String, heads: Int) throws {

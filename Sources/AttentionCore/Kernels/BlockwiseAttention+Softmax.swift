@@ -184,7 +184,8 @@ struct GroupSpans {
     /// The smallest key range holding every visible key of every head's rows.
     let keyHull: Range<Int>
 
-    /// The spans of rows `queries` of batch entry `batch` (whose key padding, if any, applies to every head).
+    /// The spans of rows `queries` of batch entry `batch` (whose key and query padding, if any, apply to every
+    /// head).
     init(problem p: AttentionProblem, batch: Int, keyValueHead kvHead: Int, queries: Range<Int>) {
         groupSize = p.groupSize
         if let headMasks = p.options.headMasks {
@@ -199,7 +200,7 @@ struct GroupSpans {
         perHead = masks.map {
             MaskRowSpans(
                 mask: $0, queries: queries, queryLength: p.queryLength, keyLength: p.keyLength,
-                keyRuns: p.keyRuns?[batch])
+                keyRuns: p.keyRuns?[batch], queryRuns: p.queryRuns?[batch])
         }
         let hulls = perHead.map(\.keyHull).filter { !$0.isEmpty }
         if let lower = hulls.map(\.lowerBound).min(), let upper = hulls.map(\.upperBound).max() {

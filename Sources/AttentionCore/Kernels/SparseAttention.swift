@@ -82,6 +82,7 @@ public func topKAttention(
         ("options.softcap", options.softcap != nil), ("options.alibiSlopes", options.alibiSlopes != nil),
         ("options.bias", options.bias != nil), ("options.sinkLogits", options.sinkLogits != nil),
         ("options.headMasks", options.headMasks != nil), ("options.keyPadding", options.keyPadding != nil),
+        ("options.queryPadding", options.queryPadding != nil),
     ] where isSet {
         throw AttentionError.invalidValue(
             argument: name, expected: "nil (not supported by topKAttention)", actual: "set")

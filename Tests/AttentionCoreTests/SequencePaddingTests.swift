@@ -4,7 +4,7 @@ import _AttentionTestSupport
 
 /// Key padding (`AttentionOptions.keyPadding`), bias broadcasting over queries, and keys removed by a -infinity
 /// bias, on every kernel, against the Float64 reference (whose visibility is written out in test support).
-final class KeyPaddingTests: XCTestCase {
+final class SequencePaddingTests: XCTestCase {
     let kernels: [AttentionKernel] = [
         .automatic, .naive, .blockwise(queryBlock: 5, keyBlock: 7), .blockwise(queryBlock: 64, keyBlock: 64),
     ]
@@ -88,19 +88,19 @@ final class KeyPaddingTests: XCTestCase {
 
     /// The three ways to say "sequence 0 has 37 real keys, sequence 1 none, sequence 2 all 70, sequence 3 keys
     /// 20..<61".
-    let paddings: [(String, KeyPadding)] = [
+    let paddings: [(String, SequencePadding)] = [
         ("lengths", .lengths([37, 0, 70, 61])),
         ("ranges", .ranges([0..<37, 5..<5, 0..<70, 20..<61])),
         (
-            "realKeys",
-            .realKeys(
+            "realTokens",
+            .realTokens(
                 (0..<4).flatMap { b in
                     (0..<70).map { j in [j < 37, false, true, j >= 20 && j < 61][b] }
                 })
         ),
     ]
 
-    func testKeyPaddingMatchesTheReference() throws {
+    func testSequencePaddingMatchesTheReference() throws {
         let (nq, nk) = (29, 70)
         let inputs = try attentionInputs(
             batch: 4, queryHeads: 4, keyValueHeads: 2, queryLength: nq, keyLength: nk, headDimension: 19, seed: 7)
@@ -133,12 +133,12 @@ final class KeyPaddingTests: XCTestCase {
         }
     }
 
-    func testKeyPaddingOnTheDecodeKernelAndCaches() throws {
+    func testSequencePaddingOnTheDecodeKernelAndCaches() throws {
         // One new token per sequence (4 query heads per key/value head), split over several workers.
         let nk = 301
         let inputs = try attentionInputs(
             batch: 3, queryHeads: 8, keyValueHeads: 2, queryLength: 1, keyLength: nk, headDimension: 64, seed: 11)
-        let padding = KeyPadding.lengths([301, 17, 150])
+        let padding = SequencePadding.lengths([301, 17, 150])
         for kernel in [AttentionKernel.decode(), .decode(keysPerSplit: 40), .automatic] {
             try assertMatchesReference(
                 inputs, options: AttentionOptions(keyPadding: padding, kernel: kernel, threads: 2))
@@ -185,16 +185,98 @@ final class KeyPaddingTests: XCTestCase {
         }
     }
 
+    func testSelfAttentionPaddedBatchEqualsEachSequenceAlone() throws {
+        // Queries and keys padded alike (an encoder batch, right padding, garbage in the padding): each sequence's
+        // real rows equal (bitwise) the sequence run alone at its true length, padding rows are zeros with
+        // log-sum-exp -inf, for no mask and causal, on every thread count.
+        let (n, d) = (130, 24)
+        let lengths = [130, 64, 1, 97, 0]
+        var inputs = try attentionInputs(
+            batch: 5, queryHeads: 4, keyValueHeads: 2, queryLength: n, keyLength: n, headDimension: d, seed: 17)
+        for (b, length) in lengths.enumerated() {
+            for j in length..<n {
+                for h in 0..<4 { set(&inputs.queries, [b, h, j, 0], .nan) }
+                for h in 0..<2 {
+                    set(&inputs.keys, [b, h, j, 1], .infinity)
+                    set(&inputs.values, [b, h, j, 2], .nan)
+                }
+            }
+        }
+        let padding = SequencePadding.lengths(lengths)
+        for mask in [AttentionMask.none, .causal] {
+            for kernel in [AttentionKernel.blockwise(), .naive, .blockwise(queryBlock: 3, keyBlock: 16)] {
+                for threads in [1, 2] {
+                    let options = AttentionOptions(
+                        keyPadding: padding, queryPadding: padding, kernel: kernel, threads: threads)
+                    let padded = try attentionWithLogSumExp(
+                        queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
+                    for (b, length) in lengths.enumerated() {
+                        let label = "batch \(b), \(mask), \(kernel), \(threads) threads"
+                        let alone = try attentionWithLogSumExp(
+                            queries: slice(inputs.queries, batch: b, keys: length),
+                            keys: slice(inputs.keys, batch: b, keys: length),
+                            values: slice(inputs.values, batch: b, keys: length), mask: mask,
+                            options: AttentionOptions(kernel: kernel, threads: threads))
+                        for h in 0..<4 {
+                            for i in 0..<n {
+                                let lse = padded.logSumExp[b, h, i]
+                                if i < length {
+                                    XCTAssertEqual(lse, alone.logSumExp[0, h, i], label)
+                                    for c in 0..<d {
+                                        XCTAssertEqual(padded.output[b, h, i, c], alone.output[0, h, i, c], label)
+                                    }
+                                } else {
+                                    XCTAssertEqual(lse, -.infinity, label)
+                                    for c in 0..<d { XCTAssertEqual(padded.output[b, h, i, c], 0, label) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testQueryPaddingMatchesTheReference() throws {
+        // Every form, with key padding alike or none, masks, the decode kernel for short rows, and learned sinks
+        // (a padding row's log-sum-exp is then its sink logit).
+        let n = 70
+        let inputs = try attentionInputs(
+            batch: 4, queryHeads: 4, keyValueHeads: 2, queryLength: n, keyLength: n, headDimension: 9, seed: 19)
+        for (_, padding) in paddings {
+            for keyPadding in [padding, nil] {
+                for mask in [AttentionMask.none, .causal, .window(left: 5, right: 5)] {
+                    for kernel in kernels {
+                        try assertMatchesReference(
+                            inputs, mask: mask,
+                            options: AttentionOptions(keyPadding: keyPadding, queryPadding: padding, kernel: kernel))
+                    }
+                }
+                try assertMatchesReference(
+                    inputs,
+                    options: AttentionOptions(keyPadding: keyPadding, queryPadding: padding, sinkLogits: [1, 2, 3, 4]))
+            }
+        }
+        let short = try attentionInputs(
+            batch: 3, queryHeads: 8, keyValueHeads: 2, queryLength: 2, keyLength: 90, headDimension: 16, seed: 3)
+        for kernel in [AttentionKernel.decode(), .decode(keysPerSplit: 7)] {
+            try assertMatchesReference(
+                short, mask: .causal,
+                options: AttentionOptions(
+                    keyPadding: .lengths([90, 40, 0]), queryPadding: .ranges([1..<2, 0..<0, 0..<2]), kernel: kernel))
+        }
+    }
+
     /// Batch entry `b` of a rank-4 tensor, its first `keys` positions along axis 2.
     func slice(_ tensor: Tensor, batch b: Int, keys: Int) -> Tensor {
         let s = tensor.shape
         return try! Tensor(shape: [1, s[1], keys, s[3]]) { i in tensor[b, i[1], i[2], i[3]] }
     }
 
-    func testKeyPaddingIsValidated() throws {
+    func testSequencePaddingIsValidated() throws {
         let inputs = try attentionInputs(
             batch: 2, queryHeads: 2, queryLength: 3, keyLength: 5, headDimension: 4, seed: 1)
-        func assertThrows(_ padding: KeyPadding, _ argument: String, _ mentioning: [String]) {
+        func assertThrows(_ padding: SequencePadding, _ argument: String, _ mentioning: [String]) {
             XCTAssertThrowsError(
                 try attention(
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values,
@@ -210,7 +292,15 @@ final class KeyPaddingTests: XCTestCase {
         assertThrows(.lengths([-1, 2]), "options.keyPadding lengths[0]", ["-1"])
         assertThrows(.ranges([0..<5]), "options.keyPadding ranges.count", ["2", "1"])
         assertThrows(.ranges([0..<5, 2..<6]), "options.keyPadding ranges[1]", ["0..<5", "2..<6"])
-        assertThrows(.realKeys([true, false]), "options.keyPadding realKeys.count", ["10", "2"])
+        assertThrows(.realTokens([true, false]), "options.keyPadding realTokens.count", ["10", "2"])
+        XCTAssertThrowsError(
+            try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values,
+                options: AttentionOptions(queryPadding: .lengths([3, 4])))
+        ) { error in
+            XCTAssertEqual(
+                "\(error)", "options.queryPadding lengths[1] is 4 but expected 0...3 (the query length)")
+        }
         XCTAssertThrowsError(
             try topKAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2,
