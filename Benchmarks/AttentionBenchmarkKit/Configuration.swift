@@ -30,7 +30,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var chartPath: String? = nil
 
     public static let knownSuites = [
-        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "memory",
+        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "memory",
     ]
 
     public init() {}
@@ -127,7 +127,10 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         softmax causal; GFLOP/s counts 4 * B * H * N * d^2 for linear attention), sparse (block-sparse attention,
         N = 16384, H = 8, d = 64, blocks of 64, local / bigBird / strided / topK layouts at about 5, 10, 25, 50%
         density, one thread by default, beside the dense blockwise kernel; GFLOP/s count only listed blocks, and
-        topk-build rows time building the top-k layout), memory (naive and blockwise, H = 8, d = 64, causal, all
+        topk-build rows time building the top-k layout), padding (8 sequences of N/16, 3N/16, ..., 15N/16
+        tokens padded to N = 2048, H = 8, d = 64, no mask and causal: one call with key and query padding
+        (padded-batch) beside the eight sequences run one by one (per-sequence), timed alternately; GFLOP/s count
+        the real work of both, and a line per case gives the time ratio), memory (naive and blockwise, H = 8, d = 64, causal, all
         threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
         case runs once in a fresh child process that reports its peak resident memory growth).
 

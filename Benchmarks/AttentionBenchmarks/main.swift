@@ -85,7 +85,7 @@ for c in cases + memoryCases where !validated.contains("\(c.kernelName)/\(c.mask
         exit(1)
     }
 }
-let ownGates = ["streaming", "linear", "sparse"].filter { configuration.suites.contains($0) }
+let ownGates = ["streaming", "linear", "sparse", "padding"].filter { configuration.suites.contains($0) }
 note(
     "validated against the Float64 reference: "
         + (validated.sorted() + ownGates.map { "\($0) (validated by its suite before timing)" }).joined(separator: ", ")
@@ -147,7 +147,9 @@ for c in ordered {
     }
 }
 
-for (name, suite) in [("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite)]
+for (name, suite) in [
+    ("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite), ("padding", paddingSuite),
+]
 where configuration.suites.contains(name) {
     do {
         for record in try suite(configuration, allThreads) { emit(record) }
@@ -157,7 +159,7 @@ where configuration.suites.contains(name) {
     }
 }
 
-for line in growthSummaries(records) { note(line) }
+for line in growthSummaries(records) + paddingSummaries(records) { note(line) }
 if configuration.suites.contains("window") {
     do {
         for line in try pairedWindowGrowth(configuration, allThreads: allThreads) { note(line) }

@@ -135,6 +135,14 @@ public enum AttentionMask: Sendable {
     }
 }
 
+/// Restricts sorted, disjoint `spans` to the keys in `runs` (sorted, disjoint), in place when `runs` is one range
+/// (key padding by lengths or ranges), so that the common case allocates nothing.
+private func restrictSpans(_ spans: inout [Range<Int>], to runs: [Range<Int>]) {
+    guard runs.count == 1 else { return spans = intersectionOfSpans(spans, runs) }
+    for index in spans.indices { spans[index] = spans[index].clamped(to: runs[0]) }
+    spans.removeAll { $0.isEmpty }
+}
+
 /// The keys in both of two sorted, disjoint span lists, as a sorted, disjoint list (touching results merged).
 package func intersectionOfSpans(_ first: [Range<Int>], _ second: [Range<Int>]) -> [Range<Int>] {
     var result: [Range<Int>] = []
@@ -192,7 +200,7 @@ extension AttentionMask {
 /// The visible key spans of a block of consecutive query rows, computed once and reused for every key tile.
 package struct MaskRowSpans {
     /// spans[row] are the sorted, disjoint visible key ranges of query `queries.lowerBound + row`.
-    package private(set) var spans: [[Range<Int>]]
+    package let spans: [[Range<Int>]]
     /// Whether a `custom` predicate must still be consulted inside the spans.
     package let hasPredicate: Bool
     /// The smallest range holding every row's visible keys (empty if no row sees a key).
@@ -212,23 +220,25 @@ package struct MaskRowSpans {
         mask: AttentionMask, queries: Range<Int>, queryLength: Int, keyLength: Int, keyRuns: [Range<Int>]? = nil,
         queryRuns: [Range<Int>]? = nil
     ) {
-        if case .blockSparse(let layout) = mask, !queries.isEmpty,
+        // Padding first: rows that are padding, or a sequence without real keys, see nothing and cost no span
+        // computation (a padded batch's blocks past a sequence's end are all such rows).
+        let realRows = queryRuns.map { intersectionOfSpans([queries], $0) }
+        func isReal(_ query: Int) -> Bool { realRows?.contains { $0.contains(query) } ?? true }
+        if realRows?.isEmpty == true || keyRuns?.isEmpty == true {
+            spans = Array(repeating: [], count: queries.count)
+        } else if case .blockSparse(let layout) = mask, !queries.isEmpty,
             queries.lowerBound / layout.queryBlock == (queries.upperBound - 1) / layout.queryBlock
         {
             // Every row of one layout block sees the same blocks: compute them once (the copies share storage).
             var shared = layout.visibleSpans(query: queries.lowerBound)
-            if let keyRuns { shared = intersectionOfSpans(shared, keyRuns) }
-            spans = Array(repeating: shared, count: queries.count)
+            if let keyRuns { restrictSpans(&shared, to: keyRuns) }
+            spans = queries.map { isReal($0) ? shared : [] }
         } else {
-            spans = queries.map {
-                let visible = mask.visibleSpans(query: $0, queryLength: queryLength, keyLength: keyLength)
-                return keyRuns.map { intersectionOfSpans(visible, $0) } ?? visible
-            }
-        }
-        if let queryRuns {
-            let real = intersectionOfSpans([queries], queryRuns)
-            for (row, query) in queries.enumerated() where !real.contains(where: { $0.contains(query) }) {
-                spans[row] = []
+            spans = queries.map { query in
+                guard isReal(query) else { return [] }
+                var visible = mask.visibleSpans(query: query, queryLength: queryLength, keyLength: keyLength)
+                if let keyRuns { restrictSpans(&visible, to: keyRuns) }
+                return visible
             }
         }
         hasPredicate = mask.hasPredicate

@@ -21,10 +21,17 @@ extension WorkItemContext {
             let rowBase = (b * p.queryHeads + kvHead * g + head) * nq + i0
             for row in 0..<rows {
                 let r = head * br + row
+                let target = output + (rowBase + row) * dv
+                if count == 1 && states[dv * rp + rp + r] == 0 {
+                    // One state with l = 0: the row saw no key and has no sink (padding rows, masked-away blocks).
+                    // Zeros without reading O.
+                    target.update(repeating: 0, count: dv)
+                    logSumExp[rowBase + row] = -.infinity
+                    continue
+                }
                 var maximum = -Float.infinity
                 for s in 0..<count { maximum = Swift.max(maximum, states[s * stride + dv * rp + r]) }
                 var denominator: Float = 0
-                let target = output + (rowBase + row) * dv
                 let (start, step) = layout.outputRow(r)
                 for s in 0..<count {
                     let state = states + s * stride

@@ -168,22 +168,26 @@ struct WorkItemContext<Layout: TileRowLayout> {
         let i0 = queryBlock * br
         let rows = Swift.min(br, nq - i0)
         let s = State(o: state, m: state + dv * rp, l: state + dv * rp + rp)
-        startRows(s, keyValueHead: kvHead, rows: rows, split: split)
-        guard rows > 0, let queries else { return }
+        guard rows > 0, let queries else { return startRows(s, keyValueHead: kvHead, rows: rows, split: split) }
 
         let tables = Scratch(
             queries: scratch, alibiSlopes: scratch + dk * rp, alibiDiagonals: scratch + dk * rp + rp,
             spanBounds: UnsafeMutableRawPointer(scratch + dk * rp + 2 * rp), cleanValues: scratch + dk * rp + 6 * rp,
             decodedTile: decodesTiles ? scratch + dk * rp + 6 * rp + tiling.keyBlock * dv : nil)
-        packQueries(queries, into: tables.queries, batch: b, keyValueHead: kvHead, i0: i0, rows: rows)
-        writeAlibiRows(tables, keyValueHead: kvHead, i0: i0, rows: rows)
-
         let spans = GroupSpans(problem: p, batch: b, keyValueHead: kvHead, queries: i0..<(i0 + rows))
         let walk = TileWalk(
             segments: segments, head: b * p.keyValueHeads + kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
             valueDimension: dv, decoded: tables.decodedTile)
-        if walk.keyRange.isEmpty { return }
+        // An item that sees no key (masked away, or padding) costs no packing. With one split, `finalize` reads O
+        // only where a sink logit makes l nonzero; split states are all merged, so theirs must be zeros.
+        if walk.keyRange.isEmpty {
+            let readsOutput = tiling.splitCount(keyLength: nk) > 1 || (p.options.sinkLogits != nil && split == 0)
+            return startRows(s, keyValueHead: kvHead, rows: rows, split: split, clearingOutput: readsOutput)
+        }
+        startRows(s, keyValueHead: kvHead, rows: rows, split: split)
+        packQueries(queries, into: tables.queries, batch: b, keyValueHead: kvHead, i0: i0, rows: rows)
+        writeAlibiRows(tables, keyValueHead: kvHead, i0: i0, rows: rows)
         let vectorMask = spans.writeBounds(tables.spanBounds, rowCount: rp, queryBlock: br, rows: rows, keyLength: nk)
         let hasScoreOptions = p.options.softcap != nil || p.options.alibiSlopes != nil || p.options.bias != nil
 
@@ -225,14 +229,16 @@ struct WorkItemContext<Layout: TileRowLayout> {
         }
     }
 
-    /// m = -inf, l = 0, O = 0; a learned sink logit starts a row at m = sink, l = exp2(sink - m) = 1, in the first
-    /// split only.
-    private func startRows(_ s: State, keyValueHead kvHead: Int, rows: Int, split: Int) {
+    /// m = -inf, l = 0, O = 0 (O left as it is without `clearingOutput`, for a state whose O is never read); a
+    /// learned sink logit starts a row at m = sink, l = exp2(sink - m) = 1, in the first split only.
+    private func startRows(
+        _ s: State, keyValueHead kvHead: Int, rows: Int, split: Int, clearingOutput: Bool = true
+    ) {
         let (g, br, dv) = (problem.groupSize, tiling.queryBlock, problem.valueDimension)
         let rp = tiling.paddedRows(groupSize: g)
         s.m.update(repeating: -.infinity, count: rp)
         s.l.update(repeating: 0, count: rp)
-        s.o.update(repeating: 0, count: dv * rp)
+        if clearingOutput { s.o.update(repeating: 0, count: dv * rp) }
         if let sinks = problem.options.sinkLogits, split == 0 {
             for head in 0..<g {
                 for row in 0..<rows {

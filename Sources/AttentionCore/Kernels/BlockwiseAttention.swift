@@ -94,7 +94,8 @@ private func tiledAttention<Layout: TileRowLayout>(
     if let storage = reused.take(), storage.count == outputCount * dv {
         output = storage
     } else {
-        output = zeroedScalars(count: outputCount * dv)
+        // Every row is written by the finalize of the one work item that owns it: no zero fill needed.
+        output = overwrittenScalars(count: outputCount * dv)
     }
     var logSumExp = [Float](repeating: 0, count: outputCount)
     let biasScalars = problem.options.bias?.scalars ?? []

@@ -11,6 +11,18 @@
 /// in 4 KiB pages against 4-5 ms in 2 MiB pages (2026-12-01, this package's CI machine kind), i.e. 4% of a sliding-
 /// window call at N = 16384 and the part of its time that did not grow linearly with N.
 package func zeroedScalars(count: Int) -> [Float] {
+    largeScalars(count: count, zeroed: true)
+}
+
+/// Storage for `count` floats that the caller overwrites completely before it reads any (a kernel's output, every
+/// element of which the kernel writes). As `zeroedScalars`, without the zero fill when the storage is large: its
+/// first writes are then the only pass over it (the operating system clears fresh pages as they fault in either
+/// way), which for a 32 MiB output saves a 32 MiB memset per call. Small storage is zeroed anyway (cheap).
+package func overwrittenScalars(count: Int) -> [Float] {
+    largeScalars(count: count, zeroed: false)
+}
+
+private func largeScalars(count: Int, zeroed: Bool) -> [Float] {
     #if canImport(Glibc)
         let hugePage = 1 << 21
         if count * MemoryLayout<Float>.stride >= 2 * hugePage {
@@ -22,7 +34,7 @@ package func zeroedScalars(count: Int) -> [Float] {
                         _ = madvise(region, Int(end - start), MADV_HUGEPAGE)
                     }
                 }
-                buffer.initialize(repeating: 0)
+                if zeroed { buffer.initialize(repeating: 0) }
                 initialized = count
             }
         }
