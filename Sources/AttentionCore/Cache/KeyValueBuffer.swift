@@ -97,7 +97,8 @@ package struct KeyValueBuffer: Sendable {
                         keys: kBase + run.slots.lowerBound * keyCodec.rowBytes,
                         values: vBase + run.slots.lowerBound * valueCodec.rowBytes, keyCodec: keyCodec,
                         valueCodec: valueCodec, keyHeadStride: capacity * keyCodec.rowBytes,
-                        valueHeadStride: capacity * valueCodec.rowBytes, start: run.start, count: run.slots.count)
+                        valueHeadStride: capacity * valueCodec.rowBytes, heads: heads, start: run.start,
+                        count: run.slots.count)
                 }
                 return try body(segments)
             }

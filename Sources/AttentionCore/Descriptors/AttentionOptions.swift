@@ -66,6 +66,12 @@ public struct AttentionOptions: Sendable {
     /// mask alone. Heads sharing a key/value head still read each key tile once: a tile is skipped only when it is
     /// empty for all of them.
     public var headMasks: [AttentionMask]?
+    /// The axis order of the queries, keys and values given to `attention` / `attentionWithLogSumExp` on tensors
+    /// (default [batch, heads, tokens, d]); `.bnhd` reads [batch, tokens, heads, d] in place, without a transpose.
+    /// Caches and stored tensors hold `.bhnd` and reject `.bnhd`.
+    public var layout: TensorLayout
+    /// The output's axis order; nil means the same as `layout`. (Log-sum-exp is always [batch, heads, tokens].)
+    public var outputLayout: TensorLayout?
     /// The kernel to run.
     public var kernel: AttentionKernel
     /// Worker threads; `nil` means every active processor. Must be >= 1. Results are bitwise identical for
@@ -78,7 +84,7 @@ public struct AttentionOptions: Sendable {
     public init(
         scale: Float? = nil, softcap: Float? = nil, alibiSlopes: [Float]? = nil, bias: Tensor? = nil,
         keyPadding: SequencePadding? = nil, queryPadding: SequencePadding? = nil, sinkLogits: [Float]? = nil,
-        headMasks: [AttentionMask]? = nil,
+        headMasks: [AttentionMask]? = nil, layout: TensorLayout = .bhnd, outputLayout: TensorLayout? = nil,
         kernel: AttentionKernel = .automatic,
         threads: Int? = nil, naiveMemoryBudget: Int = 4 << 30
     ) {
@@ -90,6 +96,8 @@ public struct AttentionOptions: Sendable {
         self.queryPadding = queryPadding
         self.sinkLogits = sinkLogits
         self.headMasks = headMasks
+        self.layout = layout
+        self.outputLayout = outputLayout
         self.kernel = kernel
         self.threads = threads
         self.naiveMemoryBudget = naiveMemoryBudget

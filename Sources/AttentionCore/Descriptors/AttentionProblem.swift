@@ -20,6 +20,11 @@ package struct AttentionProblem: Sendable {
     package let keyRuns: [[Range<Int>]]?
     /// Each batch entry's real query rows (`options.queryPadding`); nil without query padding.
     package let queryRuns: [[Range<Int>]]?
+    /// Where the query rows and the output rows live in their tensors (or caller buffers), in floats.
+    package var queryStrides: RowStrides
+    package var outputStrides: RowStrides
+    /// The output tensor's layout (`options.outputLayout`, else `options.layout`).
+    package var outputLayout: TensorLayout
 
     /// Query heads per key/value head.
     package var groupSize: Int { queryHeads / keyValueHeads }
@@ -27,28 +32,51 @@ package struct AttentionProblem: Sendable {
     /// The key/value head that query head `head` reads.
     package func keyValueHead(of head: Int) -> Int { head / groupSize }
 
-    package var outputShape: [Int] { [batch, queryHeads, queryLength, valueDimension] }
+    /// The output's shape in its layout.
+    package var outputShape: [Int] {
+        outputLayout.shape(batch: batch, heads: queryHeads, tokens: queryLength, dimension: valueDimension)
+    }
 
-    /// Validates shapes and options and resolves defaults. Throws `AttentionError` naming the first bad argument.
+    /// Validates shapes (in `options.layout`) and options and resolves defaults. Throws `AttentionError` naming the
+    /// first bad argument; with the [B, N, H, d] layout, shapes in its messages are shown as [B, H, N, d].
     package init(
         queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions
     ) throws {
-        try self.init(
-            queries: queries, keyShape: keys.shape, valueShape: values.shape, mask: mask, options: options)
+        let layout = options.layout
+        do {
+            try self.init(
+                queryShape: layout.canonical(queries.shape), keyShape: layout.canonical(keys.shape),
+                valueShape: layout.canonical(values.shape), mask: mask, options: options, layoutAware: true)
+        } catch AttentionError.shapeMismatch(let argument, let expected, let actual, let reason) where layout != .bhnd {
+            throw AttentionError.shapeMismatch(
+                argument: argument, expected: expected, actual: actual,
+                reason: reason + " (options.layout is .bnhd: shapes shown as [batch, heads, tokens, headDimension])")
+        }
+        queryStrides = layout.strides(heads: queryHeads, tokens: queryLength, dimension: keyDimension)
+        outputStrides = outputLayout.strides(heads: queryHeads, tokens: queryLength, dimension: valueDimension)
     }
 
-    /// Validates queries against keys and values of the given shapes (held in any storage format).
+    /// Validates queries against keys and values of the given shapes (held in any storage format), all [B, H, N, d].
     package init(
         queries: Tensor, keyShape: [Int], valueShape: [Int], mask: AttentionMask, options: AttentionOptions
     ) throws {
-        for (name, shape) in [("queries", queries.shape), ("keys", keyShape), ("values", valueShape)]
+        try self.init(
+            queryShape: queries.shape, keyShape: keyShape, valueShape: valueShape, mask: mask, options: options,
+            layoutAware: false)
+    }
+
+    private init(
+        queryShape: [Int], keyShape: [Int], valueShape: [Int], mask: AttentionMask, options: AttentionOptions,
+        layoutAware: Bool
+    ) throws {
+        for (name, shape) in [("queries", queryShape), ("keys", keyShape), ("values", valueShape)]
         where shape.count != 4 {
             throw AttentionError.shapeMismatch(
                 argument: name, expected: "rank 4 [batch, heads, sequence, headDimension]", actual: shape,
                 reason: "attention takes rank-4 tensors")
         }
-        try Self.validateQueries(queries)
-        let (b, hq, dk) = (queries.shape[0], queries.shape[1], queries.shape[3])
+        try Self.validateQueries(shape: queryShape)
+        let (b, hq, dk) = (queryShape[0], queryShape[1], queryShape[3])
         let (hkv, nk, dv) = (keyShape[1], keyShape[2], valueShape[3])
         guard keyShape[0] == b, hkv >= 1, hq % hkv == 0, keyShape[3] == dk else {
             throw AttentionError.shapeMismatch(
@@ -64,7 +92,8 @@ package struct AttentionProblem: Sendable {
                 reason: "keys and values must have the same batch, head count and sequence length")
         }
         try self.init(
-            queries: queries, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask, options: options)
+            queryShape: queryShape, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask,
+            options: options, layoutAware: layoutAware)
     }
 
     /// Validates queries against keys held in a cache with the given dimensions: the batch and key dimension must
@@ -73,31 +102,32 @@ package struct AttentionProblem: Sendable {
         queries: Tensor, cacheBatch: Int, keyValueHeads hkv: Int, keyLength nk: Int, keyDimension dk: Int,
         valueDimension dv: Int, mask: AttentionMask, options: AttentionOptions
     ) throws {
-        try Self.validateQueries(queries)
+        try Self.validateQueries(shape: queries.shape)
         guard queries.shape[0] == cacheBatch, queries.shape[3] == dk else {
             throw AttentionError.shapeMismatch(
                 argument: "queries", expected: "[\(cacheBatch), H, N, \(dk)]", actual: queries.shape,
                 reason: "queries must have the cache's batch size and key dimension")
         }
         try self.init(
-            queries: queries, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask, options: options)
+            queryShape: queries.shape, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask,
+            options: options, layoutAware: false)
     }
 
     /// Checks the queries alone: rank 4 with at least one head and a head dimension >= 1.
-    package static func validateQueries(_ queries: Tensor) throws {
-        guard queries.rank == 4 else {
+    package static func validateQueries(shape: [Int]) throws {
+        guard shape.count == 4 else {
             throw AttentionError.shapeMismatch(
                 argument: "queries", expected: "rank 4 [batch, heads, sequence, headDimension]",
-                actual: queries.shape, reason: "attention takes rank-4 tensors")
+                actual: shape, reason: "attention takes rank-4 tensors")
         }
-        guard queries.shape[1] >= 1 else {
+        guard shape[1] >= 1 else {
             throw AttentionError.shapeMismatch(
-                argument: "queries", expected: "at least 1 head (axis 1)", actual: queries.shape,
+                argument: "queries", expected: "at least 1 head (axis 1)", actual: shape,
                 reason: "attention needs a head")
         }
-        guard queries.shape[3] >= 1 else {
+        guard shape[3] >= 1 else {
             throw AttentionError.shapeMismatch(
-                argument: "queries", expected: "headDimension (axis 3) >= 1", actual: queries.shape,
+                argument: "queries", expected: "headDimension (axis 3) >= 1", actual: shape,
                 reason: "an empty head dimension has no scores")
         }
     }
@@ -105,15 +135,23 @@ package struct AttentionProblem: Sendable {
     /// Validates options for queries against keys described by their dimensions, whose batch and key dimension the
     /// caller has already checked against the queries. `keyValueHeads` must divide the query heads.
     private init(
-        queries: Tensor, keyValueHeads hkv: Int, keyLength nk: Int, valueDimension dv: Int, mask: AttentionMask,
-        options: AttentionOptions
+        queryShape: [Int], keyValueHeads hkv: Int, keyLength nk: Int, valueDimension dv: Int, mask: AttentionMask,
+        options: AttentionOptions, layoutAware: Bool
     ) throws {
-        try Self.validateQueries(queries)
-        let (b, hq, nq, dk) = (queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3])
+        try Self.validateQueries(shape: queryShape)
+        let (b, hq, nq, dk) = (queryShape[0], queryShape[1], queryShape[2], queryShape[3])
+        if !layoutAware {
+            for (name, layout) in [("options.layout", options.layout), ("options.outputLayout", options.outputLayout)]
+            where layout != nil && layout != .bhnd {
+                throw AttentionError.invalidValue(
+                    argument: name, expected: ".bhnd (caches and stored tensors hold [batch, heads, tokens, d])",
+                    actual: ".bnhd")
+            }
+        }
         guard hkv >= 1, hq % hkv == 0 else {
             throw AttentionError.shapeMismatch(
                 argument: "queries", expected: "[\(b), H, \(nq), \(dk)] with H a multiple of \(hkv)",
-                actual: queries.shape,
+                actual: queryShape,
                 reason: "the query head count must be a multiple of the key/value head count \(hkv)")
         }
         try mask.validate()
@@ -191,6 +229,9 @@ package struct AttentionProblem: Sendable {
         self.mask = mask
         self.options = options
         threads = options.threads ?? Parallel.defaultThreadCount
+        outputLayout = options.outputLayout ?? options.layout
+        queryStrides = TensorLayout.bhnd.strides(heads: hq, tokens: nq, dimension: dk)
+        outputStrides = TensorLayout.bhnd.strides(heads: hq, tokens: nq, dimension: dv)
         keyRuns = options.keyPadding.map { padding in (0..<b).map { padding.runs(batch: $0, length: nk) } }
         queryRuns = options.queryPadding.map { padding in (0..<b).map { padding.runs(batch: $0, length: nq) } }
     }

@@ -60,7 +60,7 @@ public func attentionWithLogSumExp(
 ) throws -> AttentionResult {
     let problem = try AttentionProblem(
         queries: queries, keys: keys, values: values, mask: mask, options: options)
-    return try withKeyValueSegments(keys: keys, values: values) { segments in
+    return try withKeyValueSegments(keys: keys, values: values, layout: options.layout) { segments in
         try runAttention(problem, queries: queries, segments: segments)
     }
 }
@@ -96,7 +96,7 @@ public func attention(
     var storage: [Float]? = output.scalars
     output = Tensor(uncheckedShape: [0], scalars: [])
     do {
-        let result = try withKeyValueSegments(keys: keys, values: values) { segments in
+        let result = try withKeyValueSegments(keys: keys, values: values, layout: options.layout) { segments in
             try runAttention(problem, queries: queries, segments: segments, reusing: &storage)
         }
         output = result.output

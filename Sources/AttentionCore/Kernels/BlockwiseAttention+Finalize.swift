@@ -21,7 +21,8 @@ extension WorkItemContext {
             let rowBase = (b * p.queryHeads + kvHead * g + head) * nq + i0
             for row in 0..<rows {
                 let r = head * br + row
-                let target = output + (rowBase + row) * dv
+                let target =
+                    output + p.outputStrides.offset(batch: b, head: kvHead * g + head, token: i0 + row)
                 if count == 1 && states[dv * rp + rp + r] == 0 {
                     // One state with l = 0: the row saw no key and has no sink (padding rows, masked-away blocks).
                     // Zeros without reading O.

@@ -22,7 +22,7 @@ extension WorkItemContext {
         let p = problem
         let rp = tiling.paddedRows(groupSize: p.groupSize)
         let (alibiSlopes, alibiDiagonals) = (tables.alibiSlopes, tables.alibiDiagonals)
-        let (g, br, nq, nk, columns) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyLength, tile.count)
+        let (g, br, nk, columns) = (p.groupSize, tiling.queryBlock, p.keyLength, tile.count)
         if let softcap = p.options.softcap {
             let cap = SIMD16<Float>(repeating: softcap)
             let outer = SIMD16<Float>(repeating: softcap * logitScale)

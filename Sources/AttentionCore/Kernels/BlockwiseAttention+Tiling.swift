@@ -68,52 +68,97 @@ package enum ScoreStorage {
 /// the step. Rows are stored in their codec's format (Float32, or a `StorageFormat` the tile walk decodes tile by
 /// tile); the kernel reads them in place.
 package struct KeyValueSegment {
-    /// Key row `start` of head (batch 0, key/value head 0); rows are `keyCodec.rowBytes` apart.
+    /// Key row `start` of (batch 0, key/value head 0); rows are `keyRowStride` bytes apart.
     package var keys: UnsafeRawPointer
-    /// Value row `start` of head 0; rows are `valueCodec.rowBytes` apart.
+    /// Value row `start` of (batch 0, key/value head 0); rows are `valueRowStride` bytes apart.
     package var values: UnsafeRawPointer
     /// How key and value rows are stored.
     package var keyCodec: RowCodec
     package var valueCodec: RowCodec
-    /// Bytes from a key row to the same row of the next head (head index = batch * Hkv + kvHead).
+    /// Bytes from a key row to the same row of the next key/value head, and of the next batch entry.
     package var keyHeadStride: Int
-    /// Bytes from a value row to the same row of the next head.
+    package var keyBatchStride: Int
+    /// Bytes from a value row to the same row of the next key/value head, and of the next batch entry.
     package var valueHeadStride: Int
+    package var valueBatchStride: Int
+    /// Bytes from one key (value) row to the next token's: the codec's row size for packed rows, more for rows
+    /// interleaved with other heads (a [B, N, H, d] or fused-projection layout).
+    package var keyRowStride: Int
+    package var valueRowStride: Int
     /// The logical position of the segment's first key.
     package var start: Int
     /// Keys in the segment.
     package var count: Int
 
+    /// A segment of packed rows (each head's rows consecutive), heads of a batch entry `heads` apart.
     package init(
         keys: UnsafeRawPointer, values: UnsafeRawPointer, keyCodec: RowCodec, valueCodec: RowCodec,
-        keyHeadStride: Int, valueHeadStride: Int, start: Int, count: Int
+        keyHeadStride: Int, valueHeadStride: Int, heads: Int, start: Int, count: Int
+    ) {
+        self.init(
+            keys: keys, values: values, keyCodec: keyCodec, valueCodec: valueCodec,
+            keyStrides: (keyHeadStride * heads, keyHeadStride, keyCodec.rowBytes),
+            valueStrides: (valueHeadStride * heads, valueHeadStride, valueCodec.rowBytes), start: start, count: count)
+    }
+
+    /// A segment with explicit (batch, head, token) byte strides for keys and values.
+    package init(
+        keys: UnsafeRawPointer, values: UnsafeRawPointer, keyCodec: RowCodec, valueCodec: RowCodec,
+        keyStrides: (batch: Int, head: Int, token: Int), valueStrides: (batch: Int, head: Int, token: Int),
+        start: Int, count: Int
     ) {
         self.keys = keys
         self.values = values
         self.keyCodec = keyCodec
         self.valueCodec = valueCodec
-        self.keyHeadStride = keyHeadStride
-        self.valueHeadStride = valueHeadStride
+        (keyBatchStride, keyHeadStride, keyRowStride) = keyStrides
+        (valueBatchStride, valueHeadStride, valueRowStride) = valueStrides
         self.start = start
         self.count = count
     }
 
-    /// Whether the tile walk decodes this segment's tiles (any format but Float32).
-    var needsDecoding: Bool { keyCodec.format != .float32 || valueCodec.format != .float32 }
+    /// Whether the tile walk decodes (or gathers) this segment's tiles into its tile scratch: any format but
+    /// Float32, or rows that are not consecutive.
+    var needsDecoding: Bool {
+        keyCodec.format != .float32 || valueCodec.format != .float32 || keyRowStride != keyCodec.rowBytes
+            || valueRowStride != valueCodec.rowBytes
+    }
 }
 
 /// Calls `body` with the single segment of a [B, Hkv, Nk, D] key tensor and its value tensor (none when Nk = 0 or
 /// a tensor is empty).
 package func withKeyValueSegments<R>(
-    keys: Tensor, values: Tensor, _ body: ([KeyValueSegment]) throws -> R
+    keys: Tensor, values: Tensor, layout: TensorLayout = .bhnd, _ body: ([KeyValueSegment]) throws -> R
 ) rethrows -> R {
-    try keys.withUnsafeBufferPointer { k in
+    let (keyShape, valueShape) = (layout.canonical(keys.shape), layout.canonical(values.shape))
+    guard layout == .bnhd, keyShape.count == 4, valueShape.count == 4 else {
+        return try keys.withUnsafeBufferPointer { k in
+            try values.withUnsafeBufferPointer { v in
+                try body(
+                    wholeTensorSegments(
+                        keys: k.baseAddress.map(UnsafeRawPointer.init),
+                        values: v.baseAddress.map(UnsafeRawPointer.init), keyShape: keys.shape,
+                        keyCodec: RowCodec(.float32, dimension: keys.shape.last ?? 0),
+                        valueCodec: RowCodec(.float32, dimension: values.shape.last ?? 0)))
+            }
+        }
+    }
+    // [B, N, Hkv, d]: a head's rows are Hkv * d floats apart, read through the tile walk's gather.
+    let (hkv, nk, dk, dv) = (keyShape[1], keyShape[2], keyShape[3], valueShape[3])
+    let keyStrides = layout.strides(heads: hkv, tokens: nk, dimension: dk)
+    let valueStrides = layout.strides(heads: hkv, tokens: nk, dimension: dv)
+    return try keys.withUnsafeBufferPointer { k in
         try values.withUnsafeBufferPointer { v in
-            try body(
-                wholeTensorSegments(
-                    keys: k.baseAddress.map(UnsafeRawPointer.init), values: v.baseAddress.map(UnsafeRawPointer.init),
-                    keyShape: keys.shape, keyCodec: RowCodec(.float32, dimension: keys.shape.last ?? 0),
-                    valueCodec: RowCodec(.float32, dimension: values.shape.last ?? 0)))
+            guard let kBase = k.baseAddress, let vBase = v.baseAddress, nk > 0 else { return try body([]) }
+            let float = MemoryLayout<Float>.stride
+            return try body([
+                KeyValueSegment(
+                    keys: UnsafeRawPointer(kBase), values: UnsafeRawPointer(vBase),
+                    keyCodec: RowCodec(.float32, dimension: dk), valueCodec: RowCodec(.float32, dimension: dv),
+                    keyStrides: (keyStrides.batch * float, keyStrides.head * float, keyStrides.token * float),
+                    valueStrides: (valueStrides.batch * float, valueStrides.head * float, valueStrides.token * float),
+                    start: 0, count: nk)
+            ])
         }
     }
 }
@@ -142,7 +187,8 @@ private func wholeTensorSegments(
     return [
         KeyValueSegment(
             keys: keys, values: values, keyCodec: keyCodec, valueCodec: valueCodec,
-            keyHeadStride: nk * keyCodec.rowBytes, valueHeadStride: nk * valueCodec.rowBytes, start: 0, count: nk)
+            keyHeadStride: nk * keyCodec.rowBytes, valueHeadStride: nk * valueCodec.rowBytes, heads: keyShape[1],
+            start: 0, count: nk)
     ]
 }
 
@@ -212,6 +258,8 @@ struct KeyTile {
     /// Encoded rows to decode into `valueRows`.
     struct StoredRows {
         let source: UnsafeRawPointer
+        /// Bytes from one stored row to the next.
+        let rowStride: Int
         let codec: RowCodec
     }
 
@@ -219,7 +267,9 @@ struct KeyTile {
     /// longer need, so a tile's decoded keys and values share the same L1 lines.
     @inline(__always) func values() -> UnsafePointer<Float> {
         if let stored = storedValues {
-            stored.codec.decode(stored.source, rows: keys.count, into: UnsafeMutablePointer(mutating: valueRows))
+            stored.codec.decode(
+                stored.source, rows: keys.count, rowStride: stored.rowStride,
+                into: UnsafeMutablePointer(mutating: valueRows))
         }
         return valueRows
     }
@@ -230,8 +280,9 @@ struct KeyTile {
 /// prefill, decode and naive paths alike.
 struct TileWalk {
     let segments: [KeyValueSegment]
-    /// The item's head index (batch * Hkv + key/value head), which selects the rows of every segment.
-    let head: Int
+    /// The item's batch entry and key/value head, which select the rows of every segment.
+    let batch: Int
+    let keyValueHead: Int
     /// The keys this item visits: the mask's key hull for its rows, clipped to its split.
     let keyRange: Range<Int>
     let keyBlock: Int
@@ -245,7 +296,8 @@ struct TileWalk {
     ///   - split: the item's key split; with `keysPerSplit` nil the walk covers all of `visibleKeys`.
     ///   - decoded: room for one decoded tile, needed when a segment is not Float32.
     init(
-        segments: [KeyValueSegment], head: Int, visibleKeys: Range<Int>, split: Int, keysPerSplit: Int?,
+        segments: [KeyValueSegment], batch: Int, keyValueHead: Int, visibleKeys: Range<Int>, split: Int,
+        keysPerSplit: Int?,
         keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int, decoded: UnsafeMutablePointer<Float>?
     ) {
         self.decoded = decoded
@@ -254,7 +306,8 @@ struct TileWalk {
             range = range.clamped(to: (split * keysPerSplit)..<Swift.min(keyLength, (split + 1) * keysPerSplit))
         }
         self.segments = segments
-        self.head = head
+        self.batch = batch
+        self.keyValueHead = keyValueHead
         self.keyRange = range
         self.keyBlock = keyBlock
         self.keyDimension = keyDimension
@@ -269,9 +322,9 @@ struct TileWalk {
         for segment in segments {
             let part = keyRange.clamped(to: segment.start..<(segment.start + segment.count))
             if part.isEmpty { continue }
-            let keyBase = segment.keys + head * segment.keyHeadStride
-            let valueBase = segment.values + head * segment.valueHeadStride
-            let (keyBytes, valueBytes) = (segment.keyCodec.rowBytes, segment.valueCodec.rowBytes)
+            let keyBase = segment.keys + batch * segment.keyBatchStride + keyValueHead * segment.keyHeadStride
+            let valueBase = segment.values + batch * segment.valueBatchStride + keyValueHead * segment.valueHeadStride
+            let (keyBytes, valueBytes) = (segment.keyRowStride, segment.valueRowStride)
             let decodes = segment.needsDecoding
             var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
             while tileStart < part.upperBound {
@@ -302,19 +355,22 @@ struct TileWalk {
                 // A stored tile is decoded into the worker's tile scratch (and the next one's bytes prefetched as
                 // it goes); the micro-kernels then read Float32 rows from L1/L2 and need no prefetch of their own.
                 guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
-                segment.keyCodec.decode(keyBase + row0 * keyBytes, rows: keys.count, into: decoded)
+                segment.keyCodec.decode(keyBase + row0 * keyBytes, rows: keys.count, rowStride: keyBytes, into: decoded)
                 // The micro-kernels prefetch the next tile's stored rows, spread over their work as for Float32
                 // rows (a burst of hints while decoding took 1.4x as long from memory); their prefetch strides
-                // are the stored row sizes, in floats.
+                // are the stored row sizes, in floats. Rows interleaved with other heads' rows get no hints (a
+                // hint per row would cover the other heads too); the hardware prefetcher follows their stride.
+                let packed = keyBytes == segment.keyCodec.rowBytes && valueBytes == segment.valueCodec.rowBytes
                 let next =
-                    nextCount > 0
+                    nextCount > 0 && packed
                     ? TilePrefetch(
                         keys: (keyBase + nextRow * keyBytes).assumingMemoryBound(to: Float.self),
                         values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
                         keyCount: nextCount, keyDimension: (keyBytes + 3) / 4, valueDimension: (valueBytes + 3) / 4)
                     : nil
                 var tile = KeyTile(keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decoded, next: next)
-                tile.storedValues = KeyTile.StoredRows(source: valueBase + row0 * valueBytes, codec: segment.valueCodec)
+                tile.storedValues = KeyTile.StoredRows(
+                    source: valueBase + row0 * valueBytes, rowStride: valueBytes, codec: segment.valueCodec)
                 body(tile)
             }
         }

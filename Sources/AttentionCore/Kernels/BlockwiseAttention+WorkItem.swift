@@ -176,7 +176,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
             decodedTile: decodesTiles ? scratch + dk * rp + 6 * rp + tiling.keyBlock * dv : nil)
         let spans = GroupSpans(problem: p, batch: b, keyValueHead: kvHead, queries: i0..<(i0 + rows))
         let walk = TileWalk(
-            segments: segments, head: b * p.keyValueHeads + kvHead, visibleKeys: spans.keyHull, split: split,
+            segments: segments, batch: b, keyValueHead: kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
             valueDimension: dv, decoded: tables.decodedTile)
         // An item that sees no key (masked away, or padding) costs no packing. With one split, `finalize` reads O
@@ -256,14 +256,15 @@ struct WorkItemContext<Layout: TileRowLayout> {
         keyValueHead kvHead: Int, i0: Int, rows: Int
     ) {
         let p = problem
-        let (g, br, nq, dk) = (p.groupSize, tiling.queryBlock, p.queryLength, p.keyDimension)
+        let (g, br, dk) = (p.groupSize, tiling.queryBlock, p.keyDimension)
         let qScale = p.options.softcap == nil ? p.scale * logitScale : p.scale
         packed.update(repeating: 0, count: dk * tiling.paddedRows(groupSize: g))
+        let strides = p.queryStrides
         for head in 0..<g {
-            let source = queries + ((b * p.queryHeads + kvHead * g + head) * nq + i0) * dk
+            let source = queries + strides.offset(batch: b, head: kvHead * g + head, token: i0)
             for row in 0..<rows {
                 let r = head * br + row
-                let sourceRow = source + row * dk
+                let sourceRow = source + row * strides.token
                 for c in 0..<dk { packed[layout.queryIndex(row: r, column: c)] = sourceRow[c] * qScale }
             }
         }

@@ -35,7 +35,8 @@ public func blockSparseAttentionWithLogSumExp(
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {
     let (mask, options) = try blockSparseDescription(
-        layout: layout, mask: mask, options: options, queryHeads: queries.rank == 4 ? queries.shape[1] : 0)
+        layout: layout, mask: mask, options: options,
+        queryHeads: queries.rank == 4 ? options.layout.canonical(queries.shape)[1] : 0)
     return try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
@@ -83,6 +84,7 @@ public func topKAttention(
         ("options.bias", options.bias != nil), ("options.sinkLogits", options.sinkLogits != nil),
         ("options.headMasks", options.headMasks != nil), ("options.keyPadding", options.keyPadding != nil),
         ("options.queryPadding", options.queryPadding != nil),
+        ("options.layout", options.layout != .bhnd || (options.outputLayout ?? .bhnd) != .bhnd),
     ] where isSet {
         throw AttentionError.invalidValue(
             argument: name, expected: "nil (not supported by topKAttention)", actual: "set")

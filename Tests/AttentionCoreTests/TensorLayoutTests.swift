@@ -1,0 +1,110 @@
+import AttentionCore
+import XCTest
+import _AttentionTestSupport
+
+/// [B, N, H, d] inputs and outputs (`AttentionOptions.layout`, `outputLayout`), read and written in place.
+final class TensorLayoutTests: XCTestCase {
+    /// Axes 1 and 2 swapped: [B, H, N, d] <-> [B, N, H, d].
+    func swapped(_ t: Tensor) -> Tensor {
+        let s = t.shape
+        return try! Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
+    }
+
+    func testTokenMajorInputsEqualHeadMajorBitwise() throws {
+        // Every kernel, masks, grouping and odd sizes: the [B, N, H, d] call equals the [B, H, N, d] call on the
+        // same data bit for bit (the kernels compute the same products; only where rows are read from differs), for
+        // both output layouts, and matches the Float64 reference.
+        let shapes: [(b: Int, hq: Int, hkv: Int, nq: Int, nk: Int, d: Int, dv: Int)] = [
+            (2, 4, 2, 37, 203, 63, 63), (1, 8, 8, 70, 70, 64, 40), (3, 6, 1, 1, 129, 16, 16),
+            (1, 2, 2, 128, 217, 128, 128),
+        ]
+        let masks: [AttentionMask] = [.none, .causal, .window(left: 11, right: 3)]
+        for (index, shape) in shapes.enumerated() {
+            let inputs = try attentionInputs(
+                batch: shape.b, queryHeads: shape.hq, keyValueHeads: shape.hkv, queryLength: shape.nq,
+                keyLength: shape.nk, headDimension: shape.d, valueDimension: shape.dv, seed: UInt64(31 + index))
+            let (q, k, v) = (swapped(inputs.queries), swapped(inputs.keys), swapped(inputs.values))
+            var kernels: [AttentionKernel] = [.automatic, .naive, .blockwise(queryBlock: 5, keyBlock: 7)]
+            if shape.hq / shape.hkv * shape.nq <= 16 { kernels.append(.decode(keysPerSplit: 32)) }
+            for mask in masks {
+                for kernel in kernels {
+                    let label = "shape \(index), \(mask), \(kernel)"
+                    let expected = try attentionWithLogSumExp(
+                        queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+                        options: AttentionOptions(kernel: kernel, threads: 2))
+                    let tokenMajor = try attentionWithLogSumExp(
+                        queries: q, keys: k, values: v, mask: mask,
+                        options: AttentionOptions(layout: .bnhd, kernel: kernel, threads: 2))
+                    XCTAssertEqual(tokenMajor.output, swapped(expected.output), label)
+                    XCTAssertEqual(tokenMajor.logSumExp, expected.logSumExp, label)
+                    let headMajorOut = try attention(
+                        queries: q, keys: k, values: v, mask: mask,
+                        options: AttentionOptions(layout: .bnhd, outputLayout: .bhnd, kernel: kernel))
+                    XCTAssertEqual(headMajorOut, expected.output, label)
+                    let fromHeadMajor = try attention(
+                        queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+                        options: AttentionOptions(outputLayout: .bnhd, kernel: kernel))
+                    XCTAssertEqual(fromHeadMajor, swapped(expected.output), label)
+                }
+                let check = checkOutput(
+                    swapped(
+                        try attention(
+                            queries: q, keys: k, values: v, mask: mask, options: AttentionOptions(layout: .bnhd))),
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+                    options: AttentionOptions())
+                XCTAssertTrue(check.passes, "shape \(index), \(mask): \(check)")
+            }
+        }
+    }
+
+    func testTokenMajorWithPaddingBiasSinksAndBlockSparse() throws {
+        let inputs = try attentionInputs(
+            batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 50, keyLength: 64, headDimension: 32, seed: 3)
+        let (q, k, v) = (swapped(inputs.queries), swapped(inputs.keys), swapped(inputs.values))
+        var options = AttentionOptions(
+            alibiSlopes: [0.1, 0.2, 0.3, 0.4], bias: try Tensor.randomNormal(shape: [2, 1, 1, 64], seed: 4),
+            keyPadding: .lengths([64, 30]), queryPadding: .ranges([0..<50, 10..<40]), sinkLogits: [0, 1, 2, 3])
+        let expected = try attention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
+        options.layout = .bnhd
+        XCTAssertEqual(
+            try attention(queries: q, keys: k, values: v, mask: .causal, options: options), swapped(expected))
+        let layout = try BlockSparseLayout.local(length: 64, blockSize: 16, windowBlocks: 1)
+        let square = try attentionInputs(queryHeads: 2, queryLength: 64, keyLength: 64, headDimension: 16, seed: 5)
+        let sparse = try blockSparseAttention(
+            queries: square.queries, keys: square.keys, values: square.values, layout: layout)
+        let sparseTokenMajor = try blockSparseAttention(
+            queries: swapped(square.queries), keys: swapped(square.keys), values: swapped(square.values),
+            layout: layout, options: AttentionOptions(layout: .bnhd))
+        XCTAssertEqual(sparseTokenMajor, swapped(sparse))
+    }
+
+    func testLayoutErrorsNameTheArgument() throws {
+        let inputs = try attentionInputs(queryHeads: 4, queryLength: 5, keyLength: 6, headDimension: 8, seed: 1)
+        // Keys given head-major while the call says token-major: [1, 4, 6, 8] read as 6 heads of 4 tokens.
+        XCTAssertThrowsError(
+            try attention(
+                queries: swapped(inputs.queries), keys: inputs.keys, values: swapped(inputs.values),
+                options: AttentionOptions(layout: .bnhd))
+        ) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.hasPrefix("keys has shape"), text)
+            XCTAssertTrue(text.contains("options.layout is .bnhd"), text)
+        }
+        var output = try Tensor(zeros: [1, 4, 5, 8])
+        XCTAssertThrowsError(
+            try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values,
+                options: AttentionOptions(outputLayout: .bnhd), into: &output)
+        ) { error in XCTAssertTrue("\(error)".contains("[1, 5, 4, 8]"), "\(error)") }
+        var cache = try KVCache(keyValueHeads: 4, headDimension: 8)
+        try cache.append(keys: inputs.keys, values: inputs.values)
+        XCTAssertThrowsError(try cache.attention(queries: inputs.queries, options: AttentionOptions(layout: .bnhd))) {
+            error in XCTAssertTrue("\(error)".hasPrefix("options.layout is .bnhd but expected .bhnd"), "\(error)")
+        }
+        XCTAssertThrowsError(
+            try topKAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2,
+                options: AttentionOptions(layout: .bnhd)))
+    }
+}
