@@ -30,7 +30,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var chartPath: String? = nil
 
     public static let knownSuites = [
-        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "memory",
+        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "packed", "memory",
     ]
 
     public init() {}
@@ -130,7 +130,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         topk-build rows time building the top-k layout), padding (8 sequences of N/16, 3N/16, ..., 15N/16
         tokens padded to N = 2048, H = 8, d = 64, no mask and causal: one call with key and query padding
         (padded-batch) beside the eight sequences run one by one (per-sequence), timed alternately; GFLOP/s count
-        the real work of both, and a line per case gives the time ratio), memory (naive and blockwise, H = 8, d = 64, causal, all
+        the real work of both, and a line per case gives the time ratio), packed (16 sequences of 64..4096
+        tokens, geometric, H = 8, d = 64, no mask and causal: one packedAttention call over [T, H, d] (packed)
+        beside the sixteen calls on each sequence alone (per-sequence), timed alternately), memory (naive and blockwise, H = 8, d = 64, causal, all
         threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
         case runs once in a fresh child process that reports its peak resident memory growth).
 

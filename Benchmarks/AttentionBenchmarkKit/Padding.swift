@@ -70,12 +70,7 @@ public func paddingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                     worst = Swift.max(
                         worst, maxAbsoluteError(Array(result.output.scalars[start..<(start + d)]), reference.output))
                 }
-                let flops = lengths.reduce(0.0) { sum, length in
-                    sum
-                        + attentionFLOPs(
-                            batch: 1, queryHeads: heads, queryLength: length, keyLength: length, headDimension: d,
-                            visibleFraction: visibleFraction(of: mask, queryLength: length, keyLength: length))
-                }
+                let flops = selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: mask)
                 for (kernel, timing, workspace) in [
                     ("padded-batch", paddedTiming, result.workspaceBytes), ("per-sequence", eachTiming, 0),
                 ] {
@@ -92,21 +87,46 @@ public func paddingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
     return records
 }
 
+/// The real work of self-attention over sequences of these lengths, each alone: the sum of 4 * H * n^2 * d times
+/// the mask's visible fraction.
+func selfAttentionFLOPs(lengths: [Int], heads: Int, headDimension d: Int, mask: AttentionMask) -> Double {
+    lengths.reduce(0.0) { sum, length in
+        sum
+            + attentionFLOPs(
+                batch: 1, queryHeads: heads, queryLength: length, keyLength: length, headDimension: d,
+                visibleFraction: visibleFraction(of: mask, queryLength: length, keyLength: length))
+    }
+}
+
 /// Times `a` and `b` alternately (one warm-up each, then a, b, a, b, ...) until both have `minimumRepetitions`
 /// samples and `budget` seconds are spent.
 func alternateTimes(
     minimumRepetitions: Int, budget: Double, _ a: () throws -> Void, _ b: () throws -> Void
 ) throws -> (TimingSummary, TimingSummary) {
-    try a()
-    try b()
-    let clock = ContinuousClock()
-    var (samplesA, samplesB, spent) = ([Double](), [Double](), 0.0)
-    while samplesA.count < minimumRepetitions || (spent < budget && samplesA.count < 50) {
-        samplesA.append(try clock.measure(a).inSeconds)
-        samplesB.append(try clock.measure(b).inSeconds)
-        spent += samplesA.last! + samplesB.last!
+    try withoutActuallyEscaping(a) { a in
+        try withoutActuallyEscaping(b) { b in
+            let timings = try alternateTimes(minimumRepetitions: minimumRepetitions, budget: budget, [a, b])
+            return (timings[0], timings[1])
+        }
     }
-    return (TimingSummary(samples: samplesA), TimingSummary(samples: samplesB))
+}
+
+/// Times every run in turn (one warm-up each, then each once per round) until each has `minimumRepetitions`
+/// samples and `budget` seconds are spent (at most 50 rounds).
+func alternateTimes(
+    minimumRepetitions: Int, budget: Double, _ runs: [() throws -> Void]
+) throws -> [TimingSummary] {
+    for run in runs { try run() }
+    let clock = ContinuousClock()
+    var samples = runs.map { _ in [Double]() }
+    var spent = 0.0
+    while samples[0].count < minimumRepetitions || (spent < budget && samples[0].count < 50) {
+        for (index, run) in runs.enumerated() {
+            samples[index].append(try clock.measure(run).inSeconds)
+            spent += samples[index].last!
+        }
+    }
+    return samples.map { TimingSummary(samples: $0) }
 }
 
 /// "padded batch / per-sequence calls" time ratios of a run's padding-suite records, one line per case.

@@ -5,17 +5,26 @@ import _AttentionTestSupport
 /// Both register blockings of the prefill micro-kernels, whichever one this build targets: each against the
 /// Float64 reference, and the two bit for bit against each other (the shape must never change a result).
 final class MicroKernelShapeTests: XCTestCase {
+    /// Runs the tiles on the inputs, given to the kernel in `layout` (with `.bnhd`, key and value rows are read in
+    /// place H * d floats apart); the output comes back [B, H, N, d] either way.
     private func run(
         _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), mask: AttentionMask, options: AttentionOptions,
-        tiling: BlockwiseTiling
+        tiling: BlockwiseTiling, layout: TensorLayout = .bhnd
     ) throws -> AttentionResult {
-        let problem = try AttentionProblem(
-            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
-        return withKeyValueSegments(keys: inputs.keys, values: inputs.values) { segments in
+        func inLayout(_ t: Tensor) throws -> Tensor {
+            guard layout == .bnhd else { return t }
+            let s = t.shape
+            return try Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
+        }
+        var options = options
+        options.layout = layout
+        options.outputLayout = .bhnd
+        let (q, k, v) = (try inLayout(inputs.queries), try inLayout(inputs.keys), try inLayout(inputs.values))
+        let problem = try AttentionProblem(queries: q, keys: k, values: v, mask: mask, options: options)
+        return withKeyValueSegments(keys: k, values: v, layout: layout) { segments in
             var fresh: [Float]? = nil
             return tiledAttention(
-                problem, queries: inputs.queries, segments: segments, tiling: tiling, scoreStorage: .perWorkerTile,
-                reusing: &fresh)
+                problem, queries: q, segments: segments, tiling: tiling, scoreStorage: .perWorkerTile, reusing: &fresh)
         }
     }
 
@@ -37,18 +46,23 @@ final class MicroKernelShapeTests: XCTestCase {
             try withEvery("mask", in: [AttentionMask.none, .causal, .window(left: 9, right: 2)]) { mask in
                 let options = AttentionOptions(threads: 1)
                 var results: [AttentionResult] = []
-                for shape in [MicroKernelShape.narrow, .wide] {
+                // Both shapes, on rows that are consecutive and on rows interleaved with other heads' ([B, N, H, d]).
+                for (shape, layout) in [
+                    (MicroKernelShape.narrow, TensorLayout.bhnd), (.wide, .bhnd), (.narrow, .bnhd), (.wide, .bnhd),
+                ] {
                     let result = try run(
                         inputs, mask: mask, options: options,
-                        tiling: BlockwiseTiling(queryBlock: br, keyBlock: bc, shape: shape))
+                        tiling: BlockwiseTiling(queryBlock: br, keyBlock: bc, shape: shape), layout: layout)
                     let check = checkOutput(
                         result.output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
                         options: options)
                     XCTAssertTrue(check.passes, "\(shape): \(check)")
                     results.append(result)
                 }
-                XCTAssertEqual(results[0].output.scalars, results[1].output.scalars, "output bits")
-                XCTAssertEqual(results[0].logSumExp.scalars, results[1].logSumExp.scalars, "log-sum-exp bits")
+                for other in results.dropFirst() {
+                    XCTAssertEqual(results[0].output.scalars, other.output.scalars, "output bits")
+                    XCTAssertEqual(results[0].logSumExp.scalars, other.logSumExp.scalars, "log-sum-exp bits")
+                }
             }
         }
     }

@@ -19,11 +19,15 @@ final class RandomizedDifferentialTests: XCTestCase {
         /// Keys no row of batch entry b may see (a -inf bias column, key padding), whose keys and values the test
         /// fills with NaN and infinity: the output must not change.
         var hiddenKeys: [[Int]]? = nil
+        /// Run as a packed batch (`packedAttention`): batch entry b becomes a sequence of its first
+        /// `packedLengths[b]` queries and keys.
+        var packedLengths: [(queries: Int, keys: Int)]? = nil
 
         var description: String {
             "seed=\(seed) B=\(batch) Hkv=\(keyValueHeads) G=\(group) Nq=\(queryLength) Nk=\(keyLength) Dk=\(keyDimension) "
                 + "Dv=\(valueDimension) mask=\(maskName) kernel=\(options.kernel) threads=\(options.threads ?? 0) "
                 + "options=[\(optionNames.joined(separator: ","))]"
+                + (packedLengths.map { " packed=\($0.map { "\($0.queries)x\($0.keys)" })" } ?? "")
         }
     }
 
@@ -120,7 +124,32 @@ final class RandomizedDifferentialTests: XCTestCase {
             c.options.headMasks = (0..<heads).map { $0 % 2 == 0 ? .none : .window(left: 4, right: 1) }
             c.optionNames.append("headMasks")
         }
+        let padded = c.options.bias != nil || c.options.keyPadding != nil || c.options.queryPadding != nil
+        if chance(15), !padded, c.options.kernel != .naive {
+            // A packed batch of the entries' prefixes: lengths around 0, 1 and the full length.
+            c.packedLengths = (0..<c.batch).map { _ in (pick(0...c.queryLength), pick(0...c.keyLength)) }
+        }
         return c
+    }
+
+    /// Runs `c` as a packed batch and checks every sequence against its own reference.
+    static func packedFailures(
+        _ c: Configuration, _ inputs: (queries: Tensor, keys: Tensor, values: Tensor)
+    ) throws -> [String] {
+        let lengths = c.packedLengths!
+        let sequences = try PackedSequences(queryLengths: lengths.map(\.queries), keyLengths: lengths.map(\.keys))
+        func packed(_ tensor: Tensor, _ length: (Int) -> Int) throws -> Tensor {
+            let scalars = (0..<c.batch).flatMap { packedRows(tensor, batch: $0, 0..<length($0)) }
+            let (heads, width) = (tensor.shape[1], tensor.shape[3])
+            return try Tensor(shape: [scalars.count / (heads * width), heads, width], scalars: scalars)
+        }
+        let q = try packed(inputs.queries) { lengths[$0].queries }
+        let k = try packed(inputs.keys) { lengths[$0].keys }
+        let v = try packed(inputs.values) { lengths[$0].keys }
+        let result = try packedAttention(
+            queries: q, keys: k, values: v, sequences: sequences, mask: c.mask, options: c.options)
+        return packedReferenceFailures(
+            result, queries: q, keys: k, values: v, sequences: sequences, mask: c.mask, options: c.options)
     }
 
     /// NaN in column 0 of each hidden key and +infinity in the last column of its value, every key/value head.
@@ -152,6 +181,15 @@ final class RandomizedDifferentialTests: XCTestCase {
                 valueDimension: c.valueDimension, seed: seed)
             if let hidden = c.hiddenKeys { Self.poison(&inputs, keys: hidden, heads: c.keyValueHeads) }
             do {
+                if c.packedLengths != nil {
+                    let problems = try Self.packedFailures(c, inputs)
+                    if !problems.isEmpty {
+                        failures += 1
+                        XCTFail(
+                            "reproduce with ATTENTION_FUZZ_SEED=\(seed) ATTENTION_FUZZ_CASES=1: \(c) :: \(problems)")
+                    }
+                    continue
+                }
                 let checks = try checkAttention(
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask, options: c.options)
                 if !checks.output.passes || !checks.logSumExp.passes {

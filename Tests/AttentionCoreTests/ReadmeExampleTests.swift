@@ -32,6 +32,14 @@ final class ReadmeExampleTests: XCTestCase {
             sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: 2, headDimension: 64)
         let streamed = try stream.attend(queries: queries, keys: keys, values: values)  // [1, 8, 256, 64]
 
+        // Prompts of 5, 17 and 2 tokens packed without padding: [24, heads, 64], causal per prompt
+        let prompts = try PackedSequences(lengths: [5, 17, 2])
+        let packedQueries = try Tensor.randomNormal(shape: [24, 8, 64], seed: 6)
+        let packedKeys = try Tensor.randomNormal(shape: [24, 2, 64], seed: 7)
+        let packed = try packedAttention(
+            queries: packedQueries, keys: packedKeys, values: packedKeys, sequences: prompts, mask: .causal)
+        // packed.output: [24, 8, 64]; packed.logSumExp: [24, 8]
+
         // A padded encoder batch: sentences of 12, 8, 43 and 4 tokens in one [4, heads, 43, 64] tensor
         let sentences = try Tensor.randomNormal(shape: [4, 8, 43, 64], seed: 5)
         let padding = SequencePadding.lengths([12, 8, 43, 4])
@@ -40,6 +48,8 @@ final class ReadmeExampleTests: XCTestCase {
             options: AttentionOptions(keyPadding: padding, queryPadding: padding))  // padding rows: zeros, not computed
         // README example end
         XCTAssertEqual(encoded.shape, [4, 8, 43, 64])
+        XCTAssertEqual(packed.output.shape, [24, 8, 64])
+        XCTAssertEqual(packed.logSumExp.shape, [24, 8])
         XCTAssertEqual(output.shape, [1, 8, 256, 64])
         XCTAssertEqual(windowed.logSumExp.shape, [1, 8, 256])
         XCTAssertEqual(next.shape, [1, 8, 1, 64])

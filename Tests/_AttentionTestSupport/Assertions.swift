@@ -61,3 +61,52 @@ public func attendInChunks(
     }
     return concatenateTokens(outputs)
 }
+
+/// Tokens `range` of a packed [T, H, d] tensor as a [1, H, n, d] tensor (what the reference reads).
+public func headMajor(_ packed: Tensor, _ range: Range<Int>) -> Tensor {
+    let (h, d) = (packed.shape[1], packed.shape[2])
+    return try! Tensor(shape: [1, h, range.count, d]) { i in
+        packed.scalars[((range.lowerBound + i[2]) * h + i[1]) * d + i[3]]
+    }
+}
+
+/// Batch entry `batch`, tokens `range`, of a [B, H, N, d] tensor, token-major: [n, H, d] rows for a packed batch.
+public func packedRows(_ tensor: Tensor, batch: Int, _ range: Range<Int>) -> [Float] {
+    let s = tensor.shape
+    var scalars: [Float] = []
+    scalars.reserveCapacity(range.count * s[1] * s[3])
+    for n in range {
+        for h in 0..<s[1] {
+            let start = ((batch * s[1] + h) * s[2] + n) * s[3]
+            scalars += tensor.scalars[start..<(start + s[3])]
+        }
+    }
+    return scalars
+}
+
+/// Checks every sequence of a packed result (output [T, Hq, Dv], log-sum-exp [T, Hq]) against the Float64
+/// reference of that sequence alone, with the tolerance rule; returns the checks that fail.
+public func packedReferenceFailures(
+    _ result: AttentionResult, queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences,
+    mask: AttentionMask, options: AttentionOptions
+) -> [String] {
+    var failures: [String] = []
+    let lse = try! Tensor(shape: result.logSumExp.shape + [1], scalars: result.logSumExp.scalars)
+    for b in 0..<sequences.count {
+        let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
+        let (q, k, v) = (headMajor(queries, qs), headMajor(keys, ks), headMajor(values, ks))
+        let reference = referenceAttention(queries: q, keys: k, values: v, mask: mask, options: options)
+        let plain = plainFloat32Attention(queries: q, keys: k, values: v, mask: mask, options: options)
+        for check in [
+            toleranceCheck(
+                kernel: headMajor(result.output, qs).scalars, reference: reference.output, plain: plain.output,
+                context: "sequence \(b) (\(qs.count) x \(ks.count)) output"),
+            toleranceCheck(
+                kernel: headMajor(lse, qs).scalars, reference: reference.logSumExp, plain: plain.logSumExp,
+                context: "sequence \(b) (\(qs.count) x \(ks.count)) logSumExp"),
+        ] where !check.passes {
+            failures.append("\(check)")
+        }
+    }
+    return failures
+}

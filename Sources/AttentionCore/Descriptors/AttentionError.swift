@@ -50,6 +50,20 @@ public enum AttentionError: Error, Sendable, Equatable, CustomStringConvertible 
 }
 
 extension AttentionError {
+    /// The same error with `context` appended to the argument's name, e.g. "mask (sequence 3)".
+    package func naming(_ context: String) -> AttentionError {
+        switch self {
+        case .shapeMismatch(let argument, let expected, let actual, let reason):
+            return .shapeMismatch(
+                argument: "\(argument) (\(context))", expected: expected, actual: actual, reason: reason)
+        case .invalidValue(let argument, let expected, let actual):
+            return .invalidValue(argument: "\(argument) (\(context))", expected: expected, actual: actual)
+        case .memoryBudgetExceeded(let argument, let requiredBytes, let budgetBytes):
+            return .memoryBudgetExceeded(
+                argument: "\(argument) (\(context))", requiredBytes: requiredBytes, budgetBytes: budgetBytes)
+        }
+    }
+
     /// Throws `.invalidValue` unless `condition` holds.
     @inline(__always)
     package static func require(

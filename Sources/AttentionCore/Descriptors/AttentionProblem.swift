@@ -23,6 +23,9 @@ package struct AttentionProblem: Sendable {
     /// Where the query rows and the output rows live in their tensors (or caller buffers), in floats.
     package var queryStrides: RowStrides
     package var outputStrides: RowStrides
+    /// Where each row's log-sum-exp lives (the `token` stride between rows of a head), in floats: [B, Hq, Nq] dense
+    /// unless a packed batch writes [tokens, Hq].
+    package var logSumExpStrides: RowStrides
     /// The output tensor's layout (`options.outputLayout`, else `options.layout`).
     package var outputLayout: TensorLayout
 
@@ -111,6 +114,22 @@ package struct AttentionProblem: Sendable {
         try self.init(
             queryShape: queries.shape, keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask,
             options: options, layoutAware: false)
+    }
+
+    /// Validates one sequence of a packed batch (`packedAttention`): Nq queries and Nk keys whose rows are token
+    /// major, [tokens, heads, d], read from pointers the caller places at the sequence's first token. Its mask
+    /// and options are checked against the sequence's own lengths.
+    package init(
+        packedSequenceOf hq: Int, keyValueHeads hkv: Int, queryLength nq: Int, keyLength nk: Int,
+        keyDimension dk: Int, valueDimension dv: Int, mask: AttentionMask, options: AttentionOptions
+    ) throws {
+        try self.init(
+            queryShape: [1, hq, nq, dk], keyValueHeads: hkv, keyLength: nk, valueDimension: dv, mask: mask,
+            options: options, layoutAware: false)
+        queryStrides = RowStrides(batch: 0, head: dk, token: hq * dk)
+        outputStrides = RowStrides(batch: 0, head: dv, token: hq * dv)
+        logSumExpStrides = RowStrides(batch: 0, head: 1, token: hq)
+        outputLayout = .bnhd
     }
 
     /// Checks the queries alone: rank 4 with at least one head and a head dimension >= 1.
@@ -232,6 +251,7 @@ package struct AttentionProblem: Sendable {
         outputLayout = options.outputLayout ?? options.layout
         queryStrides = TensorLayout.bhnd.strides(heads: hq, tokens: nq, dimension: dk)
         outputStrides = TensorLayout.bhnd.strides(heads: hq, tokens: nq, dimension: dv)
+        logSumExpStrides = TensorLayout.bhnd.strides(heads: hq, tokens: nq, dimension: 1)
         keyRuns = options.keyPadding.map { padding in (0..<b).map { padding.runs(batch: $0, length: nk) } }
         queryRuns = options.queryPadding.map { padding in (0..<b).map { padding.runs(batch: $0, length: nq) } }
     }

@@ -62,7 +62,7 @@ func computeScoresFewRows(
             let ahead =
                 r == 0
                 ? next.map {
-                    ($0.keys + kk * $0.keyDimension, Swift.max(0, Swift.min(4, $0.keyCount - kk)) * $0.keyDimension)
+                    ($0.keys + kk * $0.keyStride, Swift.max(0, Swift.min(4, $0.keyCount - kk)) * $0.keyDimension)
                 } : nil
             interleavedScores4(
                 group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
@@ -314,7 +314,7 @@ func accumulateValuesFewRows(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
                 valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
                 prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
-                prefetchStride: next?.valueDimension ?? dv)
+                prefetchStride: next?.valueStride ?? dv)
             c += 32
         }
         if c + 16 <= dv {

@@ -18,7 +18,8 @@ extension WorkItemContext {
         let rows = Swift.min(br, nq - i0)
         guard rows > 0, let output, let logSumExp else { return }
         for head in 0..<g {
-            let rowBase = (b * p.queryHeads + kvHead * g + head) * nq + i0
+            let lseRows = logSumExp + p.logSumExpStrides.offset(batch: b, head: kvHead * g + head, token: i0)
+            let lseStep = p.logSumExpStrides.token
             for row in 0..<rows {
                 let r = head * br + row
                 let target =
@@ -27,7 +28,7 @@ extension WorkItemContext {
                     // One state with l = 0: the row saw no key and has no sink (padding rows, masked-away blocks).
                     // Zeros without reading O.
                     target.update(repeating: 0, count: dv)
-                    logSumExp[rowBase + row] = -.infinity
+                    lseRows[row * lseStep] = -.infinity
                     continue
                 }
                 var maximum = -Float.infinity
@@ -51,7 +52,7 @@ extension WorkItemContext {
                 // denominator == 0: the row saw no key (and has no sink): zeros, not 0/0.
                 let inverse: Float = denominator == 0 ? 0 : 1 / denominator
                 for c in 0..<dv { target[c] *= inverse }
-                logSumExp[rowBase + row] =
+                lseRows[row * lseStep] =
                     denominator == 0 ? -.infinity : maximum * (exponentScale * ln2) + _log(denominator)
             }
         }

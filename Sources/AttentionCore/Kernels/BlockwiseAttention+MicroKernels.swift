@@ -70,8 +70,10 @@ package enum MicroKernelShape: Sendable, Hashable {
 @inline(__always)
 func computeScores(
     qT: UnsafePointer<Float>, rowCount rp: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
-    scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch? = nil, shape: MicroKernelShape = .target
+    keyStride ks: Int? = nil, scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch? = nil,
+    shape: MicroKernelShape = .target
 ) {
+    let ks = ks ?? dk
     var rb = 0
     if shape == .wide {
         while rb + 64 <= rp {
@@ -82,14 +84,15 @@ func computeScores(
             while kk + 4 <= keyCount {
                 ahead?.prefetchKeyRows(kk..<(kk + 4))
                 ahead?.prefetchValueRows(kk..<(kk + 4))
-                scoreKernel4x64(q, keys: keys + kk * dk, depth: dk, keyCount: keyCount, out: out + kk * 16)
+                scoreKernel4x64(
+                    q, keys: keys + kk * ks, depth: dk, keyStride: ks, keyCount: keyCount, out: out + kk * 16)
                 kk += 4
             }
             ahead?.prefetchKeyRows(kk..<keyCount)
             ahead?.prefetchValueRows(kk..<keyCount)
             for stripe in 0..<4 {
                 scoreColumns(
-                    q + stripe * 16 * dk, keys: keys, keys: kk..<keyCount, depth: dk,
+                    q + stripe * 16 * dk, keys: keys, keys: kk..<keyCount, depth: dk, keyStride: ks,
                     out: out + stripe * 16 * keyCount)
             }
             ahead?.prefetchKeyRows(from: keyCount)
@@ -108,12 +111,12 @@ func computeScores(
         while kk + 6 <= keyCount {
             keysAhead?.prefetchKeyRows(kk..<(kk + 6))
             valuesAhead?.prefetchValueRows(kk..<(kk + 6))
-            scoreKernel6(q, keys: keys + kk * dk, depth: dk, out: out + kk * 16)
+            scoreKernel6(q, keys: keys + kk * ks, depth: dk, keyStride: ks, out: out + kk * 16)
             kk += 6
         }
         keysAhead?.prefetchKeyRows(kk..<keyCount)
         valuesAhead?.prefetchValueRows(kk..<keyCount)
-        scoreColumns(q, keys: keys, keys: kk..<keyCount, depth: dk, out: out)
+        scoreColumns(q, keys: keys, keys: kk..<keyCount, depth: dk, keyStride: ks, out: out)
         keysAhead?.prefetchKeyRows(from: keyCount)
         valuesAhead?.prefetchValueRows(from: keyCount)
         rb += 16
@@ -123,16 +126,16 @@ func computeScores(
 /// The scores of keys `range` (fewer than a main step) for one stripe: 4, then 1 at a time.
 @inline(__always)
 private func scoreColumns(
-    _ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, keys range: Range<Int>, depth dk: Int,
+    _ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, keys range: Range<Int>, depth dk: Int, keyStride ks: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var kk = range.lowerBound
     if kk + 4 <= range.upperBound {
-        scoreKernel4(q, keys: keys + kk * dk, depth: dk, out: out + kk * 16)
+        scoreKernel4(q, keys: keys + kk * ks, depth: dk, keyStride: ks, out: out + kk * 16)
         kk += 4
     }
     while kk < range.upperBound {
-        scoreKernel1(q, key: keys + kk * dk, depth: dk, out: out + kk * 16)
+        scoreKernel1(q, key: keys + kk * ks, depth: dk, out: out + kk * 16)
         kk += 1
     }
 }
@@ -142,8 +145,10 @@ private func scoreColumns(
 @inline(__always)
 func accumulateValues(
     weights pT: UnsafePointer<Float>, rowCount rp: Int, keyCount: Int, values: UnsafePointer<Float>,
-    valueDimension dv: Int, oT: UnsafeMutablePointer<Float>, shape: MicroKernelShape = .target
+    valueDimension dv: Int, valueStride vs: Int? = nil, oT: UnsafeMutablePointer<Float>,
+    shape: MicroKernelShape = .target
 ) {
+    let vs = vs ?? dv
     var rb = 0
     if shape == .wide {
         while rb + 64 <= rp {
@@ -151,54 +156,57 @@ func accumulateValues(
             let out = oT + rb * dv
             var c = 0
             while c + 4 <= dv {
-                valueKernel4x64(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
+                valueKernel4x64(
+                    p, keyCount: keyCount, values: values + c, valueDimension: dv, valueStride: vs, out: out + c * 16)
                 c += 4
             }
             for stripe in 0..<4 {
                 valueColumns(
-                    p + stripe * 16 * keyCount, keyCount: keyCount, values: values, columns: c..<dv,
-                    out: out + stripe * 16 * dv)
+                    p + stripe * 16 * keyCount, keyCount: keyCount, values: values, valueStride: vs,
+                    columns: c..<dv, out: out + stripe * 16 * dv)
             }
             rb += 64
         }
     }
     while rb < rp {
-        valueColumns(pT + rb * keyCount, keyCount: keyCount, values: values, columns: 0..<dv, out: oT + rb * dv)
+        valueColumns(
+            pT + rb * keyCount, keyCount: keyCount, values: values, valueStride: vs, columns: 0..<dv,
+            out: oT + rb * dv)
         rb += 16
     }
 }
 
-/// Value columns `columns` of one stripe (the value row stride is `columns.upperBound` = Dv): groups of 6 while
+/// Value columns `columns` of one stripe (value rows `vs` floats apart, Dv = `columns.upperBound`): groups of 6 while
 /// what is left after them can still be taken 4 at a time (128 = 20 x 6 + 2 x 4; a one-column kernel has too few
 /// accumulators to hide the FMA latency), then 4, then 1.
 @inline(__always)
 private func valueColumns(
-    _ p: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, columns: Range<Int>,
-    out: UnsafeMutablePointer<Float>
+    _ p: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride vs: Int,
+    columns: Range<Int>, out: UnsafeMutablePointer<Float>
 ) {
     let dv = columns.upperBound
     var c = columns.lowerBound
     while c + 6 <= dv && (dv - c == 6 || dv - c - 6 >= 4) {
-        valueKernel6(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
+        valueKernel6(p, keyCount: keyCount, values: values + c, valueStride: vs, out: out + c * 16)
         c += 6
     }
     while c + 4 <= dv {
-        valueKernel4(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
+        valueKernel4(p, keyCount: keyCount, values: values + c, valueStride: vs, out: out + c * 16)
         c += 4
     }
     while c < dv {
-        valueKernel1(p, keyCount: keyCount, values: values + c, valueStride: dv, out: out + c * 16)
+        valueKernel1(p, keyCount: keyCount, values: values + c, valueStride: vs, out: out + c * 16)
         c += 1
     }
 }
 
 @inline(__always)
 private func scoreKernel4(
-    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int,
+    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, keyStride ks: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-    let k0 = keys, k1 = keys + dk, k2 = keys + 2 * dk, k3 = keys + 3 * dk
+    let k0 = keys, k1 = keys + ks, k2 = keys + 2 * ks, k3 = keys + 3 * ks
     var q = qT
     for c in 0..<dk {
         let qc = load16(q, 0)
@@ -269,12 +277,12 @@ private func valueKernel1(
 
 @inline(__always)
 private func scoreKernel6(
-    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int,
+    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, keyStride ks: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>()
     var a3 = SIMD16<Float>(), a4 = SIMD16<Float>(), a5 = SIMD16<Float>()
-    let k0 = keys, k1 = keys + dk, k2 = keys + 2 * dk, k3 = keys + 3 * dk, k4 = keys + 4 * dk, k5 = keys + 5 * dk
+    let k0 = keys, k1 = keys + ks, k2 = keys + 2 * ks, k3 = keys + 3 * ks, k4 = keys + 4 * ks, k5 = keys + 5 * ks
     var q = qT
     for c in 0..<dk {
         let qc = load16(q, 0)
@@ -327,14 +335,14 @@ private func valueKernel6(
 /// its scores 16 * keyCount floats after those of stripe s - 1.
 @inline(__always)
 private func scoreKernel4x64(
-    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, keyCount: Int,
+    _ qT: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, keyStride ks: Int, keyCount: Int,
     out: UnsafeMutablePointer<Float>
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     var b0 = SIMD16<Float>(), b1 = SIMD16<Float>(), b2 = SIMD16<Float>(), b3 = SIMD16<Float>()
     var c0 = SIMD16<Float>(), c1 = SIMD16<Float>(), c2 = SIMD16<Float>(), c3 = SIMD16<Float>()
     var d0 = SIMD16<Float>(), d1 = SIMD16<Float>(), d2 = SIMD16<Float>(), d3 = SIMD16<Float>()
-    let k0 = keys, k1 = keys + dk, k2 = keys + 2 * dk, k3 = keys + 3 * dk
+    let k0 = keys, k1 = keys + ks, k2 = keys + 2 * ks, k3 = keys + 3 * ks
     let stripe = 16 * dk
     var q = qT
     for c in 0..<dk {
@@ -370,11 +378,11 @@ private func scoreKernel4x64(
 
 /// The wide shape's value step: 4 value columns for four 16-row stripes of P^T (64 rows), 16 accumulators; each
 /// broadcast value feeds four multiply-adds. Stripe s of P^T starts 16 * keyCount floats after stripe s - 1, and
-/// its O^T 16 * Dv floats after that of stripe s - 1 (Dv is also the value row stride).
+/// its O^T 16 * Dv floats after that of stripe s - 1; value rows are `valueStride` floats apart.
 @inline(__always)
 private func valueKernel4x64(
-    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueStride dv: Int,
-    out: UnsafeMutablePointer<Float>
+    _ pT: UnsafePointer<Float>, keyCount: Int, values: UnsafePointer<Float>, valueDimension dv: Int,
+    valueStride vs: Int, out: UnsafeMutablePointer<Float>
 ) {
     let outStripe = 16 * dv
     var (a0, a1, a2, a3) = loadRows4(out, 16)
@@ -407,7 +415,7 @@ private func valueKernel4x64(
         c3 = multiplyAdd(w, x2, c3)
         d3 = multiplyAdd(w, x3, d3)
         p += 16
-        v += dv
+        v += vs
     }
     storeRows4((a0, a1, a2, a3), out, 16)
     storeRows4((b0, b1, b2, b3), out + outStripe, 16)

@@ -148,30 +148,30 @@ extension WorkItemContext {
     /// here to every row whose weight is not the -0.0 "masked" marker. Returns the values pointer the fast kernel
     /// should use.
     func quarantineNonFiniteValues(
-        _ values: UnsafePointer<Float>, keyCount: Int, weights pT: UnsafePointer<Float>,
+        _ values: UnsafePointer<Float>, keyCount: Int, rowStride: Int, weights pT: UnsafePointer<Float>,
         output o: UnsafeMutablePointer<Float>, clean: UnsafeMutablePointer<Float>
-    ) -> UnsafePointer<Float> {
+    ) -> (values: UnsafePointer<Float>, rowStride: Int) {
         let dv = problem.valueDimension
         let rowCount = layout.computedRows
         var poisoned: [Int] = []
         for kk in 0..<keyCount {
-            let row = values + kk * dv
+            let row = values + kk * rowStride
             var bad = false
             for c in 0..<dv where !row[c].isFinite { bad = true }
             if bad { poisoned.append(kk) }
         }
-        if poisoned.isEmpty { return values }
-        clean.update(from: values, count: keyCount * dv)
+        if poisoned.isEmpty { return (values, rowStride) }
+        for kk in 0..<keyCount { (clean + kk * dv).update(from: values + kk * rowStride, count: dv) }
         for kk in poisoned {
             (clean + kk * dv).update(repeating: 0, count: dv)
             for r in 0..<rowCount {
                 let weight = pT[stripeIndex(r, kk, columns: keyCount)]
                 if weight == 0 && weight.sign == .minus { continue }
                 let (start, step) = layout.outputRow(r)
-                for c in 0..<dv { o[start + c * step] += values[kk * dv + c] * weight }
+                for c in 0..<dv { o[start + c * step] += values[kk * rowStride + c] * weight }
             }
         }
-        return UnsafePointer(clean)
+        return (UnsafePointer(clean), dv)
     }
 }
 
@@ -283,6 +283,8 @@ func applyMaskBounds(
 /// Whether `count` floats are all finite: their sum is NaN or infinite whenever some value is. (A sum of finite
 /// values that overflows also reports "not finite"; the quarantine path it then takes is exact, only slower.)
 @inline(__always)
-func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
-    streamingSum(values, count: count).isFinite
+func allFinite(_ values: UnsafePointer<Float>, rows: Int, columns: Int, rowStride: Int) -> Bool {
+    if rowStride == columns { return streamingSum(values, count: rows * columns).isFinite }
+    for row in 0..<rows where !streamingSum(values + row * rowStride, count: columns).isFinite { return false }
+    return true
 }

@@ -118,10 +118,11 @@ package struct KeyValueSegment {
     }
 
     /// Whether the tile walk decodes (or gathers) this segment's tiles into its tile scratch: any format but
-    /// Float32, or rows that are not consecutive.
-    var needsDecoding: Bool {
-        keyCodec.format != .float32 || valueCodec.format != .float32 || keyRowStride != keyCodec.rowBytes
-            || valueRowStride != valueCodec.rowBytes
+    /// Float32, or, for a layout whose micro-kernels need consecutive rows (`gathersStridedRows`), rows that are
+    /// not consecutive. The prefill micro-kernels read Float32 rows at any stride in place.
+    func needsDecoding(gathersStridedRows: Bool) -> Bool {
+        keyCodec.format != .float32 || valueCodec.format != .float32
+            || (gathersStridedRows && (keyRowStride != keyCodec.rowBytes || valueRowStride != valueCodec.rowBytes))
     }
 }
 
@@ -246,10 +247,13 @@ struct KeyTile {
     let keys: Range<Int>
     /// How the item's mask covers the tile (never `.empty`: empty tiles are not handed out).
     let coverage: TileCoverage
-    /// Key row `keys.lowerBound` of the item's head; rows are Dk floats apart.
+    /// Key row `keys.lowerBound` of the item's head; rows are `keyStride` floats apart (Dk unless interleaved).
     let keyRows: UnsafePointer<Float>
-    /// Value row `keys.lowerBound`; rows are Dv floats apart. For a stored segment, where `values()` decodes them.
+    /// Value row `keys.lowerBound`; rows are `valueStride` floats apart. For a stored segment, where `values()`
+    /// decodes them (then Dv apart).
     let valueRows: UnsafePointer<Float>
+    let keyStride: Int
+    let valueStride: Int
     /// The next tile of the same segment, for prefetching while this one computes (nil after a segment's last).
     let next: TilePrefetch?
     /// A stored segment's value rows, decoded only when the tile's scores are done (see `values()`).
@@ -290,6 +294,9 @@ struct TileWalk {
     let valueDimension: Int
     /// Where a stored (non-Float32) tile is decoded: [Bc, max(Dk, Dv)], keys first, then values over them.
     let decoded: UnsafeMutablePointer<Float>?
+    /// Whether Float32 rows that are not consecutive are gathered into `decoded` too (the decode layout's
+    /// micro-kernels need consecutive rows; the prefill ones read any stride).
+    let gathersStridedRows: Bool
 
     /// - Parameters:
     ///   - visibleKeys: the smallest range holding every key the item's rows see.
@@ -298,9 +305,11 @@ struct TileWalk {
     init(
         segments: [KeyValueSegment], batch: Int, keyValueHead: Int, visibleKeys: Range<Int>, split: Int,
         keysPerSplit: Int?,
-        keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int, decoded: UnsafeMutablePointer<Float>?
+        keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int, decoded: UnsafeMutablePointer<Float>?,
+        gathersStridedRows: Bool
     ) {
         self.decoded = decoded
+        self.gathersStridedRows = gathersStridedRows
         var range = visibleKeys
         if let keysPerSplit {
             range = range.clamped(to: (split * keysPerSplit)..<Swift.min(keyLength, (split + 1) * keysPerSplit))
@@ -325,7 +334,7 @@ struct TileWalk {
             let keyBase = segment.keys + batch * segment.keyBatchStride + keyValueHead * segment.keyHeadStride
             let valueBase = segment.values + batch * segment.valueBatchStride + keyValueHead * segment.valueHeadStride
             let (keyBytes, valueBytes) = (segment.keyRowStride, segment.valueRowStride)
-            let decodes = segment.needsDecoding
+            let decodes = segment.needsDecoding(gathersStridedRows: gathersStridedRows)
             var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
             while tileStart < part.upperBound {
                 let keys = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)
@@ -338,18 +347,22 @@ struct TileWalk {
                 let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
                 let nextRow = tileStart - segment.start
                 if !decodes {
+                    // Float32 rows in place, at their stride (a [B, N, H, d] or packed tensor's rows are H * d
+                    // floats apart).
+                    let (keyStride, valueStride) = (keyBytes / 4, valueBytes / 4)
                     let next =
                         nextCount > 0
                         ? TilePrefetch(
                             keys: (keyBase + nextRow * keyBytes).assumingMemoryBound(to: Float.self),
                             values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
-                            keyCount: nextCount, keyDimension: dk, valueDimension: dv) : nil
+                            keyCount: nextCount, keyDimension: dk, valueDimension: dv, keyStride: keyStride,
+                            valueStride: valueStride) : nil
                     body(
                         KeyTile(
                             keys: keys, coverage: tileCoverage,
                             keyRows: (keyBase + row0 * keyBytes).assumingMemoryBound(to: Float.self),
                             valueRows: (valueBase + row0 * valueBytes).assumingMemoryBound(to: Float.self),
-                            next: next))
+                            keyStride: keyStride, valueStride: valueStride, next: next))
                     continue
                 }
                 // A stored tile is decoded into the worker's tile scratch (and the next one's bytes prefetched as
@@ -368,7 +381,9 @@ struct TileWalk {
                         values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
                         keyCount: nextCount, keyDimension: (keyBytes + 3) / 4, valueDimension: (valueBytes + 3) / 4)
                     : nil
-                var tile = KeyTile(keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decoded, next: next)
+                var tile = KeyTile(
+                    keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decoded, keyStride: dk,
+                    valueStride: dv, next: next)
                 tile.storedValues = KeyTile.StoredRows(
                     source: valueBase + row0 * valueBytes, rowStride: valueBytes, codec: segment.valueCodec)
                 body(tile)
@@ -387,12 +402,28 @@ struct TilePrefetch {
     let values: UnsafePointer<Float>
     /// Keys in the next tile.
     let keyCount: Int
+    /// Floats of a row to prefetch, and from one row to the next.
     let keyDimension: Int
     let valueDimension: Int
+    let keyStride: Int
+    let valueStride: Int
+
+    init(
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keyCount: Int, keyDimension: Int,
+        valueDimension: Int, keyStride: Int? = nil, valueStride: Int? = nil
+    ) {
+        self.keys = keys
+        self.values = values
+        self.keyCount = keyCount
+        self.keyDimension = keyDimension
+        self.valueDimension = valueDimension
+        self.keyStride = keyStride ?? keyDimension
+        self.valueStride = valueStride ?? valueDimension
+    }
 
     /// Key row `kk` of the next tile (nothing past its last row).
     @inline(__always) func prefetchKeyRow(_ kk: Int) {
-        if kk < keyCount { prefetchToL2(keys + kk * keyDimension, count: keyDimension) }
+        if kk < keyCount { prefetchToL2(keys + kk * keyStride, count: keyDimension) }
     }
 
     /// Key rows `rows` of the next tile (nothing past its last row).
@@ -407,7 +438,7 @@ struct TilePrefetch {
 
     /// Value rows `rows` of the next tile (nothing past its last row).
     @inline(__always) func prefetchValueRows(_ rows: Range<Int>) {
-        for row in rows where row < keyCount { prefetchToL2(values + row * valueDimension, count: valueDimension) }
+        for row in rows where row < keyCount { prefetchToL2(values + row * valueStride, count: valueDimension) }
     }
 
     /// Value rows `kk...` to the end of the next tile, for when the current tile has fewer keys than the next.
@@ -420,7 +451,7 @@ struct TilePrefetch {
         var row = values + column
         for _ in 0..<keyCount {
             prefetchToL2(UnsafeRawPointer(row))
-            row += valueDimension
+            row += valueStride
         }
     }
 }

@@ -19,9 +19,9 @@ protocol TileRowLayout {
     func queryIndex(row r: Int, column c: Int) -> Int
     /// S^T [tile, 16 * stripes] = K[tile] Q^T, prefetching the next tile.
     func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>)
-    /// O += V[tile]^T P^T for every row.
+    /// O += V[tile]^T P^T for every row; value rows are `valueStride` floats apart.
     func accumulate(
-        weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>,
+        weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>, valueStride: Int,
         into o: UnsafeMutablePointer<Float>)
     /// Multiplies the O rows of stripe `rv` (rows rv ..< rv + 16) by `alpha`, lane by lane.
     func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>)
@@ -29,6 +29,8 @@ protocol TileRowLayout {
     func outputRow(_ r: Int) -> (start: Int, step: Int)
     /// The rows the micro-kernels compute (padding rows included): weights of other rows are never read.
     var computedRows: Int { get }
+    /// Whether key and value rows must be consecutive (strided Float32 rows are then gathered by the tile walk).
+    static var gathersStridedRows: Bool { get }
 }
 
 /// Rows in lanes (`RowLayout.stripes`): Q^T [Dk, Rp] and O^T [Dv, Rp] stripe-major, the prefill micro-kernels.
@@ -46,6 +48,7 @@ struct StripeRows: TileRowLayout {
     }
 
     var computedRows: Int { paddedRows }
+    static var gathersStridedRows: Bool { false }
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
         stripeIndex(r, c, columns: keyDimension)
@@ -54,16 +57,16 @@ struct StripeRows: TileRowLayout {
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
         computeScores(
             qT: queries, rowCount: paddedRows, keys: tile.keyRows, keyCount: tile.keys.count, depth: keyDimension,
-            scores: sT, prefetch: tile.next, shape: shape)
+            keyStride: tile.keyStride, scores: sT, prefetch: tile.next, shape: shape)
     }
 
     @inline(__always) func accumulate(
-        weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>,
+        weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>, valueStride: Int,
         into o: UnsafeMutablePointer<Float>
     ) {
         accumulateValues(
             weights: pT, rowCount: paddedRows, keyCount: tile.keys.count, values: values,
-            valueDimension: valueDimension, oT: o, shape: shape)
+            valueDimension: valueDimension, valueStride: valueStride, oT: o, shape: shape)
     }
 
     @inline(__always) func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>) {
@@ -90,6 +93,7 @@ struct FewRows: TileRowLayout {
     }
 
     var computedRows: Int { rowCount }
+    static var gathersStridedRows: Bool { true }
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
         fewRowsQueryIndex(r, c, rowCount: rowCount, depth: keyDimension)
@@ -102,9 +106,10 @@ struct FewRows: TileRowLayout {
     }
 
     @inline(__always) func accumulate(
-        weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>,
+        weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>, valueStride: Int,
         into o: UnsafeMutablePointer<Float>
     ) {
+        // Rows are consecutive here (`gathersStridedRows`).
         accumulateValuesFewRows(
             weights: pT, rowCount: rowCount, keyCount: tile.keys.count, values: values,
             valueDimension: valueDimension, output: o, prefetch: tile.next)
@@ -178,7 +183,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
         let walk = TileWalk(
             segments: segments, batch: b, keyValueHead: kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
-            valueDimension: dv, decoded: tables.decodedTile)
+            valueDimension: dv, decoded: tables.decodedTile, gathersStridedRows: Layout.gathersStridedRows)
         // An item that sees no key (masked away, or padding) costs no packing. With one split, `finalize` reads O
         // only where a sink logit makes l nonzero; split states are all merged, so theirs must be zeros.
         if walk.keyRange.isEmpty {
@@ -206,13 +211,16 @@ struct WorkItemContext<Layout: TileRowLayout> {
                     }
                 }
                 var values = tile.values()
-                let valuesFinite = !scanValues || allFinite(values, count: tile.keys.count * dv)
+                var valueStride = tile.valueStride
+                let valuesFinite =
+                    !scanValues || allFinite(values, rows: tile.keys.count, columns: dv, rowStride: valueStride)
                 updateSoftmax(sT, keyCount: tile.keys.count, s, markMasked: !valuesFinite)
                 if !valuesFinite {
-                    values = quarantineNonFiniteValues(
-                        values, keyCount: tile.keys.count, weights: sT, output: s.o, clean: tables.cleanValues)
+                    (values, valueStride) = quarantineNonFiniteValues(
+                        values, keyCount: tile.keys.count, rowStride: valueStride, weights: sT, output: s.o,
+                        clean: tables.cleanValues)
                 }
-                layout.accumulate(weights: sT, tile: tile, values: values, into: s.o)
+                layout.accumulate(weights: sT, tile: tile, values: values, valueStride: valueStride, into: s.o)
             }
         }
         // Values holding NaN or infinity need the per-tile quarantine in `runTiles`. Rather than scan every value

@@ -53,41 +53,17 @@ package func tiledAttention(
     _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], tiling: BlockwiseTiling,
     scoreStorage: ScoreStorage, reusing reused: inout [Float]?
 ) -> AttentionResult {
-    // The one place the row layout is read: everything below runs specialized for its strategy.
-    switch tiling.layout {
-    case .stripes:
-        return tiledAttention(
-            problem, queries: queries, segments: segments, tiling: tiling, scoreStorage: scoreStorage,
-            reusing: &reused, layout: StripeRows(problem, tiling))
-    case .rows:
-        return tiledAttention(
-            problem, queries: queries, segments: segments, tiling: tiling, scoreStorage: scoreStorage,
-            reusing: &reused, layout: FewRows(problem, tiling))
-    }
-}
-
-private func tiledAttention<Layout: TileRowLayout>(
-    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], tiling: BlockwiseTiling,
-    scoreStorage: ScoreStorage, reusing reused: inout [Float]?, layout: Layout
-) -> AttentionResult {
     let (nq, dv) = (problem.queryLength, problem.valueDimension)
-    let queryBlocks = (nq + tiling.queryBlock - 1) / tiling.queryBlock
-    let units = problem.batch * problem.keyValueHeads * queryBlocks
-    let splits = tiling.splitCount(keyLength: problem.keyLength)
-    let items = units * splits
-    let workers = Parallel.workerCount(items: items, threads: problem.threads)
-    let decodesTiles = segments.contains { $0.needsDecoding }
-    let scratchFloats = tiledScratchFloats(problem, tiling, scoreStorage, decodesTiles: decodesTiles)
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
-    defer { scratch.deallocate() }
+    let plan = TiledJobPlan(
+        problem, tiling: tiling,
+        decodesTiles: segments.contains { $0.needsDecoding(gathersStridedRows: tiling.layout == .rows) })
+    let workers = Parallel.workerCount(items: plan.items, threads: problem.threads)
+    let scratchFloats = plan.scratchFloats(scoreStorage)
     let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
     let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
     defer { scores.deallocate() }
-    let stateSize = stateFloats(problem, tiling)
-    let partialFloats = splits > 1 ? items * stateSize : 0
-    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, partialFloats))
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, plan.partialFloats))
     defer { partials.deallocate() }
-    let tileFloats = tiling.keyBlock * tiling.paddedRows(groupSize: problem.groupSize)
 
     let outputCount = problem.batch * problem.queryHeads * nq
     var output: [Float]
@@ -103,48 +79,11 @@ private func tiledAttention<Layout: TileRowLayout>(
         biasScalars.withUnsafeBufferPointer { bias in
             output.withUnsafeMutableBufferPointer { o in
                 logSumExp.withUnsafeMutableBufferPointer { lse in
-                    let context = UncheckedSendable(
-                        WorkItemContext(
-                            problem: problem, tiling: tiling, layout: layout, queries: q.baseAddress,
-                            segments: segments, decodesTiles: decodesTiles, bias: bias.baseAddress,
-                            output: o.baseAddress,
-                            logSumExp: lse.baseAddress))
-                    Parallel.forEach(items: items, threads: problem.threads) { worker, item in
-                        let (unit, split) = item.quotientAndRemainder(dividingBy: splits)
-                        // Last query blocks first: under a causal mask they have the most work, and starting
-                        // with them balances the dynamic schedule.
-                        let block = queryBlocks - 1 - unit % queryBlocks
-                        let (b, kvHead) = (unit / queryBlocks).quotientAndRemainder(dividingBy: problem.keyValueHeads)
-                        let workerScratch = scratch + worker * scratchFloats
-                        // Worker scratch ends with [S^T tile][state], the state only with one split (split states
-                        // live in `partials`); see `tiledScratchFloats`.
-                        let stateInScratch = splits == 1 ? stateSize : 0
-                        let tile =
-                            scoreStorage == .materialized
-                            ? scores + item * tileFloats
-                            : workerScratch + (scratchFloats - stateInScratch - tileFloats)
-                        let state =
-                            splits == 1 ? workerScratch + (scratchFloats - stateSize) : partials + item * stateSize
-                        context.value.run(
-                            batch: b, keyValueHead: kvHead, queryBlock: block, split: split, scratch: workerScratch,
-                            scoreTile: tile, state: state)
-                        if splits == 1 {
-                            context.value.finalize(
-                                batch: b, keyValueHead: kvHead, queryBlock: block, states: state, count: 1,
-                                stride: stateSize)
-                        }
-                    }
-                    if splits > 1 {
-                        // The merge of the splits, in split order: deterministic for any thread count.
-                        Parallel.forEach(items: units, threads: problem.threads) { _, unit in
-                            let block = queryBlocks - 1 - unit % queryBlocks
-                            let (b, kvHead) = (unit / queryBlocks).quotientAndRemainder(
-                                dividingBy: problem.keyValueHeads)
-                            context.value.finalize(
-                                batch: b, keyValueHead: kvHead, queryBlock: block,
-                                states: partials + unit * splits * stateSize, count: splits, stride: stateSize)
-                        }
-                    }
+                    let job = plan.job(
+                        queries: q.baseAddress, segments: segments, bias: bias.baseAddress, output: o.baseAddress,
+                        logSumExp: lse.baseAddress, scoreStorage: scoreStorage,
+                        scores: scoreStorage == .materialized ? scores : nil, partials: partials)
+                    runTiledJobs([job], threads: problem.threads, scratchFloats: scratchFloats)
                 }
             }
         }
@@ -152,5 +91,147 @@ private func tiledAttention<Layout: TileRowLayout>(
     return AttentionResult(
         output: Tensor(uncheckedShape: problem.outputShape, scalars: output),
         logSumExp: Tensor(uncheckedShape: [problem.batch, problem.queryHeads, nq], scalars: logSumExp),
-        workspaceBytes: (workers * scratchFloats + scoreFloats + partialFloats) * MemoryLayout<Float>.size)
+        workspaceBytes: (workers * scratchFloats + scoreFloats + plan.partialFloats) * MemoryLayout<Float>.size)
+}
+
+/// The sizes of one problem's work in a tiled dispatch: work items = units (batch x key/value head x query block)
+/// times key splits, and the scratch and split-state memory they need.
+package struct TiledJobPlan {
+    package let problem: AttentionProblem
+    package let tiling: BlockwiseTiling
+    package let decodesTiles: Bool
+    package let queryBlocks: Int
+    package let splits: Int
+    package var units: Int { problem.batch * problem.keyValueHeads * queryBlocks }
+    package var items: Int { units * splits }
+    /// Floats of one work item's softmax state.
+    package var stateSize: Int { stateFloats(problem, tiling) }
+    /// Floats of the split states (none with one split: the state then lives in the worker's scratch).
+    package var partialFloats: Int { splits > 1 ? items * stateSize : 0 }
+
+    package init(_ problem: AttentionProblem, tiling: BlockwiseTiling, decodesTiles: Bool) {
+        self.problem = problem
+        self.tiling = tiling
+        self.decodesTiles = decodesTiles
+        queryBlocks = (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock
+        splits = tiling.splitCount(keyLength: problem.keyLength)
+    }
+
+    /// Floats of one worker's scratch for this job.
+    package func scratchFloats(_ scoreStorage: ScoreStorage) -> Int {
+        tiledScratchFloats(problem, tiling, scoreStorage, decodesTiles: decodesTiles)
+    }
+
+    /// The job over these tensors. The one place the row layout is read: everything below runs specialized for
+    /// its strategy. `scores` is the materialized score tensor (`.materialized` only); `partials` holds
+    /// `partialFloats` floats.
+    package func job(
+        queries: UnsafePointer<Float>?, segments: [KeyValueSegment], bias: UnsafePointer<Float>?,
+        output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?, scoreStorage: ScoreStorage,
+        scores: UnsafeMutablePointer<Float>?, partials: UnsafeMutablePointer<Float>
+    ) -> any TiledJob {
+        func make<Layout: TileRowLayout>(_ layout: Layout) -> any TiledJob {
+            TiledLayoutJob(
+                plan: self,
+                context: WorkItemContext(
+                    problem: problem, tiling: tiling, layout: layout, queries: queries, segments: segments,
+                    decodesTiles: decodesTiles, bias: bias, output: output, logSumExp: logSumExp),
+                scratchFloats: scratchFloats(scoreStorage), scores: scores, partials: partials)
+        }
+        switch tiling.layout {
+        case .stripes: return make(StripeRows(problem, tiling))
+        case .rows: return make(FewRows(problem, tiling))
+        }
+    }
+}
+
+/// One problem's work items, runnable from a shared parallel loop (`runTiledJobs`): the kernel runs one job per
+/// call, a packed batch one job per sequence.
+package protocol TiledJob {
+    var plan: TiledJobPlan { get }
+    /// Runs work item `item` (in 0..<plan.items) in a worker's scratch, finalizing it when it has one split.
+    func run(item: Int, scratch: UnsafeMutablePointer<Float>)
+    /// Merges the split states of unit `unit` (in 0..<plan.units) into its output rows.
+    func merge(unit: Int)
+}
+
+private struct TiledLayoutJob<Layout: TileRowLayout>: TiledJob {
+    let plan: TiledJobPlan
+    let context: WorkItemContext<Layout>
+    let scratchFloats: Int
+    let scores: UnsafeMutablePointer<Float>?
+    let partials: UnsafeMutablePointer<Float>
+
+    /// (batch, key/value head, query block) of a unit. Last query blocks first: under a causal mask they have the
+    /// most work, and starting with them balances the dynamic schedule.
+    private func coordinates(unit: Int) -> (batch: Int, keyValueHead: Int, queryBlock: Int) {
+        let block = plan.queryBlocks - 1 - unit % plan.queryBlocks
+        let (b, kvHead) = (unit / plan.queryBlocks).quotientAndRemainder(dividingBy: plan.problem.keyValueHeads)
+        return (b, kvHead, block)
+    }
+
+    func run(item: Int, scratch: UnsafeMutablePointer<Float>) {
+        let (unit, split) = item.quotientAndRemainder(dividingBy: plan.splits)
+        let (b, kvHead, block) = coordinates(unit: unit)
+        let (stateSize, tileFloats) = (
+            plan.stateSize, plan.tiling.keyBlock * plan.tiling.paddedRows(groupSize: plan.problem.groupSize)
+        )
+        // Worker scratch ends with [S^T tile][state], the state only with one split (split states live in
+        // `partials`); see `tiledScratchFloats`.
+        let stateInScratch = plan.splits == 1 ? stateSize : 0
+        let tile = scores.map { $0 + item * tileFloats } ?? scratch + (scratchFloats - stateInScratch - tileFloats)
+        let state = plan.splits == 1 ? scratch + (scratchFloats - stateSize) : partials + item * stateSize
+        context.run(
+            batch: b, keyValueHead: kvHead, queryBlock: block, split: split, scratch: scratch, scoreTile: tile,
+            state: state)
+        if plan.splits == 1 {
+            context.finalize(
+                batch: b, keyValueHead: kvHead, queryBlock: block, states: state, count: 1, stride: stateSize)
+        }
+    }
+
+    func merge(unit: Int) {
+        let (b, kvHead, block) = coordinates(unit: unit)
+        context.finalize(
+            batch: b, keyValueHead: kvHead, queryBlock: block, states: partials + unit * plan.splits * plan.stateSize,
+            count: plan.splits, stride: plan.stateSize)
+    }
+}
+
+/// Runs every work item of `jobs` in one parallel loop (job order, each job's items in order), then merges the
+/// split states of the jobs that have splits, each unit in split order: deterministic for any thread count.
+/// Each worker gets `scratchFloats` floats of scratch, at least every job's own need.
+package func runTiledJobs(_ jobs: [any TiledJob], threads: Int, scratchFloats: Int) {
+    var firstItems = [0]
+    var firstUnits = [0]
+    for job in jobs {
+        firstItems.append(firstItems[firstItems.count - 1] + job.plan.items)
+        firstUnits.append(firstUnits[firstUnits.count - 1] + (job.plan.splits > 1 ? job.plan.units : 0))
+    }
+    let workers = Parallel.workerCount(items: firstItems[jobs.count], threads: threads)
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
+    defer { scratch.deallocate() }
+    let shared = UncheckedSendable((jobs, firstItems, firstUnits))
+    Parallel.forEach(items: firstItems[jobs.count], threads: threads) { worker, item in
+        let (jobs, firstItems, _) = shared.value
+        let index = jobs.count == 1 ? 0 : lastIndex(atMost: item, in: firstItems)
+        jobs[index].run(item: item - firstItems[index], scratch: scratch + worker * scratchFloats)
+    }
+    guard firstUnits[jobs.count] > 0 else { return }
+    Parallel.forEach(items: firstUnits[jobs.count], threads: threads) { _, unit in
+        let (jobs, _, firstUnits) = shared.value
+        let index = lastIndex(atMost: unit, in: firstUnits)
+        jobs[index].merge(unit: unit - firstUnits[index])
+    }
+}
+
+/// The last index i of the sorted `bounds` (bounds[0] = 0 <= value) with bounds[i] <= value and
+/// bounds[i + 1] > value: the job that owns item `value`.
+private func lastIndex(atMost value: Int, in bounds: [Int]) -> Int {
+    var (low, high) = (0, bounds.count - 1)
+    while high - low > 1 {
+        let middle = (low + high) / 2
+        if bounds[middle] <= value { low = middle } else { high = middle }
+    }
+    return low
 }

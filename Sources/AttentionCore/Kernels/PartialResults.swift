@@ -10,7 +10,8 @@
 /// Combines two attention results computed for the same queries over disjoint sets of keys.
 ///
 /// - Parameters:
-///   - first: a result over keys K1 (output [B, Hq, Nq, Dv], logSumExp [B, Hq, Nq]).
+///   - first: a result over keys K1 (output [B, Hq, Nq, Dv], logSumExp [B, Hq, Nq]; or a packed batch's output
+///     [tokens, Hq, Dv] and logSumExp [tokens, Hq]: any output whose last axis is Dv, one log-sum-exp per row).
 ///   - second: a result over keys K2, disjoint from K1, with the same shapes.
 /// - Returns: the result over K1 and K2 together, equal to a single call over all keys up to float rounding.
 ///   `workspaceBytes` is the larger of the two inputs' (they ran one after the other).
@@ -28,9 +29,9 @@
 /// ```
 public func mergeAttention(_ first: AttentionResult, _ second: AttentionResult) throws -> AttentionResult {
     let shape = first.output.shape
-    guard shape.count == 4, first.logSumExp.shape == Array(shape.prefix(3)) else {
+    guard shape.count >= 2, first.logSumExp.shape == Array(shape.dropLast()) else {
         throw AttentionError.shapeMismatch(
-            argument: "first.logSumExp", expected: "\(Array(shape.prefix(3))) (the output's first three axes)",
+            argument: "first.logSumExp", expected: "\(Array(shape.dropLast())) (the output's axes but the last)",
             actual: first.logSumExp.shape, reason: "a partial result's log-sum-exp has one entry per output row")
     }
     guard second.output.shape == shape else {
@@ -44,7 +45,7 @@ public func mergeAttention(_ first: AttentionResult, _ second: AttentionResult) 
             reason: "both partial results must be for the same queries")
     }
     let rows = first.logSumExp.count
-    let width = shape[3]
+    let width = shape[shape.count - 1]
     var output = zeroedScalars(count: rows * width)
     var logSumExp = [Float](repeating: -.infinity, count: rows)
     let (o1, o2) = (first.output.scalars, second.output.scalars)

@@ -1,0 +1,127 @@
+// The `packed` suite: a packed variable-length batch in one `packedAttention` call beside the same sequences run
+// one by one.
+
+import AttentionCore
+import Foundation
+import _AttentionTestSupport
+
+/// 16 sequences from 64 to 4096 tokens (32 to 2048 with --quick), lengths growing geometrically, H = 8 (--heads),
+/// d = 64 (first of --head-dim), self-attention with no mask and causal, one thread and all. `packed` times one
+/// `packedAttention` over the token-major [T, H, d] tensors; `per-sequence` the sixteen `attention` calls over
+/// each sequence alone in the kernels' own [1, H, n, d] layout, and `per-sequence-bnhd` the same calls on [1, n, H, d]
+/// slices of the packed tensors (`layout: .bnhd`, what the packed call reads), timed in turn call by call. GFLOP/s
+/// count the real work of both (sum over sequences of 4 * H * n^2 * d, halved for causal). The packed result is
+/// validated on a small shape against the Float64 reference before timing, and sampled rows of the timed output
+/// against it too.
+public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
+    let (heads, d) = (configuration.heads, configuration.headDimensions?.first ?? 64)
+    let budget = configuration.quick ? 0.5 : 2.0
+    // Gate: a small packed batch with an empty sequence and a cached prefix, against the reference.
+    let gate = try PackedSequences(queryLengths: [5, 0, 33, 1], keyLengths: [5, 4, 70, 19])
+    let gq = try Tensor.randomNormal(shape: [39, 4, d], seed: 11)
+    let gk = try Tensor.randomNormal(shape: [98, 2, d], seed: 12)
+    let gv = try Tensor.randomNormal(shape: [98, 2, d], seed: 13)
+    for mask in [AttentionMask.none, .causal] {
+        let result = try packedAttention(queries: gq, keys: gk, values: gv, sequences: gate, mask: mask)
+        let failures = packedReferenceFailures(
+            result, queries: gq, keys: gk, values: gv, sequences: gate, mask: mask, options: AttentionOptions())
+        guard failures.isEmpty else {
+            throw ValidationFailure(description: "packed attention with \(mask) failed validation: \(failures)")
+        }
+    }
+    let longest = configuration.sequenceLengths?.first ?? (configuration.quick ? 2048 : 4096)
+    let shortest = Swift.max(1, longest / 64)
+    let lengths = (0..<16).map { k in
+        Int((Double(shortest) * pow(2, 6 * Double(k) / 15)).rounded())
+    }
+    let sequences = try PackedSequences(lengths: lengths)
+    let total = sequences.queryOffsets[16]
+    let queries = try Tensor.randomNormal(shape: [total, heads, d], seed: 21)
+    let keys = try Tensor.randomNormal(shape: [total, heads, d], seed: 22)
+    let values = try Tensor.randomNormal(shape: [total, heads, d], seed: 23)
+    let alone = (0..<16).map { b in
+        [queries, keys, values].map { headMajor($0, sequences.queryRange(b)) }
+    }
+    // The same sequences as [1, n, H, d] slices of the packed tensors: the layout's cost without the packing.
+    let aloneInPlace = (0..<16).map { b in
+        [queries, keys, values].map { packed in
+            let (range, row) = (sequences.queryRange(b), heads * d)
+            return try! Tensor(
+                shape: [1, range.count, heads, d],
+                scalars: Array(packed.scalars[(range.lowerBound * row)..<(range.upperBound * row)]))
+        }
+    }
+    var records: [BenchmarkRecord] = []
+    for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
+        for threads in threadCounts(configuration, allThreads: allThreads) {
+            let options = AttentionOptions(threads: threads)
+            var last: AttentionResult? = nil
+            func runPacked() throws {
+                last = try packedAttention(
+                    queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
+            }
+            func runEach() throws {
+                for sequence in alone {
+                    _ = try attention(
+                        queries: sequence[0], keys: sequence[1], values: sequence[2], mask: mask, options: options)
+                }
+            }
+            var tokenMajor = options
+            tokenMajor.layout = .bnhd
+            func runEachInPlace() throws {
+                for sequence in aloneInPlace {
+                    _ = try attention(
+                        queries: sequence[0], keys: sequence[1], values: sequence[2], mask: mask, options: tokenMajor)
+                }
+            }
+            let timings = try alternateTimes(
+                minimumRepetitions: configuration.minimumRepetitions, budget: budget,
+                [runPacked, runEach, runEachInPlace])
+            guard let result = last else { continue }
+            var worst = 0.0
+            for (b, head, query) in [(0, 0, lengths[0] - 1), (9, heads - 1, lengths[9] / 2), (15, heads / 2, 7)] {
+                let reference = referenceRow(
+                    Double.self, batch: 0, head: head, query: query, queries: alone[b][0], keys: alone[b][1],
+                    values: alone[b][2], mask: mask, options: options)
+                let start = ((sequences.queryOffsets[b] + query) * heads + head) * d
+                worst = Swift.max(
+                    worst, maxAbsoluteError(Array(result.output.scalars[start..<(start + d)]), reference.output))
+            }
+            let flops = selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: mask)
+            for (kernel, timing, workspace) in [
+                ("packed", timings[0], result.workspaceBytes), ("per-sequence", timings[1], 0),
+                ("per-sequence-bnhd", timings[2], 0),
+            ] {
+                records.append(
+                    BenchmarkRecord(
+                        suite: "packed", kernel: kernel, batch: 16, queryHeads: heads, keyValueHeads: heads,
+                        queryLength: longest, keyLength: longest, headDimension: d, mask: maskName, threads: threads,
+                        medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                        gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: worst))
+            }
+        }
+    }
+    return records
+}
+
+/// "packed / per-sequence calls" time ratios of a run's packed-suite records, one line per case.
+public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
+    records.filter { $0.suite == "packed" && $0.kernel == "packed" }.compactMap { p in
+        guard
+            let each = records.first(where: {
+                $0.suite == "packed" && $0.kernel == "per-sequence" && $0.mask == p.mask && $0.threads == p.threads
+            })
+        else { return nil }
+        let inPlace = records.first(where: {
+            $0.suite == "packed" && $0.kernel == "per-sequence-bnhd" && $0.mask == p.mask && $0.threads == p.threads
+        })
+        return "packed 16 sequences up to \(p.queryLength) tokens, mask \(p.mask), \(p.threads) thread"
+            + (p.threads == 1 ? "" : "s")
+            + String(
+                format: ": one packed call took %.2fx the time of the sixteen calls",
+                p.medianSeconds / each.medianSeconds)
+            + (inPlace.map {
+                String(format: " (%.2fx of the sixteen on [1, n, H, d] slices)", p.medianSeconds / $0.medianSeconds)
+            } ?? "")
+    }
+}

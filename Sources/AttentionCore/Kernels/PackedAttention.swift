@@ -1,0 +1,167 @@
+// Packed (variable-length) batches: FlashAttention's varlen call. Sequences of different lengths are concatenated
+// along the token axis with no padding (see PackedSequences.swift), so a batch of one 4096-token document and
+// fifteen short prompts costs what its real tokens cost.
+//
+// Each sequence is its own attention problem (batch 1, its own lengths, its mask aligned bottom-right), read in
+// place from the packed tensors and written in place into the packed output: the kernel, tiles and key splits it
+// gets are exactly those of a call on that sequence alone, so the packed result equals the per-sequence calls
+// bitwise. What packing adds is one parallel loop over the work items of every sequence, the longest sequences
+// first, so that short sequences fill the gaps the long ones leave and no worker waits for a sequence to finish.
+
+/// Attention over a packed batch of variable-length sequences: sequence b's queries attend to sequence b's keys
+/// only, with `mask` applied per sequence (positions count from the sequence's first token; causal and window
+/// masks are aligned bottom-right, d(i) = i + Nk_b - Nq_b).
+///
+/// - Parameters:
+///   - queries: [totalQueries, queryHeads, headDimension] (`sequences.queryOffsets.last` tokens).
+///   - keys: [totalKeys, keyValueHeads, headDimension]; `queryHeads` a multiple of `keyValueHeads`.
+///   - values: [totalKeys, keyValueHeads, valueDimension].
+///   - sequences: where each sequence starts (cumulative offsets, FlashAttention's `cu_seqlens`).
+///   - mask: per sequence; it must be valid for every sequence's lengths (a `.blockSparse` layout only when all
+///     sequences have its lengths).
+///   - options: as for `attention`, except `bias`, `keyPadding`, `queryPadding`, `layout`, `outputLayout` and the
+///     naive kernel, which packed batches do not take (there is no padding, and the tensors are token-major by
+///     definition). `alibiSlopes`, `sinkLogits`, `headMasks`, softcap and scale apply to every sequence.
+/// - Returns: output [totalQueries, queryHeads, valueDimension] and log-sum-exp [totalQueries, queryHeads], one
+///   per query token and head, so two packed results over disjoint keys merge with `mergeAttention` (chunked
+///   prefill). A sequence with no keys gives zeros and log-sum-exp -infinity (or its sink logit).
+/// - Throws: `AttentionError` for shapes that do not match `sequences`, or an option or mask invalid for some
+///   sequence (the argument then names the sequence).
+///
+/// ```swift
+/// let sequences = try PackedSequences(lengths: [5, 17, 2])
+/// let q = try Tensor.randomNormal(shape: [24, 8, 64], seed: 1)
+/// let k = try Tensor.randomNormal(shape: [24, 2, 64], seed: 2)
+/// let v = try Tensor.randomNormal(shape: [24, 2, 64], seed: 3)
+/// let result = try packedAttention(queries: q, keys: k, values: v, sequences: sequences, mask: .causal)
+/// // result.output: [24, 8, 64], result.logSumExp: [24, 8]
+/// ```
+public func packedAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> AttentionResult {
+    let problems = try packedProblems(
+        queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
+    let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.shape[1])
+    let (dk, dv) = (queries.shape[2], values.shape[2])
+    let threads = options.threads ?? Parallel.defaultThreadCount
+
+    let plans = problems.map { problem -> TiledJobPlan in
+        let tiling: BlockwiseTiling
+        switch problem.options.kernel.resolved(for: problem) {
+        case .blockwise(let resolved), .decode(let resolved): tiling = resolved
+        case .naive: preconditionFailure("packedProblems rejects the naive kernel")
+        }
+        // Rows of one token's heads are interleaved: with more than one key/value head the decode layout gathers
+        // them (the prefill micro-kernels read them in place).
+        return TiledJobPlan(
+            problem, tiling: tiling, decodesTiles: hkv > 1 && problem.keyLength > 0 && tiling.layout == .rows)
+    }
+    // Longest sequences first (by the key rows their items read), so short ones fill the tail of the schedule.
+    let order = plans.indices.sorted {
+        let (a, b) = (plans[$0], plans[$1])
+        let (costA, costB) = (a.problem.queryLength * a.problem.keyLength, b.problem.queryLength * b.problem.keyLength)
+        return costA != costB ? costA > costB : $0 < $1
+    }
+    let scratchFloats = plans.map { $0.scratchFloats(.perWorkerTile) }.max() ?? 0
+    var firstPartials = [0]
+    for plan in plans { firstPartials.append(firstPartials[firstPartials.count - 1] + plan.partialFloats) }
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, firstPartials[plans.count]))
+    defer { partials.deallocate() }
+
+    var output = overwrittenScalars(count: totalQueries * hq * dv)
+    var logSumExp = [Float](repeating: 0, count: totalQueries * hq)
+    let float = MemoryLayout<Float>.stride
+    queries.withUnsafeBufferPointer { q in
+        keys.withUnsafeBufferPointer { k in
+            values.withUnsafeBufferPointer { v in
+                output.withUnsafeMutableBufferPointer { o in
+                    logSumExp.withUnsafeMutableBufferPointer { lse in
+                        let jobs = order.map { b -> any TiledJob in
+                            let (queryStart, keyStart) = (sequences.queryOffsets[b], sequences.keyOffsets[b])
+                            let plan = plans[b]
+                            var segments: [KeyValueSegment] = []
+                            if let kBase = k.baseAddress, let vBase = v.baseAddress, plan.problem.keyLength > 0 {
+                                segments.append(
+                                    KeyValueSegment(
+                                        keys: UnsafeRawPointer(kBase + keyStart * hkv * dk),
+                                        values: UnsafeRawPointer(vBase + keyStart * hkv * dv),
+                                        keyCodec: RowCodec(.float32, dimension: dk),
+                                        valueCodec: RowCodec(.float32, dimension: dv),
+                                        keyStrides: (0, dk * float, hkv * dk * float),
+                                        valueStrides: (0, dv * float, hkv * dv * float), start: 0,
+                                        count: plan.problem.keyLength))
+                            }
+                            return plan.job(
+                                queries: q.baseAddress.map { $0 + queryStart * hq * dk }, segments: segments,
+                                bias: nil, output: o.baseAddress.map { $0 + queryStart * hq * dv },
+                                logSumExp: lse.baseAddress.map { $0 + queryStart * hq }, scoreStorage: .perWorkerTile,
+                                scores: nil, partials: partials + firstPartials[b])
+                        }
+                        runTiledJobs(jobs, threads: threads, scratchFloats: scratchFloats)
+                    }
+                }
+            }
+        }
+    }
+    let workers = Parallel.workerCount(items: plans.reduce(0) { $0 + $1.items }, threads: threads)
+    return AttentionResult(
+        output: Tensor(uncheckedShape: [totalQueries, hq, dv], scalars: output),
+        logSumExp: Tensor(uncheckedShape: [totalQueries, hq], scalars: logSumExp),
+        workspaceBytes: (workers * scratchFloats + firstPartials[plans.count]) * float)
+}
+
+/// Validates a packed call and returns one problem per sequence.
+private func packedProblems(
+    queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences, mask: AttentionMask,
+    options: AttentionOptions
+) throws -> [AttentionProblem] {
+    let (totalQueries, totalKeys) = (sequences.queryOffsets[sequences.count], sequences.keyOffsets[sequences.count])
+    guard queries.rank == 3, queries.shape[0] == totalQueries, queries.shape[1] >= 1, queries.shape[2] >= 1 else {
+        throw AttentionError.shapeMismatch(
+            argument: "queries", expected: "[\(totalQueries), H, D] with H, D >= 1", actual: queries.shape,
+            reason:
+                "packed queries are [totalQueries, heads, headDimension], sequences.queryOffsets ending at the total")
+    }
+    let (hq, dk) = (queries.shape[1], queries.shape[2])
+    guard keys.rank == 3, keys.shape[0] == totalKeys, keys.shape[1] >= 1, hq % keys.shape[1] == 0,
+        keys.shape[2] == dk
+    else {
+        throw AttentionError.shapeMismatch(
+            argument: "keys", expected: "[\(totalKeys), H, \(dk)] with H >= 1 dividing \(hq)", actual: keys.shape,
+            reason:
+                "packed keys are [totalKeys, heads, headDimension], sequences.keyOffsets ending at the total, with "
+                + "the queries' head dimension and a head count that divides theirs")
+    }
+    let hkv = keys.shape[1]
+    guard values.rank == 3, values.shape[0] == totalKeys, values.shape[1] == hkv, values.shape[2] >= 1 else {
+        throw AttentionError.shapeMismatch(
+            argument: "values", expected: "[\(totalKeys), \(hkv), D] with D >= 1", actual: values.shape,
+            reason: "packed values have the keys' token and head counts")
+    }
+    let unsupported: [(String, Bool)] = [
+        ("options.bias", options.bias != nil), ("options.keyPadding", options.keyPadding != nil),
+        ("options.queryPadding", options.queryPadding != nil), ("options.layout", options.layout != .bhnd),
+        ("options.outputLayout", options.outputLayout != nil),
+    ]
+    if let (name, _) = unsupported.first(where: { $0.1 }) {
+        throw AttentionError.invalidValue(
+            argument: name, expected: "not set (a packed batch has no padding and is [tokens, heads, d])",
+            actual: "set")
+    }
+    if case .naive = options.kernel {
+        throw AttentionError.invalidValue(
+            argument: "options.kernel", expected: ".automatic, .blockwise or .decode for a packed batch",
+            actual: ".naive")
+    }
+    return try (0..<sequences.count).map { b in
+        do {
+            return try AttentionProblem(
+                packedSequenceOf: hq, keyValueHeads: hkv, queryLength: sequences.queryRange(b).count,
+                keyLength: sequences.keyRange(b).count, keyDimension: dk, valueDimension: values.shape[2],
+                mask: mask, options: options)
+        } catch let error as AttentionError {
+            throw error.naming("sequence \(b) of the packed batch")
+        }
+    }
+}
