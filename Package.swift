@@ -81,7 +81,9 @@ let package = Package(
         ),
         .testTarget(
             name: "AttentionCoreTests",
-            dependencies: ["AttentionCore", "Attention", "_AttentionTestSupport"]
+            dependencies: ["AttentionCore", "Attention", "_AttentionTestSupport"],
+            // Read from the source tree by RealModelTests (scripts/make-minilm-fixture.py writes them).
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "MultiQueryAttentionTests",
