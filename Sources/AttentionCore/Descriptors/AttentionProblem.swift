@@ -99,6 +99,15 @@ package struct AttentionProblem: Sendable {
             options: options, layoutAware: layoutAware)
     }
 
+    /// Validates shapes given as [B, H, N, d] for operands whose strides the caller sets afterwards (buffers).
+    package init(
+        queryShape: [Int], keyShape: [Int], valueShape: [Int], mask: AttentionMask, options: AttentionOptions
+    ) throws {
+        try self.init(
+            queryShape: queryShape, keyShape: keyShape, valueShape: valueShape, mask: mask, options: options,
+            layoutAware: false)
+    }
+
     /// Validates queries against keys held in a cache with the given dimensions: the batch and key dimension must
     /// match the queries', and the key/value heads must divide the query heads.
     package init(

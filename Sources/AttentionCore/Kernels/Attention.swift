@@ -120,12 +120,25 @@ package func runAttention(
 package func runAttention(
     _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], reusing reused: inout [Float]?
 ) throws -> AttentionResult {
-    switch problem.options.kernel.resolved(for: problem) {
+    let kernel = problem.options.kernel.resolved(for: problem)
+    if kernel == .naive { try checkNaiveBudget(problem) }
+    return withResultStorage(problem, queries: queries, reusing: &reused) { q, o, lse in
+        runAttention(problem, kernel: kernel, queries: q, segments: segments, output: o, logSumExp: lse)
+    }
+}
+
+/// Runs `kernel` (resolved for `problem`, its budget checked) on raw memory laid out by `problem`'s strides;
+/// returns the workspace bytes.
+package func runAttention(
+    _ problem: AttentionProblem, kernel: ResolvedKernel, queries: UnsafePointer<Float>?, segments: [KeyValueSegment],
+    output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?
+) -> Int {
+    switch kernel {
     case .naive:
-        return try naiveAttention(problem, queries: queries, segments: segments, reusing: &reused)
+        return naiveAttention(problem, queries: queries, segments: segments, output: output, logSumExp: logSumExp)
     case .blockwise(let tiling), .decode(let tiling):
         return tiledAttention(
             problem, queries: queries, segments: segments, tiling: tiling, scoreStorage: .perWorkerTile,
-            reusing: &reused)
+            output: output, logSumExp: logSumExp)
     }
 }

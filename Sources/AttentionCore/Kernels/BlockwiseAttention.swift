@@ -53,7 +53,57 @@ package func tiledAttention(
     _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], tiling: BlockwiseTiling,
     scoreStorage: ScoreStorage, reusing reused: inout [Float]?
 ) -> AttentionResult {
-    let (nq, dv) = (problem.queryLength, problem.valueDimension)
+    withResultStorage(problem, queries: queries, reusing: &reused) { q, o, lse in
+        tiledAttention(
+            problem, queries: q, segments: segments, tiling: tiling, scoreStorage: scoreStorage, output: o,
+            logSumExp: lse)
+    }
+}
+
+/// Allocates the output (into `reused` when it has the output's element count; it is left untouched when `body`
+/// throws) and log-sum-exp of `problem`, and calls `body` with the query, output and log-sum-exp pointers (nil
+/// only for empty tensors); `body` returns the workspace bytes it used.
+package func withResultStorage(
+    _ problem: AttentionProblem, queries: Tensor, reusing reused: inout [Float]?,
+    _ body: (UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) throws -> Int
+) rethrows -> AttentionResult {
+    let rows = problem.batch * problem.queryHeads * problem.queryLength
+    let outputCount = rows * problem.valueDimension
+    var output: [Float]
+    let reusable = reused?.count == outputCount
+    if reusable, let storage = reused.take() {
+        output = storage
+    } else {
+        // Every row is written by the finalize of the one work item that owns it: no zero fill needed.
+        output = overwrittenScalars(count: outputCount)
+    }
+    var logSumExp = [Float](repeating: 0, count: rows)
+    let workspace: Int
+    do {
+        workspace = try queries.withUnsafeBufferPointer { q in
+            try output.withUnsafeMutableBufferPointer { o in
+                try logSumExp.withUnsafeMutableBufferPointer { lse in
+                    try body(q.baseAddress, o.baseAddress, lse.baseAddress)
+                }
+            }
+        }
+    } catch {
+        if reusable { reused = output }
+        throw error
+    }
+    return AttentionResult(
+        output: Tensor(uncheckedShape: problem.outputShape, scalars: output),
+        logSumExp: Tensor(
+            uncheckedShape: [problem.batch, problem.queryHeads, problem.queryLength], scalars: logSumExp),
+        workspaceBytes: workspace)
+}
+
+/// The tiled kernel on raw memory: query rows and output rows where `problem`'s strides put them, log-sum-exp
+/// where `problem.logSumExpStrides` puts it. Returns the bytes of scratch it allocated.
+package func tiledAttention(
+    _ problem: AttentionProblem, queries: UnsafePointer<Float>?, segments: [KeyValueSegment], tiling: BlockwiseTiling,
+    scoreStorage: ScoreStorage, output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?
+) -> Int {
     let plan = TiledJobPlan(
         problem, tiling: tiling,
         decodesTiles: segments.contains { $0.needsDecoding(gathersStridedRows: tiling.layout == .rows) })
@@ -64,34 +114,14 @@ package func tiledAttention(
     defer { scores.deallocate() }
     let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, plan.partialFloats))
     defer { partials.deallocate() }
-
-    let outputCount = problem.batch * problem.queryHeads * nq
-    var output: [Float]
-    if let storage = reused.take(), storage.count == outputCount * dv {
-        output = storage
-    } else {
-        // Every row is written by the finalize of the one work item that owns it: no zero fill needed.
-        output = overwrittenScalars(count: outputCount * dv)
-    }
-    var logSumExp = [Float](repeating: 0, count: outputCount)
     let biasScalars = problem.options.bias?.scalars ?? []
-    queries.withUnsafeBufferPointer { q in
-        biasScalars.withUnsafeBufferPointer { bias in
-            output.withUnsafeMutableBufferPointer { o in
-                logSumExp.withUnsafeMutableBufferPointer { lse in
-                    let job = plan.job(
-                        queries: q.baseAddress, segments: segments, bias: bias.baseAddress, output: o.baseAddress,
-                        logSumExp: lse.baseAddress, scoreStorage: scoreStorage,
-                        scores: scoreStorage == .materialized ? scores : nil, partials: partials)
-                    runTiledJobs([job], threads: problem.threads, scratchFloats: scratchFloats)
-                }
-            }
-        }
+    biasScalars.withUnsafeBufferPointer { bias in
+        let job = plan.job(
+            queries: queries, segments: segments, bias: bias.baseAddress, output: output, logSumExp: logSumExp,
+            scoreStorage: scoreStorage, scores: scoreStorage == .materialized ? scores : nil, partials: partials)
+        runTiledJobs([job], threads: problem.threads, scratchFloats: scratchFloats)
     }
-    return AttentionResult(
-        output: Tensor(uncheckedShape: problem.outputShape, scalars: output),
-        logSumExp: Tensor(uncheckedShape: [problem.batch, problem.queryHeads, nq], scalars: logSumExp),
-        workspaceBytes: (workers * scratchFloats + scoreFloats + plan.partialFloats) * MemoryLayout<Float>.size)
+    return (workers * scratchFloats + scoreFloats + plan.partialFloats) * MemoryLayout<Float>.size
 }
 
 /// The sizes of one problem's work in a tiled dispatch: work items = units (batch x key/value head x query block)

@@ -26,16 +26,22 @@ private func naiveTiling(_ problem: AttentionProblem) -> BlockwiseTiling {
     BlockwiseTiling(queryBlock: Swift.max(1, problem.queryLength), keyBlock: Swift.max(1, problem.keyLength))
 }
 
-package func naiveAttention(
-    _ problem: AttentionProblem, queries: Tensor, segments: [KeyValueSegment], reusing reused: inout [Float]?
-) throws -> AttentionResult {
+/// Throws `memoryBudgetExceeded` unless the naive kernel's score tensor fits `options.naiveMemoryBudget`.
+package func checkNaiveBudget(_ problem: AttentionProblem) throws {
     let budget = problem.options.naiveMemoryBudget
     let required = naiveScoreBytes(problem)
     guard let required, required <= budget else {
         throw AttentionError.memoryBudgetExceeded(
             argument: "options.naiveMemoryBudget", requiredBytes: required ?? Int.max, budgetBytes: budget)
     }
-    return tiledAttention(
-        problem, queries: queries, segments: segments, tiling: naiveTiling(problem),
-        scoreStorage: .materialized, reusing: &reused)
+}
+
+/// The naive kernel on raw memory (see `tiledAttention`); the budget is already checked.
+package func naiveAttention(
+    _ problem: AttentionProblem, queries: UnsafePointer<Float>?, segments: [KeyValueSegment],
+    output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?
+) -> Int {
+    tiledAttention(
+        problem, queries: queries, segments: segments, tiling: naiveTiling(problem), scoreStorage: .materialized,
+        output: output, logSumExp: logSumExp)
 }
