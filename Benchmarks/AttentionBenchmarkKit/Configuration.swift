@@ -30,7 +30,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
     public var chartPath: String? = nil
 
     public static let knownSuites = [
-        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "packed", "memory",
+        "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "packed", "layouts",
+        "memory",
     ]
 
     public init() {}
@@ -132,7 +133,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         (padded-batch) beside the eight sequences run one by one (per-sequence), timed alternately; GFLOP/s count
         the real work of both, and a line per case gives the time ratio), packed (16 sequences of 64..4096
         tokens, geometric, H = 8, d = 64, no mask and causal: one packedAttention call over [T, H, d] (packed)
-        beside the sixteen calls on each sequence alone (per-sequence), timed alternately), memory (naive and blockwise, H = 8, d = 64, causal, all
+        beside the sixteen calls on each sequence alone (per-sequence), timed alternately), layouts (the
+        blockwise suite's shapes on [B, H, N, d] and on [B, N, H, d] tensors read in place, timed alternately),
+        memory (naive and blockwise, H = 8, d = 64, causal, all
         threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
         case runs once in a fresh child process that reports its peak resident memory growth).
 

@@ -85,7 +85,9 @@ for c in cases + memoryCases where !validated.contains("\(c.kernelName)/\(c.mask
         exit(1)
     }
 }
-let ownGates = ["streaming", "linear", "sparse", "padding", "packed"].filter { configuration.suites.contains($0) }
+let ownGates = ["streaming", "linear", "sparse", "padding", "packed", "layouts"].filter {
+    configuration.suites.contains($0)
+}
 note(
     "validated against the Float64 reference: "
         + (validated.sorted() + ownGates.map { "\($0) (validated by its suite before timing)" }).joined(separator: ", ")
@@ -149,7 +151,7 @@ for c in ordered {
 
 for (name, suite) in [
     ("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite), ("padding", paddingSuite),
-    ("packed", packedSuite),
+    ("packed", packedSuite), ("layouts", layoutsSuite),
 ]
 where configuration.suites.contains(name) {
     do {
@@ -160,7 +162,9 @@ where configuration.suites.contains(name) {
     }
 }
 
-for line in growthSummaries(records) + paddingSummaries(records) + packedSummaries(records) { note(line) }
+for line in growthSummaries(records) + paddingSummaries(records) + packedSummaries(records) + layoutSummaries(records) {
+    note(line)
+}
 if configuration.suites.contains("window") {
     do {
         for line in try pairedWindowGrowth(configuration, allThreads: allThreads) { note(line) }

@@ -37,6 +37,9 @@ final class MicroKernelShapeTests: XCTestCase {
             (3, 3, 7, 7, 1, 3, 7, 5), (1, 1, 128, 217, 128, 128, 48, 16), (2, 1, 40, 40, 8, 9, 8, 13),
             (1, 1, 150, 150, 80, 66, 80, 64), (4, 2, 64, 100, 64, 64, 32, 64), (1, 1, 90, 70, 16, 16, 32, 16),
             (2, 2, 130, 90, 20, 24, 128, 32), (1, 1, 130, 90, 20, 24, 130, 32),
+            // One query block of 64 rows over interleaved rows: with .bnhd the micro-kernels read them in place
+            // (with more blocks the rows are first copied head-major).
+            (2, 2, 64, 100, 32, 40, 64, 16), (6, 3, 20, 77, 17, 9, 32, 64),
         ]
         try withEvery("case", in: cases.indices) { index in
             let (hq, hkv, nq, nk, dk, dv, br, bc) = cases[index]

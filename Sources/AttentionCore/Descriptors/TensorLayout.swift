@@ -1,10 +1,13 @@
 // TensorLayout: the order of the axes of a rank-4 query, key, value or output tensor.
 //
-// The kernels read every layout in place: a row (one token of one head, its d values consecutive) is found from
-// (batch, head, token) strides, so a [B, N, H, d] tensor straight out of a projection needs no transpose copy.
-// Query rows are packed per work item anyway; key and value rows that are not consecutive within a head are
-// gathered tile by tile into the worker's tile scratch (the path stored formats decode through), and the output
-// is written through its strides.
+// The kernels take every layout as it is: a row (one token of one head, its d values consecutive) is found from
+// (batch, head, token) strides, so a [B, N, H, d] tensor straight out of a projection needs no transpose copy by
+// the caller. Query rows are packed per work item anyway and the output is written through its strides. Key and
+// value rows that are not consecutive within a head: when the prefill kernel reads each key more than once (more
+// than one query block), each key/value head is copied head-major once per call (`withHeadMajorRows`: K + V
+// floats of workspace, one pass over them; reading them in place took 1.21x the time, measured there); with one
+// query block the prefill micro-kernels read them in place at their stride; the decode kernel gathers each tile
+// into its tile scratch (the path stored formats decode through).
 
 /// The axis order of rank-4 attention tensors (`AttentionOptions.layout`, `AttentionOptions.outputLayout`).
 public enum TensorLayout: Sendable, Hashable {

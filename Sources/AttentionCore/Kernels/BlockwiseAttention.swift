@@ -104,24 +104,31 @@ package func tiledAttention(
     _ problem: AttentionProblem, queries: UnsafePointer<Float>?, segments: [KeyValueSegment], tiling: BlockwiseTiling,
     scoreStorage: ScoreStorage, output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?
 ) -> Int {
-    let plan = TiledJobPlan(
-        problem, tiling: tiling,
-        decodesTiles: segments.contains { $0.needsDecoding(gathersStridedRows: tiling.layout == .rows) })
-    let workers = Parallel.workerCount(items: plan.items, threads: problem.threads)
-    let scratchFloats = plan.scratchFloats(scoreStorage)
-    let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
-    let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
-    defer { scores.deallocate() }
-    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, plan.partialFloats))
-    defer { partials.deallocate() }
-    let biasScalars = problem.options.bias?.scalars ?? []
-    biasScalars.withUnsafeBufferPointer { bias in
-        let job = plan.job(
-            queries: queries, segments: segments, bias: bias.baseAddress, output: output, logSumExp: logSumExp,
-            scoreStorage: scoreStorage, scores: scoreStorage == .materialized ? scores : nil, partials: partials)
-        runTiledJobs([job], threads: problem.threads, scratchFloats: scratchFloats)
+    let queryBlocks = (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock
+    return withHeadMajorRows(
+        segments, batch: problem.batch, keyValueHeads: problem.keyValueHeads, keyDimension: problem.keyDimension,
+        valueDimension: problem.valueDimension, reuse: tiling.layout == .stripes ? queryBlocks : 1,
+        threads: problem.threads
+    ) { segments, copyBytes in
+        let plan = TiledJobPlan(
+            problem, tiling: tiling,
+            decodesTiles: segments.contains { $0.needsDecoding(gathersStridedRows: tiling.layout == .rows) })
+        let workers = Parallel.workerCount(items: plan.items, threads: problem.threads)
+        let scratchFloats = plan.scratchFloats(scoreStorage)
+        let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
+        defer { scores.deallocate() }
+        let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, plan.partialFloats))
+        defer { partials.deallocate() }
+        let biasScalars = problem.options.bias?.scalars ?? []
+        biasScalars.withUnsafeBufferPointer { bias in
+            let job = plan.job(
+                queries: queries, segments: segments, bias: bias.baseAddress, output: output, logSumExp: logSumExp,
+                scoreStorage: scoreStorage, scores: scoreStorage == .materialized ? scores : nil, partials: partials)
+            runTiledJobs([job], threads: problem.threads, scratchFloats: scratchFloats)
+        }
+        return (workers * scratchFloats + scoreFloats + plan.partialFloats) * MemoryLayout<Float>.size + copyBytes
     }
-    return (workers * scratchFloats + scoreFloats + plan.partialFloats) * MemoryLayout<Float>.size
 }
 
 /// The sizes of one problem's work in a tiled dispatch: work items = units (batch x key/value head x query block)

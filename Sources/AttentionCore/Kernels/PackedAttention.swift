@@ -2,8 +2,9 @@
 // along the token axis with no padding (see PackedSequences.swift), so a batch of one 4096-token document and
 // fifteen short prompts costs what its real tokens cost.
 //
-// Each sequence is its own attention problem (batch 1, its own lengths, its mask aligned bottom-right), read in
-// place from the packed tensors and written in place into the packed output: the kernel, tiles and key splits it
+// Each sequence is its own attention problem (batch 1, its own lengths, its mask aligned bottom-right), read from
+// the packed tensors (with several key/value heads, whose rows interleave, the keys and values are first copied
+// head-major once, see `withHeadMajorRows`) and written in place into the packed output: the kernel, tiles and key splits it
 // gets are exactly those of a call on that sequence alone, so the packed result equals the per-sequence calls
 // bitwise. What packing adds is one parallel loop over the work items of every sequence, the longest sequences
 // first, so that short sequences fill the gaps the long ones leave and no worker waits for a sequence to finish.
@@ -46,69 +47,95 @@ public func packedAttention(
     let (dk, dv) = (queries.shape[2], values.shape[2])
     let threads = options.threads ?? Parallel.defaultThreadCount
 
-    let plans = problems.map { problem -> TiledJobPlan in
-        let tiling: BlockwiseTiling
+    let tilings = problems.map { problem -> BlockwiseTiling in
         switch problem.options.kernel.resolved(for: problem) {
-        case .blockwise(let resolved), .decode(let resolved): tiling = resolved
+        case .blockwise(let resolved), .decode(let resolved): return resolved
         case .naive: preconditionFailure("packedProblems rejects the naive kernel")
         }
-        // Rows of one token's heads are interleaved: with more than one key/value head the decode layout gathers
-        // them (the prefill micro-kernels read them in place).
-        return TiledJobPlan(
-            problem, tiling: tiling, decodesTiles: hkv > 1 && problem.keyLength > 0 && tiling.layout == .rows)
     }
-    // Longest sequences first (by the key rows their items read), so short ones fill the tail of the schedule.
-    let order = plans.indices.sorted {
-        let (a, b) = (plans[$0], plans[$1])
-        let (costA, costB) = (a.problem.queryLength * a.problem.keyLength, b.problem.queryLength * b.problem.keyLength)
-        return costA != costB ? costA > costB : $0 < $1
-    }
-    let scratchFloats = plans.map { $0.scratchFloats(.perWorkerTile) }.max() ?? 0
-    var firstPartials = [0]
-    for plan in plans { firstPartials.append(firstPartials[firstPartials.count - 1] + plan.partialFloats) }
-    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, firstPartials[plans.count]))
-    defer { partials.deallocate() }
-
+    // With more than one key/value head, a token's heads are interleaved: the rows are copied head-major once when
+    // the prefill kernel reads keys more than once (`withHeadMajorRows`), else the decode layout gathers them.
+    let reuse =
+        zip(problems, tilings).map { problem, tiling in
+            tiling.layout == .stripes ? (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock : 1
+        }.max() ?? 1
+    let float = MemoryLayout<Float>.stride
     var output = overwrittenScalars(count: totalQueries * hq * dv)
     var logSumExp = [Float](repeating: 0, count: totalQueries * hq)
-    let float = MemoryLayout<Float>.stride
-    queries.withUnsafeBufferPointer { q in
+    let workspace = queries.withUnsafeBufferPointer { q in
         keys.withUnsafeBufferPointer { k in
             values.withUnsafeBufferPointer { v in
                 output.withUnsafeMutableBufferPointer { o in
                     logSumExp.withUnsafeMutableBufferPointer { lse in
-                        let jobs = order.map { b -> any TiledJob in
-                            let (queryStart, keyStart) = (sequences.queryOffsets[b], sequences.keyOffsets[b])
-                            let plan = plans[b]
-                            var segments: [KeyValueSegment] = []
-                            if let kBase = k.baseAddress, let vBase = v.baseAddress, plan.problem.keyLength > 0 {
-                                segments.append(
-                                    KeyValueSegment(
-                                        keys: UnsafeRawPointer(kBase + keyStart * hkv * dk),
-                                        values: UnsafeRawPointer(vBase + keyStart * hkv * dv),
-                                        keyCodec: RowCodec(.float32, dimension: dk),
-                                        valueCodec: RowCodec(.float32, dimension: dv),
-                                        keyStrides: (0, dk * float, hkv * dk * float),
-                                        valueStrides: (0, dv * float, hkv * dv * float), start: 0,
-                                        count: plan.problem.keyLength))
-                            }
-                            return plan.job(
-                                queries: q.baseAddress.map { $0 + queryStart * hq * dk }, segments: segments,
-                                bias: nil, output: o.baseAddress.map { $0 + queryStart * hq * dv },
-                                logSumExp: lse.baseAddress.map { $0 + queryStart * hq }, scoreStorage: .perWorkerTile,
-                                scores: nil, partials: partials + firstPartials[b])
+                        // All the keys as one segment of one batch entry; each sequence reads its part of it.
+                        var whole: [KeyValueSegment] = []
+                        if let kBase = k.baseAddress, let vBase = v.baseAddress, keys.shape[0] > 0 {
+                            whole.append(
+                                KeyValueSegment(
+                                    keys: UnsafeRawPointer(kBase), values: UnsafeRawPointer(vBase),
+                                    keyCodec: RowCodec(.float32, dimension: dk),
+                                    valueCodec: RowCodec(.float32, dimension: dv),
+                                    keyStrides: (0, dk * float, hkv * dk * float),
+                                    valueStrides: (0, dv * float, hkv * dv * float), start: 0, count: keys.shape[0]))
                         }
-                        runTiledJobs(jobs, threads: threads, scratchFloats: scratchFloats)
+                        return withHeadMajorRows(
+                            whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv, reuse: reuse,
+                            threads: threads
+                        ) { whole, copyBytes in
+                            let plans = zip(problems, tilings).map { problem, tiling in
+                                TiledJobPlan(
+                                    problem, tiling: tiling,
+                                    decodesTiles: problem.keyLength > 0
+                                        && whole.contains {
+                                            $0.needsDecoding(gathersStridedRows: tiling.layout == .rows)
+                                        })
+                            }
+                            let scratchFloats = plans.map { $0.scratchFloats(.perWorkerTile) }.max() ?? 0
+                            var firstPartials = [0]
+                            for plan in plans {
+                                firstPartials.append(firstPartials[firstPartials.count - 1] + plan.partialFloats)
+                            }
+                            let partials = UnsafeMutablePointer<Float>.allocate(
+                                capacity: Swift.max(1, firstPartials[plans.count]))
+                            defer { partials.deallocate() }
+                            // Longest sequences first (by the key rows their items read), so short ones fill the
+                            // tail of the schedule.
+                            let order = plans.indices.sorted {
+                                let (a, b) = (plans[$0].problem, plans[$1].problem)
+                                let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
+                                return costA != costB ? costA > costB : $0 < $1
+                            }
+                            let jobs = order.map { b -> any TiledJob in
+                                let (queryStart, keyStart) = (sequences.queryOffsets[b], sequences.keyOffsets[b])
+                                let plan = plans[b]
+                                let segments = whole.prefix(plan.problem.keyLength > 0 ? 1 : 0).map { all in
+                                    KeyValueSegment(
+                                        keys: all.keys + keyStart * all.keyRowStride,
+                                        values: all.values + keyStart * all.valueRowStride, keyCodec: all.keyCodec,
+                                        valueCodec: all.valueCodec,
+                                        keyStrides: (0, all.keyHeadStride, all.keyRowStride),
+                                        valueStrides: (0, all.valueHeadStride, all.valueRowStride), start: 0,
+                                        count: plan.problem.keyLength)
+                                }
+                                return plan.job(
+                                    queries: q.baseAddress.map { $0 + queryStart * hq * dk }, segments: segments,
+                                    bias: nil, output: o.baseAddress.map { $0 + queryStart * hq * dv },
+                                    logSumExp: lse.baseAddress.map { $0 + queryStart * hq },
+                                    scoreStorage: .perWorkerTile, scores: nil, partials: partials + firstPartials[b])
+                            }
+                            runTiledJobs(jobs, threads: threads, scratchFloats: scratchFloats)
+                            let workers = Parallel.workerCount(
+                                items: plans.reduce(0) { $0 + $1.items }, threads: threads)
+                            return (workers * scratchFloats + firstPartials[plans.count]) * float + copyBytes
+                        }
                     }
                 }
             }
         }
     }
-    let workers = Parallel.workerCount(items: plans.reduce(0) { $0 + $1.items }, threads: threads)
     return AttentionResult(
         output: Tensor(uncheckedShape: [totalQueries, hq, dv], scalars: output),
-        logSumExp: Tensor(uncheckedShape: [totalQueries, hq], scalars: logSumExp),
-        workspaceBytes: (workers * scratchFloats + firstPartials[plans.count]) * float)
+        logSumExp: Tensor(uncheckedShape: [totalQueries, hq], scalars: logSumExp), workspaceBytes: workspace)
 }
 
 /// Validates a packed call and returns one problem per sequence.

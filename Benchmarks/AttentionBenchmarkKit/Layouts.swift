@@ -1,0 +1,103 @@
+// The `layouts` suite: the blockwise kernel on [B, N, H, d] tensors (`options.layout = .bnhd`, read in place)
+// beside the same data as [B, H, N, d].
+
+import AttentionCore
+import _AttentionTestSupport
+
+/// The blockwise suite's shapes (N = 512..4096, or --sizes; d = 64 and 128, or --head-dim; H = 8, or --heads; no
+/// mask and causal; one thread and all) plus its GQA case (32/8 heads, d = 128, N = 2048, causal), each run on
+/// `[1, H, N, d]` tensors (`bhnd`) and on the same values as `[1, N, H, d]` (`bnhd`, output in the same layout),
+/// timed in turn call by call. Both outputs are checked bitwise equal (the layout must not change a result) and
+/// sampled rows against the Float64 reference. A line per case gives the time ratio.
+public func layoutsSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
+    let lengths = configuration.sequenceLengths ?? (configuration.quick ? [512, 1024, 2048] : [512, 1024, 2048, 4096])
+    let budget = configuration.quick ? 0.3 : 1.0
+    var shapes: [(hq: Int, hkv: Int, n: Int, d: Int, maskName: String, mask: AttentionMask)] = []
+    for d in configuration.headDimensions ?? [64, 128] {
+        for (maskName, mask) in [("none", AttentionMask.none), ("causal", .causal)] {
+            for n in lengths { shapes.append((configuration.heads, configuration.heads, n, d, maskName, mask)) }
+        }
+    }
+    shapes.append((32, 8, configuration.quick ? 1024 : 2048, 128, "causal", .causal))
+    var records: [BenchmarkRecord] = []
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        for (index, shape) in shapes.enumerated() {
+            let inputs = try attentionInputs(
+                queryHeads: shape.hq, keyValueHeads: shape.hkv, queryLength: shape.n, keyLength: shape.n,
+                headDimension: shape.d, seed: UInt64(900 + index))
+            func tokenMajor(_ t: Tensor) throws -> Tensor {
+                let s = t.shape
+                return try Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
+            }
+            let (q, k, v) = (try tokenMajor(inputs.queries), try tokenMajor(inputs.keys), try tokenMajor(inputs.values))
+            let headMajorOptions = AttentionOptions(kernel: .blockwise(), threads: threads)
+            var tokenMajorOptions = headMajorOptions
+            tokenMajorOptions.layout = .bnhd
+            var outputs: [Tensor?] = [nil, nil]
+            let timings = try alternateTimes(
+                minimumRepetitions: configuration.minimumRepetitions, budget: budget,
+                [
+                    {
+                        outputs[0] = try attention(
+                            queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: shape.mask,
+                            options: headMajorOptions)
+                    },
+                    {
+                        outputs[1] = try attention(
+                            queries: q, keys: k, values: v, mask: shape.mask, options: tokenMajorOptions)
+                    },
+                ])
+            guard let headMajor = outputs[0], let tokenMajorOutput = outputs[1] else { continue }
+            guard try tokenMajor(headMajor).scalars == tokenMajorOutput.scalars else {
+                throw ValidationFailure(
+                    description: "layouts: the .bnhd output differs from the .bhnd one at \(shape.n) x \(shape.d)")
+            }
+            var worst = 0.0
+            for (head, query) in [(0, shape.n - 1), (shape.hq - 1, shape.n / 2)] {
+                let reference = referenceRow(
+                    Double.self, batch: 0, head: head, query: query, queries: inputs.queries, keys: inputs.keys,
+                    values: inputs.values, mask: shape.mask, options: headMajorOptions)
+                let start = headMajor.offset(of: [0, head, query, 0])
+                worst = Swift.max(
+                    worst, maxAbsoluteError(Array(headMajor.scalars[start..<(start + shape.d)]), reference.output))
+            }
+            let flops = attentionFLOPs(
+                batch: 1, queryHeads: shape.hq, queryLength: shape.n, keyLength: shape.n, headDimension: shape.d,
+                visibleFraction: visibleFraction(of: shape.mask, queryLength: shape.n, keyLength: shape.n))
+            for (kernel, timing) in [("bhnd", timings[0]), ("bnhd", timings[1])] {
+                records.append(
+                    BenchmarkRecord(
+                        suite: "layouts", kernel: kernel, batch: 1, queryHeads: shape.hq, keyValueHeads: shape.hkv,
+                        queryLength: shape.n, keyLength: shape.n, headDimension: shape.d, mask: shape.maskName,
+                        threads: threads, medianSeconds: timing.median, minSeconds: timing.minimum,
+                        maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9, workspaceBytes: 0,
+                        maxAbsError: worst))
+            }
+        }
+    }
+    return records
+}
+
+/// "[B, N, H, d] / [B, H, N, d]" time ratios of a run's layouts-suite records: one line per thread count with the
+/// median, smallest and largest ratio over the shapes.
+public func layoutSummaries(_ records: [BenchmarkRecord]) -> [String] {
+    let tokenMajor = records.filter { $0.suite == "layouts" && $0.kernel == "bnhd" }
+    var ratiosByThreads: [Int: [Double]] = [:]
+    for t in tokenMajor {
+        guard
+            let h = records.first(where: {
+                $0.suite == "layouts" && $0.kernel == "bhnd" && $0.threads == t.threads && $0.mask == t.mask
+                    && $0.queryLength == t.queryLength && $0.headDimension == t.headDimension
+                    && $0.queryHeads == t.queryHeads && $0.keyValueHeads == t.keyValueHeads
+            })
+        else { continue }
+        ratiosByThreads[t.threads, default: []].append(t.medianSeconds / h.medianSeconds)
+    }
+    return ratiosByThreads.keys.sorted().map { threads in
+        let ratios = ratiosByThreads[threads]!.sorted()
+        return "layouts, \(threads) thread\(threads == 1 ? "" : "s"): [B, N, H, d] took "
+            + String(
+                format: "%.2fx the time of [B, H, N, d] (median of %d shapes; %.2f-%.2fx)", ratios[ratios.count / 2],
+                ratios.count, ratios[0], ratios[ratios.count - 1])
+    }
+}
