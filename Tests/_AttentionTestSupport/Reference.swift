@@ -185,3 +185,23 @@ public func plainFloat32Attention(
     referenceAttention(
         Float.self, queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
+
+/// Rotary embedding of one head row in Float64, from the textbook definition: theta_k = base^(-2k / r) (base
+/// times factor^(r / (r - 2)) for NTK-aware scaling), angle = (position / linear factor) * theta_k, and pair k
+/// (elements 2k and 2k + 1 when interleaved, k and k + r / 2 otherwise) rotated by the angle. Elements from r on are
+/// unchanged.
+public func referenceRotary(
+    _ row: [Double], position: Int, interleaved: Bool, base: Double, rotaryDimension r: Int,
+    linearFactor: Double = 1, ntkFactor: Double = 1
+) -> [Double] {
+    var out = row
+    let scaledBase = r > 2 ? base * Foundation.pow(ntkFactor, Double(r) / Double(r - 2)) : base
+    for k in 0..<(r / 2) {
+        let theta = Foundation.pow(scaledBase, -2 * Double(k) / Double(r))
+        let angle = Double(position) / linearFactor * theta
+        let (i, j) = interleaved ? (2 * k, 2 * k + 1) : (k, k + r / 2)
+        out[i] = row[i] * Foundation.cos(angle) - row[j] * Foundation.sin(angle)
+        out[j] = row[i] * Foundation.sin(angle) + row[j] * Foundation.cos(angle)
+    }
+    return out
+}

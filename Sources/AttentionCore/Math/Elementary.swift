@@ -7,6 +7,8 @@
 
 @inline(__always) package func _log(_ x: Double) -> Double { Foundation.log(x) }
 @inline(__always) package func _cos(_ x: Double) -> Double { Foundation.cos(x) }
+@inline(__always) package func _sin(_ x: Double) -> Double { Foundation.sin(x) }
+@inline(__always) package func _pow(_ x: Double, _ y: Double) -> Double { Foundation.pow(x, y) }
 @inline(__always) package func _log(_ x: Float) -> Float { Foundation.logf(x) }
 @inline(__always) package func _tanh(_ x: Float) -> Float { Foundation.tanhf(x) }
 @inline(__always) package func _exp(_ x: Float) -> Float { Foundation.expf(x) }
