@@ -280,7 +280,8 @@ func applyMaskBounds(
     }
 }
 
-/// Whether `count` floats are all finite: their sum is NaN or infinite whenever some value is. (A sum of finite
+/// Whether `rows` rows of `columns` floats (`rowStride` apart) are all finite: their sum is NaN or infinite
+/// whenever some value is. (A sum of finite
 /// values that overflows also reports "not finite"; the quarantine path it then takes is exact, only slower.)
 @inline(__always)
 func allFinite(_ values: UnsafePointer<Float>, rows: Int, columns: Int, rowStride: Int) -> Bool {
