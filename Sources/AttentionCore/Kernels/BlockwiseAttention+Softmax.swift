@@ -281,8 +281,8 @@ func applyMaskBounds(
 }
 
 /// Whether `rows` rows of `columns` floats (`rowStride` apart) are all finite: their sum is NaN or infinite
-/// whenever some value is. (A sum of finite
-/// values that overflows also reports "not finite"; the quarantine path it then takes is exact, only slower.)
+/// whenever some value is. (A sum of finite values that overflows also reports "not finite"; the quarantine path
+/// it then takes is exact, only slower.)
 @inline(__always)
 func allFinite(_ values: UnsafePointer<Float>, rows: Int, columns: Int, rowStride: Int) -> Bool {
     if rowStride == columns { return streamingSum(values, count: rows * columns).isFinite }
