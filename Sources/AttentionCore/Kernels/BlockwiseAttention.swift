@@ -113,22 +113,37 @@ package func tiledAttention(
         let plan = TiledJobPlan(
             problem, tiling: tiling,
             decodesTiles: segments.contains { $0.needsDecoding(gathersStridedRows: tiling.layout == .rows) })
-        let workers = Parallel.workerCount(items: plan.items, threads: problem.threads)
-        let scratchFloats = plan.scratchFloats(scoreStorage)
         let scoreFloats = scoreStorage == .materialized ? (materializedScoreFloats(problem, tiling) ?? 0) : 0
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, scoreFloats))
         defer { scores.deallocate() }
-        let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, plan.partialFloats))
-        defer { partials.deallocate() }
         let biasScalars = problem.options.bias?.scalars ?? []
-        biasScalars.withUnsafeBufferPointer { bias in
-            let job = plan.job(
-                queries: queries, segments: segments, bias: bias.baseAddress, output: output, logSumExp: logSumExp,
-                scoreStorage: scoreStorage, scores: scoreStorage == .materialized ? scores : nil, partials: partials)
-            runTiledJobs([job], threads: problem.threads, scratchFloats: scratchFloats)
+        let runBytes = biasScalars.withUnsafeBufferPointer { bias in
+            runTiledPlans([plan], order: [0], threads: problem.threads, scoreStorage: scoreStorage) { _, partials in
+                plan.job(
+                    queries: queries, segments: segments, bias: bias.baseAddress, output: output,
+                    logSumExp: logSumExp, scoreStorage: scoreStorage,
+                    scores: scoreStorage == .materialized ? scores : nil, partials: partials)
+            }
         }
-        return (workers * scratchFloats + scoreFloats + plan.partialFloats) * MemoryLayout<Float>.size + copyBytes
+        return runBytes + scoreFloats * MemoryLayout<Float>.size + copyBytes
     }
+}
+
+/// Runs the jobs of `plans` in one parallel loop (`runTiledJobs`), in `order`, with each worker's scratch sized
+/// for the largest plan and every plan's split states in one allocation: `job(index, partials)` builds plan
+/// `index`'s job over its `partialFloats` floats at `partials`. Returns the bytes of scratch and split states.
+package func runTiledPlans(
+    _ plans: [TiledJobPlan], order: [Int], threads: Int, scoreStorage: ScoreStorage,
+    _ job: (Int, UnsafeMutablePointer<Float>) -> any TiledJob
+) -> Int {
+    let scratchFloats = plans.map { $0.scratchFloats(scoreStorage) }.max() ?? 0
+    var firstPartials = [0]
+    for plan in plans { firstPartials.append(firstPartials[firstPartials.count - 1] + plan.partialFloats) }
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, firstPartials[plans.count]))
+    defer { partials.deallocate() }
+    runTiledJobs(order.map { job($0, partials + firstPartials[$0]) }, threads: threads, scratchFloats: scratchFloats)
+    let workers = Parallel.workerCount(items: plans.reduce(0) { $0 + $1.items }, threads: threads)
+    return (workers * scratchFloats + firstPartials[plans.count]) * MemoryLayout<Float>.size
 }
 
 /// The sizes of one problem's work in a tiled dispatch: work items = units (batch x key/value head x query block)

@@ -90,14 +90,6 @@ public func packedAttention(
                                             $0.needsDecoding(gathersStridedRows: tiling.layout == .rows)
                                         })
                             }
-                            let scratchFloats = plans.map { $0.scratchFloats(.perWorkerTile) }.max() ?? 0
-                            var firstPartials = [0]
-                            for plan in plans {
-                                firstPartials.append(firstPartials[firstPartials.count - 1] + plan.partialFloats)
-                            }
-                            let partials = UnsafeMutablePointer<Float>.allocate(
-                                capacity: Swift.max(1, firstPartials[plans.count]))
-                            defer { partials.deallocate() }
                             // Longest sequences first (by the key rows their items read), so short ones fill the
                             // tail of the schedule.
                             let order = plans.indices.sorted {
@@ -105,7 +97,9 @@ public func packedAttention(
                                 let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
                                 return costA != costB ? costA > costB : $0 < $1
                             }
-                            let jobs = order.map { b -> any TiledJob in
+                            let runBytes = runTiledPlans(
+                                plans, order: order, threads: threads, scoreStorage: .perWorkerTile
+                            ) { b, partials in
                                 let (queryStart, keyStart) = (sequences.queryOffsets[b], sequences.keyOffsets[b])
                                 let plan = plans[b]
                                 let segments = whole.prefix(plan.problem.keyLength > 0 ? 1 : 0).map { all in
@@ -121,12 +115,9 @@ public func packedAttention(
                                     queries: q.baseAddress.map { $0 + queryStart * hq * dk }, segments: segments,
                                     bias: nil, output: o.baseAddress.map { $0 + queryStart * hq * dv },
                                     logSumExp: lse.baseAddress.map { $0 + queryStart * hq },
-                                    scoreStorage: .perWorkerTile, scores: nil, partials: partials + firstPartials[b])
+                                    scoreStorage: .perWorkerTile, scores: nil, partials: partials)
                             }
-                            runTiledJobs(jobs, threads: threads, scratchFloats: scratchFloats)
-                            let workers = Parallel.workerCount(
-                                items: plans.reduce(0) { $0 + $1.items }, threads: threads)
-                            return (workers * scratchFloats + firstPartials[plans.count]) * float + copyBytes
+                            return runBytes + copyBytes
                         }
                     }
                 }
