@@ -328,7 +328,19 @@ struct TileWalk {
     func forEach(coverage: (Range<Int>) -> TileCoverage, _ body: (KeyTile) -> Void) {
         if keyRange.isEmpty { return }
         let (bc, dk, dv) = (keyBlock, keyDimension, valueDimension)
-        for segment in segments {
+        // Segments are sorted by start; a paged cache has one per block, so the walk starts at the first segment
+        // that reaches the range (binary search) and stops at the first past it.
+        var (low, high) = (0, segments.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if segments[middle].start + segments[middle].count <= keyRange.lowerBound {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        for segment in segments[low...] {
+            if segment.start >= keyRange.upperBound { break }
             let part = keyRange.clamped(to: segment.start..<(segment.start + segment.count))
             if part.isEmpty { continue }
             let keyBase = segment.keys + batch * segment.keyBatchStride + keyValueHead * segment.keyHeadStride

@@ -47,12 +47,7 @@ public func packedAttention(
     let (dk, dv) = (queries.shape[2], values.shape[2])
     let threads = options.threads ?? Parallel.defaultThreadCount
 
-    let tilings = problems.map { problem -> BlockwiseTiling in
-        switch problem.options.kernel.resolved(for: problem) {
-        case .blockwise(let resolved), .decode(let resolved): return resolved
-        case .naive: preconditionFailure("packedProblems rejects the naive kernel")
-        }
-    }
+    let tilings = sequenceTilings(problems)
     // With more than one key/value head, a token's heads are interleaved: the rows are copied head-major once when
     // the prefill kernel reads keys more than once (`withHeadMajorRows`), else the decode layout gathers them.
     let reuse =
@@ -82,40 +77,21 @@ public func packedAttention(
                             whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv, reuse: reuse,
                             threads: threads
                         ) { whole, copyBytes in
-                            let plans = zip(problems, tilings).map { problem, tiling in
-                                TiledJobPlan(
-                                    problem, tiling: tiling,
-                                    decodesTiles: problem.keyLength > 0
-                                        && whole.contains {
-                                            $0.needsDecoding(gathersStridedRows: tiling.layout == .rows)
-                                        })
-                            }
-                            // Longest sequences first (by the key rows their items read), so short ones fill the
-                            // tail of the schedule.
-                            let order = plans.indices.sorted {
-                                let (a, b) = (plans[$0].problem, plans[$1].problem)
-                                let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
-                                return costA != costB ? costA > costB : $0 < $1
-                            }
-                            let runBytes = runTiledPlans(
-                                plans, order: order, threads: threads, scoreStorage: .perWorkerTile
-                            ) { b, partials in
-                                let (queryStart, keyStart) = (sequences.queryOffsets[b], sequences.keyOffsets[b])
-                                let plan = plans[b]
-                                let segments = whole.prefix(plan.problem.keyLength > 0 ? 1 : 0).map { all in
+                            let runBytes = runSequenceProblems(
+                                problems, tilings: tilings, queryOffsets: sequences.queryOffsets,
+                                queries: q.baseAddress, output: o.baseAddress, logSumExp: lse.baseAddress,
+                                threads: threads
+                            ) { b in
+                                let keyStart = sequences.keyOffsets[b]
+                                return whole.prefix(problems[b].keyLength > 0 ? 1 : 0).map { all in
                                     KeyValueSegment(
                                         keys: all.keys + keyStart * all.keyRowStride,
                                         values: all.values + keyStart * all.valueRowStride, keyCodec: all.keyCodec,
                                         valueCodec: all.valueCodec,
                                         keyStrides: (0, all.keyHeadStride, all.keyRowStride),
                                         valueStrides: (0, all.valueHeadStride, all.valueRowStride), start: 0,
-                                        count: plan.problem.keyLength)
+                                        count: problems[b].keyLength)
                                 }
-                                return plan.job(
-                                    queries: q.baseAddress.map { $0 + queryStart * hq * dk }, segments: segments,
-                                    bias: nil, output: o.baseAddress.map { $0 + queryStart * hq * dv },
-                                    logSumExp: lse.baseAddress.map { $0 + queryStart * hq },
-                                    scoreStorage: .perWorkerTile, scores: nil, partials: partials)
                             }
                             return runBytes + copyBytes
                         }
@@ -157,6 +133,18 @@ private func packedProblems(
             argument: "values", expected: "[\(totalKeys), \(hkv), D] with D >= 1", actual: values.shape,
             reason: "packed values have the keys' token and head counts")
     }
+    return try sequenceProblems(
+        queryHeads: hq, keyValueHeads: hkv, queryLengths: (0..<sequences.count).map { sequences.queryRange($0).count },
+        keyLengths: (0..<sequences.count).map { sequences.keyRange($0).count }, keyDimension: dk,
+        valueDimension: values.shape[2], mask: mask, options: options, batchName: "the packed batch")
+}
+
+/// One problem per sequence of a sequence batch (packed, or a paged cache's), after rejecting the options such a
+/// batch does not take; a mask or option invalid for one sequence throws with the sequence named.
+package func sequenceProblems(
+    queryHeads hq: Int, keyValueHeads hkv: Int, queryLengths: [Int], keyLengths: [Int], keyDimension dk: Int,
+    valueDimension dv: Int, mask: AttentionMask, options: AttentionOptions, batchName: String
+) throws -> [AttentionProblem] {
     let unsupported: [(String, Bool)] = [
         ("options.bias", options.bias != nil), ("options.keyPadding", options.keyPadding != nil),
         ("options.queryPadding", options.queryPadding != nil), ("options.layout", options.layout != .bhnd),
@@ -164,22 +152,67 @@ private func packedProblems(
     ]
     if let (name, _) = unsupported.first(where: { $0.1 }) {
         throw AttentionError.invalidValue(
-            argument: name, expected: "not set (a packed batch has no padding and is [tokens, heads, d])",
+            argument: name, expected: "not set (\(batchName) has no padding and is [tokens, heads, d])",
             actual: "set")
     }
     if case .naive = options.kernel {
         throw AttentionError.invalidValue(
-            argument: "options.kernel", expected: ".automatic, .blockwise or .decode for a packed batch",
+            argument: "options.kernel", expected: ".automatic, .blockwise or .decode for \(batchName)",
             actual: ".naive")
     }
-    return try (0..<sequences.count).map { b in
+    return try queryLengths.indices.map { b in
         do {
             return try AttentionProblem(
-                packedSequenceOf: hq, keyValueHeads: hkv, queryLength: sequences.queryRange(b).count,
-                keyLength: sequences.keyRange(b).count, keyDimension: dk, valueDimension: values.shape[2],
-                mask: mask, options: options)
+                packedSequenceOf: hq, keyValueHeads: hkv, queryLength: queryLengths[b], keyLength: keyLengths[b],
+                keyDimension: dk, valueDimension: dv, mask: mask, options: options)
         } catch let error as AttentionError {
-            throw error.naming("sequence \(b) of the packed batch")
+            throw error.naming("sequence \(b) of \(batchName)")
         }
+    }
+}
+
+/// The tiles each sequence's problem runs with (every kernel but naive, which sequence batches reject).
+package func sequenceTilings(_ problems: [AttentionProblem]) -> [BlockwiseTiling] {
+    problems.map { problem -> BlockwiseTiling in
+        switch problem.options.kernel.resolved(for: problem) {
+        case .blockwise(let resolved), .decode(let resolved): return resolved
+        case .naive: preconditionFailure("sequence batches reject the naive kernel")
+        }
+    }
+}
+
+/// Runs one problem per sequence (a packed batch, or a paged cache's sequences) in one parallel loop, the longest
+/// sequences first (by the key rows their items read) so that short ones fill the tail of the schedule. Sequence b's
+/// query, output and log-sum-exp rows are token-major from token `queryOffsets[b]` of `queries`, `output` and
+/// `logSumExp`; `segments(b)` gives its keys and values (positions 0 ..< its key length, batch stride 0). Each
+/// sequence gets the tiles and splits it would get alone, so its result equals its own call bitwise. Returns the
+/// bytes of scratch and split states.
+package func runSequenceProblems(
+    _ problems: [AttentionProblem], tilings: [BlockwiseTiling], queryOffsets: [Int], queries: UnsafePointer<Float>?,
+    output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?, threads: Int,
+    segments: (Int) -> [KeyValueSegment]
+) -> Int {
+    let sequenceSegments = problems.indices.map(segments)
+    let plans = problems.indices.map { b in
+        TiledJobPlan(
+            problems[b], tiling: tilings[b],
+            decodesTiles: sequenceSegments[b].contains {
+                $0.needsDecoding(gathersStridedRows: tilings[b].layout == .rows)
+            })
+    }
+    let order = plans.indices.sorted {
+        let (a, b) = (plans[$0].problem, plans[$1].problem)
+        let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
+        return costA != costB ? costA > costB : $0 < $1
+    }
+    return runTiledPlans(plans, order: order, threads: threads, scoreStorage: .perWorkerTile) { b, partials in
+        let problem = problems[b]
+        let queryStart = queryOffsets[b]
+        return plans[b].job(
+            queries: queries.map { $0 + queryStart * problem.queryHeads * problem.keyDimension },
+            segments: sequenceSegments[b], bias: nil,
+            output: output.map { $0 + queryStart * problem.queryHeads * problem.valueDimension },
+            logSumExp: logSumExp.map { $0 + queryStart * problem.queryHeads }, scoreStorage: .perWorkerTile,
+            scores: nil, partials: partials)
     }
 }
