@@ -16,11 +16,18 @@ final class RotaryEmbeddingTests: XCTestCase {
         let (batch, heads, tokens, d) = (s[0], s[1], s[2], s[3])
         let r = rope.rotaryDimension ?? d - d % 2
         var (linear, ntk) = (1.0, 1.0)
+        var yarn: YarnReference? = nil
         switch rope.scaling {
         case .none: break
         case .linear(let factor): linear = Double(factor)
         case .ntkAware(let factor): ntk = Double(factor)
+        case .yarn(let factor, let length, let fast, let slow, let m):
+            yarn = YarnReference(
+                factor: Double(factor), originalContextLength: length, betaFast: Double(fast), betaSlow: Double(slow),
+                attentionFactor: m.map(Double.init))
         }
+        // YaRN scales the rotated values by m, and their rounding with them.
+        let m = yarn.map { $0.attentionFactor ?? 0.1 * log($0.factor) + 1 } ?? 1
         for b in 0..<batch {
             for h in 0..<heads {
                 for n in 0..<tokens {
@@ -29,10 +36,10 @@ final class RotaryEmbeddingTests: XCTestCase {
                     let position = positions.count == tokens ? positions[n] : positions[b * tokens + n]
                     let expected = referenceRotary(
                         row, position: position, interleaved: rope.pairing == .interleaved, base: Double(rope.base),
-                        rotaryDimension: r, linearFactor: linear, ntkFactor: ntk)
+                        rotaryDimension: r, linearFactor: linear, ntkFactor: ntk, yarn: yarn)
                     for c in 0..<d {
                         let partner = rope.pairing == .interleaved ? c ^ 1 : (c < r / 2 ? c + r / 2 : c - r / 2)
-                        let magnitude = c < r ? abs(row[c]) + abs(row[partner]) : 0
+                        let magnitude = c < r ? (abs(row[c]) + abs(row[partner])) * m : 0
                         let bound = 4 * Double(Float.ulpOfOne) / 2 * magnitude
                         let actual = Double(output[index(c)[0], index(c)[1], index(c)[2], index(c)[3]])
                         let error = abs(actual - expected[c])
@@ -49,7 +56,11 @@ final class RotaryEmbeddingTests: XCTestCase {
         let positions = [0, 1, 7, 4095, 100_000]
         for pairing in [RotaryEmbedding.Pairing.interleaved, .halves] {
             for (base, dimension) in [(Float(10_000), nil), (500_000, 6), (10_000, 2)] as [(Float, Int?)] {
-                for scaling in [RotaryEmbedding.Scaling.none, .linear(factor: 4), .ntkAware(factor: 8)] {
+                for scaling in [
+                    RotaryEmbedding.Scaling.none, .linear(factor: 4), .ntkAware(factor: 8),
+                    .yarn(factor: 16, originalContextLength: 4096),
+                    .yarn(factor: 4, originalContextLength: 8192, betaFast: 16, betaSlow: 2, attentionFactor: 1.5),
+                ] {
                     let rope = try RotaryEmbedding(
                         pairing: pairing, base: base, rotaryDimension: dimension, scaling: scaling)
                     try assertMatchesReference(rope, input, positions: positions)
@@ -113,5 +124,17 @@ final class RotaryEmbeddingTests: XCTestCase {
         XCTAssertEqual(argument { _ = try full.apply(to: x, positions: [0, 1]) }, "positions.count")
         XCTAssertEqual(argument { _ = try full.apply(to: x, positions: [0, -1, 2]) }, "positions[1]")
         XCTAssertEqual(argument { _ = try full.apply(to: try Tensor(zeros: [3, 4]), positions: [0]) }, "tensor")
+        XCTAssertEqual(
+            argument { _ = try full.apply(to: x, positions: [0, 1, RotaryEmbedding.maximumPosition + 1]) },
+            "positions[2]")
+        XCTAssertEqual(
+            argument {
+                _ = try RotaryEmbedding(pairing: .halves, scaling: .yarn(factor: 4, originalContextLength: 0))
+            }, "originalContextLength")
+        XCTAssertEqual(
+            argument {
+                _ = try RotaryEmbedding(
+                    pairing: .halves, scaling: .yarn(factor: 4, originalContextLength: 64, attentionFactor: -1))
+            }, "attentionFactor")
     }
 }

@@ -192,16 +192,53 @@ public func plainFloat32Attention(
 /// unchanged.
 public func referenceRotary(
     _ row: [Double], position: Int, interleaved: Bool, base: Double, rotaryDimension r: Int,
-    linearFactor: Double = 1, ntkFactor: Double = 1
+    linearFactor: Double = 1, ntkFactor: Double = 1, yarn: YarnReference? = nil
 ) -> [Double] {
     var out = row
     let scaledBase = r > 2 ? base * Foundation.pow(ntkFactor, Double(r) / Double(r - 2)) : base
     for k in 0..<(r / 2) {
-        let theta = Foundation.pow(scaledBase, -2 * Double(k) / Double(r))
+        var theta = Foundation.pow(scaledBase, -2 * Double(k) / Double(r))
+        var m = 1.0
+        if let yarn {
+            // YaRN: the wavelength 2 pi / theta fits L / wavelength times into the original context; pairs whose
+            // count is above betaFast keep theta, below betaSlow take theta / s, linearly in the pair index between
+            // the (rounded) pair indices where the count crosses the two betas.
+            func crossing(_ beta: Double) -> Double {
+                // L theta_k / (2 pi) = beta  <=>  k = r ln(L / (2 pi beta)) / (2 ln base)
+                Double(r) * Foundation.log(Double(yarn.originalContextLength) / (2 * Double.pi * beta))
+                    / (2 * Foundation.log(base))
+            }
+            let low = max(0, Foundation.floor(crossing(yarn.betaFast)))
+            var high = min(Double(r - 1), Foundation.ceil(crossing(yarn.betaSlow)))
+            if high == low { high += 0.001 }
+            let interpolated = min(1, max(0, (Double(k) - low) / (high - low)))
+            theta = theta * (1 - interpolated) + theta / yarn.factor * interpolated
+            m = yarn.attentionFactor ?? (yarn.factor > 1 ? 0.1 * Foundation.log(yarn.factor) + 1 : 1)
+        }
         let angle = Double(position) / linearFactor * theta
         let (i, j) = interleaved ? (2 * k, 2 * k + 1) : (k, k + r / 2)
-        out[i] = row[i] * Foundation.cos(angle) - row[j] * Foundation.sin(angle)
-        out[j] = row[i] * Foundation.sin(angle) + row[j] * Foundation.cos(angle)
+        out[i] = m * (row[i] * Foundation.cos(angle) - row[j] * Foundation.sin(angle))
+        out[j] = m * (row[i] * Foundation.sin(angle) + row[j] * Foundation.cos(angle))
     }
     return out
+}
+
+/// YaRN's parameters for `referenceRotary`.
+public struct YarnReference {
+    public var factor: Double
+    public var originalContextLength: Int
+    public var betaFast: Double
+    public var betaSlow: Double
+    public var attentionFactor: Double?
+
+    public init(
+        factor: Double, originalContextLength: Int, betaFast: Double = 32, betaSlow: Double = 1,
+        attentionFactor: Double? = nil
+    ) {
+        self.factor = factor
+        self.originalContextLength = originalContextLength
+        self.betaFast = betaFast
+        self.betaSlow = betaSlow
+        self.attentionFactor = attentionFactor
+    }
 }

@@ -5,7 +5,13 @@
 // For pair k of r = rotaryDimension values (k = 0 ..< r / 2) at position p:
 //   inverse frequency  w_k = base^(-2k / r)          (base' = base * factor^(r / (r - 2)) with .ntkAware(factor))
 //   angle              a = p' * w_k                    (p' = p / factor with .linear(factor), else p)
-//   (x, y) -> (x cos a - y sin a, x sin a + y cos a)
+//   (x, y) -> m (x cos a - y sin a, x sin a + y cos a) (m = 1 except with .yarn)
+// YaRN (Peng et al. 2023), as Hugging Face computes it (`rope_type: "yarn"`), for factor s and original context L:
+//   dim(beta) = r ln(L / (2 pi beta)) / (2 ln base)   the pair index whose wavelength fits beta times in L
+//   low = max(0, floor(dim(betaFast))), high = min(r - 1, ceil(dim(betaSlow)))   (high = low + 0.001 if equal)
+//   ramp_k = clamp((k - low) / (high - low), 0, 1)
+//   w'_k = w_k (1 - ramp_k) + (w_k / s) ramp_k        fast pairs keep their frequency, slow ones are interpolated
+//   m = attentionFactor, by default 0.1 ln(s) + 1 (1 for s <= 1): q . k grows by m^2, YaRN's temperature
 // where (x, y) are the pair's two values: elements (2k, 2k + 1) with `.interleaved`, elements (k, k + r / 2) with
 // `.halves`. Values r ..< d are left as they are (partial rotary, as in GPT-NeoX and Phi). Angles, cosines and
 // sines are computed in Float64 and rounded once, so a position of 100,000 loses nothing to Float32 angle
@@ -41,6 +47,13 @@ public struct RotaryEmbedding: Sendable, Hashable {
         /// NTK-aware scaling (Hugging Face `rope_type: "dynamic"` at a fixed factor): the base multiplied by
         /// `factor^(r / (r - 2))` (`factor` > 0), which stretches low frequencies more than high ones.
         case ntkAware(factor: Float)
+        /// YaRN (Peng et al. 2023, Hugging Face `rope_type: "yarn"`): pairs whose wavelength fits more than
+        /// `betaFast` times into `originalContextLength` keep their frequency, pairs that fit fewer than
+        /// `betaSlow` times are interpolated by `factor`, with a linear ramp between; rotated values are scaled
+        /// by `attentionFactor` (default 0.1 ln(factor) + 1). See the formula at the top of this file.
+        case yarn(
+            factor: Float, originalContextLength: Int, betaFast: Float = 32, betaSlow: Float = 1,
+            attentionFactor: Float? = nil)
     }
 
     public let pairing: Pairing
@@ -65,6 +78,18 @@ public struct RotaryEmbedding: Sendable, Hashable {
         case .linear(let factor), .ntkAware(let factor):
             try AttentionError.require(
                 factor.isFinite && factor > 0, "scaling factor", expected: "a finite number > 0", actual: "\(factor)")
+        case .yarn(let factor, let length, let fast, let slow, let attentionFactor):
+            try AttentionError.require(
+                factor.isFinite && factor > 0, "scaling factor", expected: "a finite number > 0", actual: "\(factor)")
+            try AttentionError.require(
+                length >= 1, "originalContextLength", expected: ">= 1", actual: "\(length)")
+            try AttentionError.require(
+                fast.isFinite && slow.isFinite && fast > 0 && slow > 0, "betaFast, betaSlow",
+                expected: "finite numbers > 0", actual: "\(fast), \(slow)")
+            if let m = attentionFactor {
+                try AttentionError.require(
+                    m.isFinite && m > 0, "attentionFactor", expected: "a finite number > 0", actual: "\(m)")
+            }
         }
         self.pairing = pairing
         self.base = base
@@ -92,49 +117,99 @@ public struct RotaryEmbedding: Sendable, Hashable {
             positions.count == tokens || positions.count == batch * tokens, "positions.count",
             expected: "\(tokens) (one per token) or \(batch * tokens) (one per batch entry and token)",
             actual: "\(positions.count)")
-        if let bad = positions.firstIndex(where: { $0 < 0 }) {
-            throw AttentionError.invalidValue(
-                argument: "positions[\(bad)]", expected: ">= 0", actual: "\(positions[bad])")
-        }
-        let frequencies = inverseFrequencies(rotaryDimension: r)
+        try Self.validatePositions(positions)
         let perBatch = positions.count != tokens
         let strides = layout.strides(heads: heads, tokens: tokens, dimension: d)
         var scalars = tensor.scalars
-        var cosines = [Float](repeating: 0, count: r / 2)
-        var sines = [Float](repeating: 0, count: r / 2)
-        let half = r / 2
-        for b in 0..<batch {
-            for n in 0..<tokens {
-                let position = Double(positions[perBatch ? b * tokens + n : n]) / positionDivisor
-                for k in 0..<half {
-                    let angle = position * frequencies[k]
-                    cosines[k] = Float(_cos(angle))
-                    sines[k] = Float(_sin(angle))
-                }
-                for h in 0..<heads {
-                    let row = strides.offset(batch: b, head: h, token: n)
-                    for k in 0..<half {
-                        let (i, j) =
-                            pairing == .interleaved ? (row + 2 * k, row + 2 * k + 1) : (row + k, row + k + half)
-                        let (x, y) = (scalars[i], scalars[j])
-                        scalars[i] = x * cosines[k] - y * sines[k]
-                        scalars[j] = x * sines[k] + y * cosines[k]
-                    }
+        let table = RotaryTable(self, rotaryDimension: r)
+        scalars.withUnsafeMutableBufferPointer { buffer in
+            guard let base = buffer.baseAddress else { return }
+            for b in 0..<batch {
+                for n in 0..<tokens {
+                    table.load(position: positions[perBatch ? b * tokens + n : n])
+                    for h in 0..<heads { table.rotate(base + strides.offset(batch: b, head: h, token: n)) }
                 }
             }
         }
         return Tensor(uncheckedShape: tensor.shape, scalars: scalars)
     }
 
-    /// w_k = base'^(-2k / r), in Float64.
-    private func inverseFrequencies(rotaryDimension r: Int) -> [Double] {
-        var base = Double(self.base)
-        if case .ntkAware(let factor) = scaling, r > 2 { base *= _pow(Double(factor), Double(r) / Double(r - 2)) }
-        return (0..<(r / 2)).map { k in _pow(base, -2 * Double(k) / Double(r)) }
+    /// The largest position rotated: beyond it a Float64 angle p * w_0 keeps under 2^-20 of a radian's precision.
+    public static let maximumPosition = (1 << 32) - 1
+
+    /// Throws unless every position is in 0 ... maximumPosition.
+    package static func validatePositions(_ positions: [Int], argument: String = "positions") throws {
+        if let bad = positions.firstIndex(where: { $0 < 0 || $0 > maximumPosition }) {
+            throw AttentionError.invalidValue(
+                argument: "\(argument)[\(bad)]", expected: "in 0 ... \(maximumPosition)", actual: "\(positions[bad])")
+        }
     }
 
-    private var positionDivisor: Double {
-        if case .linear(let factor) = scaling { return Double(factor) }
-        return 1
+    /// w'_k for every pair k of an r-value rotation, in Float64, with the position divisor folded in.
+    package func inverseFrequencies(rotaryDimension r: Int) -> [Double] {
+        var base = Double(self.base)
+        if case .ntkAware(let factor) = scaling, r > 2 { base *= _pow(Double(factor), Double(r) / Double(r - 2)) }
+        let w = (0..<(r / 2)).map { k in _pow(base, -2 * Double(k) / Double(r)) }
+        switch scaling {
+        case .none, .ntkAware: return w
+        case .linear(let factor): return w.map { $0 / Double(factor) }
+        case .yarn(let factor, let length, let fast, let slow, _):
+            func dimension(_ beta: Float) -> Double {
+                Double(r) * _log(Double(length) / (2 * Double.pi * Double(beta))) / (2 * _log(base))
+            }
+            let low = Swift.max(0, dimension(fast).rounded(.down))
+            var high = Swift.min(Double(r - 1), dimension(slow).rounded(.up))
+            if high == low { high += 0.001 }
+            return w.enumerated().map { k, w in
+                let ramp = Swift.min(1, Swift.max(0, (Double(k) - low) / (high - low)))
+                return w * (1 - ramp) + w / Double(factor) * ramp
+            }
+        }
+    }
+
+    /// m: the factor rotated values are scaled by (YaRN's attention factor; 1 otherwise).
+    package var magnitude: Double {
+        guard case .yarn(let factor, _, _, _, let attentionFactor) = scaling else { return 1 }
+        if let attentionFactor { return Double(attentionFactor) }
+        return factor > 1 ? 0.1 * _log(Double(factor)) + 1 : 1
+    }
+}
+
+/// The cosines and sines of one position for every pair, and the rotation of head rows by them: what `apply` and
+/// the caches' appends run per token. Angles are computed in Float64 and rounded once (times m, for YaRN).
+package final class RotaryTable {
+    let pairing: RotaryEmbedding.Pairing
+    let frequencies: [Double]
+    let magnitude: Double
+    private(set) var cosines: [Float]
+    private(set) var sines: [Float]
+
+    package init(_ rope: RotaryEmbedding, rotaryDimension r: Int) {
+        pairing = rope.pairing
+        frequencies = rope.inverseFrequencies(rotaryDimension: r)
+        magnitude = rope.magnitude
+        cosines = [Float](repeating: 0, count: r / 2)
+        sines = cosines
+    }
+
+    /// Loads the cosines and sines of `position`.
+    package func load(position: Int) {
+        let p = Double(position)
+        for k in frequencies.indices {
+            let angle = p * frequencies[k]
+            cosines[k] = Float(magnitude * _cos(angle))
+            sines[k] = Float(magnitude * _sin(angle))
+        }
+    }
+
+    /// Rotates the first r values of the head row at `row` by the loaded position.
+    package func rotate(_ row: UnsafeMutablePointer<Float>) {
+        let half = frequencies.count
+        for k in 0..<half {
+            let (i, j) = pairing == .interleaved ? (2 * k, 2 * k + 1) : (k, k + half)
+            let (x, y) = (row[i], row[j])
+            row[i] = x * cosines[k] - y * sines[k]
+            row[j] = x * sines[k] + y * cosines[k]
+        }
     }
 }
