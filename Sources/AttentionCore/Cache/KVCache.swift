@@ -25,6 +25,8 @@ public struct KVCache: Sendable {
     private var recent: RecentTokens
     /// How keys and values are stored.
     public let storage: CacheStorage
+    /// The rotary embedding applied to keys as they are appended and to queries as they attend, if any.
+    public let rotary: RotaryEmbedding?
     /// Tokens stored.
     public private(set) var count: Int = 0
     /// Tokens in `buffer` (count - recent.held).
@@ -40,11 +42,17 @@ public struct KVCache: Sendable {
     ///   - storage: how keys and values are stored (default Float32; see `CacheStorage` and `StorageFormat`).
     ///     Tokens are encoded once, as they are appended (or as they leave the Float32 window of the newest
     ///     tokens); attention decodes them tile by tile as it reads them and accumulates in Float32.
+    ///   - rotary: a rotary position embedding fused into the cache (FlashAttention's `rotary_cos`/`rotary_sin`,
+    ///     ONNX Runtime's `do_rotary`): token t's key is rotated by position t as it is appended (only the new
+    ///     tokens are touched, never the cache), and `attention` rotates its Nq queries by positions
+    ///     count - Nq ..< count (they are the newest tokens). Pass unrotated keys and queries. Positions count from
+    ///     the first appended token; every batch entry shares them.
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range, or the dimension the storage does
-    ///   not fit (a block size that does not divide it, or a rotation of a dimension that is not a power of two).
+    ///   not fit (a block size that does not divide it, or a rotation of a dimension that is not a power of two),
+    ///   or a rotary dimension above the head dimension.
     public init(
         batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        reservingCapacity: Int = 0, storage: CacheStorage = .float32
+        reservingCapacity: Int = 0, storage: CacheStorage = .float32, rotary: RotaryEmbedding? = nil
     ) throws {
         let dv = valueDimension ?? headDimension
         try KeyValueBuffer.validateDimensions(
@@ -52,7 +60,9 @@ public struct KVCache: Sendable {
         try storage.validate(keyDimension: headDimension, valueDimension: dv)
         try AttentionError.require(
             reservingCapacity >= 0, "reservingCapacity", expected: ">= 0", actual: "\(reservingCapacity)")
+        try rotary?.validate(headDimension: headDimension)
         self.storage = storage
+        self.rotary = rotary
         buffer = KeyValueBuffer(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
             capacity: reservingCapacity, keyFormat: storage.format, valueFormat: storage.format)
@@ -70,11 +80,14 @@ public struct KVCache: Sendable {
     public var bytesPerToken: Int { buffer.bytesPerToken }
 
     /// Appends keys [batch, keyValueHeads, n, headDimension] and values [batch, keyValueHeads, n, valueDimension]
-    /// (n >= 0 new tokens). Amortized O(n): the capacity doubles when it runs out.
-    /// - Throws: `AttentionError.shapeMismatch` if a shape does not fit the cache; the cache is then unchanged.
+    /// (n >= 0 new tokens). Amortized O(n): the capacity doubles when it runs out. With `rotary`, key t is rotated
+    /// by its position `count + t` first.
+    /// - Throws: `AttentionError.shapeMismatch` if a shape does not fit the cache, `.invalidValue` for a position
+    ///   past `RotaryEmbedding.maximumPosition`; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)
-        let (keys, values) = (storage.rotated(keys), storage.rotated(values))
+        let positioned = try rotary?.apply(to: keys, positions: Array(count..<(count + n))) ?? keys
+        let (keys, values) = (storage.rotated(positioned), storage.rotated(values))
         for (k, v, rows) in recent.push(keys: keys, values: values, rows: 0..<n) {
             appendEncoded(keys: k, values: v, rows: rows)
         }
@@ -120,14 +133,15 @@ public struct KVCache: Sendable {
     public func attentionWithLogSumExp(
         queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()
     ) throws -> AttentionResult {
-        try attentionOverCache(
+        let queries = try rotary?.applyToNewest(queries, of: count) ?? queries
+        return try attentionOverCache(
             queries: queries, parts: parts, cachedCount: count, newKeys: nil, newValues: nil, mask: mask,
             options: options, storage: storage)
     }
 
     /// The cached keys and values as [batch, keyValueHeads, count, D] Float32 tensors, decoded from the cache's
-    /// storage (and rotated back when it rotates): attention over them equals attention over the cache up to
-    /// rounding. A copy, for inspection and tests.
+    /// storage (and Hadamard-rotated back when it rotates; keys keep their rotary embedding): attention over them
+    /// equals attention over the cache up to rounding. A copy, for inspection and tests.
     public var contents: (keys: Tensor, values: Tensor) {
         gatheredContents(parts, storage: storage)
     }

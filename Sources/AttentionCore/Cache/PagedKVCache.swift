@@ -50,6 +50,9 @@ public struct PagedKVCache: Sendable {
     public let blockCount: Int
     /// How every block stores its key and value rows.
     public let format: StorageFormat
+    /// The rotary embedding applied to keys as they are appended and to queries as they attend, if any (positions
+    /// count from each sequence's first token).
+    public let rotary: RotaryEmbedding?
     private var pool: KeyValueBuffer
     private var tables: [Int: Table] = [:]
     /// Free blocks; the next one handed out is the last.
@@ -63,11 +66,13 @@ public struct PagedKVCache: Sendable {
     ///   - keyValueHeads, headDimension, valueDimension: as for `KVCache` (valueDimension defaults to
     ///     headDimension).
     ///   - format: how rows are stored (`StorageFormat`), decoded tile by tile as attention reads them.
-    /// - Throws: `AttentionError.invalidValue` naming the first size out of range, or a dimension the format does
-    ///   not fit.
+    ///   - rotary: fused rotary embedding, as for `KVCache`: a sequence's token t is rotated by position t as it is
+    ///     appended, and its queries in `attention` by the positions of its newest tokens.
+    /// - Throws: `AttentionError.invalidValue` naming the first size out of range, a dimension the format does
+    ///   not fit, or a rotary dimension above the head dimension.
     public init(
         blockCount: Int, blockSize: Int = 64, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        format: StorageFormat = .float32
+        format: StorageFormat = .float32, rotary: RotaryEmbedding? = nil
     ) throws {
         let dv = valueDimension ?? headDimension
         try AttentionError.require(blockCount >= 1, "blockCount", expected: ">= 1", actual: "\(blockCount)")
@@ -76,6 +81,8 @@ public struct PagedKVCache: Sendable {
             batch: 1, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv)
         try format.validate(dimension: headDimension, argument: "format", dimensionName: "headDimension")
         try format.validate(dimension: dv, argument: "format", dimensionName: "valueDimension")
+        try rotary?.validate(headDimension: headDimension)
+        self.rotary = rotary
         self.blockSize = blockSize
         self.blockCount = blockCount
         self.format = format
@@ -143,6 +150,8 @@ public struct PagedKVCache: Sendable {
                 argument: "values", expected: "\([1, h, n, dv])", actual: values.shape,
                 reason: "appended values must match the keys' token count and the cache's value dimension")
         }
+        let start = try table(sequence, "sequence").count
+        let keys = try rotary?.apply(to: keys, positions: Array(start..<(start + n))) ?? keys
         try reserve([(sequence, n)])
         keys.withUnsafeBufferPointer { k in
             values.withUnsafeBufferPointer { v in
@@ -180,6 +189,12 @@ public struct PagedKVCache: Sendable {
                 argument: "sequences[\(repeated)]", expected: "each sequence at most once in one append",
                 actual: "sequence \(sequences[repeated].id) again")
         }
+        let keys = try rotated(
+            keys,
+            positions: zip(sequences, counts).flatMap { sequence, n in
+                let start = tables[sequence.id]?.count ?? 0
+                return Array(start..<(start + n))
+            })
         try reserve(Array(zip(sequences, counts)))
         keys.withUnsafeBufferPointer { k in
             values.withUnsafeBufferPointer { v in
@@ -193,6 +208,14 @@ public struct PagedKVCache: Sendable {
                 }
             }
         }
+    }
+
+    /// Packed rows [tokens, heads, d] rotated by one position per token (unchanged without `rotary`).
+    private func rotated(_ packed: Tensor, positions: [Int]) throws -> Tensor {
+        guard let rotary, !positions.isEmpty else { return packed }
+        let tokenMajor = Tensor(uncheckedShape: [1] + packed.shape, scalars: packed.scalars)
+        let rotated = try rotary.apply(to: tokenMajor, positions: positions, layout: .bnhd)
+        return Tensor(uncheckedShape: packed.shape, scalars: rotated.scalars)
     }
 
     /// Counts per sequence (default 1 each), checked: one per sequence, each >= 0.
@@ -280,6 +303,16 @@ public struct PagedKVCache: Sendable {
                 reason: "queries are packed [totalQueries, queryHeads, headDimension], one run per sequence")
         }
         let hq = queries.shape[1]
+        if let bad = counts.indices.first(where: { rotary != nil && counts[$0] > tables[$0].count }) {
+            throw AttentionError.invalidValue(
+                argument: "queryCounts[\(bad)]",
+                expected: "at most \(tables[bad].count), the tokens sequence \(bad) holds",
+                actual:
+                    "\(counts[bad]) (with a rotary embedding the queries are its newest tokens and take their positions)"
+            )
+        }
+        let queries = try rotated(
+            queries, positions: zip(tables, counts).flatMap { table, n in Array((table.count - n)..<table.count) })
         let problems = try sequenceProblems(
             queryHeads: hq, keyValueHeads: hkv, queryLengths: counts, keyLengths: tables.map(\.count),
             keyDimension: dk, valueDimension: dv, mask: mask, options: options, batchName: "the paged batch")

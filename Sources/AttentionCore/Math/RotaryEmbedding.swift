@@ -134,6 +134,27 @@ public struct RotaryEmbedding: Sendable, Hashable {
         return Tensor(uncheckedShape: tensor.shape, scalars: scalars)
     }
 
+    /// Throws unless the rotation fits heads of `headDimension` values (a cache checks this when it is created).
+    package func validate(headDimension d: Int) throws {
+        try AttentionError.require(
+            (rotaryDimension ?? 0) <= d, "rotary.rotaryDimension", expected: "<= the head dimension \(d)",
+            actual: "\(rotaryDimension ?? 0)")
+    }
+
+    /// `queries` [batch, heads, Nq, d] rotated as the newest Nq of `count` tokens: positions count - Nq ..< count.
+    /// - Throws: `AttentionError.shapeMismatch` when there are more queries than tokens (they would have no
+    ///   position).
+    package func applyToNewest(_ queries: Tensor, of count: Int) throws -> Tensor {
+        try AttentionProblem.validateQueries(shape: queries.shape)
+        let nq = queries.shape[2]
+        guard nq <= count else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "at most \(count) tokens (axis 2)", actual: queries.shape,
+                reason: "with a rotary embedding the queries are the cache's newest tokens and take their positions")
+        }
+        return try apply(to: queries, positions: Array((count - nq)..<count))
+    }
+
     /// The largest position rotated: beyond it a Float64 angle p * w_0 keeps under 2^-20 of a radian's precision.
     public static let maximumPosition = (1 << 32) - 1
 
