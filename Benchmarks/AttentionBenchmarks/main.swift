@@ -85,7 +85,7 @@ for c in cases + memoryCases where !validated.contains("\(c.kernelName)/\(c.mask
         exit(1)
     }
 }
-let ownGates = ["streaming", "linear", "sparse", "padding", "packed", "layouts"].filter {
+let ownGates = ["streaming", "linear", "sparse", "padding", "packed", "layouts", "serving"].filter {
     configuration.suites.contains($0)
 }
 note(
@@ -151,7 +151,7 @@ for c in ordered {
 
 for (name, suite) in [
     ("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite), ("padding", paddingSuite),
-    ("packed", packedSuite), ("layouts", layoutsSuite),
+    ("packed", packedSuite), ("layouts", layoutsSuite), ("serving", servingSuite),
 ]
 where configuration.suites.contains(name) {
     do {
@@ -162,7 +162,9 @@ where configuration.suites.contains(name) {
     }
 }
 
-for line in growthSummaries(records) + paddingSummaries(records) + packedSummaries(records) + layoutSummaries(records) {
+for line in growthSummaries(records) + paddingSummaries(records) + packedSummaries(records) + layoutSummaries(records)
+    + servingSummaries(records)
+{
     note(line)
 }
 if configuration.suites.contains("window") {

@@ -339,7 +339,7 @@ struct TileWalk {
                 high = middle
             }
         }
-        for segment in segments[low...] {
+        for (index, segment) in zip(segments.indices[low...], segments[low...]) {
             if segment.start >= keyRange.upperBound { break }
             let part = keyRange.clamped(to: segment.start..<(segment.start + segment.count))
             if part.isEmpty { continue }
@@ -354,21 +354,13 @@ struct TileWalk {
                 let tileCoverage = coverage(keys)
                 if tileCoverage == .empty { continue }
                 let row0 = keys.lowerBound - segment.start
-                // The next tile of this segment is prefetched while this one computes: decode reads each key and
-                // value once and is bound by memory; prefill at long N reads tiles that have left L2.
-                let nextCount = Swift.min(tileStart + bc, part.upperBound) - tileStart
-                let nextRow = tileStart - segment.start
+                // The next tile is prefetched while this one computes: decode reads each key and value once and is
+                // bound by memory; prefill at long N reads tiles that have left L2.
+                let next = nextTile(segment: index, tileStart: tileStart)
                 if !decodes {
                     // Float32 rows in place, at their stride (a [B, N, H, d] or packed tensor's rows are H * d
                     // floats apart).
                     let (keyStride, valueStride) = (keyBytes / 4, valueBytes / 4)
-                    let next =
-                        nextCount > 0
-                        ? TilePrefetch(
-                            keys: (keyBase + nextRow * keyBytes).assumingMemoryBound(to: Float.self),
-                            values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
-                            keyCount: nextCount, keyDimension: dk, valueDimension: dv, keyStride: keyStride,
-                            valueStride: valueStride) : nil
                     body(
                         KeyTile(
                             keys: keys, coverage: tileCoverage,
@@ -382,17 +374,7 @@ struct TileWalk {
                 guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
                 segment.keyCodec.decode(keyBase + row0 * keyBytes, rows: keys.count, rowStride: keyBytes, into: decoded)
                 // The micro-kernels prefetch the next tile's stored rows, spread over their work as for Float32
-                // rows (a burst of hints while decoding took 1.4x as long from memory); their prefetch strides
-                // are the stored row sizes, in floats. Rows interleaved with other heads' rows get no hints (a
-                // hint per row would cover the other heads too); the hardware prefetcher follows their stride.
-                let packed = keyBytes == segment.keyCodec.rowBytes && valueBytes == segment.valueCodec.rowBytes
-                let next =
-                    nextCount > 0 && packed
-                    ? TilePrefetch(
-                        keys: (keyBase + nextRow * keyBytes).assumingMemoryBound(to: Float.self),
-                        values: (valueBase + nextRow * valueBytes).assumingMemoryBound(to: Float.self),
-                        keyCount: nextCount, keyDimension: (keyBytes + 3) / 4, valueDimension: (valueBytes + 3) / 4)
-                    : nil
+                // rows (a burst of hints while decoding took 1.4x as long from memory; see `prefetch`).
                 var tile = KeyTile(
                     keys: keys, coverage: tileCoverage, keyRows: decoded, valueRows: decoded, keyStride: dk,
                     valueStride: dv, next: next)
@@ -401,6 +383,49 @@ struct TileWalk {
                 body(tile)
             }
         }
+    }
+
+    /// The prefetch handle of the walk's tile after the current one, whose aligned successor starts at `tileStart`
+    /// in segment `index`: that tile when the segment still has keys in range, else the first tile in range of the
+    /// next segment (a paged cache's next block, so the stream of hints does not stop at every block), else nil.
+    /// Tiles the mask hides are not looked ahead over (a hint for one costs a few wasted lines).
+    @inline(__always)
+    private func nextTile(segment index: Int, tileStart: Int) -> TilePrefetch? {
+        let segment = segments[index]
+        let end = Swift.min(keyRange.upperBound, segment.start + segment.count)
+        if tileStart < end {
+            return prefetch(
+                segment, row: tileStart - segment.start, count: Swift.min(tileStart + keyBlock, end) - tileStart)
+        }
+        guard index + 1 < segments.count else { return nil }
+        let following = segments[index + 1]
+        let part = keyRange.clamped(to: following.start..<(following.start + following.count))
+        if part.isEmpty { return nil }
+        let aligned = following.start + (part.lowerBound - following.start) / keyBlock * keyBlock
+        return prefetch(
+            following, row: part.lowerBound - following.start,
+            count: Swift.min(aligned + keyBlock, part.upperBound) - part.lowerBound)
+    }
+
+    /// Prefetch hints for `count` rows from row `row` of `segment`. Float32 rows read in place get hints at their
+    /// stride; stored rows at the stored row size, in floats. Stored rows interleaved with other heads' rows get
+    /// none (a hint per row would cover the other heads too); the hardware prefetcher follows their stride.
+    @inline(__always)
+    private func prefetch(_ segment: KeyValueSegment, row: Int, count: Int) -> TilePrefetch? {
+        let keyBase = segment.keys + batch * segment.keyBatchStride + keyValueHead * segment.keyHeadStride
+        let valueBase = segment.values + batch * segment.valueBatchStride + keyValueHead * segment.valueHeadStride
+        let (keyBytes, valueBytes) = (segment.keyRowStride, segment.valueRowStride)
+        let keys = (keyBase + row * keyBytes).assumingMemoryBound(to: Float.self)
+        let values = (valueBase + row * valueBytes).assumingMemoryBound(to: Float.self)
+        if !segment.needsDecoding(gathersStridedRows: gathersStridedRows) {
+            return TilePrefetch(
+                keys: keys, values: values, keyCount: count, keyDimension: keyDimension,
+                valueDimension: valueDimension, keyStride: keyBytes / 4, valueStride: valueBytes / 4)
+        }
+        guard keyBytes == segment.keyCodec.rowBytes && valueBytes == segment.valueCodec.rowBytes else { return nil }
+        return TilePrefetch(
+            keys: keys, values: values, keyCount: count, keyDimension: (keyBytes + 3) / 4,
+            valueDimension: (valueBytes + 3) / 4)
     }
 }
 

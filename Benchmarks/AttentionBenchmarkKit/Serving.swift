@@ -1,0 +1,176 @@
+// The `serving` suite: one decode step for 16 sequences of mixed lengths from a paged cache, beside the same tokens
+// in 16 contiguous caches, and what the fused rotary embedding costs per step.
+
+import AttentionCore
+import Foundation
+import _AttentionTestSupport
+
+/// 16 sequences of 1024 to 32768 tokens (128 to 4096 with --quick; the longest is the first --seq-len), lengths
+/// growing geometrically, H_q = 32, H_kv = 8, d = 128, Float32. `paged-b64` and `paged-b16` time one
+/// `PagedKVCache.attention` for all sixteen (blocks of 64 and 16 tokens, the sequences' blocks interleaved in the
+/// pool as a server's would be); `contiguous` the sixteen `KVCache.attention` calls, timed in turn. GB/s = bytes of
+/// keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused rotary embedding
+/// adds to a decode step (rotating one token's keys and its queries, as `append` and `attention` do) and
+/// `decode-4096` one `KVCache.attention` step over 4096 tokens of one sequence. Validated before timing: a small
+/// paged batch against the Float64 reference, and the timed paged output against the contiguous one (bitwise for
+/// blocks of 64).
+public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
+    let (hq, hkv, d) = (32, 8, 128)
+    let budget = configuration.quick ? 0.5 : 2.0
+    // Gate: odd block size, chunked prefill queries, against the reference.
+    do {
+        var gate = try PagedKVCache(blockCount: 40, blockSize: 7, keyValueHeads: 2, headDimension: 16)
+        let lengths = [9, 50, 1]
+        let keys = try lengths.enumerated().map { try Tensor.randomNormal(shape: [$1, 2, 16], seed: 70 + UInt64($0)) }
+        let values = try lengths.enumerated().map {
+            try Tensor.randomNormal(shape: [$1, 2, 16], seed: 80 + UInt64($0))
+        }
+        let ids = try zip(keys, values).map { k, v in
+            let id = gate.addSequence()
+            try gate.append(keys: headMajor(k, 0..<k.shape[0]), values: headMajor(v, 0..<v.shape[0]), to: id)
+            return id
+        }
+        let counts = [3, 1, 1]
+        let queries = try Tensor.randomNormal(shape: [5, 4, 16], seed: 90)
+        let result = try gate.attention(queries: queries, sequences: ids, queryCounts: counts)
+        let failures = packedReferenceFailures(
+            result, queries: queries, keys: try Tensor(shape: [60, 2, 16], scalars: keys.flatMap(\.scalars)),
+            values: try Tensor(shape: [60, 2, 16], scalars: values.flatMap(\.scalars)),
+            sequences: try PackedSequences(queryLengths: counts, keyLengths: lengths), mask: .causal,
+            options: AttentionOptions())
+        guard failures.isEmpty else {
+            throw ValidationFailure(description: "paged attention failed validation: \(failures)")
+        }
+    }
+    let longest = configuration.sequenceLengths?.first ?? (configuration.quick ? 4096 : 32768)
+    let shortest = Swift.max(1, longest / 32)
+    let lengths = (0..<16).map { k in Int((Double(shortest) * pow(2, 5 * Double(k) / 15)).rounded()) }
+    let total = lengths.reduce(0, +)
+    var contiguous: [KVCache] = []
+    var paged = [64, 16].map { blockSize in
+        try! PagedKVCache(
+            blockCount: lengths.reduce(0) { $0 + ($1 + blockSize - 1) / blockSize }, blockSize: blockSize,
+            keyValueHeads: hkv, headDimension: d)
+    }
+    let ids = paged.indices.map { p in lengths.map { _ in paged[p].addSequence() } }
+    // Prompts go in chunks of 512 tokens, round robin, so the sequences' blocks interleave in the pool.
+    var chunks: [[(Tensor, Tensor)]] = []
+    for (i, n) in lengths.enumerated() {
+        let keys = try Tensor.randomNormal(shape: [1, hkv, n, d], seed: 100 + UInt64(i))
+        let values = try Tensor.randomNormal(shape: [1, hkv, n, d], seed: 200 + UInt64(i))
+        var cache = try KVCache(keyValueHeads: hkv, headDimension: d, reservingCapacity: n)
+        try cache.append(keys: keys, values: values)
+        contiguous.append(cache)
+        chunks.append(
+            stride(from: 0, to: n, by: 512).map { start in
+                let range = start..<Swift.min(n, start + 512)
+                return (tokens(keys, range), tokens(values, range))
+            })
+    }
+    for round in 0..<(chunks.map(\.count).max() ?? 0) {
+        for (i, pieces) in chunks.enumerated() where round < pieces.count {
+            for p in paged.indices {
+                try paged[p].append(keys: pieces[round].0, values: pieces[round].1, to: ids[p][i])
+            }
+        }
+    }
+    chunks = []
+    let queries = try Tensor.randomNormal(shape: [16, hq, d], seed: 300)
+    let single = (0..<16).map { i in
+        Tensor(
+            uncheckedShape: [1, hq, 1, d], scalars: Array(queries.scalars[(i * hq * d)..<((i + 1) * hq * d)]))
+    }
+    let bytes = Double(total * hkv * d * 2 * 4)
+    var records: [BenchmarkRecord] = []
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        let options = AttentionOptions(threads: threads)
+        var outputs: [[Float]] = [[], []]
+        var expected: [Float] = []
+        let runs: [() throws -> Void] =
+            paged.indices.map { p in
+                {
+                    outputs[p] = try paged[p].attention(queries: queries, sequences: ids[p], options: options).output
+                        .scalars
+                }
+            } + [
+                {
+                    expected = []
+                    for (cache, q) in zip(contiguous, single) {
+                        expected += try cache.attention(queries: q, options: options).scalars
+                    }
+                }
+            ]
+        let timings = try alternateTimes(minimumRepetitions: configuration.minimumRepetitions, budget: budget, runs)
+        guard outputs[0] == expected else {
+            throw ValidationFailure(description: "paged decode (blocks of 64) differs from the contiguous caches")
+        }
+        let worst = maxAbsoluteError(outputs[1], expected)
+        for (kernel, timing, error) in [
+            ("paged-b64", timings[0], 0.0), ("paged-b16", timings[1], worst), ("contiguous", timings[2], 0.0),
+        ] {
+            records.append(
+                BenchmarkRecord(
+                    suite: "serving", kernel: kernel, batch: 16, queryHeads: hq, keyValueHeads: hkv, queryLength: 1,
+                    keyLength: longest, headDimension: d, mask: "causal", threads: threads,
+                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                    gflops: 4 * Double(total * hq * d) / timing.median / 1e9, workspaceBytes: 0, maxAbsError: error,
+                    gbPerSecond: bytes / timing.median / 1e9))
+        }
+    }
+    // The fused rotary embedding's share of a decode step at 4096 cached tokens.
+    let rope = try RotaryEmbedding(pairing: .halves, base: 500_000)
+    let stepKeys = try Tensor.randomNormal(shape: [1, hkv, 1, d], seed: 400)
+    let stepQuery = try Tensor.randomNormal(shape: [1, hq, 1, d], seed: 401)
+    var cache4096 = try KVCache(keyValueHeads: hkv, headDimension: d, rotary: rope)
+    try cache4096.append(
+        keys: Tensor.randomNormal(shape: [1, hkv, 4096, d], seed: 402),
+        values: Tensor.randomNormal(shape: [1, hkv, 4096, d], seed: 403))
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        let options = AttentionOptions(threads: threads)
+        let timings = try alternateTimes(
+            minimumRepetitions: configuration.minimumRepetitions, budget: budget,
+            [
+                {
+                    _ = try rope.apply(to: stepKeys, positions: [4096])
+                    _ = try rope.apply(to: stepQuery, positions: [4096])
+                },
+                { _ = try cache4096.attention(queries: stepQuery, options: options) },
+            ])
+        for (kernel, timing) in [("rope-step", timings[0]), ("decode-4096", timings[1])] {
+            records.append(
+                BenchmarkRecord(
+                    suite: "serving", kernel: kernel, batch: 1, queryHeads: hq, keyValueHeads: hkv, queryLength: 1,
+                    keyLength: 4096, headDimension: d, mask: "causal", threads: threads,
+                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: 0,
+                    workspaceBytes: 0, maxAbsError: 0))
+        }
+    }
+    return records
+}
+
+/// "paged / contiguous" GB/s ratios and the rotary share of a decode step, one line per case.
+public func servingSummaries(_ records: [BenchmarkRecord]) -> [String] {
+    let serving = records.filter { $0.suite == "serving" }
+    var lines: [String] = []
+    for threads in Set(serving.map(\.threads)).sorted() {
+        let of = { (kernel: String) in serving.first { $0.kernel == kernel && $0.threads == threads } }
+        if let contiguous = of("contiguous"), let c = contiguous.gbPerSecond {
+            for kernel in ["paged-b64", "paged-b16"] {
+                guard let paged = of(kernel), let p = paged.gbPerSecond else { continue }
+                lines.append(
+                    String(
+                        format:
+                            "serving %@, 16 sequences up to %d tokens, %d thread%@: %.1f GB/s, %.2fx the contiguous caches' %.1f GB/s",
+                        kernel, paged.keyLength, threads, threads == 1 ? "" : "s", p, p / c, c))
+            }
+        }
+        if let rope = of("rope-step"), let step = of("decode-4096") {
+            lines.append(
+                String(
+                    format: "serving rope-step, %d thread%@: %.2f us, %.2f%% of a decode step at 4096 tokens (%.0f us)",
+                    threads, threads == 1 ? "" : "s", rope.medianSeconds * 1e6,
+                    100 * rope.medianSeconds / step.medianSeconds, step.medianSeconds * 1e6))
+        }
+    }
+    return lines
+}
