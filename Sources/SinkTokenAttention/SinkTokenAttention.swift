@@ -89,6 +89,18 @@ public func attention(
 /// keys it sees. `nextCachePositions(_:)` gives the new tokens' positions, and `cachePositions` the held tokens' in
 /// attention order; `streamPositions` gives their original indices, for callers that rotate by stream position.
 ///
+/// With `rotary` the cache does this itself (pass unrotated queries and keys), the cheap way: a score depends only
+/// on the difference of its query's and key's positions, and between a query and a key of its window the
+/// difference of cache positions equals that of stream positions (the window is a contiguous run of the stream).
+/// So window keys are rotated once, by their stream position, as they are stored, and queries by theirs; only the
+/// sinks, whose cache positions j lag the stream by the shift s(T) = T - (the query's cache position), are
+/// re-rotated from a Float32 copy of their unrotated rows to j + s(T) when the shift changes (once per token after
+/// the window fills). Cost per step: the new tokens' rotation plus sinks.count rows, independent of the stream's
+/// length and of the window; nothing else in the cache is touched. (StreamingLLM's own method, storing keys
+/// unrotated and rotating the whole window by cache position as it is read, costs a rotation of every held key per
+/// step; it is not implemented.) Once the window is full, every token has its own shift, so `attend` runs a chunk
+/// of several tokens one token at a time from there on.
+///
 /// ```swift
 /// var cache = try StreamingKVCache(sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: 8, headDimension: 128)
 /// let position = cache.nextCachePositions(1)[0]          // rotate the new query and key by this position
@@ -110,6 +122,13 @@ public struct StreamingKVCache: Sendable {
     private var ring: RingSlots
     /// The newest tokens, in Float32.
     private var recent: RecentTokens
+    /// The rotary embedding the cache applies by StreamingLLM positions, if any (see the type's documentation).
+    public let rotary: RotaryEmbedding?
+    /// With `rotary`: the held sinks' keys and values before any rotation, [batch, keyValueHeads, sinks.count, D]
+    /// (filled up to `sinkHeld`), and the shift the stored sink keys are rotated by.
+    private var sinkKeys: [Float] = []
+    private var sinkValues: [Float] = []
+    private var sinkShift = 0
     /// Tokens seen since creation (or `removeAll`), including those no longer held.
     public private(set) var tokenCount = 0
 
@@ -119,16 +138,23 @@ public struct StreamingKVCache: Sendable {
     ///   the rest of the window in the storage's format.
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
     ///   not fit.
+    ///   - rotary: a rotary embedding to apply by StreamingLLM's cache positions (see the type's documentation).
     public init(
         sinks: SinkTokens, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        storage: CacheStorage = .float32
+        storage: CacheStorage = .float32, rotary: RotaryEmbedding? = nil
     ) throws {
         let dv = valueDimension ?? headDimension
         try KeyValueBuffer.validateDimensions(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv)
         try storage.validate(keyDimension: headDimension, valueDimension: dv)
+        try rotary?.validate(headDimension: headDimension)
+        self.rotary = rotary
         self.sinks = sinks
         self.storage = storage
+        if rotary != nil {
+            sinkKeys = [Float](repeating: 0, count: batch * keyValueHeads * sinks.count * headDimension)
+            sinkValues = [Float](repeating: 0, count: batch * keyValueHeads * sinks.count * dv)
+        }
         let sinkFormat = storage.sinksInFloat32 ? StorageFormat.float32 : storage.format
         sinkBuffer = KeyValueBuffer(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
@@ -188,23 +214,88 @@ public struct StreamingKVCache: Sendable {
     ) throws -> Tensor {
         let n = try buffer.validateAppend(keys: keys, values: values)
         try requireOneQueryPerToken(queries, tokens: n)
+        guard let rotary else {
+            return try attendRotated(queries: queries, keys: keys, values: values, options: options)
+        }
+        try AttentionCore.RotaryEmbedding.validatePositions(Array(tokenCount..<(tokenCount + n)))
+        // Runs of tokens that share a sink shift: everything up to a full window, then one token at a time.
+        var outputs: [Tensor] = []
+        var t = 0
+        while t < n {
+            let stream = tokenCount
+            let shift = stream - nextCachePositions(1)[0]
+            let run = shift == 0 ? Swift.min(n - t, sinks.count + sinks.window - stream) : 1
+            let positions = Array(stream..<(stream + run))
+            if shift != sinkShift { rotateSinks(by: shift, rotary) }
+            let (q, k, v) = (slice(queries, t..<(t + run)), slice(keys, t..<(t + run)), slice(values, t..<(t + run)))
+            outputs.append(
+                try attendRotated(
+                    queries: rotary.apply(to: q, positions: positions), keys: rotary.apply(to: k, positions: positions),
+                    values: v, originalKeys: k, options: options))
+            t += run
+        }
+        return outputs.count == 1 ? outputs[0] : concatenated(outputs)
+    }
+
+    /// Rewrites the held sinks' keys rotated by positions j + shift (from their unrotated copy).
+    private mutating func rotateSinks(by shift: Int, _ rotary: RotaryEmbedding) {
+        sinkShift = shift
+        guard sinkHeld > 0 else { return }
+        let (b, h, dk, dv) = (sinkBuffer.batch, sinkBuffer.heads, sinkBuffer.keyDimension, sinkBuffer.valueDimension)
+        let keys = Tensor(uncheckedShape: [b, h, sinks.count, dk], scalars: sinkKeys)
+        let values = Tensor(uncheckedShape: [b, h, sinks.count, dv], scalars: sinkValues)
+        // Positions stay far below RotaryEmbedding.maximumPosition: the shift is at most the stream index.
+        let rotated = try! rotary.apply(to: keys, positions: (0..<sinks.count).map { $0 + shift })
+        sinkBuffer.write(
+            keys: storage.rotated(rotated), values: storage.rotated(values), rows: 0..<sinkHeld, toSlot: 0)
+    }
+
+    /// One run of `attend`, its queries and keys already at their positions.
+    private mutating func attendRotated(
+        queries: Tensor, keys: Tensor, values: Tensor, originalKeys: Tensor? = nil, options: AttentionOptions
+    ) throws -> Tensor {
+        let n = keys.shape[2]
+        let original = (originalKeys ?? keys, values)
         let (keys, values) = (storage.rotated(keys), storage.rotated(values))
         let result = try attentionOverCache(
             queries: queries, parts: parts, cachedCount: count, newKeys: keys, newValues: values, mask: sinks.mask,
             options: options, storage: storage)
-        store(keys: keys, values: values, tokens: n)
+        store(keys: keys, values: values, tokens: n, original: original)
         return result.output
     }
 
-    /// Stores tokens without attending them.
+    /// Stores tokens without attending them (with `rotary`, keys rotated by their stream positions).
+    /// - Throws: `AttentionError` for shapes that do not fit the cache, or a position past
+    ///   `RotaryEmbedding.maximumPosition`; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)
-        store(keys: storage.rotated(keys), values: storage.rotated(values), tokens: n)
+        let positioned = try rotary?.apply(to: keys, positions: Array(tokenCount..<(tokenCount + n))) ?? keys
+        store(
+            keys: storage.rotated(positioned), values: storage.rotated(values), tokens: n, original: (keys, values))
     }
 
-    private mutating func store(keys: Tensor, values: Tensor, tokens n: Int) {
+    /// Stores tokens (`original`: the keys and values before any rotation, kept for the sinks with `rotary`).
+    private mutating func store(keys: Tensor, values: Tensor, tokens n: Int, original: (Tensor, Tensor)) {
         // The first sinks.count tokens of the stream fill the sink slots; the rest go to the ring.
         let toSinks = Swift.min(n, sinks.count - sinkHeld)
+        if rotary != nil && toSinks > 0 {
+            // Sinks join at shift 0 (the stream's first tokens), so their stored rotation is by their own position.
+            let (heads, dk, dv) = (
+                sinkBuffer.batch * sinkBuffer.heads, sinkBuffer.keyDimension, sinkBuffer.valueDimension
+            )
+            for head in 0..<heads {
+                for t in 0..<toSinks {
+                    for c in 0..<dk {
+                        sinkKeys[(head * sinks.count + sinkHeld + t) * dk + c] =
+                            original.0.scalars[(head * n + t) * dk + c]
+                    }
+                    for c in 0..<dv {
+                        sinkValues[(head * sinks.count + sinkHeld + t) * dv + c] =
+                            original.1.scalars[(head * n + t) * dv + c]
+                    }
+                }
+            }
+        }
         sinkBuffer.write(keys: keys, values: values, rows: 0..<toSinks, toSlot: sinkHeld)
         sinkHeld += toSinks
         // Then into the Float32 window of the newest; what leaves it goes to the encoded ring.
@@ -217,6 +308,7 @@ public struct StreamingKVCache: Sendable {
     /// Forgets every token.
     public mutating func removeAll() {
         sinkHeld = 0
+        sinkShift = 0
         ring.removeAll()
         recent.removeAll()
         tokenCount = 0
@@ -226,4 +318,31 @@ public struct StreamingKVCache: Sendable {
     public var contents: (keys: Tensor, values: Tensor) {
         gatheredContents(parts, storage: storage)
     }
+}
+
+/// Tokens `range` (axis 2) of a [batch, heads, n, D] tensor.
+private func slice(_ tensor: Tensor, _ range: Range<Int>) -> Tensor {
+    let s = tensor.shape
+    if range == 0..<s[2] { return tensor }
+    var scalars: [Float] = []
+    scalars.reserveCapacity(s[0] * s[1] * range.count * s[3])
+    for head in 0..<(s[0] * s[1]) {
+        scalars += tensor.scalars[((head * s[2] + range.lowerBound) * s[3])..<((head * s[2] + range.upperBound) * s[3])]
+    }
+    return Tensor(uncheckedShape: [s[0], s[1], range.count, s[3]], scalars: scalars)
+}
+
+/// [batch, heads, n_i, D] tensors joined along axis 2.
+private func concatenated(_ parts: [Tensor]) -> Tensor {
+    let s = parts[0].shape
+    let total = parts.reduce(0) { $0 + $1.shape[2] }
+    var scalars: [Float] = []
+    scalars.reserveCapacity(s[0] * s[1] * total * s[3])
+    for head in 0..<(s[0] * s[1]) {
+        for part in parts {
+            let rows = part.shape[2] * s[3]
+            scalars += part.scalars[(head * rows)..<((head + 1) * rows)]
+        }
+    }
+    return Tensor(uncheckedShape: [s[0], s[1], total, s[3]], scalars: scalars)
 }
