@@ -3,6 +3,7 @@
 
 import AttentionCore
 import Foundation
+import SinkTokenAttention
 import _AttentionTestSupport
 
 /// 16 sequences of 1024 to 32768 tokens (128 to 4096 with --quick; the longest is the first --seq-len), lengths
@@ -145,6 +146,34 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                     workspaceBytes: 0, maxAbsError: 0))
         }
     }
+    // StreamingLLM positions (`StreamingKVCache(rotary:)`): one decode step at 2,000 and at 100,000 stream tokens,
+    // sinks 4 + window 1020, timed in turn (each step appends its token to its own cache).
+    let streamingLengths = configuration.quick ? [2_000, 20_000] : [2_000, 100_000]
+    var streams = try streamingLengths.map { _ in
+        try StreamingKVCache(
+            sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: hkv, headDimension: d, rotary: rope)
+    }
+    let chunkKeys = try Tensor.randomNormal(shape: [1, hkv, 2000, d], seed: 404)
+    let chunkValues = try Tensor.randomNormal(shape: [1, hkv, 2000, d], seed: 405)
+    for (i, length) in streamingLengths.enumerated() {
+        for _ in 0..<(length / 2000) { try streams[i].append(keys: chunkKeys, values: chunkValues) }
+    }
+    for threads in threadCounts(configuration, allThreads: allThreads) {
+        let options = AttentionOptions(threads: threads)
+        let timings = try alternateTimes(
+            minimumRepetitions: configuration.minimumRepetitions, budget: budget,
+            streams.indices.map { i in
+                { _ = try streams[i].attend(queries: stepQuery, keys: stepKeys, values: stepKeys, options: options) }
+            })
+        for (length, timing) in zip(streamingLengths, timings) {
+            records.append(
+                BenchmarkRecord(
+                    suite: "serving", kernel: "streaming-rope", batch: 1, queryHeads: hq, keyValueHeads: hkv,
+                    queryLength: 1, keyLength: length, headDimension: d, mask: "sinks", threads: threads,
+                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: 0,
+                    workspaceBytes: 0, maxAbsError: 0))
+        }
+    }
     return records
 }
 
@@ -163,6 +192,17 @@ public func servingSummaries(_ records: [BenchmarkRecord]) -> [String] {
                             "serving %@, 16 sequences up to %d tokens, %d thread%@: %.1f GB/s, %.2fx the contiguous caches' %.1f GB/s",
                         kernel, paged.keyLength, threads, threads == 1 ? "" : "s", p, p / c, c))
             }
+        }
+        let streaming = serving.filter { $0.kernel == "streaming-rope" && $0.threads == threads }
+        if let short = streaming.min(by: { $0.keyLength < $1.keyLength }),
+            let long = streaming.max(by: { $0.keyLength < $1.keyLength }), long.keyLength > short.keyLength
+        {
+            lines.append(
+                String(
+                    format:
+                        "serving streaming-rope, %d thread%@: a step at %d tokens took %.2fx the time of one at %d (%.0f vs %.0f us)",
+                    threads, threads == 1 ? "" : "s", long.keyLength, long.medianSeconds / short.medianSeconds,
+                    short.keyLength, long.medianSeconds * 1e6, short.medianSeconds * 1e6))
         }
         if let rope = of("rope-step"), let step = of("decode-4096") {
             lines.append(
