@@ -31,7 +31,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
 
     public static let knownSuites = [
         "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "packed", "layouts",
-        "serving", "memory",
+        "serving", "cache-growth", "memory",
     ]
 
     public init() {}
@@ -138,7 +138,10 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         serving (16 sequences of 1024..32768 tokens, geometric, H_q = 32, H_kv = 8, d = 128: one decode step for all
         from a PagedKVCache with blocks of 64 and of 16 (paged-b64, paged-b16) beside sixteen KVCache calls
         (contiguous), timed alternately, with GB/s; and the fused rotary embedding's cost per step (rope-step)
-        beside a decode step over 4096 tokens (decode-4096)),
+        beside a decode step over 4096 tokens (decode-4096)), cache-growth (a KVCache filled one token at a
+        time to 131072 tokens, H_kv = 8, d = 128, Float32, growing in reserved address space (reserved) and by
+        doubling an array (doubling), each in a child process: mean, fastest and slowest append per doubling
+        range of lengths, and peak resident memory growth),
         memory (naive and blockwise, H = 8, d = 64, causal, all
         threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
         case runs once in a fresh child process that reports its peak resident memory growth).

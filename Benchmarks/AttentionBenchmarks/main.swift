@@ -15,23 +15,20 @@ func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
-// The peers harness's external-implementation protocol (shared/peers/ext_example.py).
-if CommandLine.arguments.dropFirst().first == "ext" {
+// Subcommands that print one result and exit: the peers harness's external-implementation protocol
+// (shared/peers/ext_example.py), one memory-suite case and one cache-growth mode (each run by the parent in a fresh
+// process).
+let subcommands: [String: ([String]) throws -> String] = [
+    "ext": { try runExternal(try ExternalJob(arguments: $0)) },
+    "memory-child": runMemoryChild,
+    "growth-child": runGrowthChild,
+]
+if let name = CommandLine.arguments.dropFirst().first, let subcommand = subcommands[name] {
     do {
-        print(try runExternal(try ExternalJob(arguments: Array(CommandLine.arguments.dropFirst(2)))))
+        print(try subcommand(Array(CommandLine.arguments.dropFirst(2))))
         exit(0)
     } catch {
-        printError("attention-bench ext: \(error)")
-        exit(2)
-    }
-}
-// One memory-suite case, run by the parent in a fresh process.
-if CommandLine.arguments.dropFirst().first == "memory-child" {
-    do {
-        print(try runMemoryChild(Array(CommandLine.arguments.dropFirst(2))))
-        exit(0)
-    } catch {
-        printError("attention-bench memory-child: \(error)")
+        printError("attention-bench \(name): \(error)")
         exit(2)
     }
 }
@@ -162,8 +159,19 @@ where configuration.suites.contains(name) {
     }
 }
 
+if configuration.suites.contains("cache-growth") {
+    do {
+        for record in try cacheGrowthSuite(configuration, allThreads: allThreads, executable: currentExecutablePath()) {
+            emit(record)
+        }
+    } catch {
+        printError("attention-bench: cache-growth failed: \(error)")
+        exit(1)
+    }
+}
+
 for line in growthSummaries(records) + paddingSummaries(records) + packedSummaries(records) + layoutSummaries(records)
-    + servingSummaries(records)
+    + servingSummaries(records) + cacheGrowthSummaries(records)
 {
     note(line)
 }

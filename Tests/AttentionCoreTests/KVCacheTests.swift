@@ -31,7 +31,8 @@ final class KVCacheTests: XCTestCase {
         let steps = 300
         let all = try attentionInputs(
             queryHeads: 4, keyValueHeads: 2, queryLength: steps, keyLength: steps, headDimension: 8, seed: 12)
-        var cache = try KVCache(keyValueHeads: 2, headDimension: 8)
+        var cache = try KVCache(keyValueHeads: 2, headDimension: 8, reservesAddressSpace: false)
+        XCTAssertFalse(cache.growsInPlace)
         var capacities: Set<Int> = []
         for step in 0..<steps {
             try cache.append(keys: tokens(all.keys, step..<(step + 1)), values: tokens(all.values, step..<(step + 1)))

@@ -1,8 +1,10 @@
 // KVCache: the append-only key/value cache of one attention layer, for autoregressive decoding.
 //
 // Storage is a KeyValueBuffer ([batch, keyValueHeads, capacity, D], slots of a head contiguous). Appending copies
-// the new tokens into free slots; when the slots run out the capacity doubles (one re-layout, amortized O(1) per
-// token), so a decode loop does not reallocate per step. Attention reads the stored keys and values in place.
+// the new tokens into free slots. The buffer is an address-space reservation for `maximumCapacity` tokens whose
+// pages the operating system commits as the tokens reach them (SlotMemory), so growing never copies and never
+// holds two copies of the cache; past the reservation (or where none can be made) the capacity doubles, one
+// re-layout each time, amortized O(1) per token. Attention reads the stored keys and values in place.
 
 /// An append-only cache of keys and values for one attention layer, in the grouped-query layout
 /// [batch, keyValueHeads, tokens, headDimension].
@@ -38,7 +40,17 @@ public struct KVCache: Sendable {
     ///   - keyValueHeads: key/value heads (>= 1); queries may have any multiple of it.
     ///   - headDimension: the key dimension (>= 1).
     ///   - valueDimension: the value dimension (default: `headDimension`).
-    ///   - reservingCapacity: tokens to allocate room for up front (>= 0); the cache grows past it as needed.
+    ///   - reservingCapacity: tokens to allocate room for up front (>= 0) when the cache has no reservation of
+    ///     address space (see `maximumCapacity`); the cache grows past it as needed.
+    ///   - maximumCapacity: tokens to reserve address space for (>= 1), so that the cache grows to that length in
+    ///     place: pages are committed as tokens are written (at most one page per batch entry and head beyond the
+    ///     tokens: 4 KiB, or 2 MiB once a head's rows pass 8 MiB), appending never copies stored tokens, and peak
+    ///     memory never holds the cache twice. Default on Linux and macOS: as many tokens as fit in 64 GiB of
+    ///     address space, at most 2^22 (`defaultMaximumCapacity`); elsewhere (iOS and other platforms with a small
+    ///     address space) no reservation unless one is asked for. Appends past the reservation still work: the
+    ///     cache moves once into a reservation twice as large. Where the system refuses the reservation (strict
+    ///     overcommit, an address-space limit) or has no such mapping, the storage is an array whose capacity
+    ///     doubles when it runs out (one copy each time).
     ///   - storage: how keys and values are stored (default Float32; see `CacheStorage` and `StorageFormat`).
     ///     Tokens are encoded once, as they are appended (or as they leave the Float32 window of the newest
     ///     tokens); attention decodes them tile by tile as it reads them and accumulates in Float32.
@@ -52,7 +64,22 @@ public struct KVCache: Sendable {
     ///   or a rotary dimension above the head dimension.
     public init(
         batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        reservingCapacity: Int = 0, storage: CacheStorage = .float32, rotary: RotaryEmbedding? = nil
+        reservingCapacity: Int = 0, maximumCapacity: Int? = nil, storage: CacheStorage = .float32,
+        rotary: RotaryEmbedding? = nil
+    ) throws {
+        try self.init(
+            batch: batch, keyValueHeads: keyValueHeads, headDimension: headDimension, valueDimension: valueDimension,
+            reservingCapacity: reservingCapacity, maximumCapacity: maximumCapacity, storage: storage,
+            rotary: rotary, reservesAddressSpace: true)
+    }
+
+    /// `init(batch:keyValueHeads:headDimension:valueDimension:reservingCapacity:maximumCapacity:storage:rotary:)`,
+    /// with `reservesAddressSpace: false` giving the doubling array whatever the platform (for the benchmark's
+    /// comparison).
+    package init(
+        batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
+        reservingCapacity: Int = 0, maximumCapacity: Int? = nil, storage: CacheStorage = .float32,
+        rotary: RotaryEmbedding? = nil, reservesAddressSpace: Bool
     ) throws {
         let dv = valueDimension ?? headDimension
         try KeyValueBuffer.validateDimensions(
@@ -60,27 +87,55 @@ public struct KVCache: Sendable {
         try storage.validate(keyDimension: headDimension, valueDimension: dv)
         try AttentionError.require(
             reservingCapacity >= 0, "reservingCapacity", expected: ">= 0", actual: "\(reservingCapacity)")
+        if let maximumCapacity {
+            try AttentionError.require(
+                maximumCapacity >= 1, "maximumCapacity", expected: ">= 1", actual: "\(maximumCapacity)")
+        }
         try rotary?.validate(headDimension: headDimension)
         self.storage = storage
         self.rotary = rotary
+        let rowBytes =
+            storage.format.bytesPerRow(dimension: headDimension) + storage.format.bytesPerRow(dimension: dv)
+        let reservation =
+            reservesAddressSpace
+            ? maximumCapacity ?? Self.defaultMaximumCapacity(bytesPerToken: batch * keyValueHeads * rowBytes) : nil
         buffer = KeyValueBuffer(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
-            capacity: reservingCapacity, keyFormat: storage.format, valueFormat: storage.format)
+            capacity: reservingCapacity, reservingSlots: reservation, keyFormat: storage.format,
+            valueFormat: storage.format)
         recent = RecentTokens(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
             size: storage.recentTokensInFloat32)
     }
 
-    /// Tokens the cache holds room for before it grows.
+    /// The reservation `maximumCapacity` defaults to for a cache of `bytesPerToken` bytes per token: as many tokens
+    /// as fit in 64 GiB of address space, at most 2^22, on Linux and macOS; nil (no reservation) elsewhere.
+    public static func defaultMaximumCapacity(bytesPerToken: Int) -> Int? {
+        #if os(Linux) || os(macOS)
+            return Swift.max(1, Swift.min(1 << 22, (1 << 36) / Swift.max(1, bytesPerToken)))
+        #else
+            return nil
+        #endif
+    }
+
+    /// Tokens the cache holds room for before it grows by a copy (with a reservation of address space, the
+    /// tokens it is reserved for, rounded up to whole huge pages per head).
     public var capacity: Int { buffer.capacity + recent.buffer.capacity }
-    /// Bytes of key and value storage currently allocated.
+    /// Whether the cache grows in place in reserved address space (see `maximumCapacity`), rather than by
+    /// doubling an array.
+    public var growsInPlace: Bool { buffer.isReserved }
+    /// The address of the encoded keys' storage, which moves only when the storage is replaced (for tests).
+    package var keyStorageAddress: UInt { buffer.keyStorageAddress }
+    /// Bytes of key and value storage the cache occupies: with a reservation, the pages its tokens have reached
+    /// (committed memory, not the reserved address space); otherwise the allocated array.
     public var storageBytes: Int { buffer.bytes + recent.buffer.bytes }
     /// Bytes each token takes in the cache's format (its key and value rows in every batch entry and key/value
     /// head); tokens in the Float32 window of the newest take `4 * (headDimension + valueDimension)` per head.
     public var bytesPerToken: Int { buffer.bytesPerToken }
 
     /// Appends keys [batch, keyValueHeads, n, headDimension] and values [batch, keyValueHeads, n, valueDimension]
-    /// (n >= 0 new tokens). Amortized O(n): the capacity doubles when it runs out. With `rotary`, key t is rotated
+    /// (n >= 0 new tokens). O(n) in place within the reservation; past it (or without one) amortized O(n), the
+    /// capacity doubling when it runs out. With `rotary`, key t is rotated
     /// by its position `count + t` first.
     /// - Throws: `AttentionError.shapeMismatch` if a shape does not fit the cache, `.invalidValue` for a position
     ///   past `RotaryEmbedding.maximumPosition`; the cache is then unchanged.
@@ -94,7 +149,7 @@ public struct KVCache: Sendable {
         count += n
     }
 
-    /// Encodes tokens into `buffer`, growing it by doubling.
+    /// Encodes tokens into `buffer`, growing it by doubling when it is full (past a reservation, into a new one).
     private mutating func appendEncoded(keys: Tensor, values: Tensor, rows: Range<Int>) {
         if encoded + rows.count > buffer.capacity {
             buffer.resize(to: Swift.max(encoded + rows.count, 2 * buffer.capacity, 16), keeping: encoded)

@@ -15,15 +15,18 @@ package struct KeyValueBuffer: Sendable {
     package let valueDimension: Int
     package let keyCodec: RowCodec
     package let valueCodec: RowCodec
-    /// Slots per head.
+    /// Slots per head (for a reservation, the slots it has address space for).
     package private(set) var capacity: Int
-    // Encoded rows, in Float-sized words (so the storage is aligned for Float32 rows and gets `zeroedScalars`'
-    // huge pages when large).
-    private var keys: [Float]
-    private var values: [Float]
+    /// One past the highest slot ever written (the extent of a reservation's committed pages).
+    private var touched = 0
+    private var keys: SlotMemory
+    private var values: SlotMemory
 
+    /// A buffer of `capacity` slots per head on the heap, or, with `reservingSlots`, an address-space reservation
+    /// of at least that many slots (and `capacity`), rounded up so that every head starts on a 2 MiB boundary;
+    /// where no reservation can be made, heap storage of `capacity` slots.
     package init(
-        batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, capacity: Int,
+        batch: Int, heads: Int, keyDimension: Int, valueDimension: Int, capacity: Int, reservingSlots: Int? = nil,
         keyFormat: StorageFormat = .float32, valueFormat: StorageFormat = .float32
     ) {
         self.batch = batch
@@ -32,44 +35,102 @@ package struct KeyValueBuffer: Sendable {
         self.valueDimension = valueDimension
         keyCodec = RowCodec(keyFormat, dimension: keyDimension)
         valueCodec = RowCodec(valueFormat, dimension: valueDimension)
-        self.capacity = capacity
-        keys = zeroedScalars(count: Self.words(batch * heads * capacity * keyCodec.rowBytes))
-        values = zeroedScalars(count: Self.words(batch * heads * capacity * valueCodec.rowBytes))
+        (self.capacity, keys, values) = Self.storage(
+            regions: batch * heads, rowBytes: (keyCodec.rowBytes, valueCodec.rowBytes), capacity: capacity,
+            reservingSlots: reservingSlots)
     }
 
-    private static func words(_ bytes: Int) -> Int { (bytes + 3) / 4 }
+    /// Key and value storage for `regions` heads of `capacity` slots, reserved when `reservingSlots` is given and
+    /// the system grants it (see `init`), and the slots per head it has.
+    private static func storage(
+        regions: Int, rowBytes: (key: Int, value: Int), capacity: Int, reservingSlots: Int?
+    ) -> (capacity: Int, keys: SlotMemory, values: SlotMemory) {
+        if let reservingSlots {
+            // Slots per head such that a head's rows fill whole huge pages, for keys and for values (both
+            // granularities are powers of two, so the larger is a multiple of the smaller).
+            func granularity(_ bytes: Int) -> Int {
+                var (a, b) = (bytes, SlotMemory.hugePageBytes)
+                while b != 0 { (a, b) = (b, a % b) }
+                return SlotMemory.hugePageBytes / a
+            }
+            let unit = Swift.max(granularity(rowBytes.key), granularity(rowBytes.value))
+            let slots = (Swift.max(reservingSlots, capacity, 1) + unit - 1) / unit * unit
+            if let keys = SlotMemory(reservingBytes: regions * slots * rowBytes.key),
+                let values = SlotMemory(reservingBytes: regions * slots * rowBytes.value)
+            {
+                return (slots, keys, values)
+            }
+        }
+        return (
+            capacity, SlotMemory(heapBytes: regions * capacity * rowBytes.key),
+            SlotMemory(heapBytes: regions * capacity * rowBytes.value)
+        )
+    }
 
-    /// Bytes of key and value storage.
-    package var bytes: Int { (keys.count + values.count) * MemoryLayout<Float>.size }
+    /// Whether the storage is an address-space reservation that grows in place (see `SlotMemory`).
+    package var isReserved: Bool { keys.isReserved }
+
+    /// The address of the key storage, which moves only when the storage is replaced (for tests of growth).
+    package var keyStorageAddress: UInt { keys.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
+
+    /// Bytes of key and value storage: for heap storage all of it; for a reservation, the pages its writes have
+    /// reached (what it holds in physical memory, up to a page per head).
+    package var bytes: Int {
+        guard isReserved else { return keys.byteCount + values.byteCount }
+        let page = keys.hugePagesAdvised ? SlotMemory.hugePageBytes : 4096
+        func extent(_ rowBytes: Int) -> Int { (touched * rowBytes + page - 1) / page * page }
+        return batch * heads * (extent(keyCodec.rowBytes) + extent(valueCodec.rowBytes))
+    }
 
     /// Bytes one token takes in every (batch, key/value head): its key and value rows.
     package var bytesPerToken: Int { batch * heads * (keyCodec.rowBytes + valueCodec.rowBytes) }
 
-    /// Re-lays the storage out with `newCapacity` slots per head, keeping slots 0..<used of every head.
+    /// Re-lays the storage out with `newCapacity` slots per head, keeping slots 0..<used of every head: a new
+    /// reservation (at least `newCapacity` slots) if the buffer is reserved, heap storage otherwise.
     package mutating func resize(to newCapacity: Int, keeping used: Int) {
-        func relaid(_ old: [Float], rowBytes: Int) -> [Float] {
-            var new = zeroedScalars(count: Self.words(batch * heads * newCapacity * rowBytes))
-            old.withUnsafeBytes { source in
-                new.withUnsafeMutableBytes { target in
-                    for head in 0..<(batch * heads) where used > 0 {
-                        (target.baseAddress! + head * newCapacity * rowBytes).copyMemory(
-                            from: source.baseAddress! + head * capacity * rowBytes, byteCount: used * rowBytes)
-                    }
+        let (capacity, keys, values) = Self.storage(
+            regions: batch * heads, rowBytes: (keyCodec.rowBytes, valueCodec.rowBytes), capacity: newCapacity,
+            reservingSlots: isReserved ? newCapacity : nil)
+        relay(from: self.keys, to: keys, rowBytes: keyCodec.rowBytes, capacity: capacity, used: used)
+        relay(from: self.values, to: values, rowBytes: valueCodec.rowBytes, capacity: capacity, used: used)
+        (self.capacity, self.keys, self.values, touched) = (capacity, keys, values, used)
+    }
+
+    /// Copies slots 0..<used of every head from `old` (laid out with `self.capacity` slots per head) to `new`
+    /// (`capacity` slots per head).
+    private func relay(from old: SlotMemory, to new: SlotMemory, rowBytes: Int, capacity: Int, used: Int) {
+        guard used > 0 else { return }
+        old.withUnsafeBytes { source in
+            new.withUnsafeMutableBytes { target in
+                for head in 0..<(batch * heads) {
+                    (target.baseAddress! + head * capacity * rowBytes).copyMemory(
+                        from: source.baseAddress! + head * self.capacity * rowBytes, byteCount: used * rowBytes)
                 }
             }
-            return new
         }
-        keys = relaid(keys, rowBytes: keyCodec.rowBytes)
-        values = relaid(values, rowBytes: valueCodec.rowBytes)
-        capacity = newCapacity
+    }
+
+    /// Before a write to slots `slots`: gives this buffer its own storage if a copy of it shares the storage
+    /// (copy-on-write, copying only the slots written so far), records the written extent, and marks a
+    /// reservation for huge pages once a head's rows reach 8 MiB.
+    private mutating func prepareToWrite(_ slots: Range<Int>) {
+        if !isKnownUniquelyReferenced(&keys) || !isKnownUniquelyReferenced(&values) {
+            resize(to: capacity, keeping: touched)
+        }
+        touched = Swift.max(touched, slots.upperBound)
+        if isReserved, touched * Swift.max(keyCodec.rowBytes, valueCodec.rowBytes) >= 4 * SlotMemory.hugePageBytes {
+            keys.adviseHugePages()
+            values.adviseHugePages()
+        }
     }
 
     /// Encodes tokens `rows` of `newKeys` / `newValues` ([batch, heads, n, D], already validated) into consecutive
     /// slots starting at `slot`, for every head.
     package mutating func write(keys newKeys: Tensor, values newValues: Tensor, rows: Range<Int>, toSlot slot: Int) {
         precondition(slot >= 0 && slot + rows.count <= capacity, "slots out of range")
+        prepareToWrite(slot..<(slot + rows.count))
         let n = newKeys.shape[2]
-        func copy(_ source: Tensor, into storage: inout [Float], codec: RowCodec) {
+        func copy(_ source: Tensor, into storage: SlotMemory, codec: RowCodec) {
             source.withUnsafeBufferPointer { s in
                 storage.withUnsafeMutableBytes { t in
                     for head in 0..<(batch * heads) where !rows.isEmpty {
@@ -80,8 +141,8 @@ package struct KeyValueBuffer: Sendable {
                 }
             }
         }
-        copy(newKeys, into: &keys, codec: keyCodec)
-        copy(newValues, into: &values, codec: valueCodec)
+        copy(newKeys, into: keys, codec: keyCodec)
+        copy(newValues, into: values, codec: valueCodec)
     }
 
     /// Encodes `tokens` tokens of every head into slots `slot ..< slot + tokens` of batch entry `entry` (a paged
@@ -92,8 +153,9 @@ package struct KeyValueBuffer: Sendable {
         values newValues: UnsafePointer<Float>, valueStrides: (head: Int, token: Int)
     ) {
         precondition(entry >= 0 && entry < batch && slot >= 0 && slot + tokens <= capacity, "slots out of range")
+        prepareToWrite(slot..<(slot + tokens))
         func copy(
-            _ source: UnsafePointer<Float>, _ strides: (head: Int, token: Int), into storage: inout [Float],
+            _ source: UnsafePointer<Float>, _ strides: (head: Int, token: Int), into storage: SlotMemory,
             codec: RowCodec
         ) {
             storage.withUnsafeMutableBytes { t in
@@ -110,8 +172,8 @@ package struct KeyValueBuffer: Sendable {
                 }
             }
         }
-        copy(newKeys, keyStrides, into: &keys, codec: keyCodec)
-        copy(newValues, valueStrides, into: &values, codec: valueCodec)
+        copy(newKeys, keyStrides, into: keys, codec: keyCodec)
+        copy(newValues, valueStrides, into: values, codec: valueCodec)
     }
 
     /// Calls `body` with one segment per run of a single batch entry each (a paged cache's blocks): run i covers
@@ -162,7 +224,7 @@ package struct KeyValueBuffer: Sendable {
     /// Float32 tensors.
     package func gather(_ slotRuns: [Range<Int>]) -> (keys: Tensor, values: Tensor) {
         let n = slotRuns.reduce(0) { $0 + $1.count }
-        func collect(_ storage: [Float], codec: RowCodec) -> Tensor {
+        func collect(_ storage: SlotMemory, codec: RowCodec) -> Tensor {
             let width = codec.dimension
             var out = [Float](repeating: 0, count: batch * heads * n * width)
             storage.withUnsafeBytes { source in
