@@ -109,7 +109,7 @@ public func attention(
 ///
 /// A value type: copies are independent. Concurrent reads of one instance are safe; `attend`, `append` and
 /// `removeAll` mutate it and need exclusive access, as for an `Array`.
-public struct StreamingKVCache: Sendable {
+public struct StreamingKVCache: KeyValueCache {
     /// The visibility the cache serves.
     public let sinks: SinkTokens
     /// How keys and values are stored.

@@ -72,7 +72,7 @@ public struct SlidingWindow: Sendable, Hashable {
 ///
 /// A value type: copies are independent. Concurrent reads of one instance are safe; `attend`, `append` and
 /// `removeAll` mutate it and need exclusive access, as for an `Array`.
-public struct RollingKVCache: Sendable {
+public struct RollingKVCache: KeyValueCache {
     /// The window: each new token sees itself and the `window - 1` tokens before it.
     public let window: Int
     /// How keys and values are stored.

@@ -20,7 +20,7 @@
 ///
 /// A `KVCache` is a value: copies are independent (copy-on-write), and a cache may be read from many threads at once
 /// (`attention` does not mutate it) but, like an `Array`, must not be mutated while another thread uses it.
-public struct KVCache: Sendable {
+public struct KVCache: KeyValueCache {
     /// Tokens 0..<count - recent.held, in the storage's format (slot i holds token i).
     private var buffer: KeyValueBuffer
     /// The newest tokens, in Float32 (`CacheStorage.recentTokensInFloat32`).
@@ -156,6 +156,27 @@ public struct KVCache: Sendable {
         }
         buffer.write(keys: keys, values: values, rows: rows, toSlot: encoded)
         encoded += rows.count
+    }
+
+    /// Tokens appended since creation or `removeAll()`: `count` (the cache keeps every token).
+    public var tokenCount: Int { count }
+
+    /// Appends the new tokens, then attends their queries over every cached token with `.causal` (new token i sees
+    /// the tokens before it and itself): `append(keys:values:)` followed by `attention(queries:options:)`, the
+    /// `KeyValueCache` step.
+    /// - Throws: as `append` and `attention`, and `AttentionError.shapeMismatch` unless there is one query per new
+    ///   token; the cache is then unchanged.
+    public mutating func attend(
+        queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions = AttentionOptions()
+    ) throws -> Tensor {
+        let n = try buffer.validateAppend(keys: keys, values: values)
+        try requireOneQueryPerToken(queries, tokens: n)
+        // Validate the attention before the append changes anything.
+        _ = try AttentionProblem(
+            queries: queries, cacheBatch: buffer.batch, keyValueHeads: buffer.heads, keyLength: count + n,
+            keyDimension: buffer.keyDimension, valueDimension: buffer.valueDimension, mask: .causal, options: options)
+        try append(keys: keys, values: values)
+        return try attention(queries: queries, options: options)
     }
 
     /// Forgets every token; keeps the allocated storage for reuse.
