@@ -1,0 +1,523 @@
+// AttentionBackward: the gradients of attention with respect to queries, keys, values and learned sink logits,
+// by FlashAttention-2's backward. Nothing of size Nq x Nk is ever allocated: each 64 x 64 tile of scores is
+// recomputed from Q and K, its probabilities rebuilt from the forward's log-sum-exp, and used at once:
+//
+//   D = rowsum(dO * O)                      per query row, once
+//   S = Q K^T, Z = scores(S) (scale, softcap, ALiBi), P = exp(Z - lse)   (0 where the mask removes a key)
+//   dV += P^T dO          dP = dO V^T        dZ = P * (dP - D)
+//   dX = dZ * scale * softcap'(S)            dQ += dX K        dK += dX^T Q
+//   d sink_h = -sum_rows exp(sink_h - lse) * D
+//
+// Ownership (determinism): one work item per (batch entry, key/value head) owns every gradient row of that head:
+// dK and dV of its keys and dQ of the query heads that read it (PyTorch's CPU flash backward does the same per
+// head). It walks key tiles in order, and for each the group's query heads and query tiles in order, so every sum
+// is added in one fixed order and the gradients are bitwise identical for every thread count. The cost of the
+// choice: at most B * Hkv items run in parallel (a call with fewer key/value heads than threads leaves cores idle),
+// and dQ accumulates in a per-worker Float32 buffer of the group's query rows (O(Nq * d), the size of the gradient
+// itself). The alternative (one pass for dK/dV per key tile, another for dQ per query tile) parallelizes over
+// tiles but computes S and dP twice (seven products per tile instead of five).
+//
+// Products are register-blocked (`accumulateProduct`: 4 rows x 64 columns, 16 SIMD16 accumulators, one broadcast
+// and four loads per 16 multiply-adds); K and V tiles are transposed once per tile so that every product streams
+// rows. Rows are zero-padded to a multiple of 16, which leaves every sum unchanged.
+
+/// The gradients of one attention call (see `attentionGradients`).
+public struct AttentionGradients: Sendable {
+    /// dL/dQ, [batch, queryHeads, queryLength, headDimension].
+    public var queries: Tensor
+    /// dL/dK, [batch, keyValueHeads, keyLength, headDimension]: summed over the query heads of each group.
+    public var keys: Tensor
+    /// dL/dV, [batch, keyValueHeads, keyLength, valueDimension].
+    public var values: Tensor
+    /// dL/d(sink logit) per query head, when `options.sinkLogits` was given; summed over batch entries and rows.
+    public var sinkLogits: [Float]?
+    /// Bytes of scratch memory the call allocated (tiles and per-worker dQ rows), excluding the gradients.
+    public var workspaceBytes: Int
+}
+
+/// The gradients of attention with respect to its queries, keys, values (and learned sink logits), given the
+/// forward's inputs and result and the gradient of the loss with respect to the output.
+///
+/// ```swift
+/// let result = try attentionWithLogSumExp(queries: q, keys: k, values: v, mask: .causal)   // keep it
+/// let dO = lossGradient(result.output)                                                     // [B, Hq, Nq, Dv]
+/// let grads = try attentionGradients(
+///     queries: q, keys: k, values: v, result: result, outputGradient: dO, mask: .causal)
+/// // grads.queries, grads.keys, grads.values: the shapes of q, k, v
+/// ```
+///
+/// - Parameters:
+///   - queries, keys, values, mask, options: exactly those of the forward call.
+///   - result: the forward's output and log-sum-exp (`attentionWithLogSumExp`); the probabilities are rebuilt
+///     from the log-sum-exp, so it must be the one computed with these inputs.
+///   - outputGradient: dL/d(output), the output's shape.
+/// - Returns: the gradients; rows that saw no key get zero gradients. Bitwise identical for every thread count.
+///   O((Nq + Nk) * d) memory; 2.5x the forward's multiply-adds.
+/// - Throws: `AttentionError` as the forward does for the inputs, a shape mismatch naming `result.output`,
+///   `result.logSumExp` or `outputGradient`, and `.invalidValue` for options the backward does not support yet:
+///   an additive `bias`, `keyPadding`, `queryPadding` and the `.bnhd` layouts.
+public func attentionGradients(
+    queries: Tensor, keys: Tensor, values: Tensor, result: AttentionResult, outputGradient: Tensor,
+    mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
+) throws -> AttentionGradients {
+    try AttentionError.require(
+        options.bias == nil, "options.bias", expected: "nil (the backward does not take a bias yet)",
+        actual: "a bias")
+    try AttentionError.require(
+        options.keyPadding == nil, "options.keyPadding", expected: "nil (not supported by the backward yet)",
+        actual: "key padding")
+    try AttentionError.require(
+        options.queryPadding == nil, "options.queryPadding", expected: "nil (not supported by the backward yet)",
+        actual: "query padding")
+    try AttentionError.require(
+        options.layout == .bhnd && (options.outputLayout ?? .bhnd) == .bhnd, "options.layout",
+        expected: ".bhnd (the backward reads [batch, heads, tokens, d] tensors)", actual: "\(options.layout)")
+    let problem = try AttentionProblem(queries: queries, keys: keys, values: values, mask: mask, options: options)
+    let outputShape = [problem.batch, problem.queryHeads, problem.queryLength, problem.valueDimension]
+    guard result.output.shape == outputShape else {
+        throw AttentionError.shapeMismatch(
+            argument: "result.output", expected: "\(outputShape)", actual: result.output.shape,
+            reason: "the forward's output for these queries and values")
+    }
+    guard result.logSumExp.shape == Array(outputShape.dropLast()) else {
+        throw AttentionError.shapeMismatch(
+            argument: "result.logSumExp", expected: "\(Array(outputShape.dropLast()))",
+            actual: result.logSumExp.shape, reason: "one log-sum-exp per query row")
+    }
+    guard outputGradient.shape == outputShape else {
+        throw AttentionError.shapeMismatch(
+            argument: "outputGradient", expected: "\(outputShape)", actual: outputGradient.shape,
+            reason: "the gradient of the loss with respect to the output has the output's shape")
+    }
+    return BackwardPass(problem: problem).run(
+        queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
+        outputGradient: outputGradient)
+}
+
+/// One backward call: the problem's dimensions, padded widths and per-head score parameters.
+private struct BackwardPass {
+    let problem: AttentionProblem
+    /// Keys per tile and query rows per tile.
+    let keyTile = 64
+    let rowTile = 64
+    /// Head dimensions rounded up to a multiple of 16.
+    let dk: Int
+    let dv: Int
+
+    init(problem: AttentionProblem) {
+        self.problem = problem
+        dk = (problem.keyDimension + 15) / 16 * 16
+        dv = (problem.valueDimension + 15) / 16 * 16
+    }
+
+    /// The mask query head `head` sees: the call's, intersected with its head mask if any.
+    func mask(head: Int) -> AttentionMask {
+        guard let masks = problem.options.headMasks else { return problem.mask }
+        return .intersection(problem.mask, masks[head])
+    }
+
+    /// Per-worker scratch, in floats.
+    var scratchFloats: Int {
+        let group = problem.groupSize
+        return 2 * keyTile * dk + 2 * keyTile * dv  // K, K^T, V, V^T
+            + keyTile * dk + keyTile * dv  // dK, dV accumulators
+            + rowTile * dk + rowTile * dv  // Q, dO rows
+            + 3 * rowTile * keyTile  // S / P, dP, dX
+            + group * problem.queryLength * (dk + 2)  // dQ rows, D and lse per row
+    }
+
+    func run(
+        queries: Tensor, keys: Tensor, values: Tensor, output: Tensor, logSumExp: Tensor, outputGradient: Tensor
+    ) -> AttentionGradients {
+        let p = problem
+        let items = p.batch * p.keyValueHeads
+        let workers = Parallel.workerCount(items: items, threads: p.threads)
+        var dQ = [Float](repeating: 0, count: p.batch * p.queryHeads * p.queryLength * p.keyDimension)
+        var dK = [Float](repeating: 0, count: p.batch * p.keyValueHeads * p.keyLength * p.keyDimension)
+        var dV = [Float](repeating: 0, count: p.batch * p.keyValueHeads * p.keyLength * p.valueDimension)
+        // Each item's sink-logit gradients, summed in item order afterwards.
+        var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
+        var scratch = [Float](repeating: 0, count: workers * scratchFloats)
+        withBaseAddresses([queries, keys, values, output, logSumExp, outputGradient]) { inputs in
+            let inputs = BackwardInputs(
+                q: inputs[0], k: inputs[1], v: inputs[2], o: inputs[3], lse: inputs[4], dO: inputs[5])
+            dQ.withUnsafeMutableBufferPointer { dq in
+                dK.withUnsafeMutableBufferPointer { dk in
+                    dV.withUnsafeMutableBufferPointer { dv in
+                        sinkParts.withUnsafeMutableBufferPointer { sinks in
+                            scratch.withUnsafeMutableBufferPointer { work in
+                                // Disjoint writes: item i writes only its own heads' rows, its sink slots and its
+                                // worker's scratch.
+                                let targets = UncheckedSendable(
+                                    (
+                                        dq.baseAddress!, dk.baseAddress!, dv.baseAddress!, sinks.baseAddress!,
+                                        work.baseAddress!
+                                    ))
+                                Parallel.forEach(items: items, threads: p.threads) { worker, item in
+                                    let (dq, dk, dv, sinks, work) = targets.value
+                                    runItem(
+                                        item, inputs, dQ: dq, dK: dk, dV: dv,
+                                        sinkGradients: sinks + item * p.groupSize,
+                                        scratch: work + worker * scratchFloats)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        var sinkGradients: [Float]? = nil
+        if p.options.sinkLogits != nil {
+            var sums = [Float](repeating: 0, count: p.queryHeads)
+            for b in 0..<p.batch {
+                for head in 0..<p.queryHeads {
+                    let g = p.keyValueHead(of: head)
+                    sums[head] += sinkParts[(b * p.keyValueHeads + g) * p.groupSize + head - g * p.groupSize]
+                }
+            }
+            sinkGradients = sums
+        }
+        return AttentionGradients(
+            queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
+            keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
+            values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients,
+            workspaceBytes: scratch.count * MemoryLayout<Float>.size)
+    }
+}
+
+/// The base addresses of the tensors' scalars, valid inside `body`.
+private func withBaseAddresses<R>(_ tensors: [Tensor], _ body: ([UnsafePointer<Float>]) -> R) -> R {
+    func nest(_ index: Int, _ addresses: [UnsafePointer<Float>]) -> R {
+        if index == tensors.count { return body(addresses) }
+        return tensors[index].withUnsafeBufferPointer { nest(index + 1, addresses + [$0.baseAddress!]) }
+    }
+    return nest(0, [])
+}
+
+/// The read-only inputs of a backward call (dense [B, H, N, d] tensors; lse [B, Hq, Nq]).
+private struct BackwardInputs: @unchecked Sendable {
+    let q: UnsafePointer<Float>
+    let k: UnsafePointer<Float>
+    let v: UnsafePointer<Float>
+    let o: UnsafePointer<Float>
+    let lse: UnsafePointer<Float>
+    let dO: UnsafePointer<Float>
+}
+
+extension BackwardPass {
+    /// Work item `item` = (batch entry, key/value head): all gradients of that head (see the file's legend).
+    func runItem(
+        _ item: Int, _ inputs: BackwardInputs, dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
+        dV: UnsafeMutablePointer<Float>, sinkGradients: UnsafeMutablePointer<Float>,
+        scratch: UnsafeMutablePointer<Float>
+    ) {
+        let p = problem
+        let (b, g) = (item / p.keyValueHeads, item % p.keyValueHeads)
+        let (nq, nk, kd, vd, group) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, p.groupSize)
+        // Scratch layout.
+        let kTile = scratch
+        let kT = kTile + keyTile * dk
+        let vTile = kT + keyTile * dk
+        let vT = vTile + keyTile * dv
+        let dKTile = vT + keyTile * dv
+        let dVTile = dKTile + keyTile * dk
+        let qRows = dVTile + keyTile * dv
+        let dORows = qRows + rowTile * dk
+        let probabilities = dORows + rowTile * dv
+        let dP = probabilities + rowTile * keyTile
+        let dX = dP + rowTile * keyTile
+        let dQRows = dX + rowTile * keyTile  // [group, nq, dk]
+        let rowD = dQRows + group * nq * dk  // [group, nq]
+        let rowLSE = rowD + group * nq  // [group, nq], -inf for a row that sees nothing
+        let firstHead = g * group
+        let kvBase = (b * p.keyValueHeads + g) * nk
+        (dQRows).update(repeating: 0, count: group * nq * dk)
+
+        // D = rowsum(dO * O) per row, the row's log-sum-exp, and the sink-logit gradients.
+        for h in 0..<group {
+            let head = firstHead + h
+            let rowBase = (b * p.queryHeads + head) * nq
+            var sinkGradient: Float = 0
+            for r in 0..<nq {
+                let o = inputs.o + (rowBase + r) * vd
+                let dO = inputs.dO + (rowBase + r) * vd
+                var d: Float = 0
+                for c in 0..<vd { d += dO[c] * o[c] }
+                rowD[h * nq + r] = d
+                let lse = inputs.lse[rowBase + r]
+                rowLSE[h * nq + r] = lse
+                if let sinks = p.options.sinkLogits, lse.isFinite {
+                    sinkGradient -= VectorMath.exp(SIMD16(repeating: sinks[head] - lse))[0] * d
+                }
+            }
+            sinkGradients[h] = sinkGradient
+        }
+
+        for keyStart in stride(from: 0, to: nk, by: keyTile) {
+            let keys = keyStart..<Swift.min(nk, keyStart + keyTile)
+            // Which (head, row tile) pairs see this key tile at all.
+            var visits: [(h: Int, rows: Range<Int>, coverage: TileCoverage)] = []
+            for h in 0..<group {
+                let mask = self.mask(head: firstHead + h)
+                for rowStart in stride(from: 0, to: nq, by: rowTile) {
+                    let rows = rowStart..<Swift.min(nq, rowStart + rowTile)
+                    let coverage = mask.coverage(queries: rows, keys: keys, queryLength: nq, keyLength: nk)
+                    if coverage != .empty { visits.append((h, rows, coverage)) }
+                }
+            }
+            if visits.isEmpty { continue }
+            pack(
+                inputs.k + (kvBase + keys.lowerBound) * kd, rows: keys.count, width: kd, into: kTile, padded: dk,
+                tileRows: keyTile)
+            pack(
+                inputs.v + (kvBase + keys.lowerBound) * vd, rows: keys.count, width: vd, into: vTile, padded: dv,
+                tileRows: keyTile)
+            transpose(kTile, rows: keyTile, width: dk, into: kT)
+            transpose(vTile, rows: keyTile, width: dv, into: vT)
+            let keysFinite = allFinite(kTile, count: keyTile * dk)
+            dKTile.update(repeating: 0, count: keyTile * dk)
+            dVTile.update(repeating: 0, count: keyTile * dv)
+            for visit in visits {
+                let head = firstHead + visit.h
+                let mask = self.mask(head: head)
+                let rowBase = (b * p.queryHeads + head) * nq
+                let rows = visit.rows
+                pack(
+                    inputs.q + (rowBase + rows.lowerBound) * kd, rows: rows.count, width: kd, into: qRows, padded: dk,
+                    tileRows: rows.count)
+                pack(
+                    inputs.dO + (rowBase + rows.lowerBound) * vd, rows: rows.count, width: vd, into: dORows, padded: dv,
+                    tileRows: rows.count)
+                // S = Q K^T, then P (probabilities) in place; dX keeps scale * softcap'(s) for now.
+                accumulateProduct(
+                    into: probabilities, ldc: keyTile, a: qRows, am: dk, ak: 1, b: kT, ldb: keyTile, rows: rows.count,
+                    depth: dk, width: keyTile, accumulate: false)
+                probabilitiesInPlace(
+                    probabilities, derivative: dX, head: head, rows: rows, keys: keys, mask: mask,
+                    coverage: visit.coverage, lse: rowLSE + visit.h * nq)
+                // dV += P^T dO.
+                accumulateProduct(
+                    into: dVTile, ldc: dv, a: probabilities, am: 1, ak: keyTile, b: dORows, ldb: dv, rows: keyTile,
+                    depth: rows.count, width: dv, accumulate: true)
+                // dP = dO V^T, then dX = P * (dP - D) * scale * softcap'.
+                accumulateProduct(
+                    into: dP, ldc: keyTile, a: dORows, am: dv, ak: 1, b: vT, ldb: keyTile, rows: rows.count,
+                    depth: dv, width: keyTile, accumulate: false)
+                for r in 0..<rows.count {
+                    let d = rowD[visit.h * nq + rows.lowerBound + r]
+                    for c in 0..<keyTile {
+                        let i = r * keyTile + c
+                        let pr = probabilities[i]
+                        // A removed key has P = 0 exactly; select, so that a NaN in its value (in dP) stays out.
+                        dX[i] = pr == 0 ? 0 : pr * (dP[i] - d) * dX[i]
+                    }
+                }
+                // dK += dX^T Q.
+                accumulateProduct(
+                    into: dKTile, ldc: dk, a: dX, am: 1, ak: keyTile, b: qRows, ldb: dk, rows: keyTile,
+                    depth: rows.count, width: dk, accumulate: true)
+                // dQ += dX K: a key the mask removes has dX = 0 but may hold NaN; if the tile has any non-finite
+                // key, skip the zero terms one by one rather than multiply them.
+                let dq = dQRows + (visit.h * nq + rows.lowerBound) * dk
+                if keysFinite {
+                    accumulateProduct(
+                        into: dq, ldc: dk, a: dX, am: keyTile, ak: 1, b: kTile, ldb: dk, rows: rows.count,
+                        depth: keyTile, width: dk, accumulate: true)
+                } else {
+                    for r in 0..<rows.count {
+                        for c in 0..<keyTile where dX[r * keyTile + c] != 0 {
+                            let x = dX[r * keyTile + c]
+                            for e in 0..<dk { dq[r * dk + e] += x * kTile[c * dk + e] }
+                        }
+                    }
+                }
+            }
+            for (t, key) in keys.enumerated() {
+                let kOut = dK + (kvBase + key) * kd
+                let vOut = dV + (kvBase + key) * vd
+                for e in 0..<kd { kOut[e] = dKTile[t * dk + e] }
+                for e in 0..<vd { vOut[e] = dVTile[t * dv + e] }
+            }
+        }
+        for h in 0..<group {
+            let rowBase = (b * p.queryHeads + firstHead + h) * nq
+            for r in 0..<nq {
+                let out = dQ + (rowBase + r) * kd
+                for e in 0..<kd { out[e] = dQRows[(h * nq + r) * dk + e] }
+            }
+        }
+    }
+
+    /// Turns the scores S of `rows` x `keys` (stride keyTile) into probabilities P = exp(Z - lse), Z the forward's
+    /// score pipeline (scale, softcap, ALiBi); P = 0 for removed keys, padding columns and rows that see nothing.
+    /// Writes dZ/dS's factor (scale, times softcap's derivative 1 - tanh^2) into `derivative`.
+    func probabilitiesInPlace(
+        _ s: UnsafeMutablePointer<Float>, derivative: UnsafeMutablePointer<Float>, head: Int, rows: Range<Int>,
+        keys: Range<Int>, mask: AttentionMask, coverage: TileCoverage, lse: UnsafePointer<Float>
+    ) {
+        let p = problem
+        let scale = p.scale
+        let softcap = p.options.softcap
+        let slope = p.options.alibiSlopes?[head]
+        let diagonalOffset = p.keyLength - p.queryLength
+        for r in 0..<rows.count {
+            let query = rows.lowerBound + r
+            let rowLSE = lse[query]
+            let row = s + r * keyTile
+            let factor = derivative + r * keyTile
+            guard rowLSE.isFinite else {
+                row.update(repeating: 0, count: keyTile)
+                factor.update(repeating: 0, count: keyTile)
+                continue
+            }
+            for chunk in stride(from: 0, to: keyTile, by: 16) {
+                var x = UnsafeRawPointer(row + chunk).loadUnaligned(as: SIMD16<Float>.self) * scale
+                var f = SIMD16<Float>(repeating: scale)
+                if let softcap {
+                    let t = VectorMath.tanh(x / softcap)
+                    x = t * softcap
+                    f = f * (1 - t * t)
+                }
+                if let slope {
+                    var distance = SIMD16<Float>()
+                    for lane in 0..<16 {
+                        distance[lane] = Float(abs(query + diagonalOffset - (keys.lowerBound + chunk + lane)))
+                    }
+                    x = x - slope * distance
+                }
+                let e = VectorMath.exp(x - rowLSE)
+                UnsafeMutableRawPointer(row + chunk).storeBytes(of: e, as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(factor + chunk).storeBytes(of: f, as: SIMD16<Float>.self)
+            }
+            for c in 0..<keyTile {
+                let key = keys.lowerBound + c
+                let visible =
+                    key < keys.upperBound
+                    && (coverage == .full
+                        || mask.allows(query: query, key: key, queryLength: p.queryLength, keyLength: p.keyLength))
+                if !visible { row[c] = 0 }
+            }
+        }
+    }
+
+    /// Copies `rows` rows of `width` floats into rows of `padded` floats, zeros in the padding and in rows
+    /// `rows ..< tileRows`.
+    func pack(
+        _ source: UnsafePointer<Float>, rows: Int, width: Int, into target: UnsafeMutablePointer<Float>, padded: Int,
+        tileRows: Int
+    ) {
+        target.update(repeating: 0, count: tileRows * padded)
+        for r in 0..<rows {
+            (target + r * padded).update(from: source + r * width, count: width)
+        }
+    }
+}
+
+/// target[c * rows + r] = source[r * width + c]: a tile's columns as rows.
+private func transpose(
+    _ source: UnsafePointer<Float>, rows: Int, width: Int, into target: UnsafeMutablePointer<Float>
+) {
+    for r in 0..<rows {
+        for c in 0..<width { target[c * rows + r] = source[r * width + c] }
+    }
+}
+
+/// Whether every one of `count` floats is finite.
+private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
+    var sum: Float = 0
+    for i in 0..<count { sum += values[i] * 0 }
+    return sum == 0
+}
+
+/// C[m, 0..<width] (+)= sum over k < depth of A[m * am + k * ak] * B[k * ldb, 0..<width], m < rows; width a
+/// multiple of 16. Register-blocked 4 rows x 4 vectors (16 accumulators); remainders 1 row or 1 vector at a time.
+@inline(__always)
+private func accumulateProduct(
+    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
+    b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
+) {
+    typealias V = SIMD16<Float>
+    @inline(__always) func load(_ pointer: UnsafePointer<Float>) -> V {
+        UnsafeRawPointer(pointer).loadUnaligned(as: V.self)
+    }
+    @inline(__always) func store(_ value: V, _ pointer: UnsafeMutablePointer<Float>) {
+        UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: V.self)
+    }
+    var column = 0
+    while column + 64 <= width {
+        var m = 0
+        while m + 4 <= rows {
+            var c00 = V(), c01 = V(), c02 = V(), c03 = V()
+            var c10 = V(), c11 = V(), c12 = V(), c13 = V()
+            var c20 = V(), c21 = V(), c22 = V(), c23 = V()
+            var c30 = V(), c31 = V(), c32 = V(), c33 = V()
+            if accumulate {
+                let base = c + m * ldc + column
+                c00 = load(base); c01 = load(base + 16); c02 = load(base + 32); c03 = load(base + 48)
+                c10 = load(base + ldc); c11 = load(base + ldc + 16); c12 = load(base + ldc + 32)
+                c13 = load(base + ldc + 48)
+                c20 = load(base + 2 * ldc); c21 = load(base + 2 * ldc + 16); c22 = load(base + 2 * ldc + 32)
+                c23 = load(base + 2 * ldc + 48)
+                c30 = load(base + 3 * ldc); c31 = load(base + 3 * ldc + 16); c32 = load(base + 3 * ldc + 32)
+                c33 = load(base + 3 * ldc + 48)
+            }
+            var a0 = a + m * am, a1 = a0 + am, a2 = a1 + am, a3 = a2 + am
+            var bRow = b + column
+            for _ in 0..<depth {
+                let b0 = load(bRow), b1 = load(bRow + 16), b2 = load(bRow + 32), b3 = load(bRow + 48)
+                let x0 = V(repeating: a0.pointee), x1 = V(repeating: a1.pointee)
+                let x2 = V(repeating: a2.pointee), x3 = V(repeating: a3.pointee)
+                c00 = multiplyAdd(x0, b0, c00); c01 = multiplyAdd(x0, b1, c01)
+                c02 = multiplyAdd(x0, b2, c02); c03 = multiplyAdd(x0, b3, c03)
+                c10 = multiplyAdd(x1, b0, c10); c11 = multiplyAdd(x1, b1, c11)
+                c12 = multiplyAdd(x1, b2, c12); c13 = multiplyAdd(x1, b3, c13)
+                c20 = multiplyAdd(x2, b0, c20); c21 = multiplyAdd(x2, b1, c21)
+                c22 = multiplyAdd(x2, b2, c22); c23 = multiplyAdd(x2, b3, c23)
+                c30 = multiplyAdd(x3, b0, c30); c31 = multiplyAdd(x3, b1, c31)
+                c32 = multiplyAdd(x3, b2, c32); c33 = multiplyAdd(x3, b3, c33)
+                a0 += ak; a1 += ak; a2 += ak; a3 += ak
+                bRow += ldb
+            }
+            let base = c + m * ldc + column
+            store(c00, base); store(c01, base + 16); store(c02, base + 32); store(c03, base + 48)
+            store(c10, base + ldc); store(c11, base + ldc + 16); store(c12, base + ldc + 32)
+            store(c13, base + ldc + 48)
+            store(c20, base + 2 * ldc); store(c21, base + 2 * ldc + 16); store(c22, base + 2 * ldc + 32)
+            store(c23, base + 2 * ldc + 48)
+            store(c30, base + 3 * ldc); store(c31, base + 3 * ldc + 16); store(c32, base + 3 * ldc + 32)
+            store(c33, base + 3 * ldc + 48)
+            m += 4
+        }
+        column += 64
+        if m < rows {
+            accumulateProductTail(
+                into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: m..<rows,
+                columns: (column - 64)..<column, depth: depth, accumulate: accumulate)
+        }
+    }
+    if column < width {
+        accumulateProductTail(
+            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: 0..<rows, columns: column..<width,
+            depth: depth, accumulate: accumulate)
+    }
+}
+
+/// `accumulateProduct` for the rows and columns (a multiple of 16) the blocked loop leaves: one row and one
+/// vector at a time.
+private func accumulateProductTail(
+    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
+    b: UnsafePointer<Float>, ldb: Int, rows: Range<Int>, columns: Range<Int>, depth: Int, accumulate: Bool
+) {
+    typealias V = SIMD16<Float>
+    for m in rows {
+        for column in stride(from: columns.lowerBound, to: columns.upperBound, by: 16) {
+            let target = c + m * ldc + column
+            var acc = accumulate ? UnsafeRawPointer(target).loadUnaligned(as: V.self) : V()
+            for k in 0..<depth {
+                let bv = UnsafeRawPointer(b + k * ldb + column).loadUnaligned(as: V.self)
+                acc = multiplyAdd(V(repeating: a[m * am + k * ak]), bv, acc)
+            }
+            UnsafeMutableRawPointer(target).storeBytes(of: acc, as: V.self)
+        }
+    }
+}
