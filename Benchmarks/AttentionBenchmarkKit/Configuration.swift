@@ -31,7 +31,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
 
     public static let knownSuites = [
         "naive", "blockwise", "decode", "window", "streaming", "linear", "sparse", "padding", "packed", "layouts",
-        "serving", "cache-growth", "memory",
+        "serving", "cache-growth", "backward", "memory",
     ]
 
     public init() {}
@@ -141,7 +141,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         beside a decode step over 4096 tokens (decode-4096)), cache-growth (a KVCache filled one token at a
         time to 131072 tokens, H_kv = 8, d = 128, Float32, growing in reserved address space (reserved) and by
         doubling an array (doubling), each in a child process: mean, fastest and slowest append per doubling
-        range of lengths, and peak resident memory growth),
+        range of lengths, and peak resident memory growth), backward (attentionGradients, H = 8, d = 64 and
+        128, N = 1024..8192, no mask and causal, beside the forward call and a naive backward that materializes
+        P and dP (N <= 2048, one thread); GFLOP/s count 2.5x the forward's visible multiply-adds),
         memory (naive and blockwise, H = 8, d = 64, causal, all
         threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
         case runs once in a fresh child process that reports its peak resident memory growth).

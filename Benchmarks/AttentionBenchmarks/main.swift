@@ -82,9 +82,10 @@ for c in cases + memoryCases where !validated.contains("\(c.kernelName)/\(c.mask
         exit(1)
     }
 }
-let ownGates = ["streaming", "linear", "sparse", "padding", "packed", "layouts", "serving"].filter {
-    configuration.suites.contains($0)
-}
+let ownGates = ["streaming", "linear", "sparse", "padding", "packed", "layouts", "serving", "cache-growth", "backward"]
+    .filter {
+        configuration.suites.contains($0)
+    }
 note(
     "validated against the Float64 reference: "
         + (validated.sorted() + ownGates.map { "\($0) (validated by its suite before timing)" }).joined(separator: ", ")
@@ -148,7 +149,7 @@ for c in ordered {
 
 for (name, suite) in [
     ("streaming", streamingSuite), ("linear", linearSuite), ("sparse", sparseSuite), ("padding", paddingSuite),
-    ("packed", packedSuite), ("layouts", layoutsSuite), ("serving", servingSuite),
+    ("packed", packedSuite), ("layouts", layoutsSuite), ("serving", servingSuite), ("backward", backwardSuite),
 ]
 where configuration.suites.contains(name) {
     do {
@@ -172,6 +173,7 @@ if configuration.suites.contains("cache-growth") {
 
 for line in growthSummaries(records) + paddingSummaries(records) + packedSummaries(records) + layoutSummaries(records)
     + servingSummaries(records) + cacheGrowthSummaries(records)
+    + backwardSummaries(records)
 {
     note(line)
 }

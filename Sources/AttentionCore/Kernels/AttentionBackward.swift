@@ -221,9 +221,9 @@ extension BackwardPass {
         let vT = vTile + keyTile * dv
         let dKTile = vT + keyTile * dv
         let dVTile = dKTile + keyTile * dk
-        let qRows = dVTile + keyTile * dv
-        let dORows = qRows + rowTile * dk
-        let probabilities = dORows + rowTile * dv
+        let qPacked = dVTile + keyTile * dv
+        let dOPacked = qPacked + rowTile * dk
+        let probabilities = dOPacked + rowTile * dv
         let dP = probabilities + rowTile * keyTile
         let dX = dP + rowTile * keyTile
         let dQRows = dX + rowTile * keyTile  // [group, nq, dk]
@@ -282,12 +282,22 @@ extension BackwardPass {
                 let mask = self.mask(head: head)
                 let rowBase = (b * p.queryHeads + head) * nq
                 let rows = visit.rows
-                pack(
-                    inputs.q + (rowBase + rows.lowerBound) * kd, rows: rows.count, width: kd, into: qRows, padded: dk,
-                    tileRows: rows.count)
-                pack(
-                    inputs.dO + (rowBase + rows.lowerBound) * vd, rows: rows.count, width: vd, into: dORows, padded: dv,
-                    tileRows: rows.count)
+                // Query and output-gradient rows, read in place when their width is already a multiple of 16.
+                var qRows = UnsafePointer(qPacked)
+                var dORows = UnsafePointer(dOPacked)
+                let (qSource, dOSource) = (
+                    inputs.q + (rowBase + rows.lowerBound) * kd, inputs.dO + (rowBase + rows.lowerBound) * vd
+                )
+                if kd == dk {
+                    qRows = qSource
+                } else {
+                    pack(qSource, rows: rows.count, width: kd, into: qPacked, padded: dk, tileRows: rows.count)
+                }
+                if vd == dv {
+                    dORows = dOSource
+                } else {
+                    pack(dOSource, rows: rows.count, width: vd, into: dOPacked, padded: dv, tileRows: rows.count)
+                }
                 // S = Q K^T, then P (probabilities) in place; dX keeps scale * softcap'(s) for now.
                 accumulateProduct(
                     into: probabilities, ldc: keyTile, a: qRows, am: dk, ak: 1, b: kT, ldb: keyTile, rows: rows.count,
@@ -304,12 +314,14 @@ extension BackwardPass {
                     into: dP, ldc: keyTile, a: dORows, am: dv, ak: 1, b: vT, ldb: keyTile, rows: rows.count,
                     depth: dv, width: keyTile, accumulate: false)
                 for r in 0..<rows.count {
-                    let d = rowD[visit.h * nq + rows.lowerBound + r]
-                    for c in 0..<keyTile {
-                        let i = r * keyTile + c
-                        let pr = probabilities[i]
+                    let d = SIMD16<Float>(repeating: rowD[visit.h * nq + rows.lowerBound + r])
+                    for chunk in stride(from: r * keyTile, to: (r + 1) * keyTile, by: 16) {
+                        let pr = UnsafeRawPointer(probabilities + chunk).loadUnaligned(as: SIMD16<Float>.self)
+                        let dp = UnsafeRawPointer(dP + chunk).loadUnaligned(as: SIMD16<Float>.self)
+                        let f = UnsafeRawPointer(dX + chunk).loadUnaligned(as: SIMD16<Float>.self)
                         // A removed key has P = 0 exactly; select, so that a NaN in its value (in dP) stays out.
-                        dX[i] = pr == 0 ? 0 : pr * (dP[i] - d) * dX[i]
+                        let x = (pr * (dp - d) * f).replacing(with: 0, where: pr .== 0)
+                        UnsafeMutableRawPointer(dX + chunk).storeBytes(of: x, as: SIMD16<Float>.self)
                     }
                 }
                 // dK += dX^T Q.
@@ -360,6 +372,7 @@ extension BackwardPass {
         let softcap = p.options.softcap
         let slope = p.options.alibiSlopes?[head]
         let diagonalOffset = p.keyLength - p.queryLength
+        let hasPredicate = mask.hasPredicate
         for r in 0..<rows.count {
             let query = rows.lowerBound + r
             let rowLSE = lse[query]
@@ -389,13 +402,28 @@ extension BackwardPass {
                 UnsafeMutableRawPointer(row + chunk).storeBytes(of: e, as: SIMD16<Float>.self)
                 UnsafeMutableRawPointer(factor + chunk).storeBytes(of: f, as: SIMD16<Float>.self)
             }
-            for c in 0..<keyTile {
-                let key = keys.lowerBound + c
-                let visible =
-                    key < keys.upperBound
-                    && (coverage == .full
-                        || mask.allows(query: query, key: key, queryLength: p.queryLength, keyLength: p.keyLength))
-                if !visible { row[c] = 0 }
+            // Zero the removed keys: in a partial tile by the mask, in the last tile the columns past the keys.
+            if coverage == .full {
+                for c in keys.count..<keyTile { row[c] = 0 }
+            } else {
+                // The row's visible spans once (exact for structured masks): zero the gaps between them, and test
+                // the predicate (if any) inside them.
+                var next = keys.lowerBound  // the first key not yet decided
+                for span in mask.visibleSpans(query: query, queryLength: p.queryLength, keyLength: p.keyLength) {
+                    let lower = Swift.min(Swift.max(span.lowerBound, next), keys.upperBound)
+                    let upper = Swift.max(lower, Swift.min(span.upperBound, keys.upperBound))
+                    for key in next..<lower { row[key - keys.lowerBound] = 0 }
+                    if hasPredicate {
+                        for key in lower..<upper
+                        where !mask.allows(
+                            query: query, key: key, queryLength: p.queryLength, keyLength: p.keyLength)
+                        {
+                            row[key - keys.lowerBound] = 0
+                        }
+                    }
+                    next = upper
+                }
+                for c in (next - keys.lowerBound)..<keyTile { row[c] = 0 }
             }
         }
     }
