@@ -7,20 +7,22 @@
 // The register blocking is chosen for the build target (`MicroKernelShape.target`), because the accumulators
 // must cover FMA latency x FMA pipes within the register file:
 //
-//   narrow (AVX2, SSE2, arm64 NEON, AMD Zen 4/5): 6 keys (value columns) x 16 rows per step, 6 SIMD16
+//   narrow (AVX2, SSE2, arm64 NEON, AMD Zen 4): 6 keys (value columns) x 16 rows per step, 6 SIMD16
 //     accumulators. On AVX2 a SIMD16 is two ymm registers: 12 accumulator chains hide the 4-cycle latency at 2 FMAs
 //     per cycle, and 15 of the 16 registers are live, so nothing spills (a 16-accumulator kernel spilled on every
 //     step there).
-//   wide (AVX-512 on Intel): 4 keys (value columns) x 64 rows (four stripes) per step, 16 zmm accumulators of 32
-//     registers: >= 8 chains are needed on a core with two 512-bit FMA pipes (Intel Xeon: `fma_peak` gives 127.5
-//     GFLOP/s with 6 accumulators, 168 with 8), and each step needs only 4 broadcasts and 4 vector loads for 16
-//     multiply-adds. llvm-mca 14 (-mcpu=icelake-server, two 512-bit FMA ports) on the compiled loops: 8.1 cycles
-//     per 16 multiply-adds for both wide kernels (99% of the ports), against 8.1 per 12 (74%) for the narrow ones
-//     built for the same target; an 8 x 32 blocking modelled at 82% (scores) and 88% (values). AMD Zen 4 and 5
-//     keep the narrow shape even with AVX-512: one 512-bit FMA per cycle needs only 4 chains, the narrow kernels
-//     fold each broadcast into its multiply-add (llvm-mca 19, -mcpu=znver4: 100% of the FMA rate) while the wide
-//     ones pay a separate floating-point uop per broadcast (82%), and the narrow kernels ran the blockwise kernel
-//     at 82-86% of the FMA peak on a Zen 4 core (N = 4096, d = 64 and 128, 2026-12-01).
+//   wide (AVX-512 on Intel and AMD Zen 5): 4 keys (value columns) x 64 rows (four stripes) per step, 16 zmm
+//     accumulators of 32 registers: >= 8 chains are needed on a core with two 512-bit FMA pipes (Intel Xeon:
+//     `fma_peak` gives 127.5 GFLOP/s with 6 accumulators, 168 with 8), and each step needs only 4 broadcasts and 4
+//     vector loads for 16 multiply-adds. llvm-mca 14 (-mcpu=icelake-server, two 512-bit FMA ports) on the compiled
+//     loops: 8.1 cycles per 16 multiply-adds for both wide kernels (99% of the ports), against 8.1 per 12 (74%)
+//     for the narrow ones built for the same target; an 8 x 32 blocking modelled at 82% (scores) and 88% (values).
+//     Zen 5 has two 512-bit FMA pipes too: there the wide kernels ran 1.2-1.3x the narrow ones (2026-12-04, see
+//     `swift_attention_target_prefers_wide_blocking`). AMD Zen 4 keeps the narrow shape even with AVX-512: one
+//     512-bit FMA per cycle needs only 4 chains, the narrow kernels fold each broadcast into its multiply-add
+//     (llvm-mca 19, -mcpu=znver4: 100% of the FMA rate) while the wide ones pay a separate floating-point uop per
+//     broadcast (82%), and the narrow kernels ran the blockwise kernel at 82-86% of the FMA peak on a Zen 4 core
+//     (N = 4096, d = 64 and 128, 2026-12-01).
 //
 // The shape never changes a result: every score is the same chain of multiply-adds over c in order, every output
 // the same chain over k, so both shapes give identical bits (tested). Leftover keys run 4, then 1, at a time; the
@@ -45,7 +47,7 @@ package enum MicroKernelShape: Sendable, Hashable {
     /// 4 keys (or value columns) x 64 rows: 16 SIMD16 accumulators, for 32 512-bit registers.
     case wide
 
-    /// The shape for the build target: wide for AVX-512 targets other than AMD Zen 4 and 5 (a constant the
+    /// The shape for the build target: wide for AVX-512 targets other than AMD Zen 4 (a constant the
     /// compiler folds; see `swift_attention_target_prefers_wide_blocking` for the measurements).
     package static var target: MicroKernelShape {
         swift_attention_target_prefers_wide_blocking() != 0 ? .wide : .narrow

@@ -62,16 +62,24 @@ static inline int32_t swift_attention_target_has_avx512(void) {
 }
 
 /// Whether the prefill micro-kernels should use their wide register blocking: AVX-512, except when the target is
-/// AMD Zen 4 or 5 (`-march=native` there defines __znver4__ / __znver5__). The wide kernels reuse each broadcast
-/// key or value element for four multiply-adds, which on Zen 4 costs a separate floating-point uop per broadcast
-/// (llvm-mca 19, -mcpu=znver4: 82% of the FMA rate) where the narrow kernels fold it into the multiply-add (100%);
-/// on Intel's two 512-bit FMA ports the wide kernels model at 99% and the narrow ones at 74% (llvm-mca 14,
-/// -mcpu=icelake-server). Defining SWIFT_ATTENTION_NARROW_BLOCKING (`-Xcc -DSWIFT_ATTENTION_NARROW_BLOCKING`) forces
-/// the narrow kernels, for A/B measurements: on an Intel Xeon VM (family 6 model 167, two 512-bit FMA ports,
-/// 2026-12-02, N = 4096, H = 8, one thread, three alternating runs) the wide kernels gave 56-83 GFLOP/s (d = 64)
-/// and 63-79 (d = 128) without a mask, the narrow ones 48-51 and 49-55.
+/// AMD Zen 4 (`-march=native` there defines __znver4__). Zen 4 runs 512-bit multiply-adds one per cycle (two
+/// 256-bit halves), so 6 accumulator chains already hide the latency; there the wide kernels' reuse of each
+/// broadcast key or value element for four multiply-adds costs a separate floating-point uop per broadcast
+/// (llvm-mca 19, -mcpu=znver4: 82% of the FMA rate) where the narrow kernels fold it into the multiply-add (100%).
+/// Cores with two full 512-bit FMA pipes need at least 8 chains: Intel (llvm-mca 14, -mcpu=icelake-server: wide 99%,
+/// narrow 74%) and AMD Zen 5 (EPYC family 26, two 512-bit pipes, `fma_peak` 264 GFLOP/s per core).
+/// Measured, H = 8, N = 4096, one thread, two alternating runs each (GFLOP/s, narrow vs wide):
+///   Intel Xeon VM (family 6 model 167), 2026-12-02: d = 64 48-51 vs 56-83; d = 128 49-55 vs 63-79.
+///   AMD EPYC Zen 5 VM (family 26 model 2), 2026-12-04: d = 64 152 vs 182-190; d = 128 149-150 vs 184-200;
+///   causal d = 64 145-146 vs 173-179; GQA 32/8 d = 128 N = 2048 causal 131-139 vs 159-178.
+/// SWIFT_ATTENTION_NARROW_BLOCKING (`-Xcc -DSWIFT_ATTENTION_NARROW_BLOCKING`) forces the narrow kernels and
+/// SWIFT_ATTENTION_WIDE_BLOCKING the wide ones on an AVX-512 target, for such A/B measurements.
 static inline int32_t swift_attention_target_prefers_wide_blocking(void) {
-#if defined(__znver4__) || defined(__znver5__) || defined(SWIFT_ATTENTION_NARROW_BLOCKING)
+#if defined(SWIFT_ATTENTION_NARROW_BLOCKING)
+    return 0;
+#elif defined(SWIFT_ATTENTION_WIDE_BLOCKING)
+    return swift_attention_target_has_avx512();
+#elif defined(__znver4__)
     return 0;
 #else
     return swift_attention_target_has_avx512();
