@@ -253,16 +253,27 @@ extension BackwardPass {
             sinkGradients[h] = sinkGradient
         }
 
+        // Each (head, row tile)'s visible key spans, computed once and asked about every key tile (O(1) for the
+        // tiles a causal or windowed row block sees whole).
+        let masks = (0..<group).map { self.mask(head: firstHead + $0) }
+        let rowTiles = (nq + rowTile - 1) / rowTile
+        let rowSpans = (0..<group * rowTiles).map { index in
+            let rowStart = (index % rowTiles) * rowTile
+            return MaskRowSpans(
+                mask: masks[index / rowTiles], queries: rowStart..<Swift.min(nq, rowStart + rowTile),
+                queryLength: nq, keyLength: nk)
+        }
+        var visits: [(h: Int, rows: Range<Int>, coverage: TileCoverage, spans: Int)] = []
+        visits.reserveCapacity(group * rowTiles)
         for keyStart in stride(from: 0, to: nk, by: keyTile) {
             let keys = keyStart..<Swift.min(nk, keyStart + keyTile)
             // Which (head, row tile) pairs see this key tile at all.
-            var visits: [(h: Int, rows: Range<Int>, coverage: TileCoverage)] = []
+            visits.removeAll(keepingCapacity: true)
             for h in 0..<group {
-                let mask = self.mask(head: firstHead + h)
-                for rowStart in stride(from: 0, to: nq, by: rowTile) {
-                    let rows = rowStart..<Swift.min(nq, rowStart + rowTile)
-                    let coverage = mask.coverage(queries: rows, keys: keys, queryLength: nq, keyLength: nk)
-                    if coverage != .empty { visits.append((h, rows, coverage)) }
+                for t in 0..<rowTiles {
+                    let coverage = rowSpans[h * rowTiles + t].coverage(keys: keys)
+                    let rows = t * rowTile..<Swift.min(nq, (t + 1) * rowTile)
+                    if coverage != .empty { visits.append((h, rows, coverage, h * rowTiles + t)) }
                 }
             }
             if visits.isEmpty { continue }
@@ -279,7 +290,6 @@ extension BackwardPass {
             dVTile.update(repeating: 0, count: keyTile * dv)
             for visit in visits {
                 let head = firstHead + visit.h
-                let mask = self.mask(head: head)
                 let rowBase = (b * p.queryHeads + head) * nq
                 let rows = visit.rows
                 // Query and output-gradient rows, read in place when their width is already a multiple of 16.
@@ -303,8 +313,8 @@ extension BackwardPass {
                     into: probabilities, ldc: keyTile, a: qRows, am: dk, ak: 1, b: kT, ldb: keyTile, rows: rows.count,
                     depth: dk, width: keyTile, accumulate: false)
                 probabilitiesInPlace(
-                    probabilities, derivative: dX, head: head, rows: rows, keys: keys, mask: mask,
-                    coverage: visit.coverage, lse: rowLSE + visit.h * nq)
+                    probabilities, derivative: dX, head: head, rows: rows, keys: keys, mask: masks[visit.h],
+                    spans: rowSpans[visit.spans], coverage: visit.coverage, lse: rowLSE + visit.h * nq)
                 // dV += P^T dO.
                 accumulateProduct(
                     into: dVTile, ldc: dv, a: probabilities, am: 1, ak: keyTile, b: dORows, ldb: dv, rows: keyTile,
@@ -365,14 +375,15 @@ extension BackwardPass {
     /// Writes dZ/dS's factor (scale, times softcap's derivative 1 - tanh^2) into `derivative`.
     func probabilitiesInPlace(
         _ s: UnsafeMutablePointer<Float>, derivative: UnsafeMutablePointer<Float>, head: Int, rows: Range<Int>,
-        keys: Range<Int>, mask: AttentionMask, coverage: TileCoverage, lse: UnsafePointer<Float>
+        keys: Range<Int>, mask: AttentionMask, spans: MaskRowSpans, coverage: TileCoverage,
+        lse: UnsafePointer<Float>
     ) {
         let p = problem
         let scale = p.scale
         let softcap = p.options.softcap
         let slope = p.options.alibiSlopes?[head]
         let diagonalOffset = p.keyLength - p.queryLength
-        let hasPredicate = mask.hasPredicate
+        let hasPredicate = spans.hasPredicate
         for r in 0..<rows.count {
             let query = rows.lowerBound + r
             let rowLSE = lse[query]
@@ -406,10 +417,10 @@ extension BackwardPass {
             if coverage == .full {
                 for c in keys.count..<keyTile { row[c] = 0 }
             } else {
-                // The row's visible spans once (exact for structured masks): zero the gaps between them, and test
-                // the predicate (if any) inside them.
+                // The row's visible spans (exact for structured masks): zero the gaps between them, and test the
+                // predicate (if any) inside them.
                 var next = keys.lowerBound  // the first key not yet decided
-                for span in mask.visibleSpans(query: query, queryLength: p.queryLength, keyLength: p.keyLength) {
+                for span in spans.spans[r] {
                     let lower = Swift.min(Swift.max(span.lowerBound, next), keys.upperBound)
                     let upper = Swift.max(lower, Swift.min(span.upperBound, keys.upperBound))
                     for key in next..<lower { row[key - keys.lowerBound] = 0 }
