@@ -77,7 +77,8 @@ final class BackwardTests: XCTestCase {
         }
     }
 
-    /// Odd shapes (tile remainders in both directions, head dimensions off the 16-lane width) and every mask kind.
+    /// Odd shapes (tile remainders in both directions, more than two key tiles of 128 and row tiles of 64, head
+    /// dimensions off the 16-lane width) and every mask kind.
     func testGradientsMatchReferenceOnOddShapesAndMasks() throws {
         let masks: [AttentionMask] = [
             .none, .causal, .window(left: 5, right: 2), .sinks(count: 3, window: 9),
@@ -85,7 +86,7 @@ final class BackwardTests: XCTestCase {
             .intersection(.causal, .window(left: 40, right: 0)),
         ]
         let shapes: [(nq: Int, nk: Int, d: Int, dv: Int)] = [
-            (1, 1, 1, 1), (7, 7, 3, 5), (70, 65, 17, 64), (65, 80, 64, 33),
+            (1, 1, 1, 1), (7, 7, 3, 5), (70, 65, 17, 64), (65, 80, 64, 33), (130, 270, 20, 17),
         ]
         try withEvery("shape", in: shapes.indices) { s in
             let shape = shapes[s]
