@@ -13,7 +13,11 @@ import _AttentionTestSupport
 #endif
 
 /// The memory suite's cases: naive and blockwise, causal, H = 8, d = 64, all threads; N = 1024, 4096, 16384
-/// (65536 with --full; 1024 and 4096 with --quick), naive as far as its score matrix fits `memorySuiteNaiveBudget()` (the rest are reported as skipped).
+/// (65536 with --full; 1024 and 4096 with --quick), naive as far as its score matrix fits `memorySuiteNaiveBudget()`
+/// (the rest are reported as skipped). Then the backward beside the naive backward (`naiveBackwardValues`: P and dP
+/// materialized, one thread), on the same lengths: the growth of one gradients call from a forward result computed
+/// before the measurement starts (the gradients themselves, 3 x H x N x d floats, count for both). Backward rows
+/// report no error (0): the backward suite validates both backward kernels.
 public func memorySuite(_ configuration: BenchmarkConfiguration, allThreads: Int) -> [BenchmarkCase] {
     let lengths =
         configuration.sequenceLengths
@@ -21,7 +25,10 @@ public func memorySuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             ? [1024, 4096] : configuration.full ? [1024, 4096, 16384, 65536] : [1024, 4096, 16384])
     var cases: [BenchmarkCase] = []
     for n in lengths {
-        for (name, kernel) in [("naive", AttentionKernel.naive), ("blockwise", .blockwise())]
+        for (name, kernel) in [
+            ("naive", AttentionKernel.naive), ("blockwise", .blockwise()), ("naive-backward", .blockwise()),
+            ("backward", .blockwise()),
+        ]
         where configuration.kernels?.contains(name) ?? true {
             cases.append(
                 BenchmarkCase(
@@ -81,6 +88,7 @@ public func runMemoryChild(_ arguments: [String]) throws -> String {
         throw UsageError("memory-child expects: KERNEL N HEADS D THREADS NAIVE_BUDGET_BYTES")
     }
     let kernel: AttentionKernel = arguments[0] == "naive" ? .naive : .blockwise()
+    let backward = arguments[0].hasSuffix("backward")
     let c = BenchmarkCase(
         suite: "memory", kernelName: arguments[0], kernel: kernel, maskName: "causal", mask: .causal,
         queryHeads: heads, keyValueHeads: heads, queryLength: n, keyLength: n, headDimension: d, threads: threads)
@@ -97,15 +105,51 @@ public func runMemoryChild(_ arguments: [String]) throws -> String {
         let locked = false
     #endif
     if !locked { FileHandle.standardError.write(Data("memory-child: mlockall failed; peak RSS may undercount\n".utf8)) }
-    let before = peakResidentSetBytes()
+    // A backward case starts from the forward's result and the output gradient, made before the baseline.
     var result: AttentionResult? = nil
-    let clock = ContinuousClock()
-    let elapsed = try clock.measure {
+    var outputGradient: Tensor? = nil
+    if backward {
         result = try attentionWithLogSumExp(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
+        outputGradient = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 8)
+    }
+    let before = peakResidentSetBytes()
+    var backwardWorkspace = 0
+    let clock = ContinuousClock()
+    let elapsed = try clock.measure {
+        switch arguments[0] {
+        case "backward":
+            backwardWorkspace =
+                try attentionGradients(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, result: result!,
+                    outputGradient: outputGradient!, mask: .causal, options: options
+                ).workspaceBytes
+        case "naive-backward":
+            let dV = naiveBackwardValues(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, logSumExp: result!.logSumExp,
+                outputGradient: outputGradient!, causal: true)
+            guard dV.count == heads * n * d else { throw UsageError("naive backward returned \(dV.count) values") }
+            backwardWorkspace = 2 * heads * n * n * MemoryLayout<Float>.size
+        default:
+            result = try attentionWithLogSumExp(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
+        }
     }
     let growth = peakResidentSetBytes() - before
     let seconds = elapsed.inSeconds
+    if backward {
+        var record = BenchmarkRecord(
+            suite: "memory", kernel: c.kernelName, batch: 1, queryHeads: heads, keyValueHeads: heads, queryLength: n,
+            keyLength: n, headDimension: d, mask: "causal", threads: arguments[0] == "backward" ? threads : 1,
+            medianSeconds: seconds, minSeconds: seconds, maxSeconds: seconds,
+            gflops: 2.5
+                * attentionFLOPs(
+                    batch: 1, queryHeads: heads, queryLength: n, keyLength: n, headDimension: d,
+                    visibleFraction: visibleFraction(of: .causal, queryLength: n, keyLength: n)) / seconds / 1e9,
+            workspaceBytes: backwardWorkspace, maxAbsError: 0)
+        record.peakResidentBytes = growth
+        return record.jsonLine()
+    }
     var record = BenchmarkRecord(
         suite: "memory", kernel: c.kernelName, batch: 1, queryHeads: heads, keyValueHeads: heads, queryLength: n,
         keyLength: n, headDimension: d, mask: "causal", threads: threads, medianSeconds: seconds, minSeconds: seconds,
@@ -122,12 +166,13 @@ public func runMemoryChild(_ arguments: [String]) throws -> String {
 
 /// Runs a memory case in a child process of `executable` and returns its record, or the reason it was skipped.
 public func runMemoryCase(_ c: BenchmarkCase, executable: String) throws -> BenchmarkOutcome {
-    if c.kernelName == "naive" {
-        let scores = 4 * c.queryHeads * c.queryLength * c.keyLength
+    if c.kernelName.hasPrefix("naive") {
+        // The naive backward holds two such matrices (P and dP).
+        let scores = (c.kernelName == "naive" ? 4 : 8) * c.queryHeads * c.queryLength * c.keyLength
         let budget = memorySuiteNaiveBudget()
         if scores > budget {
             return .skipped(
-                reason: "naive N=\(c.queryLength): its score matrix needs \(formatBytes(scores)), over the "
+                reason: "\(c.kernelName) N=\(c.queryLength): its score matrices need \(formatBytes(scores)), over the "
                     + "\(formatBytes(budget)) budget")
         }
     }

@@ -188,18 +188,13 @@ if configuration.suites.contains("window") {
 
 if !memoryCases.isEmpty {
     let executable = currentExecutablePath()
-    var blockwisePeak: [Int: Int] = [:]
-    var naivePeak: [Int: Int] = [:]
+    var peaks: [String: [Int: Int]] = [:]  // kernel -> N -> peak resident growth
     for c in memoryCases {
         do {
             switch try runMemoryCase(c, executable: executable) {
             case .measured(let record):
                 emit(record)
-                if c.kernelName == "naive" {
-                    naivePeak[c.queryLength] = record.peakResidentBytes
-                } else {
-                    blockwisePeak[c.queryLength] = record.peakResidentBytes
-                }
+                peaks[c.kernelName, default: [:]][c.queryLength] = record.peakResidentBytes
             case .skipped(let reason):
                 skipped(reason)
             }
@@ -208,11 +203,22 @@ if !memoryCases.isEmpty {
             exit(1)
         }
     }
-    for n in naivePeak.keys.sorted() {
-        if let naive = naivePeak[n], let blockwise = blockwisePeak[n], blockwise > 0 {
-            note(
-                "memory N=\(n): naive's peak grew \(formatBytes(naive)), blockwise's \(formatBytes(blockwise)): "
-                    + String(format: "%.0fx less", Double(naive) / Double(blockwise)))
+    for (naiveName, name) in [("naive", "blockwise"), ("naive-backward", "backward")] {
+        for (n, peak) in (peaks[name] ?? [:]).sorted(by: { $0.key < $1.key }) where peak > 0 {
+            if let naive = peaks[naiveName]?[n] {
+                note(
+                    "memory N=\(n): \(naiveName)'s peak grew \(formatBytes(naive)), \(name)'s \(formatBytes(peak)): "
+                        + String(format: "%.0fx less", Double(naive) / Double(peak)))
+            } else if name == "backward",
+                let c = memoryCases.first(where: { $0.kernelName == name && $0.queryLength == n })
+            {
+                // The naive backward did not run (over budget): its two N x N matrices alone bound what it needs.
+                let matrices = 2 * c.queryHeads * n * n * MemoryLayout<Float>.size
+                note(
+                    "memory N=\(n): naive-backward's P and dP alone take \(formatBytes(matrices)), backward's peak "
+                        + "grew \(formatBytes(peak)): "
+                        + String(format: "at least %.0fx less", Double(matrices) / Double(peak)))
+            }
         }
     }
 }
