@@ -68,7 +68,7 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
                     var naiveRecord: BenchmarkRecord?
                     if n <= 2048 && threads == 1 && configuration.kernels?.contains("naive-backward") ?? true {
                         var naive: [Float] = []
-                        let naiveTime = try measureTimes(minimumRepetitions: 1, budget: budget / 2) {
+                        let naiveTime = measureTimes(minimumRepetitions: 1, budget: budget / 2) {
                             naive = naiveBackwardValues(
                                 queries: x.queries, keys: x.keys, values: x.values, logSumExp: forward.logSumExp,
                                 outputGradient: dO, causal: maskName == "causal")

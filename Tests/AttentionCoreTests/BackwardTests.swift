@@ -77,6 +77,139 @@ final class BackwardTests: XCTestCase {
         }
     }
 
+    /// The reference's bias gradient equals central finite differences, for a bias broadcast over heads and one
+    /// broadcast over queries (with a -infinity entry, whose gradient is zero), with key padding and softcap.
+    func testReferenceBiasGradientMatchesFiniteDifferences() throws {
+        let x = try gradientInputs(
+            batch: 2, queryHeads: 2, keyValueHeads: 1, queryLength: 3, keyLength: 5, headDimension: 3, seed: 12)
+        for shape in [[2, 1, 3, 5], [1, 2, 1, 5]] {
+            var bias = try Tensor.randomNormal(shape: shape, seed: 13).scalars
+            bias[3] = -.infinity
+            var options = AttentionOptions()
+            options.softcap = 2
+            options.keyPadding = .lengths([5, 4])
+            options.bias = try Tensor(shape: shape, scalars: bias)
+            let inputs = BackwardReferenceInputs<Double>(
+                queries: x.queries, keys: x.keys, values: x.values, outputGradient: x.outputGradient,
+                sinkLogits: nil, bias: options.bias)
+            let analytic = referenceBackward(inputs, mask: .causal, options: options).bias!
+            let h = 1e-6
+            var worst = 0.0
+            for i in bias.indices where bias[i].isFinite {
+                var plus = inputs
+                plus.bias![i] += h
+                var minus = inputs
+                minus.bias![i] -= h
+                let numeric =
+                    (referenceLoss(plus, mask: .causal, options: options)
+                        - referenceLoss(minus, mask: .causal, options: options)) / (2 * h)
+                worst = max(worst, abs(numeric - analytic[i]))
+            }
+            XCTAssertLessThan(worst, 1e-7, "\(shape)")
+            XCTAssertEqual(analytic[3], 0, "a -infinity bias entry has no gradient")
+            XCTAssertGreaterThan(analytic.map(abs).max()!, 1e-2, "gradients are not trivially zero")
+        }
+    }
+
+    /// The bias gradient in every broadcast form (full; over batch; over heads, shared by several key/value heads;
+    /// over queries; over all three) with -infinity entries, under causal and none, GQA 4/2, a batch of two; its
+    /// sums are bitwise identical for 1, 2 and 3 threads.
+    func testBiasGradients() throws {
+        let x = try gradientInputs(
+            batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 70, keyLength: 140, headDimension: 24, seed: 14)
+        try withEvery(
+            "bias shape", in: [[2, 4, 70, 140], [1, 4, 70, 140], [2, 1, 70, 140], [2, 4, 1, 140], [1, 1, 1, 140]]
+        ) {
+            shape in
+            var bias = try Tensor.randomNormal(shape: shape, seed: 15).scalars
+            for i in stride(from: 5, to: bias.count, by: 11) { bias[i] = -.infinity }
+            var options = AttentionOptions()
+            options.bias = try Tensor(shape: shape, scalars: bias)
+            try assertGradients(x, mask: .causal, options: options)
+            try assertGradients(x, mask: .none, options: options)
+            let forward = try attentionWithLogSumExp(
+                queries: x.queries, keys: x.keys, values: x.values, mask: .causal, options: options)
+            let gradients = try [1, 2, 3].map { threads in
+                var options = options
+                options.threads = threads
+                return try attentionGradients(
+                    queries: x.queries, keys: x.keys, values: x.values, result: forward,
+                    outputGradient: x.outputGradient, mask: .causal, options: options)
+            }
+            XCTAssertEqual(gradients[0].bias?.shape, shape)
+            for g in gradients.dropFirst() { XCTAssertEqual(g.bias, gradients[0].bias) }
+            for i in stride(from: 5, to: bias.count, by: 11) { XCTAssertEqual(gradients[0].bias?.scalars[i], 0) }
+        }
+    }
+
+    /// Key and query padding: gradients against the reference (padding intersected with the mask), padding rows
+    /// and padding keys get exactly zero, and NaN / infinity in padding keys and values, or behind a -infinity
+    /// bias, never reach a gradient.
+    func testPaddingAndBiasRemovedKeys() throws {
+        var x = try gradientInputs(
+            batch: 3, queryHeads: 2, keyValueHeads: 1, queryLength: 40, keyLength: 150, headDimension: 16, seed: 16)
+        let keyLengths = [150, 70, 0]
+        let queryLengths = [40, 25, 10]
+        var keys = x.keys.scalars
+        var values = x.values.scalars
+        for b in 1..<3 {
+            for key in keyLengths[b]..<150 {
+                for c in 0..<16 {
+                    keys[(b * 150 + key) * 16 + c] = c % 2 == 0 ? .nan : .infinity
+                    values[(b * 150 + key) * 16 + c] = c % 2 == 0 ? -.infinity : .nan
+                }
+            }
+        }
+        // Batch entry 0: keys 140..<150 poisoned too, removed by a -infinity bias instead of padding.
+        var bias = [Float](repeating: 0, count: 3 * 150)
+        for key in 140..<150 {
+            bias[key] = -.infinity
+            for c in 0..<16 {
+                keys[key * 16 + c] = .nan
+                values[key * 16 + c] = .infinity
+            }
+        }
+        x.keys = try Tensor(shape: x.keys.shape, scalars: keys)
+        x.values = try Tensor(shape: x.values.shape, scalars: values)
+        var options = AttentionOptions()
+        options.keyPadding = .lengths(keyLengths)
+        options.queryPadding = .lengths(queryLengths)
+        options.bias = try Tensor(shape: [3, 1, 1, 150], scalars: bias)
+        for mask in [AttentionMask.none, .causal, .window(left: 30, right: 5)] {
+            try SweepContext.$entries.withValue(["\(mask)"]) {
+                // The reference cannot take NaN keys: check against it on the clean part, then poison.
+                let forward = try attentionWithLogSumExp(
+                    queries: x.queries, keys: x.keys, values: x.values, mask: mask, options: options)
+                let g = try attentionGradients(
+                    queries: x.queries, keys: x.keys, values: x.values, result: forward,
+                    outputGradient: x.outputGradient, mask: mask, options: options)
+                for tensor in [g.queries, g.keys, g.values, g.bias!] {
+                    XCTAssertTrue(tensor.scalars.allSatisfy(\.isFinite))
+                }
+                for b in 0..<3 {
+                    for head in 0..<2 {
+                        for q in queryLengths[b]..<40 {
+                            for c in 0..<16 { XCTAssertEqual(g.queries[b, head, q, c], 0) }
+                        }
+                    }
+                    for key in (b == 0 ? 140 : keyLengths[b])..<150 {
+                        for c in 0..<16 {
+                            XCTAssertEqual(g.keys[b, 0, key, c], 0)
+                            XCTAssertEqual(g.values[b, 0, key, c], 0)
+                        }
+                        XCTAssertEqual(g.bias![b, 0, 0, key], 0)
+                    }
+                }
+            }
+        }
+        // Against the reference on clean keys and values (same padding and bias).
+        let clean = try gradientInputs(
+            batch: 3, queryHeads: 2, keyValueHeads: 1, queryLength: 40, keyLength: 150, headDimension: 16, seed: 16)
+        for mask in [AttentionMask.none, .causal, .window(left: 30, right: 5)] {
+            try assertGradients(clean, mask: mask, options: options)
+        }
+    }
+
     /// Odd shapes (tile remainders in both directions, more than two key tiles of 128 and row tiles of 64, head
     /// dimensions off the 16-lane width) and every mask kind.
     func testGradientsMatchReferenceOnOddShapesAndMasks() throws {
@@ -239,8 +372,16 @@ final class BackwardTests: XCTestCase {
                     result: AttentionResult(output: forward.output, logSumExp: try Tensor(zeros: [1, 2, 3])),
                     outputGradient: x.outputGradient)
             }, "result.logSumExp")
+        var layout = AttentionOptions()
+        layout.layout = .bnhd
+        XCTAssertEqual(
+            argument {
+                try attentionGradients(
+                    queries: x.queries, keys: x.keys, values: x.values, result: forward,
+                    outputGradient: x.outputGradient, options: layout)
+            }, "options.layout")
         var bias = AttentionOptions()
-        bias.bias = try Tensor(zeros: [1, 1, 4, 6])
+        bias.bias = try Tensor(zeros: [1, 1, 4, 5])
         XCTAssertEqual(
             argument {
                 try attentionGradients(

@@ -46,8 +46,18 @@ final class ReadmeExampleTests: XCTestCase {
         let encoded = try attention(
             queries: sentences, keys: sentences, values: sentences,
             options: AttentionOptions(keyPadding: padding, queryPadding: padding))  // padding rows: zeros, not computed
+
+        // Training: keep the forward's result (output + log-sum-exp), then take the gradients from it
+        let forward = try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: .causal)
+        let outputGradient = try Tensor.randomNormal(shape: [1, 8, 256, 64], seed: 8)  // dL/d(output), from above
+        let gradients = try attentionGradients(
+            queries: queries, keys: keys, values: values, result: forward, outputGradient: outputGradient,
+            mask: .causal)  // .queries [1, 8, 256, 64]; .keys, .values [1, 2, 256, 64] (summed over each group)
         // README example end
         XCTAssertEqual(encoded.shape, [4, 8, 43, 64])
+        XCTAssertEqual(gradients.queries.shape, [1, 8, 256, 64])
+        XCTAssertEqual(gradients.keys.shape, [1, 2, 256, 64])
+        XCTAssertEqual(gradients.values.shape, [1, 2, 256, 64])
         XCTAssertEqual(packed.output.shape, [24, 8, 64])
         XCTAssertEqual(packed.logSumExp.shape, [24, 8])
         XCTAssertEqual(output.shape, [1, 8, 256, 64])

@@ -4,11 +4,12 @@
 // and the forward is recomputed here. It is itself checked against central finite differences of its own forward
 // in Float64 (BackwardTests), which is why its inputs are plain arrays rather than Float32 tensors.
 //
-// For one row with visible keys j, scores z_j = softcap(scale q.k_j) - slope |d - j|, L = log(exp(sink) +
+// For one row with visible keys j, scores z_j = softcap(scale q.k_j) - slope |d - j| + bias_j (a key whose
+// bias is -infinity, or that padding removes, is not visible), L = log(exp(sink) +
 // sum_j exp(z_j)), P_j = exp(z_j - L), O = sum_j P_j v_j and loss gradient dO:
 //   dv_j += P_j dO,  dP_j = dO.v_j,  D = sum_j P_j dP_j,  dz_j = P_j (dP_j - D),
 //   dx_j = dz_j (1 - tanh^2(scale q.k_j / c)) with softcap c (else dz_j),
-//   dq += scale sum_j dx_j k_j,  dk_j += scale dx_j q,  d sink = -exp(sink - L) D.
+//   dq += scale sum_j dx_j k_j,  dk_j += scale dx_j q,  d sink = -exp(sink - L) D,  d bias_j += dz_j.
 
 import AttentionCore
 
@@ -20,6 +21,9 @@ public struct BackwardReferenceInputs<Scalar: ReferenceScalar> {
     public var values: [Scalar]
     public var outputGradient: [Scalar]
     public var sinkLogits: [Scalar]?
+    /// The additive bias, [B or 1, Hq or 1, Nq or 1, Nk] (`biasShape`), broadcast over its size-1 axes.
+    public var bias: [Scalar]?
+    public let biasShape: [Int]
     public let batch: Int
     public let queryHeads: Int
     public let keyValueHeads: Int
@@ -28,7 +32,12 @@ public struct BackwardReferenceInputs<Scalar: ReferenceScalar> {
     public let keyDimension: Int
     public let valueDimension: Int
 
-    public init(queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor, sinkLogits: [Float]?) {
+    public init(
+        queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor, sinkLogits: [Float]?,
+        bias: Tensor? = nil
+    ) {
+        self.bias = bias?.scalars.map { Scalar($0) }
+        biasShape = bias?.shape ?? []
         self.queries = queries.scalars.map { Scalar($0) }
         self.keys = keys.scalars.map { Scalar($0) }
         self.values = values.scalars.map { Scalar($0) }
@@ -47,24 +56,28 @@ public struct BackwardReferenceResult<Scalar: ReferenceScalar> {
     public var keys: [Scalar]
     public var values: [Scalar]
     public var sinkLogits: [Scalar]?
+    /// dL/d(bias) in the bias's shape (summed over its broadcast axes), when there is a bias.
+    public var bias: [Scalar]?
     /// The forward's output and log-sum-exp, recomputed.
     public var output: [Scalar]
     public var logSumExp: [Scalar]
 }
 
-/// One row's visible keys and their scores (z_j) and softcap factors, from the textbook definitions.
+/// One row's visible keys, their scores (z_j), softcap factors and bias indices, from the textbook definitions.
 private func rowScores<Scalar: ReferenceScalar>(
     _ x: BackwardReferenceInputs<Scalar>, batch b: Int, head h: Int, query i: Int, mask: AttentionMask,
     options: AttentionOptions
-) -> [(key: Int, score: Scalar, capFactor: Scalar)] {
+) -> [(key: Int, score: Scalar, capFactor: Scalar, biasIndex: Int?)] {
     let g = h / (x.queryHeads / x.keyValueHeads)
     let scale = options.scale.map { Scalar($0) } ?? 1 / Scalar(x.keyDimension).squareRoot()
     let d = i + x.keyLength - x.queryLength
     let headMask = options.headMasks?[h] ?? .none
-    var scores: [(Int, Scalar, Scalar)] = []
+    var scores: [(Int, Scalar, Scalar, Int?)] = []
     for j in 0..<x.keyLength
     where textbookVisible(mask, query: i, key: j, queryLength: x.queryLength, keyLength: x.keyLength)
         && textbookVisible(headMask, query: i, key: j, queryLength: x.queryLength, keyLength: x.keyLength)
+        && isRealToken(options.keyPadding, batch: b, position: j, length: x.keyLength)
+        && isRealToken(options.queryPadding, batch: b, position: i, length: x.queryLength)
     {
         var dot: Scalar = 0
         for c in 0..<x.keyDimension {
@@ -80,7 +93,18 @@ private func rowScores<Scalar: ReferenceScalar>(
             capFactor = 1 - t * t
         }
         if let slopes = options.alibiSlopes { score -= Scalar(slopes[h]) * Scalar(abs(d - j)) }
-        scores.append((j, score, capFactor))
+        var biasIndex: Int? = nil
+        if let bias = x.bias {
+            let shape = x.biasShape
+            let index =
+                (((shape[0] == 1 ? 0 : b) * shape[1] + (shape[1] == 1 ? 0 : h)) * shape[2] + (shape[2] == 1 ? 0 : i))
+                * shape[3] + j
+            // A -inf bias removes the key, whatever its score (AttentionOptions.bias).
+            if bias[index] == -.infinity { continue }
+            score += bias[index]
+            biasIndex = index
+        }
+        scores.append((j, score, capFactor, biasIndex))
     }
     return scores
 }
@@ -94,6 +118,7 @@ public func referenceBackward<Scalar: ReferenceScalar>(
         queries: [Scalar](repeating: 0, count: x.queries.count), keys: [Scalar](repeating: 0, count: x.keys.count),
         values: [Scalar](repeating: 0, count: x.values.count),
         sinkLogits: x.sinkLogits.map { [Scalar](repeating: 0, count: $0.count) },
+        bias: x.bias.map { [Scalar](repeating: 0, count: $0.count) },
         output: [Scalar](repeating: 0, count: x.outputGradient.count), logSumExp: [])
     let (dk, dv) = (x.keyDimension, x.valueDimension)
     for b in 0..<x.batch {
@@ -128,7 +153,9 @@ public func referenceBackward<Scalar: ReferenceScalar>(
                 if let sink { result.sinkLogits![h] -= Scalar.exponential(sink - lse) * D }
                 for (n, s) in scores.enumerated() {
                     let kv = (b * x.keyValueHeads + g) * x.keyLength + s.key
-                    let dx = weights[n] * (dP[n] - D) * s.capFactor
+                    let dz = weights[n] * (dP[n] - D)
+                    if let index = s.biasIndex { result.bias![index] += dz }
+                    let dx = dz * s.capFactor
                     for c in 0..<dv { result.values[kv * dv + c] += weights[n] * x.outputGradient[row * dv + c] }
                     for c in 0..<dk {
                         result.queries[row * dk + c] += scale * dx * x.keys[kv * dk + c]
@@ -166,11 +193,11 @@ public func checkGradients(
     let reference = referenceBackward(
         BackwardReferenceInputs<Double>(
             queries: queries, keys: keys, values: values, outputGradient: outputGradient,
-            sinkLogits: options.sinkLogits), mask: mask, options: options)
+            sinkLogits: options.sinkLogits, bias: options.bias), mask: mask, options: options)
     let plain = referenceBackward(
         BackwardReferenceInputs<Float>(
             queries: queries, keys: keys, values: values, outputGradient: outputGradient,
-            sinkLogits: options.sinkLogits), mask: mask, options: options)
+            sinkLogits: options.sinkLogits, bias: options.bias), mask: mask, options: options)
     let context =
         SweepContext.description + " q\(queries.shape) k\(keys.shape) v\(values.shape) mask=\(mask)"
     var checks = [
@@ -181,6 +208,11 @@ public func checkGradients(
         "dV": toleranceCheck(
             kernel: kernel.values.scalars, reference: reference.values, plain: plain.values, context: context),
     ]
+    if let bias = reference.bias {
+        checks["dBias"] = toleranceCheck(
+            kernel: kernel.bias?.scalars ?? [Float](repeating: .nan, count: bias.count), reference: bias,
+            plain: plain.bias ?? [], context: context)
+    }
     if let sinks = reference.sinkLogits {
         checks["dSink"] = toleranceCheck(
             kernel: kernel.sinkLogits ?? [], reference: sinks, plain: plain.sinkLogits ?? [], context: context)

@@ -6,7 +6,10 @@
 //   S = Q K^T, Z = scores(S) (scale, softcap, ALiBi), P = exp(Z - lse)   (0 where the mask removes a key)
 //   dV += P^T dO          dP = dO V^T        dZ = P * (dP - D)
 //   dX = dZ * scale * softcap'(S)            dQ += dX K        dK += dX^T Q
-//   d sink_h = -sum_rows exp(sink_h - lse) * D
+//   d sink_h = -sum_rows exp(sink_h - lse) * D        d bias = dZ (summed over the bias's size-1 axes)
+//
+// Padding (key and query padding) and a -infinity bias remove keys exactly as in the forward: P = 0 there, and a
+// NaN or infinity in such a key or value never reaches a gradient. A padding row has zero gradients.
 //
 // Ownership (determinism): one work item per (batch entry, key/value head) owns every gradient row of that head:
 // dK and dV of its keys and dQ of the query heads that read it (PyTorch's CPU flash backward does the same per
@@ -31,7 +34,11 @@ public struct AttentionGradients: Sendable {
     public var values: Tensor
     /// dL/d(sink logit) per query head, when `options.sinkLogits` was given; summed over batch entries and rows.
     public var sinkLogits: [Float]?
-    /// Bytes of scratch memory the call allocated (tiles and per-worker dQ rows), excluding the gradients.
+    /// dL/d(bias), when `options.bias` was given: the bias's own shape, summed over its size-1 (broadcast) axes;
+    /// zero where the bias is -infinity or the mask or padding removes the pair.
+    public var bias: Tensor?
+    /// Bytes of scratch memory the call allocated (tiles, per-worker dQ rows and, for a bias that several
+    /// (batch, key/value head) work items share, one bias slice per item), excluding the gradients.
     public var workspaceBytes: Int
 }
 
@@ -51,24 +58,18 @@ public struct AttentionGradients: Sendable {
 ///   - result: the forward's output and log-sum-exp (`attentionWithLogSumExp`); the probabilities are rebuilt
 ///     from the log-sum-exp, so it must be the one computed with these inputs.
 ///   - outputGradient: dL/d(output), the output's shape.
-/// - Returns: the gradients; rows that saw no key get zero gradients. Bitwise identical for every thread count.
-///   O((Nq + Nk) * d) memory; 2.5x the forward's multiply-adds.
+/// - Returns: the gradients; rows that saw no key (and padding rows) get zero gradients. Bitwise identical for every
+///   thread count. O((Nq + Nk) * d) memory beyond the gradients; 2.5x the forward's multiply-adds. With a bias, its
+///   gradient (the bias's size) too; a bias broadcast over the batch (size 1, batch > 1) or over heads (size 1,
+///   more than one key/value head) is summed from one partial slice per (batch, key/value head) work item, in item
+///   order, so it costs that many bias slices of scratch.
 /// - Throws: `AttentionError` as the forward does for the inputs, a shape mismatch naming `result.output`,
-///   `result.logSumExp` or `outputGradient`, and `.invalidValue` for options the backward does not support yet:
-///   an additive `bias`, `keyPadding`, `queryPadding` and the `.bnhd` layouts.
+///   `result.logSumExp` or `outputGradient`, and `.invalidValue` naming `options.layout` for the `.bnhd` layouts
+///   (the backward reads [batch, heads, tokens, d] tensors).
 public func attentionGradients(
     queries: Tensor, keys: Tensor, values: Tensor, result: AttentionResult, outputGradient: Tensor,
     mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionGradients {
-    try AttentionError.require(
-        options.bias == nil, "options.bias", expected: "nil (the backward does not take a bias yet)",
-        actual: "a bias")
-    try AttentionError.require(
-        options.keyPadding == nil, "options.keyPadding", expected: "nil (not supported by the backward yet)",
-        actual: "key padding")
-    try AttentionError.require(
-        options.queryPadding == nil, "options.queryPadding", expected: "nil (not supported by the backward yet)",
-        actual: "query padding")
     try AttentionError.require(
         options.layout == .bhnd && (options.outputLayout ?? .bhnd) == .bhnd, "options.layout",
         expected: ".bhnd (the backward reads [batch, heads, tokens, d] tensors)", actual: "\(options.layout)")
@@ -106,10 +107,32 @@ private struct BackwardPass {
     let dk: Int
     let dv: Int
 
+    /// The bias's shape [batch or 1, queryHeads or 1, queryLength or 1, keyLength], if there is one.
+    let biasShape: [Int]?
+
     init(problem: AttentionProblem) {
         self.problem = problem
         dk = (problem.keyDimension + 15) / 16 * 16
         dv = (problem.valueDimension + 15) / 16 * 16
+        biasShape = problem.options.bias?.shape
+    }
+
+    /// Whether several work items add into one slice of the bias gradient (then each writes a partial of its own).
+    var biasShared: Bool {
+        guard let shape = biasShape else { return false }
+        return (shape[0] == 1 && problem.batch > 1) || (shape[1] == 1 && problem.keyValueHeads > 1)
+    }
+
+    /// Floats of one work item's bias-gradient slice: [heads of the item (1 if the bias has one head), Nq or 1, Nk].
+    var biasItemFloats: Int {
+        guard let shape = biasShape else { return 0 }
+        return (shape[1] == 1 ? 1 : problem.groupSize) * shape[2] * shape[3]
+    }
+
+    /// Offset of the bias's [Nq or 1, Nk] slice for batch entry `b` and query head `head`.
+    func biasSlice(batch b: Int, head: Int) -> Int {
+        let shape = biasShape!
+        return ((shape[0] == 1 ? 0 : b) * shape[1] + (shape[1] == 1 ? 0 : head)) * shape[2] * shape[3]
     }
 
     /// The mask query head `head` sees: the call's, intersected with its head mask if any.
@@ -140,33 +163,57 @@ private struct BackwardPass {
         // Each item's sink-logit gradients, summed in item order afterwards.
         var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
         var scratch = [Float](repeating: 0, count: workers * scratchFloats)
-        withBaseAddresses([queries, keys, values, output, logSumExp, outputGradient]) { inputs in
+        // The bias gradient, then (if items share its slices) one partial slice per item, summed in item order.
+        let biasCount = p.options.bias?.scalars.count ?? 0
+        var biasWork = [Float](repeating: 0, count: biasCount + (biasShared ? items * biasItemFloats : 0))
+        let bias = p.options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
+        withBaseAddresses([queries, keys, values, output, logSumExp, outputGradient, bias]) { inputs in
             let inputs = BackwardInputs(
-                q: inputs[0], k: inputs[1], v: inputs[2], o: inputs[3], lse: inputs[4], dO: inputs[5])
+                q: inputs[0], k: inputs[1], v: inputs[2], o: inputs[3], lse: inputs[4], dO: inputs[5],
+                bias: biasCount > 0 ? inputs[6] : nil)
             dQ.withUnsafeMutableBufferPointer { dq in
                 dK.withUnsafeMutableBufferPointer { dk in
                     dV.withUnsafeMutableBufferPointer { dv in
                         sinkParts.withUnsafeMutableBufferPointer { sinks in
                             scratch.withUnsafeMutableBufferPointer { work in
-                                // Disjoint writes: item i writes only its own heads' rows, its sink slots and its
-                                // worker's scratch.
-                                let targets = UncheckedSendable(
-                                    (
-                                        dq.baseAddress!, dk.baseAddress!, dv.baseAddress!, sinks.baseAddress!,
-                                        work.baseAddress!
-                                    ))
-                                Parallel.forEach(items: items, threads: p.threads) { worker, item in
-                                    let (dq, dk, dv, sinks, work) = targets.value
-                                    runItem(
-                                        item, inputs, dQ: dq, dK: dk, dV: dv,
-                                        sinkGradients: sinks + item * p.groupSize,
-                                        scratch: work + worker * scratchFloats)
+                                biasWork.withUnsafeMutableBufferPointer { biasWork in
+                                    // Disjoint writes: item i writes only its own heads' rows, its sink slots, its
+                                    // bias slices (or partial) and its worker's scratch.
+                                    let targets = UncheckedSendable(
+                                        (
+                                            dq.baseAddress!, dk.baseAddress!, dv.baseAddress!, sinks.baseAddress!,
+                                            work.baseAddress!, biasWork.baseAddress!
+                                        ))
+                                    Parallel.forEach(items: items, threads: p.threads) { worker, item in
+                                        let (dq, dk, dv, sinks, work, biasWork) = targets.value
+                                        runItem(
+                                            item, inputs, dQ: dq, dK: dk, dV: dv,
+                                            sinkGradients: sinks + item * p.groupSize,
+                                            biasGradient: biasWork, scratch: work + worker * scratchFloats)
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
+        }
+        var biasGradient: Tensor? = nil
+        if let shape = biasShape {
+            if biasShared {
+                // Item order, then each item's heads in order: the same sums for every thread count.
+                let slice = shape[2] * shape[3]
+                for item in 0..<items {
+                    let (b, g) = (item / p.keyValueHeads, item % p.keyValueHeads)
+                    for local in 0..<(shape[1] == 1 ? 1 : p.groupSize) {
+                        let target = biasSlice(batch: b, head: g * p.groupSize + local)
+                        let source = biasCount + item * biasItemFloats + local * slice
+                        for e in 0..<slice { biasWork[target + e] += biasWork[source + e] }
+                    }
+                }
+                biasWork.removeLast(biasWork.count - biasCount)
+            }
+            biasGradient = Tensor(uncheckedShape: shape, scalars: biasWork)
         }
         var sinkGradients: [Float]? = nil
         if p.options.sinkLogits != nil {
@@ -182,8 +229,8 @@ private struct BackwardPass {
         return AttentionGradients(
             queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
             keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
-            values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients,
-            workspaceBytes: scratch.count * MemoryLayout<Float>.size)
+            values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: biasGradient,
+            workspaceBytes: (scratch.count + (biasShared ? items * biasItemFloats : 0)) * MemoryLayout<Float>.size)
     }
 }
 
@@ -204,6 +251,8 @@ private struct BackwardInputs: @unchecked Sendable {
     let o: UnsafePointer<Float>
     let lse: UnsafePointer<Float>
     let dO: UnsafePointer<Float>
+    /// [B or 1, Hq or 1, Nq or 1, Nk], when the call has a bias.
+    let bias: UnsafePointer<Float>?
 }
 
 extension BackwardPass {
@@ -211,7 +260,7 @@ extension BackwardPass {
     func runItem(
         _ item: Int, _ inputs: BackwardInputs, dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
         dV: UnsafeMutablePointer<Float>, sinkGradients: UnsafeMutablePointer<Float>,
-        scratch: UnsafeMutablePointer<Float>
+        biasGradient: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
     ) {
         let p = problem
         let (b, g) = (item / p.keyValueHeads, item % p.keyValueHeads)
@@ -257,13 +306,25 @@ extension BackwardPass {
 
         // Each (head, row tile)'s visible key spans, computed once and asked about every key tile (O(1) for the
         // tiles a causal or windowed row block sees whole).
+        // Padding enters here: the spans are intersected with the entry's real keys, and padding rows see none.
         let masks = (0..<group).map { self.mask(head: firstHead + $0) }
         let rowTiles = (nq + rowTile - 1) / rowTile
         let rowSpans = (0..<group * rowTiles).map { index in
             let rowStart = (index % rowTiles) * rowTile
             return MaskRowSpans(
                 mask: masks[index / rowTiles], queries: rowStart..<Swift.min(nq, rowStart + rowTile),
-                queryLength: nq, keyLength: nk)
+                queryLength: nq, keyLength: nk, keyRuns: p.keyRuns?[b], queryRuns: p.queryRuns?[b])
+        }
+        // The bias gradient's [Nq or 1, Nk] slice of query head h of the group: in the item's own partial when
+        // items share slices, else in the gradient itself.
+        let biasRowStride = (biasShape?[2] ?? 1) == 1 ? 0 : nk
+        func biasGradientSlice(_ h: Int) -> UnsafeMutablePointer<Float> {
+            if biasShared {
+                let local = biasShape![1] == 1 ? 0 : h
+                return biasGradient + (biasShape!.reduce(1, *)) + item * biasItemFloats
+                    + local * biasShape![2] * nk
+            }
+            return biasGradient + biasSlice(batch: b, head: firstHead + h)
         }
         var visits: [(h: Int, rows: Range<Int>, coverage: TileCoverage, spans: Int)] = []
         visits.reserveCapacity(group * rowTiles)
@@ -316,12 +377,13 @@ extension BackwardPass {
                     depth: dk, width: keyTile, accumulate: false)
                 probabilitiesInPlace(
                     probabilities, derivative: dX, head: head, rows: rows, keys: keys, mask: masks[visit.h],
-                    spans: rowSpans[visit.spans], coverage: visit.coverage, lse: rowLSE + visit.h * nq)
+                    spans: rowSpans[visit.spans], coverage: visit.coverage, lse: rowLSE + visit.h * nq,
+                    bias: inputs.bias.map { $0 + biasSlice(batch: b, head: head) }, biasRowStride: biasRowStride)
                 // dV += P^T dO.
                 accumulateProduct(
                     into: dVTile, ldc: dv, a: probabilities, am: 1, ak: keyTile, b: dORows, ldb: dv, rows: keyTile,
                     depth: rows.count, width: dv, accumulate: true)
-                // dP = dO V^T, then dX = P * (dP - D) * scale * softcap'.
+                // dP = dO V^T, then dZ = P * (dP - D) (the bias gradient) and dX = dZ * scale * softcap'.
                 accumulateProduct(
                     into: dP, ldc: keyTile, a: dORows, am: dv, ak: 1, b: vT, ldb: keyTile, rows: rows.count,
                     depth: dv, width: keyTile, accumulate: false)
@@ -332,8 +394,17 @@ extension BackwardPass {
                         let dp = UnsafeRawPointer(dP + chunk).loadUnaligned(as: SIMD16<Float>.self)
                         let f = UnsafeRawPointer(dX + chunk).loadUnaligned(as: SIMD16<Float>.self)
                         // A removed key has P = 0 exactly; select, so that a NaN in its value (in dP) stays out.
-                        let x = (pr * (dp - d) * f).replacing(with: 0, where: pr .== 0)
-                        UnsafeMutableRawPointer(dX + chunk).storeBytes(of: x, as: SIMD16<Float>.self)
+                        let dz = (pr * (dp - d)).replacing(with: 0, where: pr .== 0)
+                        UnsafeMutableRawPointer(dP + chunk).storeBytes(of: dz, as: SIMD16<Float>.self)
+                        UnsafeMutableRawPointer(dX + chunk).storeBytes(of: dz * f, as: SIMD16<Float>.self)
+                    }
+                }
+                if inputs.bias != nil {
+                    // d bias += dZ (now in dP); rows of a bias broadcast over queries add into one row, in order.
+                    let target = biasGradientSlice(visit.h) + keys.lowerBound
+                    for r in 0..<rows.count {
+                        let biasRow = target + (rows.lowerBound + r) * biasRowStride
+                        for c in 0..<keys.count { biasRow[c] += dP[r * keyTile + c] }
                     }
                 }
                 // dK += dX^T Q.
@@ -375,10 +446,12 @@ extension BackwardPass {
     /// Turns the scores S of `rows` x `keys` (stride keyTile) into probabilities P = exp(Z - lse), Z the forward's
     /// score pipeline (scale, softcap, ALiBi); P = 0 for removed keys, padding columns and rows that see nothing.
     /// Writes dZ/dS's factor (scale, times softcap's derivative 1 - tanh^2) into `derivative`.
+    /// `bias` is the head's [Nq or 1, Nk] bias slice (row stride `biasRowStride`, 0 when broadcast over queries);
+    /// a -infinity entry gives P = 0 whatever the score (NaN or infinite keys included).
     func probabilitiesInPlace(
         _ s: UnsafeMutablePointer<Float>, derivative: UnsafeMutablePointer<Float>, head: Int, rows: Range<Int>,
         keys: Range<Int>, mask: AttentionMask, spans: MaskRowSpans, coverage: TileCoverage,
-        lse: UnsafePointer<Float>
+        lse: UnsafePointer<Float>, bias: UnsafePointer<Float>?, biasRowStride: Int
     ) {
         let p = problem
         let scale = p.scale
@@ -411,7 +484,21 @@ extension BackwardPass {
                     }
                     x = x - slope * distance
                 }
-                let e = VectorMath.exp(x - rowLSE)
+                var removed: SIMDMask<SIMD16<Int32>>? = nil
+                if let bias {
+                    // Only the tile's real keys are read (the columns past them are zeroed below).
+                    let row = bias + query * biasRowStride + keys.lowerBound + chunk
+                    var added = SIMD16<Float>()
+                    if chunk + 16 <= keys.count {
+                        added = UnsafeRawPointer(row).loadUnaligned(as: SIMD16<Float>.self)
+                    } else {
+                        for lane in 0..<Swift.max(0, keys.count - chunk) { added[lane] = row[lane] }
+                    }
+                    x = x + added
+                    removed = added .== -.infinity
+                }
+                var e = VectorMath.exp(x - rowLSE)
+                if let removed { e.replace(with: 0, where: removed) }
                 UnsafeMutableRawPointer(row + chunk).storeBytes(of: e, as: SIMD16<Float>.self)
                 UnsafeMutableRawPointer(factor + chunk).storeBytes(of: f, as: SIMD16<Float>.self)
             }
