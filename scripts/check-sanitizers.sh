@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift test -c release --scratch-path .build-tsan --sanitize=thread --disable-swift-testing \
-    --filter "ConcurrencyTests|testBitwiseIdentical|testThreadCountDoesNotChangeBits"
+    --filter "ConcurrencyTests|testBitwiseIdentical|testThreadCountDoesNotChangeBits|testGradientsAreBitwiseIdentical|testBiasGradients"
 ASAN_OPTIONS=detect_leaks=0 swift test -c release --scratch-path .build-asan --sanitize=address \
     --disable-swift-testing

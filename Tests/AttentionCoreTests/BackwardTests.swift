@@ -372,22 +372,19 @@ final class BackwardTests: XCTestCase {
                     result: AttentionResult(output: forward.output, logSumExp: try Tensor(zeros: [1, 2, 3])),
                     outputGradient: x.outputGradient)
             }, "result.logSumExp")
+        func argument(options: AttentionOptions) -> String? {
+            argument {
+                try attentionGradients(
+                    queries: x.queries, keys: x.keys, values: x.values, result: forward,
+                    outputGradient: x.outputGradient, options: options)
+            }
+        }
         var layout = AttentionOptions()
         layout.layout = .bnhd
-        XCTAssertEqual(
-            argument {
-                try attentionGradients(
-                    queries: x.queries, keys: x.keys, values: x.values, result: forward,
-                    outputGradient: x.outputGradient, options: layout)
-            }, "options.layout")
+        XCTAssertEqual(argument(options: layout), "options.layout")
         var bias = AttentionOptions()
         bias.bias = try Tensor(zeros: [1, 1, 4, 5])
-        XCTAssertEqual(
-            argument {
-                try attentionGradients(
-                    queries: x.queries, keys: x.keys, values: x.values, result: forward,
-                    outputGradient: x.outputGradient, options: bias)
-            }, "options.bias")
+        XCTAssertEqual(argument(options: bias), "options.bias")
         XCTAssertEqual(
             argument {
                 try attentionGradients(
