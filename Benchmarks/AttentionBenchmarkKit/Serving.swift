@@ -147,16 +147,21 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
         }
     }
     // StreamingLLM positions (`StreamingKVCache(rotary:)`): one decode step at 2,000 and at 100,000 stream tokens,
-    // sinks 4 + window 1020, timed in turn (each step appends its token to its own cache).
+    // sinks 4 + window 1020, timed in turn (each step appends its token to its own cache); keys rotated once as
+    // they are stored ("streaming-rope") and every held key rotated as it loads (`.whenLoaded`,
+    // "streaming-rope-load").
     let streamingLengths = configuration.quick ? [2_000, 20_000] : [2_000, 100_000]
-    var streams = try streamingLengths.map { _ in
+    let streamConfigurations: [(length: Int, timing: StreamingKVCache.RotationTiming)] =
+        streamingLengths.map { ($0, .whenStored) } + streamingLengths.map { ($0, .whenLoaded) }
+    var streams = try streamConfigurations.map { configuration in
         try StreamingKVCache(
-            sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: hkv, headDimension: d, rotary: rope)
+            sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: hkv, headDimension: d, rotary: rope,
+            rotationTiming: configuration.timing)
     }
     let chunkKeys = try Tensor.randomNormal(shape: [1, hkv, 2000, d], seed: 404)
     let chunkValues = try Tensor.randomNormal(shape: [1, hkv, 2000, d], seed: 405)
-    for (i, length) in streamingLengths.enumerated() {
-        for _ in 0..<(length / 2000) { try streams[i].append(keys: chunkKeys, values: chunkValues) }
+    for (i, configuration) in streamConfigurations.enumerated() {
+        for _ in 0..<(configuration.length / 2000) { try streams[i].append(keys: chunkKeys, values: chunkValues) }
     }
     for threads in threadCounts(configuration, allThreads: allThreads) {
         let options = AttentionOptions(threads: threads)
@@ -165,13 +170,14 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
             streams.indices.map { i in
                 { _ = try streams[i].attend(queries: stepQuery, keys: stepKeys, values: stepKeys, options: options) }
             })
-        for (length, timing) in zip(streamingLengths, timings) {
+        for (stream, timing) in zip(streamConfigurations, timings) {
             records.append(
                 BenchmarkRecord(
-                    suite: "serving", kernel: "streaming-rope", batch: 1, queryHeads: hq, keyValueHeads: hkv,
-                    queryLength: 1, keyLength: length, headDimension: d, mask: "sinks", threads: threads,
-                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: 0,
-                    workspaceBytes: 0, maxAbsError: 0))
+                    suite: "serving", kernel: stream.timing == .whenLoaded ? "streaming-rope-load" : "streaming-rope",
+                    batch: 1, queryHeads: hq, keyValueHeads: hkv, queryLength: 1, keyLength: stream.length,
+                    headDimension: d, mask: "sinks", threads: threads, medianSeconds: timing.median,
+                    minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: 0, workspaceBytes: 0,
+                    maxAbsError: 0))
         }
     }
     return records
@@ -193,16 +199,29 @@ public func servingSummaries(_ records: [BenchmarkRecord]) -> [String] {
                         kernel, paged.keyLength, threads, threads == 1 ? "" : "s", p, p / c, c))
             }
         }
-        let streaming = serving.filter { $0.kernel == "streaming-rope" && $0.threads == threads }
-        if let short = streaming.min(by: { $0.keyLength < $1.keyLength }),
-            let long = streaming.max(by: { $0.keyLength < $1.keyLength }), long.keyLength > short.keyLength
-        {
+        for kernel in ["streaming-rope", "streaming-rope-load"] {
+            let streaming = serving.filter { $0.kernel == kernel && $0.threads == threads }
+            if let short = streaming.min(by: { $0.keyLength < $1.keyLength }),
+                let long = streaming.max(by: { $0.keyLength < $1.keyLength }), long.keyLength > short.keyLength
+            {
+                lines.append(
+                    String(
+                        format:
+                            "serving %@, %d thread%@: a step at %d tokens took %.2fx the time of one at %d (%.0f vs %.0f us)",
+                        kernel, threads, threads == 1 ? "" : "s", long.keyLength,
+                        long.medianSeconds / short.medianSeconds,
+                        short.keyLength, long.medianSeconds * 1e6, short.medianSeconds * 1e6))
+            }
+        }
+        let stored = serving.filter { $0.kernel == "streaming-rope" && $0.threads == threads }
+        for load in serving where load.kernel == "streaming-rope-load" && load.threads == threads {
+            guard let same = stored.first(where: { $0.keyLength == load.keyLength }) else { continue }
             lines.append(
                 String(
                     format:
-                        "serving streaming-rope, %d thread%@: a step at %d tokens took %.2fx the time of one at %d (%.0f vs %.0f us)",
-                    threads, threads == 1 ? "" : "s", long.keyLength, long.medianSeconds / short.medianSeconds,
-                    short.keyLength, long.medianSeconds * 1e6, short.medianSeconds * 1e6))
+                        "serving streaming-rope-load at %d tokens, %d thread%@: %.2fx the step that rotates keys once at store (%.0f vs %.0f us)",
+                    load.keyLength, threads, threads == 1 ? "" : "s", load.medianSeconds / same.medianSeconds,
+                    load.medianSeconds * 1e6, same.medianSeconds * 1e6))
         }
         if let rope = of("rope-step"), let step = of("decode-4096") {
             lines.append(

@@ -96,10 +96,18 @@ public func attention(
 /// sinks, whose cache positions j lag the stream by the shift s(T) = T - (the query's cache position), are
 /// re-rotated from a Float32 copy of their unrotated rows to j + s(T) when the shift changes (once per token after
 /// the window fills). Cost per step: the new tokens' rotation plus sinks.count rows, independent of the stream's
-/// length and of the window; nothing else in the cache is touched. (StreamingLLM's own method, storing keys
-/// unrotated and rotating the whole window by cache position as it is read, costs a rotation of every held key per
-/// step; it is not implemented.) Once the window is full, every token has its own shift, so `attend` runs a chunk
-/// of several tokens one token at a time from there on.
+/// length and of the window; nothing else in the cache is touched. This is `RotationTiming.whenStored`, the default.
+///
+/// `RotationTiming.whenLoaded` is StreamingLLM's own method: keys are stored unrotated, queries rotated by their
+/// cache positions, and every held key is rotated by its cache position as the kernel loads its tile (into the
+/// tile scratch, from a table of the cache's S + W positions computed once; no rotated copy of the cache is ever
+/// made). Cost per step: a rotation of every held key of every key/value head (S + W rows, d / 2 multiply pairs
+/// each) on top of the attention, which reads them anyway; storage types are decoded first and rotated after.
+/// It cannot combine with `CacheStorage.hadamardRotation` (the Hadamard transform would sit between the key and
+/// its position rotation). `contents` then returns the unrotated keys.
+///
+/// Either way, once the window is full every token has its own shift (its own cache positions), so `attend` runs
+/// a chunk of several tokens one token at a time from there on.
 ///
 /// ```swift
 /// var cache = try StreamingKVCache(sinks: SinkTokens(count: 4, window: 1020), keyValueHeads: 8, headDimension: 128)
@@ -110,6 +118,15 @@ public func attention(
 /// A value type: copies are independent. Concurrent reads of one instance are safe; `attend`, `append` and
 /// `removeAll` mutate it and need exclusive access, as for an `Array`.
 public struct StreamingKVCache: KeyValueCache {
+    /// When a cache with `rotary` rotates keys by their positions (see the type's documentation).
+    public enum RotationTiming: Sendable, Hashable {
+        /// Window keys once as they are stored, by stream position; the sinks re-rotated when the shift changes.
+        case whenStored
+        /// Every held key by its cache position as the kernel loads it (StreamingLLM's method); keys stored
+        /// unrotated.
+        case whenLoaded
+    }
+
     /// The visibility the cache serves.
     public let sinks: SinkTokens
     /// How keys and values are stored.
@@ -124,6 +141,10 @@ public struct StreamingKVCache: KeyValueCache {
     private var recent: RecentTokens
     /// The rotary embedding the cache applies by StreamingLLM positions, if any (see the type's documentation).
     public let rotary: RotaryEmbedding?
+    /// When `rotary` is applied to keys.
+    public let rotationTiming: RotationTiming
+    /// With `.whenLoaded`: the cosines and sines of the cache positions 0 ..< sinks.count + sinks.window.
+    private let positionTable: RotaryPositionTable?
     /// With `rotary`: the held sinks' keys and values before any rotation, [batch, keyValueHeads, sinks.count, D]
     /// (filled up to `sinkHeld`), and the shift the stored sink keys are rotated by.
     private var sinkKeys: [Float] = []
@@ -139,19 +160,32 @@ public struct StreamingKVCache: KeyValueCache {
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
     ///   not fit.
     ///   - rotary: a rotary embedding to apply by StreamingLLM's cache positions (see the type's documentation).
+    ///   - rotationTiming: when keys are rotated (`.whenStored` by default); `.whenLoaded` with
+    ///     `storage.hadamardRotation` throws `AttentionError.invalidValue` naming `rotationTiming`.
     public init(
         sinks: SinkTokens, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
-        storage: CacheStorage = .float32, rotary: RotaryEmbedding? = nil
+        storage: CacheStorage = .float32, rotary: RotaryEmbedding? = nil, rotationTiming: RotationTiming = .whenStored
     ) throws {
         let dv = valueDimension ?? headDimension
         try KeyValueBuffer.validateDimensions(
             batch: batch, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv)
         try storage.validate(keyDimension: headDimension, valueDimension: dv)
         try rotary?.validate(headDimension: headDimension)
+        try AttentionError.require(
+            !(rotationTiming == .whenLoaded && rotary != nil && storage.hadamardRotation), "rotationTiming",
+            expected: ".whenStored with storage.hadamardRotation (keys are rotated before the Hadamard transform)",
+            actual: ".whenLoaded")
         self.rotary = rotary
+        self.rotationTiming = rotationTiming
+        positionTable =
+            rotationTiming == .whenLoaded
+            ? rotary.map {
+                RotaryPositionTable($0, headDimension: headDimension, positions: sinks.count + sinks.window)
+            }
+            : nil
         self.sinks = sinks
         self.storage = storage
-        if rotary != nil {
+        if rotary != nil && rotationTiming == .whenStored {
             sinkKeys = [Float](repeating: 0, count: batch * keyValueHeads * sinks.count * headDimension)
             sinkValues = [Float](repeating: 0, count: batch * keyValueHeads * sinks.count * dv)
         }
@@ -226,8 +260,16 @@ public struct StreamingKVCache: KeyValueCache {
             let shift = stream - nextCachePositions(1)[0]
             let run = shift == 0 ? Swift.min(n - t, sinks.count + sinks.window - stream) : 1
             let positions = Array(stream..<(stream + run))
-            if shift != sinkShift { rotateSinks(by: shift, rotary) }
             let (q, k, v) = (slice(queries, t..<(t + run)), slice(keys, t..<(t + run)), slice(values, t..<(t + run)))
+            if let positionTable {
+                outputs.append(
+                    try attendRotatingAtLoad(
+                        queries: rotary.apply(to: q, positions: nextCachePositions(run)), keys: k, values: v,
+                        table: positionTable, options: options))
+                t += run
+                continue
+            }
+            if shift != sinkShift { rotateSinks(by: shift, rotary) }
             outputs.append(
                 try attendRotated(
                     queries: rotary.apply(to: q, positions: positions), keys: rotary.apply(to: k, positions: positions),
@@ -264,12 +306,41 @@ public struct StreamingKVCache: KeyValueCache {
         return result.output
     }
 
-    /// Stores tokens without attending them (with `rotary`, keys rotated by their stream positions).
+    /// One run of `attend` with `.whenLoaded`: its queries at their cache positions, its keys unrotated. Held keys
+    /// are rotated by cache position as they load: the sinks by their slot, every later key by its logical index
+    /// less the held window tokens the run's queries no longer see (at most one, the oldest, once the window is
+    /// full; it is hidden by the mask, and its clamped rotation never matters).
+    private mutating func attendRotatingAtLoad(
+        queries: Tensor, keys: Tensor, values: Tensor, table: RotaryPositionTable, options: AttentionOptions
+    ) throws -> Tensor {
+        let n = keys.shape[2]
+        let windowHeld = ring.held + recent.held
+        let hidden = Swift.max(0, windowHeld - (sinks.window - 1))
+        let (keys, values) = (storage.rotated(keys), storage.rotated(values))
+        let sinkCount = sinkHeld
+        let result = try table.withRowRotation(positionOffset: 0) { rotation in
+            try attentionOverCache(
+                queries: queries, parts: parts, cachedCount: count, newKeys: keys, newValues: values, mask: sinks.mask,
+                options: options, storage: storage,
+                keyRotation: { segment in
+                    var rotation = rotation
+                    rotation.positionOffset = segment.start < sinkCount ? 0 : -hidden
+                    return rotation
+                })
+        }
+        store(keys: keys, values: values, tokens: n, original: (keys, values))
+        return result.output
+    }
+
+    /// Stores tokens without attending them (with `rotary` and `.whenStored`, keys rotated by their stream
+    /// positions; with `.whenLoaded` stored as given).
     /// - Throws: `AttentionError` for shapes that do not fit the cache, or a position past
     ///   `RotaryEmbedding.maximumPosition`; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)
-        let positioned = try rotary?.apply(to: keys, positions: Array(tokenCount..<(tokenCount + n))) ?? keys
+        let positioned =
+            positionTable != nil
+            ? keys : try rotary?.apply(to: keys, positions: Array(tokenCount..<(tokenCount + n))) ?? keys
         store(
             keys: storage.rotated(positioned), values: storage.rotated(values), tokens: n, original: (keys, values))
     }
@@ -278,7 +349,7 @@ public struct StreamingKVCache: KeyValueCache {
     private mutating func store(keys: Tensor, values: Tensor, tokens n: Int, original: (Tensor, Tensor)) {
         // The first sinks.count tokens of the stream fill the sink slots; the rest go to the ring.
         let toSinks = Swift.min(n, sinks.count - sinkHeld)
-        if rotary != nil && toSinks > 0 {
+        if rotary != nil && rotationTiming == .whenStored && toSinks > 0 {
             // Sinks join at shift 0 (the stream's first tokens), so their stored rotation is by their own position.
             let (heads, dk, dv) = (
                 sinkBuffer.batch * sinkBuffer.heads, sinkBuffer.keyDimension, sinkBuffer.valueDimension

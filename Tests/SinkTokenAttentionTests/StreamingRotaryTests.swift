@@ -47,12 +47,18 @@ final class StreamingRotaryTests: XCTestCase {
         return out.map { $0 / l }
     }
 
+    /// Both rotation timings: keys rotated once as they are stored (sinks re-rotated by the shift), and every held
+    /// key rotated by its cache position as the kernel loads it (StreamingLLM's method).
     func testFiveThousandStepRotarySessionMatchesRecomputationFromScratch() throws {
-        let (sinkCount, window, hq, hkv, d, steps) = (4, 60, 2, 1, 16, 5000)
-        for halves in [true, false] {
+        let (sinkCount, window, hq, hkv, d, steps) = (4, 60, 2, 1, 40, 5000)  // d 40: 16-pair vectors and a tail
+        for (halves, timing) in [
+            (true, StreamingKVCache.RotationTiming.whenStored), (false, .whenStored), (true, .whenLoaded),
+            (false, .whenLoaded),
+        ] {
             let rope = try RotaryEmbedding(pairing: halves ? .halves : .interleaved, base: 10_000)
             var cache = try StreamingKVCache(
-                sinks: SinkTokens(count: sinkCount, window: window), keyValueHeads: hkv, headDimension: d, rotary: rope)
+                sinks: SinkTokens(count: sinkCount, window: window), keyValueHeads: hkv, headDimension: d, rotary: rope,
+                rotationTiming: timing)
             let queries = try Tensor.randomNormal(shape: [1, hq, steps, d], seed: 1)
             let keys = try Tensor.randomNormal(shape: [1, hkv, steps, d], seed: 2)
             let values = try Tensor.randomNormal(shape: [1, hkv, steps, d], seed: 3)
@@ -91,7 +97,7 @@ final class StreamingRotaryTests: XCTestCase {
                         let got = Array(output.scalars[((head * chunk) + n) * d..<((head * chunk) + n + 1) * d])
                         let check = toleranceCheck(kernel: got, reference: exact, plain: plain)
                         if !check.passes {
-                            XCTFail("step \(query) head \(head) halves \(halves): \(check)")
+                            XCTFail("step \(query) head \(head) halves \(halves) \(timing): \(check)")
                             return
                         }
                         if check.kernelError / check.bound > worst.kernel / worst.bound {
@@ -103,7 +109,7 @@ final class StreamingRotaryTests: XCTestCase {
             }
             XCTAssertEqual(cache.tokenCount, steps)
             print(
-                "streaming rotary, halves \(halves): worst error \(worst.kernel) vs bound \(worst.bound) at step \(worst.step)"
+                "streaming rotary, halves \(halves), \(timing): worst error \(worst.kernel) vs bound \(worst.bound) at step \(worst.step)"
             )
         }
     }
@@ -126,6 +132,48 @@ final class StreamingRotaryTests: XCTestCase {
                 try a.attend(queries: qt, keys: kt, values: vt), try b.attend(queries: qt, keys: kt, values: vt)
             )
             XCTAssertLessThan(maxAbsoluteError(x.scalars, y.scalars), 1e-5, "token \(t)")
+        }
+    }
+
+    /// `.whenLoaded` stores the keys as given (`contents` returns them unrotated), works over a Float16 cache
+    /// and a GQA group (within the tolerance of the same session with `.whenStored`, whose keys are rounded after
+    /// rotation instead of before), and refuses a Hadamard-rotated storage by name.
+    func testRotationAtLoadStoresKeysUnrotatedAndRefusesHadamard() throws {
+        let rope = try RotaryEmbedding(pairing: .halves)
+        let sinks = try SinkTokens(count: 3, window: 20)
+        let (q, k, v) = (
+            try Tensor.randomNormal(shape: [1, 4, 70, 32], seed: 7),
+            try Tensor.randomNormal(shape: [1, 2, 70, 32], seed: 8),
+            try Tensor.randomNormal(shape: [1, 2, 70, 32], seed: 9)
+        )
+        var loaded = try StreamingKVCache(
+            sinks: sinks, keyValueHeads: 2, headDimension: 32, storage: CacheStorage(.float16), rotary: rope,
+            rotationTiming: .whenLoaded)
+        var stored = try StreamingKVCache(
+            sinks: sinks, keyValueHeads: 2, headDimension: 32, storage: CacheStorage(.float16), rotary: rope)
+        for (start, count) in [(0, 10), (10, 1), (11, 15), (26, 1), (27, 43)] {
+            let range = start..<(start + count)
+            let (qs, ks, vs) = (tokens(q, range), tokens(k, range), tokens(v, range))
+            let a = try loaded.attend(queries: qs, keys: ks, values: vs)
+            let b = try stored.attend(queries: qs, keys: ks, values: vs)
+            XCTAssertLessThan(maxAbsoluteError(a.scalars, b.scalars), 2e-2, "tokens \(range)")
+        }
+        // The held keys as stored: the first 3 tokens, then the last 20, unrotated (to Float16 precision).
+        let held = loaded.contents.keys
+        var expected: [Float] = []
+        for h in 0..<2 {
+            for t in Array(0..<3) + Array(50..<70) {
+                expected += k.scalars[((h * 70) + t) * 32..<((h * 70) + t + 1) * 32]
+            }
+        }
+        XCTAssertEqual(held.shape, [1, 2, 23, 32])
+        XCTAssertLessThan(maxAbsoluteError(held.scalars, expected), 4e-3)
+        XCTAssertThrowsError(
+            try StreamingKVCache(
+                sinks: sinks, keyValueHeads: 2, headDimension: 32,
+                storage: CacheStorage(.int8(), hadamardRotation: true), rotary: rope, rotationTiming: .whenLoaded)
+        ) { error in
+            XCTAssertEqual((error as? AttentionError)?.argument, "rotationTiming")
         }
     }
 }

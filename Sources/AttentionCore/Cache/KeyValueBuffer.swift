@@ -277,9 +277,11 @@ package struct KeyValueBuffer: Sendable {
 /// `newValues` (positions cachedCount..<cachedCount + n), read in place. Caches call this before they store the new
 /// tokens, so a ring buffer never has to hold more than its window. With `storage.hadamardRotation` the queries are
 /// rotated here and the output rotated back; the new keys and values must arrive rotated (the caller stores them).
+/// `keyRotation`, when given, gives each segment (cached and new) the rotary rotation its keys get as they load.
 package func attentionOverCache(
     queries: Tensor, parts: [CachePart], cachedCount: Int, newKeys: Tensor?, newValues: Tensor?,
-    mask: AttentionMask, options: AttentionOptions, storage: CacheStorage = .float32
+    mask: AttentionMask, options: AttentionOptions, storage: CacheStorage = .float32,
+    keyRotation: ((KeyValueSegment) -> RowRotation?)? = nil
 ) throws -> AttentionResult {
     let n = newKeys?.shape[2] ?? 0
     let layout = parts[0].buffer
@@ -287,9 +289,17 @@ package func attentionOverCache(
         queries: queries, cacheBatch: layout.batch, keyValueHeads: layout.heads, keyLength: cachedCount + n,
         keyDimension: layout.keyDimension, valueDimension: layout.valueDimension, mask: mask, options: options)
     let rotatedQueries = storage.rotated(queries)
+    func rotating(_ segments: [KeyValueSegment]) -> [KeyValueSegment] {
+        guard let keyRotation else { return segments }
+        return segments.map { segment in
+            var segment = segment
+            segment.keyRotation = keyRotation(segment)
+            return segment
+        }
+    }
     var result = try withSegments(of: parts[...]) { cached in
         guard let newKeys, let newValues, n > 0 else {
-            return try runAttention(problem, queries: rotatedQueries, segments: cached)
+            return try runAttention(problem, queries: rotatedQueries, segments: rotating(cached))
         }
         return try withKeyValueSegments(keys: newKeys, values: newValues) { fresh in
             let shifted = fresh.map { segment -> KeyValueSegment in
@@ -297,7 +307,7 @@ package func attentionOverCache(
                 segment.start = cachedCount
                 return segment
             }
-            return try runAttention(problem, queries: rotatedQueries, segments: cached + shifted)
+            return try runAttention(problem, queries: rotatedQueries, segments: rotating(cached + shifted))
         }
     }
     result.output = storage.rotated(result.output)

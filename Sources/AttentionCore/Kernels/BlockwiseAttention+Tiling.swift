@@ -89,6 +89,9 @@ package struct KeyValueSegment {
     package var start: Int
     /// Keys in the segment.
     package var count: Int
+    /// A rotary rotation applied to the key rows as they are loaded (by their logical positions plus an offset),
+    /// for caches that store keys unrotated; such a segment is always decoded into the tile scratch.
+    package var keyRotation: RowRotation? = nil
 
     /// A segment of packed rows (each head's rows consecutive), heads of a batch entry `heads` apart.
     package init(
@@ -121,7 +124,7 @@ package struct KeyValueSegment {
     /// Float32, or, for a layout whose micro-kernels need consecutive rows (`gathersStridedRows`), rows that are
     /// not consecutive. The prefill micro-kernels read Float32 rows at any stride in place.
     func needsDecoding(gathersStridedRows: Bool) -> Bool {
-        keyCodec.format != .float32 || valueCodec.format != .float32
+        keyCodec.format != .float32 || valueCodec.format != .float32 || keyRotation != nil
             || (gathersStridedRows && (keyRowStride != keyCodec.rowBytes || valueRowStride != valueCodec.rowBytes))
     }
 }
@@ -373,6 +376,7 @@ struct TileWalk {
                 // it goes); the micro-kernels then read Float32 rows from L1/L2 and need no prefetch of their own.
                 guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
                 segment.keyCodec.decode(keyBase + row0 * keyBytes, rows: keys.count, rowStride: keyBytes, into: decoded)
+                segment.keyRotation?.rotate(decoded, count: keys.count, stride: dk, firstKey: keys.lowerBound)
                 // The micro-kernels prefetch the next tile's stored rows, spread over their work as for Float32
                 // rows (a burst of hints while decoding took 1.4x as long from memory; see `prefetch`).
                 var tile = KeyTile(

@@ -234,3 +234,87 @@ package final class RotaryTable {
         }
     }
 }
+
+/// The cosines and sines of positions 0 ..< positions, computed once (as `RotaryTable` computes them, so a row
+/// rotated from this table equals the same row rotated by `apply`), for rotating keys as a kernel loads them
+/// (`StreamingKVCache`'s `.whenLoaded`): the positions within a cache are bounded by its size.
+package final class RotaryPositionTable: @unchecked Sendable {
+    let interleaved: Bool
+    let pairs: Int
+    let positions: Int
+    /// [positions, pairs] each.
+    private let cosines: [Float]
+    private let sines: [Float]
+
+    package init(_ rope: RotaryEmbedding, headDimension d: Int, positions: Int) {
+        let r = rope.rotaryDimension ?? d - d % 2
+        let table = RotaryTable(rope, rotaryDimension: r)
+        interleaved = rope.pairing == .interleaved
+        pairs = r / 2
+        self.positions = positions
+        var cosines: [Float] = []
+        var sines: [Float] = []
+        cosines.reserveCapacity(positions * pairs)
+        sines.reserveCapacity(positions * pairs)
+        for position in 0..<positions {
+            table.load(position: position)
+            cosines += table.cosines
+            sines += table.sines
+        }
+        self.cosines = cosines
+        self.sines = sines
+    }
+
+    /// Calls `body` with a rotation by this table that adds `positionOffset` to each key's logical position.
+    package func withRowRotation<R>(positionOffset: Int, _ body: (RowRotation) throws -> R) rethrows -> R {
+        try cosines.withUnsafeBufferPointer { c in
+            try sines.withUnsafeBufferPointer { s in
+                try body(
+                    RowRotation(
+                        cosines: c.baseAddress!, sines: s.baseAddress!, positions: positions, pairs: pairs,
+                        interleaved: interleaved, positionOffset: positionOffset))
+            }
+        }
+    }
+}
+
+/// A rotary rotation applied to key rows as the tile walk loads them: row r of a tile starting at logical key k0
+/// is rotated by position k0 + r + positionOffset, clamped into the table (a key outside the table is one the
+/// mask hides: see `StreamingKVCache`). Pointers into a `RotaryPositionTable`, valid inside its `withRowRotation`.
+package struct RowRotation {
+    let cosines: UnsafePointer<Float>
+    let sines: UnsafePointer<Float>
+    let positions: Int
+    let pairs: Int
+    let interleaved: Bool
+    package var positionOffset: Int
+
+    /// Rotates `count` rows (`stride` floats apart) whose first has logical key position `firstKey`.
+    func rotate(_ rows: UnsafeMutablePointer<Float>, count: Int, stride: Int, firstKey: Int) {
+        for r in 0..<count {
+            let position = Swift.min(Swift.max(firstKey + r + positionOffset, 0), positions - 1)
+            let (c, s) = (cosines + position * pairs, sines + position * pairs)
+            let row = rows + r * stride
+            var k = 0
+            if !interleaved {
+                // Halves: x and y are two contiguous runs, so 16 pairs at a time (the same products and sums, in
+                // the same order, as the scalar loop).
+                typealias V = SIMD16<Float>
+                func load(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+                while k + 16 <= pairs {
+                    let (x, y, cv, sv) = (load(row + k), load(row + k + pairs), load(c + k), load(s + k))
+                    UnsafeMutableRawPointer(row + k).storeBytes(of: x * cv - y * sv, as: V.self)
+                    UnsafeMutableRawPointer(row + k + pairs).storeBytes(of: x * sv + y * cv, as: V.self)
+                    k += 16
+                }
+            }
+            while k < pairs {
+                let (i, j) = interleaved ? (2 * k, 2 * k + 1) : (k, k + pairs)
+                let (x, y) = (row[i], row[j])
+                row[i] = x * c[k] - y * s[k]
+                row[j] = x * s[k] + y * c[k]
+                k += 1
+            }
+        }
+    }
+}
