@@ -91,31 +91,74 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
             }
         }
     }
+    // The cost of the ownership choice (one work item per batch entry and key/value head): multi-query attention
+    // (H query heads, one key/value head) has a single item, so a second thread has nothing to do.
+    if let n = lengths.last, let d = (configuration.headDimensions ?? [64, 128]).first {
+        let x = try attentionInputs(
+            queryHeads: heads, keyValueHeads: 1, queryLength: n, keyLength: n, headDimension: d, seed: 11)
+        let dO = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 12)
+        let forward = try attentionWithLogSumExp(queries: x.queries, keys: x.keys, values: x.values, mask: .causal)
+        let flops = attentionFLOPs(
+            batch: 1, queryHeads: heads, queryLength: n, keyLength: n, headDimension: d,
+            visibleFraction: visibleFraction(of: .causal, queryLength: n, keyLength: n))
+        for threads in threadCounts(configuration, allThreads: allThreads) {
+            let options = AttentionOptions(threads: threads)
+            var workspace = 0
+            let timing = try measureTimes(minimumRepetitions: configuration.minimumRepetitions, budget: budget) {
+                workspace =
+                    try attentionGradients(
+                        queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: dO,
+                        mask: .causal, options: options
+                    ).workspaceBytes
+            }
+            records.append(
+                BenchmarkRecord(
+                    suite: "backward", kernel: "backward", batch: 1, queryHeads: heads, keyValueHeads: 1,
+                    queryLength: n, keyLength: n, headDimension: d, mask: "causal", threads: threads,
+                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                    gflops: 2.5 * flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: 0))
+        }
+    }
     return records
 }
 
 /// One line per backward record: its time over the forward's, and over the naive backward's where that ran.
 public func backwardSummaries(_ records: [BenchmarkRecord]) -> [String] {
-    records.filter { $0.suite == "backward" && $0.kernel == "backward" }.compactMap { record in
-        func same(_ kernel: String) -> BenchmarkRecord? {
-            records.first {
-                $0.suite == "backward" && $0.kernel == kernel && $0.headDimension == record.headDimension
-                    && $0.queryLength == record.queryLength && $0.mask == record.mask && $0.threads == record.threads
-            }
-        }
-        guard let forward = same("forward") else { return nil }
-        var line =
-            "backward: d \(record.headDimension) N \(record.queryLength) \(record.mask), \(record.threads) thread"
-            + (record.threads == 1 ? "" : "s")
-            + String(
-                format: ": %.1f GFLOP/s (2.5x convention), %.2fx the forward's time", record.gflops,
-                record.medianSeconds / forward.medianSeconds)
-        if let naive = same("naive-backward") {
-            line += String(format: ", %.1fx faster than naive", naive.medianSeconds / record.medianSeconds)
-            line += ", workspace " + formatBytes(record.workspaceBytes) + " vs " + formatBytes(naive.workspaceBytes)
-        }
-        return line
+    let mqa = records.filter { $0.suite == "backward" && $0.keyValueHeads == 1 && $0.queryHeads > 1 }
+    var lines: [String] = []
+    if let one = mqa.first(where: { $0.threads == 1 }), let all = mqa.max(by: { $0.threads < $1.threads }),
+        all.threads > 1
+    {
+        lines.append(
+            String(
+                format:
+                    "backward MQA (%d query heads, 1 key/value head), d %d N %d causal: %d threads %.2fx the speed of 1 (one work item per batch entry and key/value head)",
+                one.queryHeads, one.headDimension, one.queryLength, all.threads, one.medianSeconds / all.medianSeconds))
     }
+    return lines
+        + records.filter {
+            $0.suite == "backward" && $0.kernel == "backward" && $0.keyValueHeads == $0.queryHeads
+        }.compactMap { record in
+            func same(_ kernel: String) -> BenchmarkRecord? {
+                records.first {
+                    $0.suite == "backward" && $0.kernel == kernel && $0.headDimension == record.headDimension
+                        && $0.keyValueHeads == record.keyValueHeads && $0.queryLength == record.queryLength
+                        && $0.mask == record.mask && $0.threads == record.threads
+                }
+            }
+            guard let forward = same("forward") else { return nil }
+            var line =
+                "backward: d \(record.headDimension) N \(record.queryLength) \(record.mask), \(record.threads) thread"
+                + (record.threads == 1 ? "" : "s")
+                + String(
+                    format: ": %.1f GFLOP/s (2.5x convention), %.2fx the forward's time", record.gflops,
+                    record.medianSeconds / forward.medianSeconds)
+            if let naive = same("naive-backward") {
+                line += String(format: ", %.1fx faster than naive", naive.medianSeconds / record.medianSeconds)
+                line += ", workspace " + formatBytes(record.workspaceBytes) + " vs " + formatBytes(naive.workspaceBytes)
+            }
+            return line
+        }
 }
 
 /// dV of the textbook backward with P materialized ([H, N, N] probabilities; dP alike), for [1, H, N, d] inputs:

@@ -20,9 +20,11 @@
 // itself). The alternative (one pass for dK/dV per key tile, another for dQ per query tile) parallelizes over
 // tiles but computes S and dP twice (seven products per tile instead of five).
 //
-// Products are register-blocked (`accumulateProduct`: 4 rows x 64 columns, 16 SIMD16 accumulators, one broadcast
-// and four loads per 16 multiply-adds); K and V tiles are transposed once per tile so that every product streams
+// Products are register-blocked (`accumulateProduct`: on AVX-512 4 rows x 64 columns, 16 SIMD16 accumulators, one
+// broadcast and four loads per 16 multiply-adds; 2 x 32 for 16-register targets and NEON); K and V tiles are transposed once per tile so that every product streams
 // rows. Rows are zero-padded to a multiple of 16, which leaves every sum unchanged.
+
+import AttentionPlatform
 
 /// The gradients of one attention call (see `attentionGradients`).
 public struct AttentionGradients: Sendable {
@@ -558,9 +560,78 @@ private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
 }
 
 /// C[m, 0..<width] (+)= sum over k < depth of A[m * am + k * ak] * B[k * ldb, 0..<width], m < rows; width a
-/// multiple of 16. Register-blocked 4 rows x 4 vectors (16 accumulators); remainders 1 row or 1 vector at a time.
+/// multiple of 16. The register blocking follows the build target's register file: 4 rows x 4 vectors (16 SIMD16
+/// accumulators) where a SIMD16 is one of 32 registers (AVX-512), 2 rows x 2 vectors (4 accumulators, 8 chains of
+/// 256 or 16 of 128 bits) elsewhere (AVX2's 16 ymm, SSE2, arm64 NEON), where the 4 x 4 block spills. Both compute
+/// every element as the same chain over k, so the blocking never changes a result.
 @inline(__always)
 private func accumulateProduct(
+    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
+    b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
+) {
+    if swift_attention_target_has_avx512() != 0 {
+        accumulateProduct4x64(
+            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: rows, depth: depth, width: width,
+            accumulate: accumulate)
+    } else {
+        accumulateProduct2x32(
+            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: rows, depth: depth, width: width,
+            accumulate: accumulate)
+    }
+}
+
+/// `accumulateProduct` for 16 vector registers: 2 rows x 2 vectors per step, remainders 1 row or 1 vector at a time.
+@inline(__always)
+private func accumulateProduct2x32(
+    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
+    b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
+) {
+    typealias V = SIMD16<Float>
+    @inline(__always) func load(_ pointer: UnsafePointer<Float>) -> V {
+        UnsafeRawPointer(pointer).loadUnaligned(as: V.self)
+    }
+    @inline(__always) func store(_ value: V, _ pointer: UnsafeMutablePointer<Float>) {
+        UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: V.self)
+    }
+    var column = 0
+    while column + 32 <= width {
+        var m = 0
+        while m + 2 <= rows {
+            let base = c + m * ldc + column
+            var c00 = V(), c01 = V(), c10 = V(), c11 = V()
+            if accumulate {
+                c00 = load(base); c01 = load(base + 16); c10 = load(base + ldc); c11 = load(base + ldc + 16)
+            }
+            var a0 = a + m * am, a1 = a0 + am
+            var bRow = b + column
+            for _ in 0..<depth {
+                let b0 = load(bRow), b1 = load(bRow + 16)
+                let x0 = V(repeating: a0.pointee), x1 = V(repeating: a1.pointee)
+                c00 = multiplyAdd(x0, b0, c00); c01 = multiplyAdd(x0, b1, c01)
+                c10 = multiplyAdd(x1, b0, c10); c11 = multiplyAdd(x1, b1, c11)
+                a0 += ak; a1 += ak
+                bRow += ldb
+            }
+            store(c00, base); store(c01, base + 16); store(c10, base + ldc); store(c11, base + ldc + 16)
+            m += 2
+        }
+        column += 32
+        if m < rows {
+            accumulateProductTail(
+                into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: m..<rows,
+                columns: (column - 32)..<column, depth: depth, accumulate: accumulate)
+        }
+    }
+    if column < width {
+        accumulateProductTail(
+            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: 0..<rows, columns: column..<width,
+            depth: depth, accumulate: accumulate)
+    }
+}
+
+/// `accumulateProduct` for 32 vector registers of 16 floats: 4 rows x 4 vectors (16 accumulators) per step.
+@inline(__always)
+private func accumulateProduct4x64(
     into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
     b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
 ) {
