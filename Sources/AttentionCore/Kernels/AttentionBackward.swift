@@ -563,160 +563,122 @@ private func allFinite(_ values: UnsafePointer<Float>, count: Int) -> Bool {
 /// multiple of 16. The register blocking follows the build target's register file: 4 rows x 4 vectors (16 SIMD16
 /// accumulators) where a SIMD16 is one of 32 registers (AVX-512), 2 rows x 2 vectors (4 accumulators, 8 chains of
 /// 256 or 16 of 128 bits) elsewhere (AVX2's 16 ymm, SSE2, arm64 NEON), where the 4 x 4 block spills. Both compute
-/// every element as the same chain over k, so the blocking never changes a result.
+/// every element as the same chain over k, so the blocking never changes a result. Rows and columns past the last
+/// whole block run one row and one vector at a time.
 @inline(__always)
 private func accumulateProduct(
     into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
     b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
 ) {
-    if swift_attention_target_has_avx512() != 0 {
-        accumulateProduct4x64(
-            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: rows, depth: depth, width: width,
-            accumulate: accumulate)
-    } else {
-        accumulateProduct2x32(
-            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: rows, depth: depth, width: width,
-            accumulate: accumulate)
+    let x = ProductOperands(c: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, depth: depth, accumulate: accumulate)
+    let wide = swift_attention_target_has_avx512() != 0
+    let (blockRows, blockColumns) = wide ? (4, 64) : (2, 32)
+    var column = 0
+    while column + blockColumns <= width {
+        var m = 0
+        while m + blockRows <= rows {
+            if wide { x.block4x64(m: m, column: column) } else { x.block2x32(m: m, column: column) }
+            m += blockRows
+        }
+        if m < rows { x.tail(rows: m..<rows, columns: column..<(column + blockColumns)) }
+        column += blockColumns
     }
+    if column < width { x.tail(rows: 0..<rows, columns: column..<width) }
 }
 
-/// `accumulateProduct` for 16 vector registers: 2 rows x 2 vectors per step, remainders 1 row or 1 vector at a time.
-@inline(__always)
-private func accumulateProduct2x32(
-    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
-    b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
-) {
+/// The operands of one `accumulateProduct` call.
+private struct ProductOperands {
     typealias V = SIMD16<Float>
+    /// C, rows `ldc` floats apart.
+    let c: UnsafeMutablePointer<Float>, ldc: Int
+    /// A, element (m, k) at m * am + k * ak (a transposed operand has am = 1).
+    let a: UnsafePointer<Float>, am: Int, ak: Int
+    /// B, rows `ldb` floats apart.
+    let b: UnsafePointer<Float>, ldb: Int
+    /// The length of each sum, and whether it adds to C's values (else overwrites them).
+    let depth: Int, accumulate: Bool
+
     @inline(__always) func load(_ pointer: UnsafePointer<Float>) -> V {
         UnsafeRawPointer(pointer).loadUnaligned(as: V.self)
     }
+
     @inline(__always) func store(_ value: V, _ pointer: UnsafeMutablePointer<Float>) {
         UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: V.self)
     }
-    var column = 0
-    while column + 32 <= width {
-        var m = 0
-        while m + 2 <= rows {
-            let base = c + m * ldc + column
-            var c00 = V(), c01 = V(), c10 = V(), c11 = V()
-            if accumulate {
-                c00 = load(base); c01 = load(base + 16); c10 = load(base + ldc); c11 = load(base + ldc + 16)
-            }
-            var a0 = a + m * am, a1 = a0 + am
-            var bRow = b + column
-            for _ in 0..<depth {
-                let b0 = load(bRow), b1 = load(bRow + 16)
-                let x0 = V(repeating: a0.pointee), x1 = V(repeating: a1.pointee)
-                c00 = multiplyAdd(x0, b0, c00); c01 = multiplyAdd(x0, b1, c01)
-                c10 = multiplyAdd(x1, b0, c10); c11 = multiplyAdd(x1, b1, c11)
-                a0 += ak; a1 += ak
-                bRow += ldb
-            }
-            store(c00, base); store(c01, base + 16); store(c10, base + ldc); store(c11, base + ldc + 16)
-            m += 2
-        }
-        column += 32
-        if m < rows {
-            accumulateProductTail(
-                into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: m..<rows,
-                columns: (column - 32)..<column, depth: depth, accumulate: accumulate)
-        }
-    }
-    if column < width {
-        accumulateProductTail(
-            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: 0..<rows, columns: column..<width,
-            depth: depth, accumulate: accumulate)
-    }
-}
 
-/// `accumulateProduct` for 32 vector registers of 16 floats: 4 rows x 4 vectors (16 accumulators) per step.
-@inline(__always)
-private func accumulateProduct4x64(
-    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
-    b: UnsafePointer<Float>, ldb: Int, rows: Int, depth: Int, width: Int, accumulate: Bool
-) {
-    typealias V = SIMD16<Float>
-    @inline(__always) func load(_ pointer: UnsafePointer<Float>) -> V {
-        UnsafeRawPointer(pointer).loadUnaligned(as: V.self)
-    }
-    @inline(__always) func store(_ value: V, _ pointer: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: V.self)
-    }
-    var column = 0
-    while column + 64 <= width {
-        var m = 0
-        while m + 4 <= rows {
-            var c00 = V(), c01 = V(), c02 = V(), c03 = V()
-            var c10 = V(), c11 = V(), c12 = V(), c13 = V()
-            var c20 = V(), c21 = V(), c22 = V(), c23 = V()
-            var c30 = V(), c31 = V(), c32 = V(), c33 = V()
-            if accumulate {
-                let base = c + m * ldc + column
-                c00 = load(base); c01 = load(base + 16); c02 = load(base + 32); c03 = load(base + 48)
-                c10 = load(base + ldc); c11 = load(base + ldc + 16); c12 = load(base + ldc + 32)
-                c13 = load(base + ldc + 48)
-                c20 = load(base + 2 * ldc); c21 = load(base + 2 * ldc + 16); c22 = load(base + 2 * ldc + 32)
-                c23 = load(base + 2 * ldc + 48)
-                c30 = load(base + 3 * ldc); c31 = load(base + 3 * ldc + 16); c32 = load(base + 3 * ldc + 32)
-                c33 = load(base + 3 * ldc + 48)
-            }
-            var a0 = a + m * am, a1 = a0 + am, a2 = a1 + am, a3 = a2 + am
-            var bRow = b + column
-            for _ in 0..<depth {
-                let b0 = load(bRow), b1 = load(bRow + 16), b2 = load(bRow + 32), b3 = load(bRow + 48)
-                let x0 = V(repeating: a0.pointee), x1 = V(repeating: a1.pointee)
-                let x2 = V(repeating: a2.pointee), x3 = V(repeating: a3.pointee)
-                c00 = multiplyAdd(x0, b0, c00); c01 = multiplyAdd(x0, b1, c01)
-                c02 = multiplyAdd(x0, b2, c02); c03 = multiplyAdd(x0, b3, c03)
-                c10 = multiplyAdd(x1, b0, c10); c11 = multiplyAdd(x1, b1, c11)
-                c12 = multiplyAdd(x1, b2, c12); c13 = multiplyAdd(x1, b3, c13)
-                c20 = multiplyAdd(x2, b0, c20); c21 = multiplyAdd(x2, b1, c21)
-                c22 = multiplyAdd(x2, b2, c22); c23 = multiplyAdd(x2, b3, c23)
-                c30 = multiplyAdd(x3, b0, c30); c31 = multiplyAdd(x3, b1, c31)
-                c32 = multiplyAdd(x3, b2, c32); c33 = multiplyAdd(x3, b3, c33)
-                a0 += ak; a1 += ak; a2 += ak; a3 += ak
-                bRow += ldb
-            }
-            let base = c + m * ldc + column
-            store(c00, base); store(c01, base + 16); store(c02, base + 32); store(c03, base + 48)
-            store(c10, base + ldc); store(c11, base + ldc + 16); store(c12, base + ldc + 32)
-            store(c13, base + ldc + 48)
-            store(c20, base + 2 * ldc); store(c21, base + 2 * ldc + 16); store(c22, base + 2 * ldc + 32)
-            store(c23, base + 2 * ldc + 48)
-            store(c30, base + 3 * ldc); store(c31, base + 3 * ldc + 16); store(c32, base + 3 * ldc + 32)
-            store(c33, base + 3 * ldc + 48)
-            m += 4
+    /// Rows m, m + 1 x columns column ..< column + 32: 4 accumulators, for 16 vector registers.
+    @inline(__always) func block2x32(m: Int, column: Int) {
+        let base = c + m * ldc + column
+        var c00 = V(), c01 = V(), c10 = V(), c11 = V()
+        if accumulate {
+            c00 = load(base); c01 = load(base + 16); c10 = load(base + ldc); c11 = load(base + ldc + 16)
         }
-        column += 64
-        if m < rows {
-            accumulateProductTail(
-                into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: m..<rows,
-                columns: (column - 64)..<column, depth: depth, accumulate: accumulate)
+        var a0 = a + m * am, a1 = a0 + am
+        var bRow = b + column
+        for _ in 0..<depth {
+            let b0 = load(bRow), b1 = load(bRow + 16)
+            let x0 = V(repeating: a0.pointee), x1 = V(repeating: a1.pointee)
+            c00 = multiplyAdd(x0, b0, c00); c01 = multiplyAdd(x0, b1, c01)
+            c10 = multiplyAdd(x1, b0, c10); c11 = multiplyAdd(x1, b1, c11)
+            a0 += ak; a1 += ak
+            bRow += ldb
         }
+        store(c00, base); store(c01, base + 16); store(c10, base + ldc); store(c11, base + ldc + 16)
     }
-    if column < width {
-        accumulateProductTail(
-            into: c, ldc: ldc, a: a, am: am, ak: ak, b: b, ldb: ldb, rows: 0..<rows, columns: column..<width,
-            depth: depth, accumulate: accumulate)
-    }
-}
 
-/// `accumulateProduct` for the rows and columns (a multiple of 16) the blocked loop leaves: one row and one
-/// vector at a time.
-private func accumulateProductTail(
-    into c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, am: Int, ak: Int,
-    b: UnsafePointer<Float>, ldb: Int, rows: Range<Int>, columns: Range<Int>, depth: Int, accumulate: Bool
-) {
-    typealias V = SIMD16<Float>
-    for m in rows {
-        for column in stride(from: columns.lowerBound, to: columns.upperBound, by: 16) {
-            let target = c + m * ldc + column
-            var acc = accumulate ? UnsafeRawPointer(target).loadUnaligned(as: V.self) : V()
-            for k in 0..<depth {
-                let bv = UnsafeRawPointer(b + k * ldb + column).loadUnaligned(as: V.self)
-                acc = multiplyAdd(V(repeating: a[m * am + k * ak]), bv, acc)
+    /// Rows m ..< m + 4 x columns column ..< column + 64: 16 accumulators, for 32 registers of 16 floats.
+    @inline(__always) func block4x64(m: Int, column: Int) {
+        var c00 = V(), c01 = V(), c02 = V(), c03 = V()
+        var c10 = V(), c11 = V(), c12 = V(), c13 = V()
+        var c20 = V(), c21 = V(), c22 = V(), c23 = V()
+        var c30 = V(), c31 = V(), c32 = V(), c33 = V()
+        let base = c + m * ldc + column
+        if accumulate {
+            c00 = load(base); c01 = load(base + 16); c02 = load(base + 32); c03 = load(base + 48)
+            c10 = load(base + ldc); c11 = load(base + ldc + 16); c12 = load(base + ldc + 32)
+            c13 = load(base + ldc + 48)
+            c20 = load(base + 2 * ldc); c21 = load(base + 2 * ldc + 16); c22 = load(base + 2 * ldc + 32)
+            c23 = load(base + 2 * ldc + 48)
+            c30 = load(base + 3 * ldc); c31 = load(base + 3 * ldc + 16); c32 = load(base + 3 * ldc + 32)
+            c33 = load(base + 3 * ldc + 48)
+        }
+        var a0 = a + m * am, a1 = a0 + am, a2 = a1 + am, a3 = a2 + am
+        var bRow = b + column
+        for _ in 0..<depth {
+            let b0 = load(bRow), b1 = load(bRow + 16), b2 = load(bRow + 32), b3 = load(bRow + 48)
+            let x0 = V(repeating: a0.pointee), x1 = V(repeating: a1.pointee)
+            let x2 = V(repeating: a2.pointee), x3 = V(repeating: a3.pointee)
+            c00 = multiplyAdd(x0, b0, c00); c01 = multiplyAdd(x0, b1, c01)
+            c02 = multiplyAdd(x0, b2, c02); c03 = multiplyAdd(x0, b3, c03)
+            c10 = multiplyAdd(x1, b0, c10); c11 = multiplyAdd(x1, b1, c11)
+            c12 = multiplyAdd(x1, b2, c12); c13 = multiplyAdd(x1, b3, c13)
+            c20 = multiplyAdd(x2, b0, c20); c21 = multiplyAdd(x2, b1, c21)
+            c22 = multiplyAdd(x2, b2, c22); c23 = multiplyAdd(x2, b3, c23)
+            c30 = multiplyAdd(x3, b0, c30); c31 = multiplyAdd(x3, b1, c31)
+            c32 = multiplyAdd(x3, b2, c32); c33 = multiplyAdd(x3, b3, c33)
+            a0 += ak; a1 += ak; a2 += ak; a3 += ak
+            bRow += ldb
+        }
+        store(c00, base); store(c01, base + 16); store(c02, base + 32); store(c03, base + 48)
+        store(c10, base + ldc); store(c11, base + ldc + 16); store(c12, base + ldc + 32)
+        store(c13, base + ldc + 48)
+        store(c20, base + 2 * ldc); store(c21, base + 2 * ldc + 16); store(c22, base + 2 * ldc + 32)
+        store(c23, base + 2 * ldc + 48)
+        store(c30, base + 3 * ldc); store(c31, base + 3 * ldc + 16); store(c32, base + 3 * ldc + 32)
+        store(c33, base + 3 * ldc + 48)
+    }
+
+    /// The rows and columns (a multiple of 16) the blocks leave: one row and one vector at a time.
+    func tail(rows: Range<Int>, columns: Range<Int>) {
+        for m in rows {
+            for column in stride(from: columns.lowerBound, to: columns.upperBound, by: 16) {
+                let target = c + m * ldc + column
+                var acc = accumulate ? load(target) : V()
+                for k in 0..<depth {
+                    acc = multiplyAdd(V(repeating: a[m * am + k * ak]), load(b + k * ldb + column), acc)
+                }
+                store(acc, target)
             }
-            UnsafeMutableRawPointer(target).storeBytes(of: acc, as: V.self)
         }
     }
 }
