@@ -5,7 +5,7 @@ import _AttentionTestSupport
 final class StorageFormatTests: XCTestCase {
     static let formats: [StorageFormat] = [
         .float32, .float16, .bfloat16, .int8(), .int4(), .int8(blockSize: 16),
-        .int4(blockSize: 8),
+        .int4(blockSize: 8), .int4(blockSize: 16),
     ]
 
     /// Random key/value tensors with a few large and tiny magnitudes mixed in, so that rounding, subnormal Float16

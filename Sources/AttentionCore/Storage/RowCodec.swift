@@ -186,9 +186,14 @@ private func decodeInt8(
         let codes = (row + 4 * blocks).assumingMemoryBound(to: Int8.self)
         let out = target + r * d
         if b % 16 == 0 {
-            for run in 0..<(d / 16) {
-                let q = UnsafeRawPointer(codes + run * 16).loadUnaligned(as: SIMD16<Int8>.self)
-                store16(floats(q) * scales[run * 16 / b], out, run * 16)
+            // Block by block, so that no lane group divides to find its scale (an integer division per 16 values
+            // cost more than the conversion).
+            for block in 0..<blocks {
+                let scale = scales[block]
+                for offset in stride(from: block * b, to: (block + 1) * b, by: 16) {
+                    let q = UnsafeRawPointer(codes + offset).loadUnaligned(as: SIMD16<Int8>.self)
+                    store16(floats(q) * scale, out, offset)
+                }
             }
         } else {
             for i in 0..<d { out[i] = Float(codes[i]) * scales[i / b] }
@@ -207,6 +212,8 @@ private func decodeInt4(
         let scales = row.assumingMemoryBound(to: Float.self)
         let codes = (row + 4 * blocks).assumingMemoryBound(to: UInt8.self)
         var group = 0
+        // The scale index of value `group` and of value `group + 16`, kept without dividing (see decodeInt8).
+        var (block, blockEnd) = (0, b)
         while group < d {
             // Group of t values: byte j holds value j (low nibble) and value j + h (high nibble).
             let t = Swift.min(32, d - group)
@@ -215,9 +222,10 @@ private func decodeInt4(
             let out = target + r * d + group
             if t == 32 && b % 16 == 0 {
                 let q = UnsafeRawPointer(bytes).loadUnaligned(as: SIMD16<UInt8>.self)
-                store16(floats(unsafeBitCast((q & 15) &- 8, to: SIMD16<Int8>.self)) * scales[group / b], out, 0)
-                store16(
-                    floats(unsafeBitCast((q &>> 4) &- 8, to: SIMD16<Int8>.self)) * scales[(group + 16) / b], out, 16)
+                while group >= blockEnd { (block, blockEnd) = (block + 1, blockEnd + b) }
+                let upper = group + 16 >= blockEnd ? block + 1 : block
+                store16(floats(unsafeBitCast((q & 15) &- 8, to: SIMD16<Int8>.self)) * scales[block], out, 0)
+                store16(floats(unsafeBitCast((q &>> 4) &- 8, to: SIMD16<Int8>.self)) * scales[upper], out, 16)
             } else {
                 for j in 0..<t {
                     let code = j < h ? bytes[j] & 15 : bytes[j - h] &>> 4
