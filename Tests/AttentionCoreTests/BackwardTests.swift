@@ -379,9 +379,6 @@ final class BackwardTests: XCTestCase {
                     outputGradient: x.outputGradient, options: options)
             }
         }
-        var layout = AttentionOptions()
-        layout.layout = .bnhd
-        XCTAssertEqual(argument(options: layout), "options.layout")
         var bias = AttentionOptions()
         bias.bias = try Tensor(zeros: [1, 1, 4, 5])
         XCTAssertEqual(argument(options: bias), "options.bias")
@@ -391,5 +388,56 @@ final class BackwardTests: XCTestCase {
                     queries: x.queries, keys: tokens(x.keys, 0..<5), values: x.values, result: forward,
                     outputGradient: x.outputGradient)
             }, "values")
+    }
+
+    /// [B, N, H, d] inputs and outputs (and the mixed case): the gradients are bitwise those of the same values in
+    /// [B, H, N, d], returned in the input layout; an output gradient in the wrong layout is refused by name.
+    func testModelLayoutsGiveTheSameGradients() throws {
+        let x = try gradientInputs(
+            batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 33, keyLength: 47, headDimension: 24, seed: 17)
+        // [B, H, N, d] -> [B, N, H, d], written out here.
+        func tokenMajor(_ t: Tensor) throws -> Tensor {
+            let (b, h, n, d) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+            var out = [Float](repeating: 0, count: t.scalars.count)
+            for i in 0..<b {
+                for j in 0..<h {
+                    for k in 0..<n {
+                        for e in 0..<d { out[((i * n + k) * h + j) * d + e] = t.scalars[((i * h + j) * n + k) * d + e] }
+                    }
+                }
+            }
+            return try Tensor(shape: [b, n, h, d], scalars: out)
+        }
+        var options = AttentionOptions(threads: 2)
+        options.sinkLogits = [0.5, -1, 1, 0]
+        let forward = try attentionWithLogSumExp(
+            queries: x.queries, keys: x.keys, values: x.values, mask: .causal, options: options)
+        let expected = try attentionGradients(
+            queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: x.outputGradient,
+            mask: .causal, options: options)
+        for outputLayout in [TensorLayout.bnhd, .bhnd] {
+            var tokenOptions = options
+            tokenOptions.layout = .bnhd
+            tokenOptions.outputLayout = outputLayout
+            let (q, k, v) = (try tokenMajor(x.queries), try tokenMajor(x.keys), try tokenMajor(x.values))
+            let result = try attentionWithLogSumExp(
+                queries: q, keys: k, values: v, mask: .causal, options: tokenOptions)
+            let dO = outputLayout == .bnhd ? try tokenMajor(x.outputGradient) : x.outputGradient
+            let g = try attentionGradients(
+                queries: q, keys: k, values: v, result: result, outputGradient: dO, mask: .causal,
+                options: tokenOptions)
+            XCTAssertEqual(g.queries, try tokenMajor(expected.queries), "\(outputLayout)")
+            XCTAssertEqual(g.keys, try tokenMajor(expected.keys), "\(outputLayout)")
+            XCTAssertEqual(g.values, try tokenMajor(expected.values), "\(outputLayout)")
+            XCTAssertEqual(g.sinkLogits, expected.sinkLogits, "\(outputLayout)")
+            let wrong = outputLayout == .bnhd ? x.outputGradient : try tokenMajor(x.outputGradient)
+            XCTAssertThrowsError(
+                try attentionGradients(
+                    queries: q, keys: k, values: v, result: result, outputGradient: wrong, mask: .causal,
+                    options: tokenOptions)
+            ) { error in
+                XCTAssertEqual((error as? AttentionError)?.argument, "outputGradient")
+            }
+        }
     }
 }

@@ -65,26 +65,29 @@ public struct AttentionGradients: Sendable {
 ///   gradient (the bias's size) too; a bias broadcast over the batch (size 1, batch > 1) or over heads (size 1,
 ///   more than one key/value head) is summed from one partial slice per (batch, key/value head) work item, in item
 ///   order, so it costs that many bias slices of scratch.
-/// - Throws: `AttentionError` as the forward does for the inputs, a shape mismatch naming `result.output`,
-///   `result.logSumExp` or `outputGradient`, and `.invalidValue` naming `options.layout` for the `.bnhd` layouts
-///   (the backward reads [batch, heads, tokens, d] tensors).
+///   With `options.layout` / `outputLayout` `.bnhd`, the inputs, output and output gradient are read in those
+///   layouts and the query, key and value gradients come back in `options.layout`; the backward copies them
+///   head-major once per call (one pass over each; the gradients of the same values are bitwise those of `.bhnd`
+///   tensors).
+/// - Throws: `AttentionError` as the forward does for the inputs, and a shape mismatch naming `result.output`,
+///   `result.logSumExp` or `outputGradient`.
 public func attentionGradients(
     queries: Tensor, keys: Tensor, values: Tensor, result: AttentionResult, outputGradient: Tensor,
     mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionGradients {
-    try AttentionError.require(
-        options.layout == .bhnd && (options.outputLayout ?? .bhnd) == .bhnd, "options.layout",
-        expected: ".bhnd (the backward reads [batch, heads, tokens, d] tensors)", actual: "\(options.layout)")
     let problem = try AttentionProblem(queries: queries, keys: keys, values: values, mask: mask, options: options)
-    let outputShape = [problem.batch, problem.queryHeads, problem.queryLength, problem.valueDimension]
+    let (layout, outputLayout) = (options.layout, options.outputLayout ?? options.layout)
+    let outputShape = outputLayout.shape(
+        batch: problem.batch, heads: problem.queryHeads, tokens: problem.queryLength, dimension: problem.valueDimension)
+    let lseShape = [problem.batch, problem.queryHeads, problem.queryLength]
     guard result.output.shape == outputShape else {
         throw AttentionError.shapeMismatch(
             argument: "result.output", expected: "\(outputShape)", actual: result.output.shape,
             reason: "the forward's output for these queries and values")
     }
-    guard result.logSumExp.shape == Array(outputShape.dropLast()) else {
+    guard result.logSumExp.shape == lseShape else {
         throw AttentionError.shapeMismatch(
-            argument: "result.logSumExp", expected: "\(Array(outputShape.dropLast()))",
+            argument: "result.logSumExp", expected: "\(lseShape)",
             actual: result.logSumExp.shape, reason: "one log-sum-exp per query row")
     }
     guard outputGradient.shape == outputShape else {
@@ -92,9 +95,55 @@ public func attentionGradients(
             argument: "outputGradient", expected: "\(outputShape)", actual: outputGradient.shape,
             reason: "the gradient of the loss with respect to the output has the output's shape")
     }
-    return BackwardPass(problem: problem).run(
-        queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
-        outputGradient: outputGradient)
+    if layout == .bhnd && outputLayout == .bhnd {
+        return BackwardPass(problem: problem).run(
+            queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
+            outputGradient: outputGradient)
+    }
+    var headMajor = options
+    (headMajor.layout, headMajor.outputLayout) = (.bhnd, nil)
+    let (q, k, v) = (queries.headMajor(from: layout), keys.headMajor(from: layout), values.headMajor(from: layout))
+    var gradients = BackwardPass(
+        problem: try AttentionProblem(queries: q, keys: k, values: v, mask: mask, options: headMajor)
+    ).run(
+        queries: q, keys: k, values: v, output: result.output.headMajor(from: outputLayout),
+        logSumExp: result.logSumExp, outputGradient: outputGradient.headMajor(from: outputLayout))
+    gradients.queries = gradients.queries.tokenMajor(to: layout)
+    gradients.keys = gradients.keys.tokenMajor(to: layout)
+    gradients.values = gradients.values.tokenMajor(to: layout)
+    return gradients
+}
+
+extension Tensor {
+    /// This rank-4 tensor, given in `layout`, as [batch, heads, tokens, d] (itself when already so).
+    fileprivate func headMajor(from layout: TensorLayout) -> Tensor {
+        layout == .bhnd ? self : swappingAxes1And2()
+    }
+
+    /// This [batch, heads, tokens, d] tensor in `layout`.
+    fileprivate func tokenMajor(to layout: TensorLayout) -> Tensor {
+        layout == .bhnd ? self : swappingAxes1And2()
+    }
+
+    /// [a, b, c, d] to [a, c, b, d]: one pass, row by row.
+    private func swappingAxes1And2() -> Tensor {
+        let (n0, n1, n2, n3) = (shape[0], shape[1], shape[2], shape[3])
+        var out = [Float](repeating: 0, count: scalars.count)
+        scalars.withUnsafeBufferPointer { source in
+            out.withUnsafeMutableBufferPointer { target in
+                for i in 0..<n0 {
+                    for j in 0..<n1 {
+                        for k in 0..<n2 {
+                            let from = ((i * n1 + j) * n2 + k) * n3
+                            let to = ((i * n2 + k) * n1 + j) * n3
+                            for e in 0..<n3 { target[to + e] = source[from + e] }
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(uncheckedShape: [n0, n2, n1, n3], scalars: out)
+    }
 }
 
 /// One backward call: the problem's dimensions, padded widths and per-head score parameters.
