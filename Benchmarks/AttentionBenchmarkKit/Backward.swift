@@ -119,6 +119,39 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
                     gflops: 2.5 * flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: 0))
         }
     }
+    // Linear attention's backward (elu + 1, normalized, causal and not) beside its forward, d = 64 (or the first
+    // --head-dim), one and all threads; GFLOP/s not reported (the recurrent passes' work is not the forward's).
+    if let n = lengths.last, configuration.kernels?.contains("linear-backward") ?? true {
+        let d = (configuration.headDimensions ?? [64]).first!
+        let x = try attentionInputs(queryHeads: heads, queryLength: n, keyLength: n, headDimension: d, seed: 13)
+        let dO = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 14)
+        for threads in threadCounts(configuration, allThreads: allThreads) {
+            for causal in [false, true] {
+                let options = LinearAttentionOptions(featureMap: .eluPlusOne, causal: causal, threads: threads)
+                let timings = try alternateTimes(
+                    minimumRepetitions: configuration.minimumRepetitions, budget: budget,
+                    [
+                        {
+                            _ = try linearAttention(
+                                queries: x.queries, keys: x.keys, values: x.values, options: options)
+                        },
+                        {
+                            _ = try linearAttentionGradients(
+                                queries: x.queries, keys: x.keys, values: x.values, outputGradient: dO, options: options
+                            )
+                        },
+                    ])
+                for (kernel, timing) in zip(["linear-forward", "linear-backward"], timings) {
+                    records.append(
+                        BenchmarkRecord(
+                            suite: "backward", kernel: kernel, batch: 1, queryHeads: heads, keyValueHeads: heads,
+                            queryLength: n, keyLength: n, headDimension: d, mask: causal ? "causal" : "none",
+                            threads: threads, medianSeconds: timing.median, minSeconds: timing.minimum,
+                            maxSeconds: timing.maximum, gflops: 0, workspaceBytes: 0, maxAbsError: 0))
+                }
+            }
+        }
+    }
     return records
 }
 
@@ -134,6 +167,19 @@ public func backwardSummaries(_ records: [BenchmarkRecord]) -> [String] {
                 format:
                     "backward MQA (%d query heads, 1 key/value head), d %d N %d causal: %d threads %.2fx the speed of 1 (one work item per batch entry and key/value head)",
                 one.queryHeads, one.headDimension, one.queryLength, all.threads, one.medianSeconds / all.medianSeconds))
+    }
+    for backward in records where backward.suite == "backward" && backward.kernel == "linear-backward" {
+        guard
+            let forward = records.first(where: {
+                $0.kernel == "linear-forward" && $0.mask == backward.mask && $0.threads == backward.threads
+            })
+        else { continue }
+        lines.append(
+            String(
+                format: "linear backward (elu+1), d %d N %d %@, %d thread%@: %.1f ms, %.2fx the forward's %.1f ms",
+                backward.headDimension, backward.queryLength, backward.mask, backward.threads,
+                backward.threads == 1 ? "" : "s", backward.medianSeconds * 1e3,
+                backward.medianSeconds / forward.medianSeconds, forward.medianSeconds * 1e3))
     }
     return lines
         + records.filter {

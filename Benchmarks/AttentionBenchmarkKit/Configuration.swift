@@ -143,10 +143,12 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         doubling an array (doubling), each in a child process: mean, fastest and slowest append per doubling
         range of lengths, and peak resident memory growth), backward (attentionGradients, H = 8, d = 64 and
         128, N = 1024..8192, no mask and causal, beside the forward call and a naive backward that materializes
-        P and dP (N <= 2048, one thread); GFLOP/s count 2.5x the forward's visible multiply-adds),
-        memory (naive and blockwise, H = 8, d = 64, causal, all
-        threads, N = 1024..65536 for blockwise and as far as naive's scores fit in half the physical memory; every
-        case runs once in a fresh child process that reports its peak resident memory growth).
+        P and dP (N <= 2048, one thread); GFLOP/s count 2.5x the forward's visible multiply-adds; then a
+        multi-query case (H query heads, one key/value head) at the largest N, and linear attention's backward
+        beside its forward (linear-backward, elu + 1)), memory (naive and blockwise, and the backward beside the
+        naive backward, H = 8, d = 64, causal, all threads, N = 1024..65536 for blockwise and as far as naive's
+        matrices fit in half the physical memory; every case runs once in a fresh child process that reports its
+        peak resident memory growth).
 
         GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).

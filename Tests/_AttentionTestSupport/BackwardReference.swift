@@ -200,14 +200,11 @@ public func checkGradients(
             sinkLogits: options.sinkLogits, bias: options.bias), mask: mask, options: options)
     let context =
         SweepContext.description + " q\(queries.shape) k\(keys.shape) v\(values.shape) mask=\(mask)"
-    var checks = [
-        "dQ": toleranceCheck(
-            kernel: kernel.queries.scalars, reference: reference.queries, plain: plain.queries, context: context),
-        "dK": toleranceCheck(
-            kernel: kernel.keys.scalars, reference: reference.keys, plain: plain.keys, context: context),
-        "dV": toleranceCheck(
-            kernel: kernel.values.scalars, reference: reference.values, plain: plain.values, context: context),
-    ]
+    var checks = queryKeyValueChecks(
+        kernel: (kernel.queries, kernel.keys, kernel.values),
+        reference: (reference.queries, reference.keys, reference.values),
+        plain: (plain.queries, plain.keys, plain.values),
+        context: context)
     if let bias = reference.bias {
         checks["dBias"] = toleranceCheck(
             kernel: kernel.bias?.scalars ?? [Float](repeating: .nan, count: bias.count), reference: bias,
@@ -218,4 +215,17 @@ public func checkGradients(
             kernel: kernel.sinkLogits ?? [], reference: sinks, plain: plain.sinkLogits ?? [], context: context)
     }
     return checks
+}
+
+/// The tolerance checks of dQ, dK and dV ("dQ", "dK", "dV"): kernel gradients against the Float64 reference's, with
+/// the plain Float32 reference's error as the rule's comparator.
+public func queryKeyValueChecks(
+    kernel: (Tensor, Tensor, Tensor), reference: ([Double], [Double], [Double]), plain: ([Float], [Float], [Float]),
+    context: String
+) -> [String: ToleranceCheck] {
+    [
+        "dQ": toleranceCheck(kernel: kernel.0.scalars, reference: reference.0, plain: plain.0, context: context),
+        "dK": toleranceCheck(kernel: kernel.1.scalars, reference: reference.1, plain: plain.1, context: context),
+        "dV": toleranceCheck(kernel: kernel.2.scalars, reference: reference.2, plain: plain.2, context: context),
+    ]
 }

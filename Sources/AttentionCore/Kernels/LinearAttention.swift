@@ -131,38 +131,11 @@ private func runLinearAttention(
     queries: Tensor, keys: Tensor, values: Tensor, initialState: LinearAttentionState?,
     options: LinearAttentionOptions, output: inout Tensor, allocateOutput: Bool
 ) throws -> LinearAttentionState {
-    let shapes = try AttentionProblem(
-        queries: queries, keys: keys, values: values, mask: .none, options: AttentionOptions(threads: options.threads))
+    let (shapes, dPhi) = try validateLinearAttention(queries: queries, keys: keys, values: values, options: options)
     let (b, hq, nq, nk, dk, dv) = (
         shapes.batch, shapes.queryHeads, shapes.queryLength, shapes.keyLength, shapes.keyDimension,
         shapes.valueDimension
     )
-    if case .custom(let outputDimension, _) = options.featureMap {
-        try AttentionError.require(
-            outputDimension >= 1, "options.featureMap outputDimension", expected: ">= 1", actual: "\(outputDimension)")
-    }
-    let dPhi = options.featureMap.featureDimension(inputDimension: dk)
-    if options.causal {
-        guard nq == nk else {
-            throw AttentionError.shapeMismatch(
-                argument: "queries", expected: "[\(b), \(hq), \(nk), \(dk)] (one query per key)", actual: queries.shape,
-                reason: "causal linear attention pairs query i with key i")
-        }
-    }
-    if let decay = options.decay {
-        try AttentionError.require(
-            options.causal, "options.decay", expected: "nil unless options.causal (decay is over earlier tokens)",
-            actual: "\(decay.count) values")
-        try AttentionError.require(
-            decay.count == hq, "options.decay.count", expected: "\(hq) (one per query head)", actual: "\(decay.count)")
-        if let bad = decay.firstIndex(where: { !($0.isFinite && $0 > 0 && $0 <= 1) }) {
-            throw AttentionError.invalidValue(
-                argument: "options.decay[\(bad)]", expected: "a finite number in (0, 1]", actual: "\(decay[bad])")
-        }
-    }
-    if let chunk = options.chunkSize {
-        try AttentionError.require(chunk >= 1, "options.chunkSize", expected: ">= 1", actual: "\(chunk)")
-    }
     if let state = initialState {
         guard state.keyValueSum.shape == [b, hq, dPhi, dv] else {
             throw AttentionError.shapeMismatch(
@@ -481,4 +454,43 @@ private struct LinearContext {
             for col in 0..<dv { row[col] *= inverse }
         }
     }
+}
+
+/// The checks every linear attention entry makes (shapes, feature map, causal pairing, decay, chunk size); returns
+/// the shapes and the feature dimension.
+package func validateLinearAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions
+) throws -> (shapes: AttentionProblem, featureDimension: Int) {
+    let shapes = try AttentionProblem(
+        queries: queries, keys: keys, values: values, mask: .none, options: AttentionOptions(threads: options.threads))
+    let (b, hq, nq, nk, dk) = (
+        shapes.batch, shapes.queryHeads, shapes.queryLength, shapes.keyLength, shapes.keyDimension
+    )
+    if case .custom(let outputDimension, _) = options.featureMap {
+        try AttentionError.require(
+            outputDimension >= 1, "options.featureMap outputDimension", expected: ">= 1", actual: "\(outputDimension)")
+    }
+    let dPhi = options.featureMap.featureDimension(inputDimension: dk)
+    if options.causal {
+        guard nq == nk else {
+            throw AttentionError.shapeMismatch(
+                argument: "queries", expected: "[\(b), \(hq), \(nk), \(dk)] (one query per key)", actual: queries.shape,
+                reason: "causal linear attention pairs query i with key i")
+        }
+    }
+    if let decay = options.decay {
+        try AttentionError.require(
+            options.causal, "options.decay", expected: "nil unless options.causal (decay is over earlier tokens)",
+            actual: "\(decay.count) values")
+        try AttentionError.require(
+            decay.count == hq, "options.decay.count", expected: "\(hq) (one per query head)", actual: "\(decay.count)")
+        if let bad = decay.firstIndex(where: { !($0.isFinite && $0 > 0 && $0 <= 1) }) {
+            throw AttentionError.invalidValue(
+                argument: "options.decay[\(bad)]", expected: "a finite number in (0, 1]", actual: "\(decay[bad])")
+        }
+    }
+    if let chunk = options.chunkSize {
+        try AttentionError.require(chunk >= 1, "options.chunkSize", expected: ">= 1", actual: "\(chunk)")
+    }
+    return (shapes, dPhi)
 }
