@@ -544,6 +544,7 @@ package func withHeadMajorRows<R>(
             keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
             valueCodec: segment.valueCodec, keyHeadStride: n * segment.keyCodec.rowBytes,
             valueHeadStride: n * segment.valueCodec.rowBytes, heads: keyValueHeads, start: segment.start, count: n)
+        result[index].keyRotation = segment.keyRotation
     }
     return body(result, floats * MemoryLayout<Float>.size)
 }
