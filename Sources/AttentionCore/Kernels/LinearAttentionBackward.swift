@@ -267,13 +267,25 @@ private func combineRows(
     _ state: UnsafePointer<Float>, weights: UnsafePointer<Float>, rows: Int, width: Int,
     into out: UnsafeMutablePointer<Float>, adding count: Int = 0, to target: UnsafeMutablePointer<Float>? = nil
 ) {
-    out.update(repeating: 0, count: width)
-    for f in 0..<rows where weights[f] != 0 {
-        let x = SIMD16<Float>(repeating: weights[f])
-        let source = state + f * width
-        for e in stride(from: 0, to: width, by: 16) {
-            store16(multiplyAdd(x, load16(source, e), load16(UnsafePointer(out), e)), out, e)
+    // Up to 64 columns at a time in registers, each a chain over the rows in order.
+    typealias V = SIMD16<Float>
+    var e = 0
+    while e < width {
+        let vectors = Swift.min(4, (width - e) / 16)
+        var (a0, a1, a2, a3) = (V(), V(), V(), V())
+        for f in 0..<rows {
+            let x = V(repeating: weights[f])
+            let source = state + f * width + e
+            a0 = multiplyAdd(x, load16(source, 0), a0)
+            if vectors > 1 { a1 = multiplyAdd(x, load16(source, 16), a1) }
+            if vectors > 2 { a2 = multiplyAdd(x, load16(source, 32), a2) }
+            if vectors > 3 { a3 = multiplyAdd(x, load16(source, 48), a3) }
         }
+        store16(a0, out, e)
+        if vectors > 1 { store16(a1, out, e + 16) }
+        if vectors > 2 { store16(a2, out, e + 32) }
+        if vectors > 3 { store16(a3, out, e + 48) }
+        e += 16 * vectors
     }
     if let target { for e in 0..<count { target[e] += out[e] } }
 }
@@ -283,13 +295,29 @@ private func dotRows(
     _ state: UnsafePointer<Float>, with y: UnsafePointer<Float>, rows: Int, width: Int,
     into out: UnsafeMutablePointer<Float>, adding: Bool
 ) {
-    for f in 0..<rows {
+    // Four rows at a time (four independent chains), each summed across its lanes by halves.
+    typealias V = SIMD16<Float>
+    @inline(__always) func total(_ v: V) -> Float {
+        let eight = v.lowHalf + v.highHalf
+        let four = eight.lowHalf + eight.highHalf
+        let two = four.lowHalf + four.highHalf
+        return two[0] + two[1]
+    }
+    var f = 0
+    while f < rows {
+        let count = Swift.min(4, rows - f)
+        var (s0, s1, s2, s3) = (V(), V(), V(), V())
         let source = state + f * width
-        var sum = SIMD16<Float>()
-        for e in stride(from: 0, to: width, by: 16) { sum = multiplyAdd(load16(source, e), load16(y, e), sum) }
-        var total: Float = 0
-        for lane in 0..<16 { total += sum[lane] }
-        out[f] = adding ? out[f] + total : total
+        for e in stride(from: 0, to: width, by: 16) {
+            let ye = load16(y, e)
+            s0 = multiplyAdd(load16(source, e), ye, s0)
+            if count > 1 { s1 = multiplyAdd(load16(source + width, e), ye, s1) }
+            if count > 2 { s2 = multiplyAdd(load16(source + 2 * width, e), ye, s2) }
+            if count > 3 { s3 = multiplyAdd(load16(source + 3 * width, e), ye, s3) }
+        }
+        let sums = SIMD4<Float>(total(s0), total(s1), total(s2), total(s3))
+        for r in 0..<count { out[f + r] = adding ? out[f + r] + sums[r] : sums[r] }
+        f += count
     }
 }
 
