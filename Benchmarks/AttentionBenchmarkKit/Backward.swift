@@ -58,11 +58,9 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
                     func record(_ kernel: String, _ timing: TimingSummary, flops: Double, workspace: Int, error: Double)
                         -> BenchmarkRecord
                     {
-                        BenchmarkRecord(
-                            suite: "backward", kernel: kernel, batch: 1, queryHeads: heads, keyValueHeads: heads,
-                            queryLength: n, keyLength: n, headDimension: d, mask: maskName, threads: threads,
-                            medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
-                            gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: error)
+                        backwardRecord(
+                            kernel, timing, heads: heads, keyValueHeads: heads, length: n, headDimension: d,
+                            mask: maskName, threads: threads, flops: flops, workspace: workspace, error: error)
                     }
                     var error = 0.0
                     var naiveRecord: BenchmarkRecord?
@@ -112,11 +110,9 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
                     ).workspaceBytes
             }
             records.append(
-                BenchmarkRecord(
-                    suite: "backward", kernel: "backward", batch: 1, queryHeads: heads, keyValueHeads: 1,
-                    queryLength: n, keyLength: n, headDimension: d, mask: "causal", threads: threads,
-                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
-                    gflops: 2.5 * flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: 0))
+                backwardRecord(
+                    "backward", timing, heads: heads, keyValueHeads: 1, length: n, headDimension: d, mask: "causal",
+                    threads: threads, flops: 2.5 * flops, workspace: workspace, error: 0))
         }
     }
     // Linear attention's backward (elu + 1, normalized, causal and not) beside its forward, d = 64 (or the first
@@ -143,16 +139,26 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
                     ])
                 for (kernel, timing) in zip(["linear-forward", "linear-backward"], timings) {
                     records.append(
-                        BenchmarkRecord(
-                            suite: "backward", kernel: kernel, batch: 1, queryHeads: heads, keyValueHeads: heads,
-                            queryLength: n, keyLength: n, headDimension: d, mask: causal ? "causal" : "none",
-                            threads: threads, medianSeconds: timing.median, minSeconds: timing.minimum,
-                            maxSeconds: timing.maximum, gflops: 0, workspaceBytes: 0, maxAbsError: 0))
+                        backwardRecord(
+                            kernel, timing, heads: heads, keyValueHeads: heads, length: n, headDimension: d,
+                            mask: causal ? "causal" : "none", threads: threads, flops: 0, workspace: 0, error: 0))
                 }
             }
         }
     }
     return records
+}
+
+/// A backward-suite record of one timed kernel (batch 1, N queries and keys); `flops` 0 reports no GFLOP/s.
+private func backwardRecord(
+    _ kernel: String, _ timing: TimingSummary, heads: Int, keyValueHeads: Int, length n: Int, headDimension d: Int,
+    mask: String, threads: Int, flops: Double, workspace: Int, error: Double
+) -> BenchmarkRecord {
+    BenchmarkRecord(
+        suite: "backward", kernel: kernel, batch: 1, queryHeads: heads, keyValueHeads: keyValueHeads, queryLength: n,
+        keyLength: n, headDimension: d, mask: mask, threads: threads, medianSeconds: timing.median,
+        minSeconds: timing.minimum, maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9,
+        workspaceBytes: workspace, maxAbsError: error)
 }
 
 /// One line per backward record: its time over the forward's, and over the naive backward's where that ran.

@@ -259,7 +259,6 @@ public struct StreamingKVCache: KeyValueCache {
             let stream = tokenCount
             let shift = stream - nextCachePositions(1)[0]
             let run = shift == 0 ? Swift.min(n - t, sinks.count + sinks.window - stream) : 1
-            let positions = Array(stream..<(stream + run))
             let (q, k, v) = (slice(queries, t..<(t + run)), slice(keys, t..<(t + run)), slice(values, t..<(t + run)))
             if let positionTable {
                 outputs.append(
@@ -270,6 +269,7 @@ public struct StreamingKVCache: KeyValueCache {
                 continue
             }
             if shift != sinkShift { rotateSinks(by: shift, rotary) }
+            let positions = Array(stream..<(stream + run))
             outputs.append(
                 try attendRotated(
                     queries: rotary.apply(to: q, positions: positions), keys: rotary.apply(to: k, positions: positions),
@@ -318,7 +318,7 @@ public struct StreamingKVCache: KeyValueCache {
         let hidden = Swift.max(0, windowHeld - (sinks.window - 1))
         let (keys, values) = (storage.rotated(keys), storage.rotated(values))
         let sinkCount = sinkHeld
-        let result = try table.withRowRotation(positionOffset: 0) { rotation in
+        let result = try table.withRowRotation { rotation in
             try attentionOverCache(
                 queries: queries, parts: parts, cachedCount: count, newKeys: keys, newValues: values, mask: sinks.mask,
                 options: options, storage: storage,

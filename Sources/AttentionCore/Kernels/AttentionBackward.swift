@@ -21,8 +21,9 @@
 // tiles but computes S and dP twice (seven products per tile instead of five).
 //
 // Products are register-blocked (`accumulateProduct`: on AVX-512 4 rows x 64 columns, 16 SIMD16 accumulators, one
-// broadcast and four loads per 16 multiply-adds; 2 x 32 for 16-register targets and NEON); K and V tiles are transposed once per tile so that every product streams
-// rows. Rows are zero-padded to a multiple of 16, which leaves every sum unchanged.
+// broadcast and four loads per 16 multiply-adds; 2 x 32 for 16-register targets and NEON); K and V tiles are
+// transposed once per tile so that every product streams rows. Rows are zero-padded to a multiple of 16, which
+// leaves every sum unchanged.
 
 import AttentionPlatform
 
@@ -102,31 +103,23 @@ public func attentionGradients(
     }
     var headMajor = options
     (headMajor.layout, headMajor.outputLayout) = (.bhnd, nil)
-    let (q, k, v) = (queries.headMajor(from: layout), keys.headMajor(from: layout), values.headMajor(from: layout))
+    let (q, k, v) = (queries.swapped(layout), keys.swapped(layout), values.swapped(layout))
     var gradients = BackwardPass(
         problem: try AttentionProblem(queries: q, keys: k, values: v, mask: mask, options: headMajor)
     ).run(
-        queries: q, keys: k, values: v, output: result.output.headMajor(from: outputLayout),
-        logSumExp: result.logSumExp, outputGradient: outputGradient.headMajor(from: outputLayout))
-    gradients.queries = gradients.queries.tokenMajor(to: layout)
-    gradients.keys = gradients.keys.tokenMajor(to: layout)
-    gradients.values = gradients.values.tokenMajor(to: layout)
+        queries: q, keys: k, values: v, output: result.output.swapped(outputLayout), logSumExp: result.logSumExp,
+        outputGradient: outputGradient.swapped(outputLayout))
+    gradients.queries = gradients.queries.swapped(layout)
+    gradients.keys = gradients.keys.swapped(layout)
+    gradients.values = gradients.values.swapped(layout)
     return gradients
 }
 
 extension Tensor {
-    /// This rank-4 tensor, given in `layout`, as [batch, heads, tokens, d] (itself when already so).
-    fileprivate func headMajor(from layout: TensorLayout) -> Tensor {
-        layout == .bhnd ? self : swappingAxes1And2()
-    }
-
-    /// This [batch, heads, tokens, d] tensor in `layout`.
-    fileprivate func tokenMajor(to layout: TensorLayout) -> Tensor {
-        layout == .bhnd ? self : swappingAxes1And2()
-    }
-
-    /// [a, b, c, d] to [a, c, b, d]: one pass, row by row.
-    private func swappingAxes1And2() -> Tensor {
+    /// For `.bnhd`, this rank-4 tensor with its axes 1 and 2 swapped ([B, N, H, d] to [B, H, N, d] and back: the
+    /// swap is its own inverse); for `.bhnd`, itself. One pass, row by row.
+    fileprivate func swapped(_ layout: TensorLayout) -> Tensor {
+        guard layout == .bnhd else { return self }
         let (n0, n1, n2, n3) = (shape[0], shape[1], shape[2], shape[3])
         var out = [Float](repeating: 0, count: scalars.count)
         scalars.withUnsafeBufferPointer { source in
@@ -158,14 +151,16 @@ private struct BackwardPass {
     let dk: Int
     let dv: Int
 
-    /// The bias's shape [batch or 1, queryHeads or 1, queryLength or 1, keyLength], if there is one.
+    /// The bias's shape [batch or 1, queryHeads or 1, queryLength or 1, keyLength], if there is one, and its size.
     let biasShape: [Int]?
+    let biasCount: Int
 
     init(problem: AttentionProblem) {
         self.problem = problem
         dk = (problem.keyDimension + 15) / 16 * 16
         dv = (problem.valueDimension + 15) / 16 * 16
         biasShape = problem.options.bias?.shape
+        biasCount = problem.options.bias?.scalars.count ?? 0
     }
 
     /// Whether several work items add into one slice of the bias gradient (then each writes a partial of its own).
@@ -184,6 +179,13 @@ private struct BackwardPass {
     func biasSlice(batch b: Int, head: Int) -> Int {
         let shape = biasShape!
         return ((shape[0] == 1 ? 0 : b) * shape[1] + (shape[1] == 1 ? 0 : head)) * shape[2] * shape[3]
+    }
+
+    /// Offset, in the bias work buffer (the gradient, then the items' partials), of work item `item`'s partial
+    /// slice for query head `h` of its group (one slice for all of them when the bias has one head).
+    func biasPartial(item: Int, head h: Int) -> Int {
+        let shape = biasShape!
+        return biasCount + item * biasItemFloats + (shape[1] == 1 ? 0 : h) * shape[2] * shape[3]
     }
 
     /// The mask query head `head` sees: the call's, intersected with its head mask if any.
@@ -215,7 +217,6 @@ private struct BackwardPass {
         var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
         var scratch = [Float](repeating: 0, count: workers * scratchFloats)
         // The bias gradient, then (if items share its slices) one partial slice per item, summed in item order.
-        let biasCount = p.options.bias?.scalars.count ?? 0
         var biasWork = [Float](repeating: 0, count: biasCount + (biasShared ? items * biasItemFloats : 0))
         let bias = p.options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
         withBaseAddresses([queries, keys, values, output, logSumExp, outputGradient, bias]) { inputs in
@@ -258,7 +259,7 @@ private struct BackwardPass {
                     let (b, g) = (item / p.keyValueHeads, item % p.keyValueHeads)
                     for local in 0..<(shape[1] == 1 ? 1 : p.groupSize) {
                         let target = biasSlice(batch: b, head: g * p.groupSize + local)
-                        let source = biasCount + item * biasItemFloats + local * slice
+                        let source = biasPartial(item: item, head: local)
                         for e in 0..<slice { biasWork[target + e] += biasWork[source + e] }
                     }
                 }
@@ -370,12 +371,7 @@ extension BackwardPass {
         // items share slices, else in the gradient itself.
         let biasRowStride = (biasShape?[2] ?? 1) == 1 ? 0 : nk
         func biasGradientSlice(_ h: Int) -> UnsafeMutablePointer<Float> {
-            if biasShared {
-                let local = biasShape![1] == 1 ? 0 : h
-                return biasGradient + (biasShape!.reduce(1, *)) + item * biasItemFloats
-                    + local * biasShape![2] * nk
-            }
-            return biasGradient + biasSlice(batch: b, head: firstHead + h)
+            biasGradient + (biasShared ? biasPartial(item: item, head: h) : biasSlice(batch: b, head: firstHead + h))
         }
         var visits: [(h: Int, rows: Range<Int>, coverage: TileCoverage, spans: Int)] = []
         visits.reserveCapacity(group * rowTiles)

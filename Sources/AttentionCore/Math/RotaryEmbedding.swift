@@ -225,12 +225,12 @@ package final class RotaryTable {
 
     /// Rotates the first r values of the head row at `row` by the loaded position.
     package func rotate(_ row: UnsafeMutablePointer<Float>) {
-        let half = frequencies.count
-        for k in 0..<half {
-            let (i, j) = pairing == .interleaved ? (2 * k, 2 * k + 1) : (k, k + half)
-            let (x, y) = (row[i], row[j])
-            row[i] = x * cosines[k] - y * sines[k]
-            row[j] = x * sines[k] + y * cosines[k]
+        cosines.withUnsafeBufferPointer { c in
+            sines.withUnsafeBufferPointer { s in
+                rotatePairs(
+                    row, cosines: c.baseAddress!, sines: s.baseAddress!, pairs: frequencies.count,
+                    interleaved: pairing == .interleaved)
+            }
         }
     }
 }
@@ -265,14 +265,15 @@ package final class RotaryPositionTable: @unchecked Sendable {
         self.sines = sines
     }
 
-    /// Calls `body` with a rotation by this table that adds `positionOffset` to each key's logical position.
-    package func withRowRotation<R>(positionOffset: Int, _ body: (RowRotation) throws -> R) rethrows -> R {
+    /// Calls `body` with a rotation by this table (a key at logical position p rotated by position p, until the
+    /// caller sets the rotation's `positionOffset`).
+    package func withRowRotation<R>(_ body: (RowRotation) throws -> R) rethrows -> R {
         try cosines.withUnsafeBufferPointer { c in
             try sines.withUnsafeBufferPointer { s in
                 try body(
                     RowRotation(
                         cosines: c.baseAddress!, sines: s.baseAddress!, positions: positions, pairs: pairs,
-                        interleaved: interleaved, positionOffset: positionOffset))
+                        interleaved: interleaved, positionOffset: 0))
             }
         }
     }
@@ -293,28 +294,36 @@ package struct RowRotation {
     func rotate(_ rows: UnsafeMutablePointer<Float>, count: Int, stride: Int, firstKey: Int) {
         for r in 0..<count {
             let position = Swift.min(Swift.max(firstKey + r + positionOffset, 0), positions - 1)
-            let (c, s) = (cosines + position * pairs, sines + position * pairs)
-            let row = rows + r * stride
-            var k = 0
-            if !interleaved {
-                // Halves: x and y are two contiguous runs, so 16 pairs at a time (the same products and sums, in
-                // the same order, as the scalar loop).
-                typealias V = SIMD16<Float>
-                func load(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-                while k + 16 <= pairs {
-                    let (x, y, cv, sv) = (load(row + k), load(row + k + pairs), load(c + k), load(s + k))
-                    UnsafeMutableRawPointer(row + k).storeBytes(of: x * cv - y * sv, as: V.self)
-                    UnsafeMutableRawPointer(row + k + pairs).storeBytes(of: x * sv + y * cv, as: V.self)
-                    k += 16
-                }
-            }
-            while k < pairs {
-                let (i, j) = interleaved ? (2 * k, 2 * k + 1) : (k, k + pairs)
-                let (x, y) = (row[i], row[j])
-                row[i] = x * c[k] - y * s[k]
-                row[j] = x * s[k] + y * c[k]
-                k += 1
-            }
+            rotatePairs(
+                rows + r * stride, cosines: cosines + position * pairs, sines: sines + position * pairs, pairs: pairs,
+                interleaved: interleaved)
         }
+    }
+}
+
+/// Rotates the `pairs` pairs of `row` (interleaved (2k, 2k + 1), or halves (k, k + pairs)) by the angles whose
+/// cosines and sines are given: x' = x cos - y sin, y' = x sin + y cos. Halves run 16 pairs at a time, with the same
+/// products and sums in the same order as the scalar loop, so both give the same bits.
+@inline(__always)
+package func rotatePairs(
+    _ row: UnsafeMutablePointer<Float>, cosines c: UnsafePointer<Float>, sines s: UnsafePointer<Float>, pairs: Int,
+    interleaved: Bool
+) {
+    var k = 0
+    if !interleaved {
+        while k + 16 <= pairs {
+            let (x, y) = (load16(UnsafePointer(row), k), load16(UnsafePointer(row), k + pairs))
+            let (cv, sv) = (load16(c, k), load16(s, k))
+            store16(x * cv - y * sv, row, k)
+            store16(x * sv + y * cv, row, k + pairs)
+            k += 16
+        }
+    }
+    while k < pairs {
+        let (i, j) = interleaved ? (2 * k, 2 * k + 1) : (k, k + pairs)
+        let (x, y) = (row[i], row[j])
+        row[i] = x * c[k] - y * s[k]
+        row[j] = x * s[k] + y * c[k]
+        k += 1
     }
 }
