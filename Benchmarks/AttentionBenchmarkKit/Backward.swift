@@ -7,7 +7,7 @@ import _AttentionTestSupport
 
 /// H = 8 (--heads), batch 1, d = 64 and 128 (--head-dim), N = 1024..8192 (1024, 2048 with --quick; --sizes),
 /// no mask and causal, threads 1 and all. `backward` times one `attentionGradients` call from a saved forward
-/// result; `forward` the `attentionWithLogSumExp` call that produced it; `naive-backward` the textbook backward
+/// result; `forward` the `partialAttention` call that produced it; `naive-backward` the textbook backward
 /// with P and dP materialized, plain loops on one thread (N <= 2048 only: at 8192 its two matrices take 4 GiB; left
 /// out when --kernels does not name it). GFLOP/s count 2.5x the
 /// forward's visible multiply-adds for both backward kernels (FlashAttention-2's convention: five products per
@@ -36,13 +36,13 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
                         queryHeads: heads, queryLength: n, keyLength: n, headDimension: d, seed: 9)
                     let dO = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 10)
                     let options = AttentionOptions(threads: threads)
-                    var forward = try attentionWithLogSumExp(
+                    var forward = try partialAttention(
                         queries: x.queries, keys: x.keys, values: x.values, mask: mask, options: options)
                     var gradients: AttentionGradients? = nil
                     let forwardTime = try measureTimes(
                         minimumRepetitions: configuration.minimumRepetitions, budget: budget
                     ) {
-                        forward = try attentionWithLogSumExp(
+                        forward = try partialAttention(
                             queries: x.queries, keys: x.keys, values: x.values, mask: mask, options: options)
                     }
                     let backwardTime = try measureTimes(
@@ -95,7 +95,7 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
         let x = try attentionInputs(
             queryHeads: heads, keyValueHeads: 1, queryLength: n, keyLength: n, headDimension: d, seed: 11)
         let dO = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 12)
-        let forward = try attentionWithLogSumExp(queries: x.queries, keys: x.keys, values: x.values, mask: .causal)
+        let forward = try partialAttention(queries: x.queries, keys: x.keys, values: x.values, mask: .causal)
         let flops = attentionFLOPs(
             batch: 1, queryHeads: heads, queryLength: n, keyLength: n, headDimension: d,
             visibleFraction: visibleFraction(of: .causal, queryLength: n, keyLength: n))
@@ -123,7 +123,8 @@ public func backwardSuite(_ configuration: BenchmarkConfiguration, allThreads: I
         let dO = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 14)
         for threads in threadCounts(configuration, allThreads: allThreads) {
             for causal in [false, true] {
-                let options = LinearAttentionOptions(featureMap: .eluPlusOne, causal: causal, threads: threads)
+                let options = LinearAttentionOptions(
+                    featureMap: .eluPlusOne, mask: causal ? .causal : .none, threads: threads)
                 let timings = try alternateTimes(
                     minimumRepetitions: configuration.minimumRepetitions, budget: budget,
                     [

@@ -22,8 +22,8 @@ public func linearSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
     let variants: [(String, String, LinearAttentionOptions, Bool)] = [
         ("linear-id", "none", LinearAttentionOptions(featureMap: .identity, normalize: false), false),
         ("linear-id-into", "none", LinearAttentionOptions(featureMap: .identity, normalize: false), true),
-        ("linear-elu", "causal", LinearAttentionOptions(featureMap: .eluPlusOne, causal: true), false),
-        ("linear-elu-into", "causal", LinearAttentionOptions(featureMap: .eluPlusOne, causal: true), true),
+        ("linear-elu", "causal", LinearAttentionOptions(featureMap: .eluPlusOne, mask: .causal), false),
+        ("linear-elu-into", "causal", LinearAttentionOptions(featureMap: .eluPlusOne, mask: .causal), true),
     ]
     for (name, _, options, reuseOutput) in variants {
         let small = try attentionInputs(queryHeads: 2, queryLength: 67, keyLength: 67, headDimension: d, seed: 2024)
@@ -63,9 +63,9 @@ public func linearSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                 var worst = 0.0
                 for (head, row) in [(0, n - 1), (heads - 1, n / 2)] {
                     // Row `row` alone: non-causal over the keys it sees (all, or 0...row when causal).
-                    let visible = options.causal ? 0..<(row + 1) : 0..<n
+                    let visible = options.isCausal ? 0..<(row + 1) : 0..<n
                     var single = options
-                    single.causal = false
+                    single.mask = .none
                     let q = try Tensor(shape: [1, 1, 1, d]) { i in inputs.queries[0, head, row, i[3]] }
                     let k = try Tensor(shape: [1, 1, visible.count, d]) { i in inputs.keys[0, head, i[2], i[3]] }
                     let v = try Tensor(shape: [1, 1, visible.count, d]) { i in inputs.values[0, head, i[2], i[3]] }
@@ -74,7 +74,7 @@ public func linearSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                     let start = last!.offset(of: [0, head, row, 0])
                     worst = Swift.max(worst, maxAbsoluteError(Array(last!.scalars[start..<(start + d)]), reference))
                 }
-                let tiling = LinearTiling(chunk: Swift.min(LinearTiling.defaultChunk(causal: options.causal), n))
+                let tiling = LinearTiling(chunk: Swift.min(LinearTiling.defaultChunk(causal: options.isCausal), n))
                 let workers = Parallel.workerCount(items: heads, threads: threads)
                 records.append(
                     BenchmarkRecord(

@@ -109,7 +109,7 @@ public func runMemoryChild(_ arguments: [String]) throws -> String {
     var result: AttentionResult? = nil
     var outputGradient: Tensor? = nil
     if backward {
-        result = try attentionWithLogSumExp(
+        result = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
         outputGradient = try Tensor.randomNormal(shape: [1, heads, n, d], seed: 8)
     }
@@ -131,7 +131,7 @@ public func runMemoryChild(_ arguments: [String]) throws -> String {
             guard dV.count == heads * n * d else { throw UsageError("naive backward returned \(dV.count) values") }
             backwardWorkspace = 2 * heads * n * n * MemoryLayout<Float>.size
         default:
-            result = try attentionWithLogSumExp(
+            result = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal, options: options)
         }
     }

@@ -49,7 +49,7 @@ public func paddingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                 let single = AttentionOptions(threads: threads)
                 var last: AttentionResult? = nil
                 func runPadded() throws {
-                    last = try attentionWithLogSumExp(
+                    last = try partialAttention(
                         queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: padded)
                 }
                 func runEach() throws {

@@ -140,14 +140,14 @@ public func run(_ c: BenchmarkCase, minimumRepetitions: Int, budget: Double) thr
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask,
                     options: c.options, into: &reused)
             } else {
-                last = try attentionWithLogSumExp(
+                last = try partialAttention(
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask,
                     options: c.options)
             }
         }
         if c.writesIntoOutput {
             // The workspace figure comes from one more call; the error check below reads the reused output.
-            last = try attentionWithLogSumExp(
+            last = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask, options: c.options)
             last?.output = reused
         }
@@ -193,7 +193,7 @@ func runOverCache(
     try cache.append(keys: inputs.keys, values: inputs.values)
     var last: AttentionResult? = nil
     let timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {
-        last = try cache.attentionWithLogSumExp(queries: inputs.queries, mask: c.mask, options: c.options)
+        last = try cache.partialAttention(queries: inputs.queries, mask: c.mask, options: c.options)
     }
     guard let result = last else { return .skipped(reason: "no run completed") }
     let stored = cache.contents
@@ -215,7 +215,7 @@ func runOverStoredTensors(
     let values = try StoredTensor(inputs.values, format: storage.format)
     var last: AttentionResult? = nil
     let timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {
-        last = try attentionWithLogSumExp(
+        last = try partialAttention(
             queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
     }
     guard let result = last else { return .skipped(reason: "no run completed") }

@@ -72,7 +72,7 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             func timeLayout(_ name: String, _ layout: BlockSparseLayout) throws {
                 var last: AttentionResult? = nil
                 let timing = try measureTimes(minimumRepetitions: configuration.minimumRepetitions, budget: budget) {
-                    last = try blockSparseAttentionWithLogSumExp(
+                    last = try partialBlockSparseAttention(
                         queries: inputs.queries, keys: inputs.keys, values: inputs.values, layout: layout,
                         options: options)
                 }
@@ -111,7 +111,7 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             if configuration.kernels?.contains("blockwise") ?? true {
                 var last: AttentionResult? = nil
                 let timing = try measureTimes(minimumRepetitions: 1, maximumRepetitions: 1, budget: 0) {
-                    last = try attentionWithLogSumExp(
+                    last = try partialAttention(
                         queries: inputs.queries, keys: inputs.keys, values: inputs.values,
                         options: AttentionOptions(kernel: .blockwise(), threads: threads))
                 }

@@ -113,7 +113,7 @@ public func streamingSuite(_ configuration: BenchmarkConfiguration, allThreads: 
             headDimension: d, seed: 12)
         var last: AttentionResult? = nil
         let timing = try measureTimes(minimumRepetitions: 3, budget: configuration.quick ? 0.25 : 1) {
-            last = try attentionWithLogSumExp(
+            last = try partialAttention(
                 queries: recompute.queries, keys: recompute.keys, values: recompute.values, mask: .causal,
                 options: options)
         }

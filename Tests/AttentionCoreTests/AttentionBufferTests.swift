@@ -27,7 +27,7 @@ final class AttentionBufferTests: XCTestCase {
             for mask in [AttentionMask.none, .causal] {
                 for kernel in kernels {
                     let options = AttentionOptions(kernel: kernel)
-                    let expected = try attentionWithLogSumExp(
+                    let expected = try partialAttention(
                         queries: q, keys: k, values: v, mask: mask, options: options)
                     // Output [B, N, Hq, d] (token-major, as the next projection reads it) and log-sum-exp.
                     var output = [Float](repeating: .nan, count: b * n * hq * d)

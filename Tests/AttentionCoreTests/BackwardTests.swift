@@ -127,7 +127,7 @@ final class BackwardTests: XCTestCase {
             options.bias = try Tensor(shape: shape, scalars: bias)
             try assertGradients(x, mask: .causal, options: options)
             try assertGradients(x, mask: .none, options: options)
-            let forward = try attentionWithLogSumExp(
+            let forward = try partialAttention(
                 queries: x.queries, keys: x.keys, values: x.values, mask: .causal, options: options)
             let gradients = try [1, 2, 3].map { threads in
                 var options = options
@@ -178,7 +178,7 @@ final class BackwardTests: XCTestCase {
         for mask in [AttentionMask.none, .causal, .window(left: 30, right: 5)] {
             try SweepContext.$entries.withValue(["\(mask)"]) {
                 // The reference cannot take NaN keys: check against it on the clean part, then poison.
-                let forward = try attentionWithLogSumExp(
+                let forward = try partialAttention(
                     queries: x.queries, keys: x.keys, values: x.values, mask: mask, options: options)
                 let g = try attentionGradients(
                     queries: x.queries, keys: x.keys, values: x.values, result: forward,
@@ -274,13 +274,13 @@ final class BackwardTests: XCTestCase {
     func testGradientsAreBitwiseIdenticalForEveryThreadCount() throws {
         let x = try gradientInputs(
             batch: 2, queryHeads: 6, keyValueHeads: 3, queryLength: 100, keyLength: 150, headDimension: 40, seed: 8)
-        let forward = try attentionWithLogSumExp(queries: x.queries, keys: x.keys, values: x.values, mask: .causal)
+        let forward = try partialAttention(queries: x.queries, keys: x.keys, values: x.values, mask: .causal)
         var sinks = AttentionOptions()
         sinks.sinkLogits = [0, 1, 2, 3, 4, 5]
         let results = try [1, 2, 3, 7].map { threads in
             var options = sinks
             options.threads = threads
-            let forward = try attentionWithLogSumExp(
+            let forward = try partialAttention(
                 queries: x.queries, keys: x.keys, values: x.values, mask: .causal, options: options)
             return try attentionGradients(
                 queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: x.outputGradient,
@@ -302,7 +302,7 @@ final class BackwardTests: XCTestCase {
         // Queries 0..<3 see nothing; the rest see keys 0..<10.
         let mask = AttentionMask.custom { q, k in q >= 3 && k < 10 }
         try assertGradients(x, mask: mask)
-        let forward = try attentionWithLogSumExp(queries: x.queries, keys: x.keys, values: x.values, mask: mask)
+        let forward = try partialAttention(queries: x.queries, keys: x.keys, values: x.values, mask: mask)
         let g = try attentionGradients(
             queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: x.outputGradient,
             mask: mask)
@@ -337,7 +337,7 @@ final class BackwardTests: XCTestCase {
             }
             x.keys = try Tensor(shape: x.keys.shape, scalars: keys)
             x.values = try Tensor(shape: x.values.shape, scalars: values)
-            let forward = try attentionWithLogSumExp(queries: x.queries, keys: x.keys, values: x.values, mask: mask)
+            let forward = try partialAttention(queries: x.queries, keys: x.keys, values: x.values, mask: mask)
             let g = try attentionGradients(
                 queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: x.outputGradient,
                 mask: mask)
@@ -350,7 +350,7 @@ final class BackwardTests: XCTestCase {
     func testBadInputNamesTheArgument() throws {
         let x = try gradientInputs(
             queryHeads: 2, keyValueHeads: 1, queryLength: 4, keyLength: 6, headDimension: 8, seed: 1)
-        let forward = try attentionWithLogSumExp(queries: x.queries, keys: x.keys, values: x.values)
+        let forward = try partialAttention(queries: x.queries, keys: x.keys, values: x.values)
         func argument(_ body: () throws -> AttentionGradients) -> String? {
             do {
                 _ = try body()
@@ -410,7 +410,7 @@ final class BackwardTests: XCTestCase {
         }
         var options = AttentionOptions(threads: 2)
         options.sinkLogits = [0.5, -1, 1, 0]
-        let forward = try attentionWithLogSumExp(
+        let forward = try partialAttention(
             queries: x.queries, keys: x.keys, values: x.values, mask: .causal, options: options)
         let expected = try attentionGradients(
             queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: x.outputGradient,
@@ -420,7 +420,7 @@ final class BackwardTests: XCTestCase {
             tokenOptions.layout = .bnhd
             tokenOptions.outputLayout = outputLayout
             let (q, k, v) = (try tokenMajor(x.queries), try tokenMajor(x.keys), try tokenMajor(x.values))
-            let result = try attentionWithLogSumExp(
+            let result = try partialAttention(
                 queries: q, keys: k, values: v, mask: .causal, options: tokenOptions)
             let dO = outputLayout == .bnhd ? try tokenMajor(x.outputGradient) : x.outputGradient
             let g = try attentionGradients(

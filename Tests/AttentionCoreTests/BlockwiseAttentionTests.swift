@@ -46,7 +46,7 @@ extension BlockwiseAttentionTests {
         _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), mask: AttentionMask = .none,
         _ options: AttentionOptions
     ) throws -> AttentionResult {
-        try attentionWithLogSumExp(
+        try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
     }
 
@@ -173,9 +173,9 @@ extension BlockwiseAttentionTests {
                 t[i[0], i[1], range.lowerBound + i[2], i[3]]
             }
         }
-        let first = try attentionWithLogSumExp(
+        let first = try partialAttention(
             queries: inputs.queries, keys: try slice(inputs.keys, 0..<30), values: try slice(inputs.values, 0..<30))
-        let second = try attentionWithLogSumExp(
+        let second = try partialAttention(
             queries: inputs.queries, keys: try slice(inputs.keys, 30..<80), values: try slice(inputs.values, 30..<80))
         let whole = try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values)
         XCTAssertLessThanOrEqual(
@@ -331,7 +331,7 @@ extension BlockwiseAttentionTests {
                     let plain = plainFloat32Attention(
                         queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
                     for block in OddShapes.blockSizes {
-                        let result = try attentionWithLogSumExp(
+                        let result = try partialAttention(
                             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
                             options: blockwise(block, block))
                         let context = "\(SweepContext.description) block=\(block) mask=\(mask)"

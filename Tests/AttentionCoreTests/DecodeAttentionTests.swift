@@ -58,10 +58,10 @@ final class DecodeAttentionTests: XCTestCase {
     func testBitwiseIdenticalForEveryThreadCountAndRepeat() throws {
         let inputs = try attentionInputs(
             queryHeads: 32, keyValueHeads: 8, queryLength: 1, keyLength: 5000, headDimension: 64, seed: 3)
-        let single = try attentionWithLogSumExp(
+        let single = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: decode(threads: 1))
         for threads in [1, 2, 3, 8] {
-            let other = try attentionWithLogSumExp(
+            let other = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: decode(threads: threads))
             XCTAssertEqual(other.output.scalars, single.output.scalars, "threads \(threads)")
             XCTAssertEqual(other.logSumExp.scalars, single.logSumExp.scalars, "threads \(threads)")
@@ -135,7 +135,7 @@ final class DecodeAttentionTests: XCTestCase {
         let inputs = try attentionInputs(queryHeads: 4, queryLength: 2, keyLength: 700, headDimension: 8, seed: 6)
         // Query 0 sees nothing; query 1 sees keys 600..<700 only (the last split).
         let mask = AttentionMask.custom { q, k in q == 1 && k >= 600 }
-        let result = try attentionWithLogSumExp(
+        let result = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: decode(128))
         for head in 0..<4 {
             XCTAssertEqual(result.logSumExp[0, head, 0], -.infinity)

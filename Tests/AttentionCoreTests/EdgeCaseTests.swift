@@ -10,7 +10,7 @@ final class EdgeCaseTests: XCTestCase {
         _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), _ kernel: AttentionKernel,
         mask: AttentionMask = .none
     ) throws -> AttentionResult {
-        try attentionWithLogSumExp(
+        try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
             options: AttentionOptions(kernel: kernel))
     }
@@ -95,7 +95,7 @@ final class EdgeCaseTests: XCTestCase {
         }
         for kernel in kernels {
             let options = AttentionOptions(bias: bias, kernel: kernel)
-            let result = try attentionWithLogSumExp(
+            let result = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
             for c in 0..<4 {
                 XCTAssertEqual(result.output[0, 0, 0, c], inputs.values[0, 0, 3, c], "\(kernel)")
@@ -111,7 +111,7 @@ final class EdgeCaseTests: XCTestCase {
             XCTAssertTrue(masked.scalars.allSatisfy(\.isFinite), "\(kernel): \(masked)")
             try assertMatchesReference(inputs, options: AttentionOptions(bias: everywhere, kernel: kernel))
             // A sink logit of 3e38 takes all the weight: zeros out, log-sum-exp 3e38.
-            let sunk = try attentionWithLogSumExp(
+            let sunk = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values,
                 options: AttentionOptions(sinkLogits: [3e38], kernel: kernel))
             XCTAssertEqual(sunk.output.scalars, [Float](repeating: 0, count: 8), "\(kernel)")
@@ -125,7 +125,7 @@ final class EdgeCaseTests: XCTestCase {
         func workspace(_ n: Int, _ queries: Int, _ kernel: AttentionKernel) throws -> Int {
             let inputs = try attentionInputs(
                 queryHeads: 2, queryLength: queries, keyLength: n, headDimension: 16, seed: 1)
-            return try attentionWithLogSumExp(
+            return try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal,
                 options: AttentionOptions(kernel: kernel, threads: 2)
             ).workspaceBytes

@@ -79,7 +79,7 @@ final class KVCacheTests: XCTestCase {
 
     func testEmptyCacheGivesZeros() throws {
         let cache = try KVCache(keyValueHeads: 1, headDimension: 4)
-        let result = try cache.attentionWithLogSumExp(queries: try Tensor(shape: [1, 2, 1, 4], repeating: 1))
+        let result = try cache.partialAttention(queries: try Tensor(shape: [1, 2, 1, 4], repeating: 1))
         XCTAssertEqual(result.output.scalars, [Float](repeating: 0, count: 8))
         XCTAssertEqual(result.logSumExp.scalars, [-.infinity, -.infinity])
     }

@@ -20,7 +20,7 @@ final class LinearAttentionTests: XCTestCase {
         _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), _ options: LinearAttentionOptions,
         initialState: LinearAttentionState? = nil, file: StaticString = #filePath, line: UInt = #line
     ) throws {
-        let output = try linearAttentionWithState(
+        let output = try linearAttentionAndState(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, initialState: initialState,
             options: options
         ).output
@@ -49,7 +49,8 @@ final class LinearAttentionTests: XCTestCase {
                     for normalize in positive ? [false, true] : [false] {
                         for chunk in [1, 7, 64] {
                             let options = LinearAttentionOptions(
-                                featureMap: maps[m].1, causal: causal, normalize: normalize, chunkSize: chunk)
+                                featureMap: maps[m].1, mask: causal ? .causal : .none, normalize: normalize,
+                                chunkSize: chunk)
                             try SweepContext.$entries.withValue(
                                 SweepContext.entries + [
                                     "\(maps[m].0) causal=\(causal) normalize=\(normalize) chunk=\(chunk)"
@@ -71,7 +72,8 @@ final class LinearAttentionTests: XCTestCase {
         try withEvery("chunk", in: [1, 3, 16, 64, 500]) { chunk in
             for normalize in [false, true] {
                 let options = LinearAttentionOptions(
-                    featureMap: .eluPlusOne, causal: true, normalize: normalize, decay: [1, 0.95, 0.5], chunkSize: chunk
+                    featureMap: .eluPlusOne, mask: .causal, normalize: normalize, decay: [1, 0.95, 0.5],
+                    chunkSize: chunk
                 )
                 try assertMatches(inputs, options)
             }
@@ -82,8 +84,8 @@ final class LinearAttentionTests: XCTestCase {
         let n = 90
         let inputs = try attentionInputs(
             queryHeads: 4, keyValueHeads: 2, queryLength: n, keyLength: n, headDimension: 8, seed: 5)
-        let options = LinearAttentionOptions(featureMap: .eluPlusOne, causal: true, decay: [0.9, 1, 0.8, 0.99])
-        let whole = try linearAttentionWithState(
+        let options = LinearAttentionOptions(featureMap: .eluPlusOne, mask: .causal, decay: [0.9, 1, 0.8, 0.99])
+        let whole = try linearAttentionAndState(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
         for chunk in [1, 5, 64, 1000] {
             var chunked = options
@@ -94,10 +96,12 @@ final class LinearAttentionTests: XCTestCase {
                 maxAbsoluteError(other.scalars, whole.output.scalars.map(Double.init)), 1e-5, "chunk \(chunk)")
         }
         // Run 50 tokens chunkwise, then step through the rest one at a time: the same outputs and final state.
-        let first = try linearAttentionWithState(
+        // (The public path: a zero state continued by attend, then by step.)
+        var state = try LinearAttentionState(batch: 1, heads: 4, featureDimension: 8, valueDimension: 8)
+        let firstOutput = try state.attend(
             queries: tokens(inputs.queries, 0..<50), keys: tokens(inputs.keys, 0..<50),
             values: tokens(inputs.values, 0..<50), options: options)
-        var state = first.state
+        let first = (output: firstOutput, state: state)
         var outputs = [first.output]
         for t in 50..<n {
             outputs.append(
@@ -117,7 +121,7 @@ final class LinearAttentionTests: XCTestCase {
         try assertMatches(
             (tokens(inputs.queries, 50..<n), tokens(inputs.keys, 50..<n), tokens(inputs.values, 50..<n)),
             LinearAttentionOptions(featureMap: .eluPlusOne),
-            initialState: try linearAttentionWithState(
+            initialState: try linearAttentionAndState(
                 queries: tokens(inputs.queries, 0..<50), keys: tokens(inputs.keys, 0..<50),
                 values: tokens(inputs.values, 0..<50), options: LinearAttentionOptions(featureMap: .eluPlusOne)
             ).state)
@@ -127,12 +131,12 @@ final class LinearAttentionTests: XCTestCase {
         let inputs = try attentionInputs(
             batch: 2, queryHeads: 6, keyValueHeads: 3, queryLength: 100, keyLength: 100, headDimension: 16, seed: 6)
         for causal in [false, true] {
-            var options = LinearAttentionOptions(causal: causal, threads: 1)
-            let single = try linearAttentionWithState(
+            var options = LinearAttentionOptions(mask: causal ? .causal : .none, threads: 1)
+            let single = try linearAttentionAndState(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
             for threads in [2, 3, 7] {
                 options.threads = threads
-                let other = try linearAttentionWithState(
+                let other = try linearAttentionAndState(
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
                 XCTAssertEqual(other.output, single.output)
                 XCTAssertEqual(other.state, single.state)
@@ -155,7 +159,7 @@ final class LinearAttentionTests: XCTestCase {
         let values = try Tensor(shape: [1, 1, 2, 2], repeating: 5)
         let output = try linearAttention(
             queries: queries, keys: keys, values: values,
-            options: LinearAttentionOptions(featureMap: .relu, causal: true))
+            options: LinearAttentionOptions(featureMap: .relu, mask: .causal))
         XCTAssertEqual(output.scalars, [0, 0, 0, 0])
     }
 
@@ -165,7 +169,7 @@ final class LinearAttentionTests: XCTestCase {
             -> String?
         {
             do {
-                _ = try linearAttentionWithState(
+                _ = try linearAttentionAndState(
                     queries: queries ?? inputs.queries, keys: inputs.keys, values: inputs.values, initialState: state,
                     options: options)
                 return nil
@@ -173,18 +177,18 @@ final class LinearAttentionTests: XCTestCase {
                 return (error as? AttentionError)?.argument
             }
         }
-        XCTAssertEqual(argument(LinearAttentionOptions(causal: true, decay: [0.5, .nan])), "options.decay[1]")
-        XCTAssertEqual(argument(LinearAttentionOptions(causal: true, decay: [0, 1])), "options.decay[0]")
-        XCTAssertEqual(argument(LinearAttentionOptions(causal: true, decay: [1.5, 1])), "options.decay[0]")
-        XCTAssertEqual(argument(LinearAttentionOptions(causal: true, decay: [1])), "options.decay.count")
+        XCTAssertEqual(argument(LinearAttentionOptions(mask: .causal, decay: [0.5, .nan])), "options.decay[1]")
+        XCTAssertEqual(argument(LinearAttentionOptions(mask: .causal, decay: [0, 1])), "options.decay[0]")
+        XCTAssertEqual(argument(LinearAttentionOptions(mask: .causal, decay: [1.5, 1])), "options.decay[0]")
+        XCTAssertEqual(argument(LinearAttentionOptions(mask: .causal, decay: [1])), "options.decay.count")
         XCTAssertEqual(argument(LinearAttentionOptions(decay: [1, 1])), "options.decay")
-        XCTAssertEqual(argument(LinearAttentionOptions(causal: true, chunkSize: 0)), "options.chunkSize")
+        XCTAssertEqual(argument(LinearAttentionOptions(mask: .causal, chunkSize: 0)), "options.chunkSize")
         XCTAssertEqual(argument(LinearAttentionOptions(threads: 0)), "options.threads")
         XCTAssertEqual(
             argument(LinearAttentionOptions(featureMap: .custom(outputDimension: 0) { _, _ in })),
             "options.featureMap outputDimension")
         XCTAssertEqual(
-            argument(LinearAttentionOptions(causal: true), queries: try Tensor(zeros: [1, 2, 3, 4])), "queries")
+            argument(LinearAttentionOptions(mask: .causal), queries: try Tensor(zeros: [1, 2, 3, 4])), "queries")
         XCTAssertEqual(argument(LinearAttentionOptions(), queries: try Tensor(zeros: [1, 2, 4, 5])), "keys")
         let wrongFeatures = try LinearAttentionState(batch: 1, heads: 2, featureDimension: 13, valueDimension: 4)
         XCTAssertEqual(argument(LinearAttentionOptions(), state: wrongFeatures), "initialState")
@@ -199,7 +203,7 @@ final class LinearAttentionTests: XCTestCase {
             seed: 8)
         for options in [
             LinearAttentionOptions(featureMap: .identity, normalize: false),
-            LinearAttentionOptions(causal: true, decay: [0.9, 0.95, 0.99, 1]),
+            LinearAttentionOptions(mask: .causal, decay: [0.9, 0.95, 0.99, 1]),
         ] {
             let expected = try linearAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
@@ -231,7 +235,7 @@ final class LinearAttentionTests: XCTestCase {
         let output = try linearAttention(queries: queries, keys: noKeys, values: noKeys)
         XCTAssertEqual(output.scalars, [Float](repeating: 0, count: 24))
         let empty = try linearAttention(
-            queries: noKeys, keys: noKeys, values: noKeys, options: LinearAttentionOptions(causal: true))
+            queries: noKeys, keys: noKeys, values: noKeys, options: LinearAttentionOptions(mask: .causal))
         XCTAssertEqual(empty.shape, [1, 2, 0, 4])
     }
 
@@ -240,7 +244,7 @@ final class LinearAttentionTests: XCTestCase {
         let queries = try Tensor(shape: [1, 1, 2, 1], scalars: [1e20, 1])
         let keys = try Tensor(shape: [1, 1, 2, 1], scalars: [1, 1e20])
         let values = try Tensor(shape: [1, 1, 2, 1], scalars: [1, 1])
-        let options = LinearAttentionOptions(featureMap: .identity, causal: true, normalize: false)
+        let options = LinearAttentionOptions(featureMap: .identity, mask: .causal, normalize: false)
         let output = try linearAttention(queries: queries, keys: keys, values: values, options: options)
         XCTAssertEqual(output[0, 0, 0, 0], 1e20)
         // The same with a NaN in the later key.
@@ -248,7 +252,7 @@ final class LinearAttentionTests: XCTestCase {
         XCTAssertEqual(
             try linearAttention(queries: queries, keys: nanKeys, values: values, options: options)[0, 0, 0, 0], 1e20)
         let empty = try Tensor(zeros: [0, 1, 4, 8])
-        let result = try linearAttentionWithState(queries: empty, keys: empty, values: empty)
+        let result = try linearAttentionAndState(queries: empty, keys: empty, values: empty)
         XCTAssertEqual(result.output.shape, [0, 1, 4, 8])
         XCTAssertEqual(result.state.keyValueSum.shape, [0, 1, 8, 8])
     }

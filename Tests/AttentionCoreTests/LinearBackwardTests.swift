@@ -24,15 +24,15 @@ final class LinearBackwardTests: XCTestCase {
             ("elu+1 normalized", LinearAttentionOptions(featureMap: .eluPlusOne), 1),
             (
                 "elu+1 causal decay",
-                LinearAttentionOptions(featureMap: .eluPlusOne, causal: true, decay: [0.9, 0.8, 1, 0.5]), 1
+                LinearAttentionOptions(featureMap: .eluPlusOne, mask: .causal, decay: [0.9, 0.8, 1, 0.5]), 1
             ),
             (
                 "identity unnormalized causal",
-                LinearAttentionOptions(featureMap: .identity, causal: true, normalize: false), 1
+                LinearAttentionOptions(featureMap: .identity, mask: .causal, normalize: false), 1
             ),
             ("identity unnormalized", LinearAttentionOptions(featureMap: .identity, normalize: false), 1),
-            ("relu unnormalized causal", LinearAttentionOptions(featureMap: .relu, causal: true, normalize: false), 1),
-            ("taylor2 normalized causal", LinearAttentionOptions(featureMap: .taylor2, causal: true), 0.6),
+            ("relu unnormalized causal", LinearAttentionOptions(featureMap: .relu, mask: .causal, normalize: false), 1),
+            ("taylor2 normalized causal", LinearAttentionOptions(featureMap: .taylor2, mask: .causal), 0.6),
             ("taylor2 normalized", LinearAttentionOptions(featureMap: .taylor2), 0.6),
         ]
     }
@@ -111,7 +111,7 @@ final class LinearBackwardTests: XCTestCase {
         let results = try [1, 2, 3].map { threads in
             try linearAttentionGradients(
                 queries: x.queries, keys: x.keys, values: x.values, outputGradient: x.outputGradient,
-                options: LinearAttentionOptions(causal: true, decay: [0.9, 0.95, 1, 0.8], threads: threads))
+                options: LinearAttentionOptions(mask: .causal, decay: [0.9, 0.95, 1, 0.8], threads: threads))
         }
         for g in results.dropFirst() {
             XCTAssertEqual(g.queries, results[0].queries)

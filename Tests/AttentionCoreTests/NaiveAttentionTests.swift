@@ -59,7 +59,7 @@ final class NaiveAttentionTests: XCTestCase {
             let inputs = try attentionInputs(
                 queryHeads: 2, queryLength: lengths.0, keyLength: lengths.1, headDimension: 8, seed: 3)
             try assertMatchesReference(inputs, mask: .causal, options: naive)
-            let result = try attentionWithLogSumExp(
+            let result = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal,
                 options: naive)
             let offset = lengths.1 - lengths.0
@@ -143,7 +143,7 @@ final class NaiveAttentionTests: XCTestCase {
         let biasScalars = (0..<36).map { $0 % 6 == 4 ? -Float.infinity : 0 }  // key 4 removed by a -inf bias
         let options = AttentionOptions(
             bias: try Tensor(shape: [1, 1, 6, 6], scalars: biasScalars), kernel: .naive)
-        let result = try attentionWithLogSumExp(
+        let result = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: .causal,
             options: options)
         for i in 0..<5 {
@@ -156,7 +156,7 @@ final class NaiveAttentionTests: XCTestCase {
     func testFullyMaskedRowsGiveZerosAndNegativeInfinity() throws {
         let inputs = try attentionInputs(
             queryHeads: 2, queryLength: 5, keyLength: 7, headDimension: 3, seed: 2)
-        let result = try attentionWithLogSumExp(
+        let result = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values,
             mask: .custom { q, _ in q != 2 },
             options: naive)
@@ -166,7 +166,7 @@ final class NaiveAttentionTests: XCTestCase {
         }
         XCTAssertFalse(result.output.scalars.contains { $0.isNaN })
         // With a sink logit the denominator is exp(sink): output still 0, LSE = sink.
-        let withSink = try attentionWithLogSumExp(
+        let withSink = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values,
             mask: .custom { q, _ in q != 2 },
             options: AttentionOptions(sinkLogits: [1.5, -3], kernel: .naive))
@@ -177,7 +177,7 @@ final class NaiveAttentionTests: XCTestCase {
     func testEmptySequences() throws {
         let noKeys = try attentionInputs(
             queryHeads: 2, queryLength: 3, keyLength: 0, headDimension: 4, seed: 1)
-        let result = try attentionWithLogSumExp(
+        let result = try partialAttention(
             queries: noKeys.queries, keys: noKeys.keys, values: noKeys.values, options: naive)
         XCTAssertEqual(result.output, try Tensor(zeros: [1, 2, 3, 4]))
         XCTAssertTrue(result.logSumExp.scalars.allSatisfy { $0 == -.infinity })
@@ -221,7 +221,7 @@ final class NaiveAttentionTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("needs 89600 bytes"), "\(error)")
         }
         options.naiveMemoryBudget = 89_600
-        let result = try attentionWithLogSumExp(
+        let result = try partialAttention(
             queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
         XCTAssertGreaterThanOrEqual(result.workspaceBytes, 89_600)
         // A huge shape is refused before anything is allocated (the default budget is 4 GiB).

@@ -89,7 +89,7 @@ final class PackedAttentionTests: XCTestCase {
 
     func testPackedBatchEqualsEachSequenceAloneBitwise() throws {
         // One dispatch over every sequence runs each sequence's own kernel and tiles: the same bits as calling
-        // `attentionWithLogSumExp` on each [1, n, H, d] slice (layout .bnhd).
+        // `partialAttention` on each [1, n, H, d] slice (layout .bnhd).
         let sequences = try PackedSequences(lengths: [300, 1, 64, 129, 17])
         let inputs = try packedInputs(
             sequences: sequences, queryHeads: 4, keyValueHeads: 4, headDimension: 32, valueDimension: 32, seed: 9)
@@ -98,7 +98,7 @@ final class PackedAttentionTests: XCTestCase {
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values, sequences: sequences, mask: mask)
             for b in 0..<sequences.count {
                 let range = sequences.queryRange(b)
-                let alone = try attentionWithLogSumExp(
+                let alone = try partialAttention(
                     queries: tokenMajor(inputs.queries, range), keys: tokenMajor(inputs.keys, range),
                     values: tokenMajor(inputs.values, range), mask: mask, options: AttentionOptions(layout: .bnhd))
                 XCTAssertEqual(tokenMajor(packed.output, range).scalars, alone.output.scalars, "sequence \(b) \(mask)")

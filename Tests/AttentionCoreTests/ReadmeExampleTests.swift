@@ -16,7 +16,7 @@ final class ReadmeExampleTests: XCTestCase {
 
         var options = AttentionOptions(softcap: 30, threads: 2)
         options.sinkLogits = [Float](repeating: 0, count: 8)  // gpt-oss style learned sinks
-        let windowed = try attentionWithLogSumExp(
+        let windowed = try partialAttention(
             queries: queries, keys: keys, values: values, mask: .window(left: 63, right: 0),
             options: options)
         print(windowed.logSumExp.shape, windowed.workspaceBytes)  // [1, 8, 256] and the scratch bytes used
@@ -48,7 +48,7 @@ final class ReadmeExampleTests: XCTestCase {
             options: AttentionOptions(keyPadding: padding, queryPadding: padding))  // padding rows: zeros, not computed
 
         // Training: keep the forward's result (output + log-sum-exp), then take the gradients from it
-        let forward = try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: .causal)
+        let forward = try partialAttention(queries: queries, keys: keys, values: values, mask: .causal)
         let outputGradient = try Tensor.randomNormal(shape: [1, 8, 256, 64], seed: 8)  // dL/d(output), from above
         let gradients = try attentionGradients(
             queries: queries, keys: keys, values: values, result: forward, outputGradient: outputGradient,

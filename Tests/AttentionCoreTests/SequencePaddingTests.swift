@@ -25,7 +25,7 @@ final class SequencePaddingTests: XCTestCase {
         let v = try Tensor(shape: [1, 1, 2, 2], scalars: [1, 2, 3, 4])
         let bias = try Tensor(shape: [1, 1, 1, 2], scalars: [0, -.infinity])
         for kernel in kernels + [.decode(), .decode(keysPerSplit: 1)] {
-            let result = try attentionWithLogSumExp(
+            let result = try partialAttention(
                 queries: q, keys: k, values: v, options: AttentionOptions(bias: bias, kernel: kernel))
             XCTAssertEqual(result.output.scalars, [1, 2], "\(kernel)")
             XCTAssertEqual(result.logSumExp.scalars, [1 / Float(2).squareRoot()], "\(kernel)")
@@ -123,7 +123,7 @@ final class SequencePaddingTests: XCTestCase {
                         keyPadding: padding, sinkLogits: [0, 1, -1, 2]))
             }
             // The sequence with no real keys: zeros and log-sum-exp -inf.
-            let result = try attentionWithLogSumExp(
+            let result = try partialAttention(
                 queries: inputs.queries, keys: inputs.keys, values: inputs.values,
                 options: AttentionOptions(keyPadding: padding))
             let dv = 19
@@ -208,11 +208,11 @@ final class SequencePaddingTests: XCTestCase {
                 for threads in [1, 2] {
                     let options = AttentionOptions(
                         keyPadding: padding, queryPadding: padding, kernel: kernel, threads: threads)
-                    let padded = try attentionWithLogSumExp(
+                    let padded = try partialAttention(
                         queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask, options: options)
                     for (b, length) in lengths.enumerated() {
                         let label = "batch \(b), \(mask), \(kernel), \(threads) threads"
-                        let alone = try attentionWithLogSumExp(
+                        let alone = try partialAttention(
                             queries: slice(inputs.queries, batch: b, keys: length),
                             keys: slice(inputs.keys, batch: b, keys: length),
                             values: slice(inputs.values, batch: b, keys: length), mask: mask,
@@ -303,7 +303,7 @@ final class SequencePaddingTests: XCTestCase {
         }
         XCTAssertThrowsError(
             try topKAttention(
-                queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2,
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 2,
                 options: AttentionOptions(keyPadding: .lengths([5, 2]))))
     }
 

@@ -166,7 +166,7 @@ final class SparseAttentionTests: XCTestCase {
         // k >= every visible key: dense attention.
         for mask in [AttentionMask.none, .causal, .window(left: 5, right: 2)] {
             let output = try topKAttention(
-                queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 57, mask: mask)
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 57, mask: mask)
             let check = checkOutput(
                 output, queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask)
             XCTAssertTrue(check.passes, "\(mask): \(check)")
@@ -187,7 +187,8 @@ final class SparseAttentionTests: XCTestCase {
                 for j in (0..<57).sorted(by: { scores[$0] > scores[$1] }).prefix(k) { chosen.insert([head, q, j]) }
             }
         }
-        let output = try topKAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: k)
+        let output = try topKAttention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: k)
         var options = AttentionOptions()
         let best = chosen
         options.headMasks = (0..<4).map { head in .custom { q, j in best.contains([head, q, j]) } }
@@ -196,24 +197,26 @@ final class SparseAttentionTests: XCTestCase {
         XCTAssertTrue(check.passes, "\(check)")
         // Threads: bitwise identical.
         let single = try topKAttention(
-            queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: k,
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: k,
             options: AttentionOptions(threads: 1))
         XCTAssertEqual(
             single,
             try topKAttention(
-                queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: k,
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: k,
                 options: AttentionOptions(threads: 3)))
         // A row with no visible key: zeros.
         let none = try topKAttention(
-            queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 3, mask: .custom { q, _ in q != 0 })
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 3,
+            mask: .custom { q, _ in q != 0 })
         for c in 0..<8 { XCTAssertEqual(none[0, 0, 0, c], 0) }
-        XCTAssertThrowsError(try topKAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 0))
-        {
-            XCTAssertEqual(($0 as? AttentionError)?.argument, "k")
+        XCTAssertThrowsError(
+            try topKAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 0)
+        ) {
+            XCTAssertEqual(($0 as? AttentionError)?.argument, "keysPerQuery")
         }
         XCTAssertThrowsError(
             try topKAttention(
-                queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2,
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 2,
                 options: AttentionOptions(softcap: 5))
         ) { XCTAssertEqual(($0 as? AttentionError)?.argument, "options.softcap") }
     }
@@ -221,7 +224,8 @@ final class SparseAttentionTests: XCTestCase {
     func testTopKRowWithAKeptNaNScoreIsNaNLikeDense() throws {
         var inputs = try attentionInputs(queryHeads: 1, queryLength: 2, keyLength: 4, headDimension: 4, seed: 9)
         inputs.queries[0, 0, 0, 0] = .nan
-        let output = try topKAttention(queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2)
+        let output = try topKAttention(
+            queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 2)
         let dense = try attention(queries: inputs.queries, keys: inputs.keys, values: inputs.values)
         for c in 0..<4 {
             XCTAssertTrue(output[0, 0, 0, c].isNaN)

@@ -29,10 +29,10 @@ final class TensorLayoutTests: XCTestCase {
             for mask in masks {
                 for kernel in kernels {
                     let label = "shape \(index), \(mask), \(kernel)"
-                    let expected = try attentionWithLogSumExp(
+                    let expected = try partialAttention(
                         queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
                         options: AttentionOptions(kernel: kernel, threads: 2))
-                    let tokenMajor = try attentionWithLogSumExp(
+                    let tokenMajor = try partialAttention(
                         queries: q, keys: k, values: v, mask: mask,
                         options: AttentionOptions(layout: .bnhd, kernel: kernel, threads: 2))
                     XCTAssertEqual(tokenMajor.output, swapped(expected.output), label)
@@ -104,7 +104,7 @@ final class TensorLayoutTests: XCTestCase {
         }
         XCTAssertThrowsError(
             try topKAttention(
-                queries: inputs.queries, keys: inputs.keys, values: inputs.values, k: 2,
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, keysPerQuery: 2,
                 options: AttentionOptions(layout: .bnhd)))
     }
 }

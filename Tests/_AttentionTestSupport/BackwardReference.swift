@@ -180,12 +180,12 @@ public func referenceLoss<Scalar: ReferenceScalar>(
 
 /// Checks `attentionGradients` against the Float64 reference backward under the tolerance rule (the plain error
 /// from the same textbook loop in Float32), gradient by gradient. The forward result passed to the kernel is the
-/// package's own `attentionWithLogSumExp`, as a training loop would pass it.
+/// package's own `partialAttention`, as a training loop would pass it.
 public func checkGradients(
     queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> [String: ToleranceCheck] {
-    let forward = try attentionWithLogSumExp(
+    let forward = try partialAttention(
         queries: queries, keys: keys, values: values, mask: mask, options: options)
     let kernel = try attentionGradients(
         queries: queries, keys: keys, values: values, result: forward, outputGradient: outputGradient, mask: mask,

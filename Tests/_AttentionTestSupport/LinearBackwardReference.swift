@@ -74,9 +74,9 @@ public func referenceLinearBackward<Scalar: ReferenceScalar>(
             for i in 0..<nq {
                 let queryIndex = (b * x.queryHeads + h) * nq + i
                 let a = textbookFeatures(row(x.queries, queryIndex, dk), options.featureMap)
-                let visible = options.causal ? Array(0...i) : Array(0..<nk)
+                let visible = options.mask == .causal ? Array(0...i) : Array(0..<nk)
                 func weight(_ j: Int) -> Scalar {
-                    options.causal ? Scalar(Foundation.pow(Double(lambda), Double(i - j))) : 1
+                    options.mask == .causal ? Scalar(Foundation.pow(Double(lambda), Double(i - j))) : 1
                 }
                 var scores: [Int: Scalar] = [:]
                 var num = [Scalar](repeating: 0, count: dv)

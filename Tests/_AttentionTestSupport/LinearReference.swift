@@ -56,7 +56,7 @@ public func referenceLinearAttention<Scalar: ReferenceScalar>(
                 var numerator = [Scalar](repeating: 0, count: dv)
                 var denominator: Scalar = 0
                 if let state = initialState {
-                    let w = options.causal ? powers[i + 1] : 1
+                    let w = options.mask == .causal ? powers[i + 1] : 1
                     let dPhi = phiQ.count
                     let base = (batch * hq + head) * dPhi
                     for a in 0..<dPhi {
@@ -66,8 +66,8 @@ public func referenceLinearAttention<Scalar: ReferenceScalar>(
                         }
                     }
                 }
-                for j in 0..<nk where !options.causal || j <= i {
-                    let w = options.causal ? powers[i - j] : 1
+                for j in 0..<nk where options.mask != .causal || j <= i {
+                    let w = options.mask == .causal ? powers[i - j] : 1
                     var score: Scalar = 0
                     for a in 0..<phiQ.count { score += phiQ[a] * phiK[j][a] }
                     let v = row(values, (batch * hkv + kvHead) * nk + j, dv)

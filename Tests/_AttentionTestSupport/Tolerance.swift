@@ -51,13 +51,13 @@ public func toleranceCheck(
         context: context)
 }
 
-/// Runs `attentionWithLogSumExp` and checks its output and log-sum-exp against the Float64 reference with the
+/// Runs `partialAttention` and checks its output and log-sum-exp against the Float64 reference with the
 /// tolerance rule. Throws whatever the kernel throws.
 public func checkAttention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> (output: ToleranceCheck, logSumExp: ToleranceCheck) {
-    let result = try attentionWithLogSumExp(
+    let result = try partialAttention(
         queries: queries, keys: keys, values: values, mask: mask, options: options)
     let reference = referenceAttention(
         queries: queries, keys: keys, values: values, mask: mask, options: options)

@@ -30,6 +30,11 @@ public struct CacheStorage: Sendable, Hashable {
     /// Whether rows are Hadamard-rotated before they are stored (key and value dimensions must be powers of two).
     public var hadamardRotation: Bool
 
+    /// A storage choice; only `format` is required.
+    ///
+    /// The combination is checked when a cache is created with it (for instance `hadamardRotation` needs
+    /// power-of-two key and value dimensions, `recentTokensInFloat32` must be >= 0): the cache's initializer throws
+    /// `AttentionError.invalidValue` naming `storage` otherwise.
     public init(
         _ format: StorageFormat, recentTokensInFloat32: Int = 0, sinksInFloat32: Bool = true,
         hadamardRotation: Bool = false
@@ -40,8 +45,11 @@ public struct CacheStorage: Sendable, Hashable {
         self.hadamardRotation = hadamardRotation
     }
 
+    /// Every token in Float32 (4 bytes per value), the default.
     public static let float32 = CacheStorage(.float32)
+    /// Every token in IEEE binary16 (2 bytes per value).
     public static let float16 = CacheStorage(.float16)
+    /// Every token in bfloat16 (2 bytes per value; Float32's range, 8 significant bits).
     public static let bfloat16 = CacheStorage(.bfloat16)
     /// 8-bit blocks of 32 values.
     public static let int8 = CacheStorage(.int8())

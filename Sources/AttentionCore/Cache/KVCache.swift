@@ -202,11 +202,11 @@ public struct KVCache: KeyValueCache {
     public func attention(
         queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()
     ) throws -> Tensor {
-        try attentionWithLogSumExp(queries: queries, mask: mask, options: options).output
+        try partialAttention(queries: queries, mask: mask, options: options).output
     }
 
     /// Like `attention(queries:mask:options:)`, also returning each row's log-sum-exp and the kernel's workspace.
-    public func attentionWithLogSumExp(
+    public func partialAttention(
         queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()
     ) throws -> AttentionResult {
         let queries = try rotary?.applyToNewest(queries, of: count) ?? queries

@@ -267,7 +267,7 @@ package struct KeyValueBuffer: Sendable {
     package static func validateDimensions(batch: Int, heads: Int, keyDimension: Int, valueDimension: Int) throws {
         try AttentionError.require(batch >= 1, "batch", expected: ">= 1", actual: "\(batch)")
         try AttentionError.require(heads >= 1, "keyValueHeads", expected: ">= 1", actual: "\(heads)")
-        try AttentionError.require(keyDimension >= 1, "keyDimension", expected: ">= 1", actual: "\(keyDimension)")
+        try AttentionError.require(keyDimension >= 1, "headDimension", expected: ">= 1", actual: "\(keyDimension)")
         try AttentionError.require(
             valueDimension >= 1, "valueDimension", expected: ">= 1", actual: "\(valueDimension)")
     }

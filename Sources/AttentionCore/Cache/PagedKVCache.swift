@@ -34,6 +34,7 @@
 public struct PagedKVCache: Sendable {
     /// A sequence of the cache, valid until it is removed (identifiers are never reused).
     public struct SequenceID: Sendable, Hashable {
+        /// The identifier's number: 0 for the first sequence a cache added, counting up.
         public let id: Int
         /// An identifier as `addSequence` hands them out (0, 1, 2, ...); the cache rejects one it does not hold.
         public init(id: Int) { self.id = id }
@@ -92,8 +93,11 @@ public struct PagedKVCache: Sendable {
         free = Array((0..<blockCount).reversed())
     }
 
+    /// Key/value heads per token.
     public var keyValueHeads: Int { pool.heads }
+    /// Values per key row (the queries' head dimension).
     public var headDimension: Int { pool.keyDimension }
+    /// Values per value row (the outputs' head dimension).
     public var valueDimension: Int { pool.valueDimension }
     /// Blocks not held by any sequence.
     public var freeBlockCount: Int { free.count }

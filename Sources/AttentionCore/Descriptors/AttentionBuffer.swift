@@ -129,8 +129,11 @@ public struct AttentionBuffer {
 /// Writable Float32 memory viewed as [batch, heads, tokens, headDimension] with element strides: where an attention
 /// call on buffers writes its output.
 public struct MutableAttentionBuffer {
+    /// The memory the output is written to; the caller keeps it alive for the duration of the call.
     public let memory: UnsafeMutableBufferPointer<Float>
+    /// [batch, heads, tokens, headDimension], in that order whatever the memory layout.
     public let shape: [Int]
+    /// Element (not byte) strides for the four axes of `shape`; the last is 1.
     public let strides: [Int]
 
     /// Views `memory` as `shape` with element `strides`, as `AttentionBuffer.init(_:shape:strides:)`; no two

@@ -34,6 +34,7 @@ public enum AttentionError: Error, Sendable, Equatable, CustomStringConvertible 
         }
     }
 
+    /// One sentence naming the argument, what was expected and what was given.
     public var description: String {
         switch self {
         case .shapeMismatch(let argument, let expected, let actual, let reason):

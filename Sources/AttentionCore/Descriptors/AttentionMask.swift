@@ -177,7 +177,7 @@ private func unionOfSpans(_ spans: [Range<Int>]) -> [Range<Int>] {
 }
 
 /// How much of a (query block, key block) tile a mask lets through.
-public enum TileCoverage: Sendable, Hashable {
+package enum TileCoverage: Sendable, Hashable {
     /// Every pair is visible: the tile runs without a per-element test.
     case full
     /// Some pairs are visible: the tile runs and masks element by element.
@@ -191,7 +191,7 @@ extension AttentionMask {
     /// tile that a `custom` predicate touches is `.partial` unless the structured part already makes it `.empty`.
     ///
     /// - Complexity: O(queries.count) span computations.
-    public func coverage(queries: Range<Int>, keys: Range<Int>, queryLength: Int, keyLength: Int) -> TileCoverage {
+    package func coverage(queries: Range<Int>, keys: Range<Int>, queryLength: Int, keyLength: Int) -> TileCoverage {
         let spans = MaskRowSpans(mask: self, queries: queries, queryLength: queryLength, keyLength: keyLength)
         return spans.coverage(keys: keys)
     }

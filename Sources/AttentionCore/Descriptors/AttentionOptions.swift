@@ -66,7 +66,7 @@ public struct AttentionOptions: Sendable {
     /// mask alone. Heads sharing a key/value head still read each key tile once: a tile is skipped only when it is
     /// empty for all of them.
     public var headMasks: [AttentionMask]?
-    /// The axis order of the queries, keys and values given to `attention` / `attentionWithLogSumExp` on tensors
+    /// The axis order of the queries, keys and values given to `attention` / `partialAttention` on tensors
     /// (default [batch, heads, tokens, d]); `.bnhd` reads [batch, tokens, heads, d] in place, without a transpose.
     /// Caches and stored tensors hold `.bhnd` and reject `.bnhd`.
     public var layout: TensorLayout

@@ -87,14 +87,14 @@ extension FeatureMap {
 /// How linear attention runs.
 ///
 /// ```swift
-/// var options = LinearAttentionOptions(featureMap: .eluPlusOne, causal: true)
+/// var options = LinearAttentionOptions(featureMap: .eluPlusOne, mask: .causal)
 /// options.decay = [Float](repeating: 0.97, count: 8)   // RetNet-style per-head decay
 /// ```
 public struct LinearAttentionOptions: Sendable {
     /// phi (default elu + 1).
     public var featureMap: FeatureMap
-    /// Causal: token i sees keys j <= i (computed chunkwise); otherwise every query sees every key.
-    public var causal: Bool
+    /// `.causal`: token i sees keys j <= i (computed chunkwise); `.none`: every query sees every key.
+    public var mask: LinearAttentionMask
     /// Divide each output row by phi(q_i) . sum_j w_ij phi(k_j) (the same weights as the numerator). A row whose
     /// denominator is 0 (e.g. relu features that are all 0) outputs zeros.
     public var normalize: Bool
@@ -107,15 +107,46 @@ public struct LinearAttentionOptions: Sendable {
     /// Worker threads; `nil` means every active processor. Results are bitwise identical for every count.
     public var threads: Int?
 
+    /// Options for `linearAttention`; every argument has a default (elu + 1 features, no mask, normalized).
     public init(
-        featureMap: FeatureMap = .eluPlusOne, causal: Bool = false, normalize: Bool = true, decay: [Float]? = nil,
-        chunkSize: Int? = nil, threads: Int? = nil
+        featureMap: FeatureMap = .eluPlusOne, mask: LinearAttentionMask = .none, normalize: Bool = true,
+        decay: [Float]? = nil, chunkSize: Int? = nil, threads: Int? = nil
     ) {
         self.featureMap = featureMap
-        self.causal = causal
+        self.mask = mask
         self.normalize = normalize
         self.decay = decay
         self.chunkSize = chunkSize
         self.threads = threads
     }
+
+    /// Whether the mask is `.causal`.
+    package var isCausal: Bool { mask == .causal }
+
+    /// The mask as a Boolean, the spelling before 0.2.
+    @available(*, deprecated, renamed: "mask", message: "use mask: .causal or mask: .none")
+    public var causal: Bool {
+        get { isCausal }
+        set { mask = newValue ? .causal : .none }
+    }
+
+    /// The initializer before 0.2, with the mask as a Boolean.
+    @available(*, deprecated, renamed: "init(featureMap:mask:normalize:decay:chunkSize:threads:)")
+    public init(
+        featureMap: FeatureMap = .eluPlusOne, causal: Bool, normalize: Bool = true, decay: [Float]? = nil,
+        chunkSize: Int? = nil, threads: Int? = nil
+    ) {
+        self.init(
+            featureMap: featureMap, mask: causal ? .causal : .none, normalize: normalize, decay: decay,
+            chunkSize: chunkSize, threads: threads)
+    }
+}
+
+/// The masks linear attention supports: its recurrent form sees either every key or every earlier key. Spelled as
+/// the matching ``AttentionMask`` cases, so `mask: .causal` reads the same in every call of the package.
+public enum LinearAttentionMask: Sendable, Hashable {
+    /// Every query sees every key.
+    case none
+    /// Query i sees keys j <= i.
+    case causal
 }

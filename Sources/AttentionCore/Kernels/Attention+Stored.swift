@@ -38,7 +38,7 @@ public func attention(
     queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> Tensor {
-    try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options).output
+    try partialAttention(queries: queries, keys: keys, values: values, mask: mask, options: options).output
 }
 
 /// The stored-tensor `attention(queries:keys:values:mask:options:)`, with the output encoded in
@@ -55,7 +55,7 @@ public func attention(
 
 /// Like the stored-tensor `attention(queries:keys:values:mask:options:)`, also returning each row's
 /// log-sum-exp and the kernel's workspace (which includes the per-worker decoded tiles).
-public func attentionWithLogSumExp(
+public func partialAttention(
     queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {

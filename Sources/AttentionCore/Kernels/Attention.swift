@@ -47,14 +47,14 @@ public func attention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> Tensor {
-    try attentionWithLogSumExp(
+    try partialAttention(
         queries: queries, keys: keys, values: values, mask: mask, options: options
     ).output
 }
 
 /// Like `attention(queries:keys:values:mask:options:)`, also returning each row's log-sum-exp and the kernel's
 /// workspace size.
-public func attentionWithLogSumExp(
+public func partialAttention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {

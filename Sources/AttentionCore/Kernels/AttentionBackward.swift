@@ -49,7 +49,7 @@ public struct AttentionGradients: Sendable {
 /// forward's inputs and result and the gradient of the loss with respect to the output.
 ///
 /// ```swift
-/// let result = try attentionWithLogSumExp(queries: q, keys: k, values: v, mask: .causal)   // keep it
+/// let result = try partialAttention(queries: q, keys: k, values: v, mask: .causal)   // keep it
 /// let dO = lossGradient(result.output)                                                     // [B, Hq, Nq, Dv]
 /// let grads = try attentionGradients(
 ///     queries: q, keys: k, values: v, result: result, outputGradient: dO, mask: .causal)
@@ -58,7 +58,7 @@ public struct AttentionGradients: Sendable {
 ///
 /// - Parameters:
 ///   - queries, keys, values, mask, options: exactly those of the forward call.
-///   - result: the forward's output and log-sum-exp (`attentionWithLogSumExp`); the probabilities are rebuilt
+///   - result: the forward's output and log-sum-exp (`partialAttention`); the probabilities are rebuilt
 ///     from the log-sum-exp, so it must be the one computed with these inputs.
 ///   - outputGradient: dL/d(output), the output's shape.
 /// - Returns: the gradients; rows that saw no key (and padding rows) get zero gradients. Bitwise identical for every

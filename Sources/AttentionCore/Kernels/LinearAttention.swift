@@ -23,7 +23,7 @@
 ///
 /// ```swift
 /// var state = try LinearAttentionState(batch: 1, heads: 8, featureDimension: 64, valueDimension: 64)
-/// let o = try state.step(query: q, key: k, value: v, options: LinearAttentionOptions(causal: true))  // one token
+/// let o = try state.step(query: q, key: k, value: v, options: LinearAttentionOptions(mask: .causal))  // one token
 /// ```
 public struct LinearAttentionState: Sendable, Equatable {
     /// S: [batch, heads, featureDimension, valueDimension].
@@ -31,9 +31,13 @@ public struct LinearAttentionState: Sendable, Equatable {
     /// z: [batch, heads, featureDimension].
     public private(set) var keySum: Tensor
 
+    /// Sequences in the batch.
     public var batch: Int { keySum.shape[0] }
+    /// Query heads (one state per head).
     public var heads: Int { keySum.shape[1] }
+    /// The feature map's output dimension, `featureMap.featureDimension(inputDimension:)`.
     public var featureDimension: Int { keySum.shape[2] }
+    /// Values per value row.
     public var valueDimension: Int { keyValueSum.shape[3] }
 
     /// The zero state (no token seen).
@@ -57,16 +61,36 @@ public struct LinearAttentionState: Sendable, Equatable {
     /// One token of causal linear attention: S = lambda S + phi(k)^T v, z = lambda z + phi(k), o = phi(q) S
     /// (/ phi(q) . z when normalizing). The same kernel as the chunkwise form with one token, so stepping through
     /// a sequence equals running it at once up to float rounding.
-    /// - Parameters: query [batch, heads, 1, Dk], key and value [batch, Hkv, 1, Dk | Dv]; `options.causal` is
-    ///   implied.
+    /// - Parameters: query [batch, heads, 1, Dk], key and value [batch, Hkv, 1, Dk | Dv]; `options.mask` is
+    ///   `.causal` whatever it was.
     /// - Returns: [batch, heads, 1, valueDimension].
     public mutating func step(
         query: Tensor, key: Tensor, value: Tensor, options: LinearAttentionOptions = LinearAttentionOptions()
     ) throws -> Tensor {
         var options = options
-        options.causal = true
-        let result = try linearAttentionWithState(
-            queries: query, keys: key, values: value, initialState: self, options: options)
+        options.mask = .causal
+        return try attend(queries: query, keys: key, values: value, options: options)
+    }
+
+    /// Linear attention over the next tokens of a sequence, continuing from this state, which then holds every key
+    /// seen so far: a long sequence processed in pieces gives the same output as one call (up to float rounding).
+    /// For non-causal options the state's keys are seen by every query of this call.
+    ///
+    /// ```swift
+    /// var state = try LinearAttentionState(batch: 1, heads: 8, featureDimension: 64, valueDimension: 64)
+    /// let first = try state.attend(queries: q1, keys: k1, values: v1, options: LinearAttentionOptions(mask: .causal))
+    /// let next = try state.attend(queries: q2, keys: k2, values: v2, options: LinearAttentionOptions(mask: .causal))
+    /// ```
+    /// - Parameters: as in `linearAttention(queries:keys:values:options:)`; the queries' batch and heads, the
+    ///   feature map's dimension and the values' dimension must be the state's.
+    /// - Returns: [batch, heads, Nq, valueDimension].
+    /// - Throws: `AttentionError` for anything `linearAttention` rejects and for inputs that do not fit the state
+    ///   (naming "initialState"); the state is unchanged when it throws.
+    public mutating func attend(
+        queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions = LinearAttentionOptions()
+    ) throws -> Tensor {
+        let result = try linearAttentionAndState(
+            queries: queries, keys: keys, values: values, initialState: self, options: options)
         self = result.state
         return result.output
     }
@@ -85,7 +109,7 @@ public struct LinearAttentionState: Sendable, Equatable {
 public func linearAttention(
     queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions = LinearAttentionOptions()
 ) throws -> Tensor {
-    try linearAttentionWithState(queries: queries, keys: keys, values: values, initialState: nil, options: options)
+    try linearAttentionAndState(queries: queries, keys: keys, values: values, initialState: nil, options: options)
         .output
 }
 
@@ -111,10 +135,9 @@ public func linearAttention(
         allocateOutput: false)
 }
 
-/// Like `linearAttention`, starting from `initialState` (the keys of earlier calls; `nil` is the zero state) and
-/// returning the state after these keys, so a long sequence can be processed in pieces or continued token by token
-/// with `LinearAttentionState.step`. For non-causal calls the state adds keys every query sees.
-public func linearAttentionWithState(
+/// Like `linearAttention`, starting from `initialState` (`nil` is the zero state) and returning the state after
+/// these keys: what `LinearAttentionState.attend` runs.
+package func linearAttentionAndState(
     queries: Tensor, keys: Tensor, values: Tensor, initialState: LinearAttentionState? = nil,
     options: LinearAttentionOptions = LinearAttentionOptions()
 ) throws -> (output: Tensor, state: LinearAttentionState) {
@@ -148,7 +171,7 @@ private func runLinearAttention(
 
     let tiling = LinearTiling(
         chunk: Swift.max(
-            1, Swift.min(options.chunkSize ?? LinearTiling.defaultChunk(causal: options.causal), Swift.max(nq, nk))))
+            1, Swift.min(options.chunkSize ?? LinearTiling.defaultChunk(causal: options.isCausal), Swift.max(nq, nk))))
     // An empty batch gets an empty state (the public initializer insists on batch >= 1).
     let state =
         try initialState
@@ -266,7 +289,7 @@ private struct LinearContext {
         let valueBase = values.map { $0 + (b * p.keyValueHeads + kvHead) * nk * dv }
         let outputBase = output.map { $0 + (b * p.queryHeads + h) * nq * dv }
 
-        if options.causal {
+        if options.isCausal {
             guard let queryBase, let keyBase, let valueBase, let outputBase else { return }
             var start = 0
             while start < nq {
@@ -471,7 +494,7 @@ package func validateLinearAttention(
             outputDimension >= 1, "options.featureMap outputDimension", expected: ">= 1", actual: "\(outputDimension)")
     }
     let dPhi = options.featureMap.featureDimension(inputDimension: dk)
-    if options.causal {
+    if options.isCausal {
         guard nq == nk else {
             throw AttentionError.shapeMismatch(
                 argument: "queries", expected: "[\(b), \(hq), \(nk), \(dk)] (one query per key)", actual: queries.shape,
@@ -480,7 +503,8 @@ package func validateLinearAttention(
     }
     if let decay = options.decay {
         try AttentionError.require(
-            options.causal, "options.decay", expected: "nil unless options.causal (decay is over earlier tokens)",
+            options.isCausal, "options.decay",
+            expected: "nil unless options.mask is .causal (decay is over earlier tokens)",
             actual: "\(decay.count) values")
         try AttentionError.require(
             decay.count == hq, "options.decay.count", expected: "\(hq) (one per query head)", actual: "\(decay.count)")

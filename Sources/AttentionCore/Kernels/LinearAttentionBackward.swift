@@ -157,11 +157,11 @@ private struct LinearBackwardPass {
             for i in 0..<nq { options.featureMap.apply(q + (qBase + i) * dk, count: dk, into: a + i * p) }
             // Pass 1: (S, z) over the keys (all of them first when not causal), then each query's g, t and da.
             state.update(repeating: 0, count: p * w)
-            if !options.causal {
+            if !options.isCausal {
                 for j in 0..<nk { addOuter(c + j * p, values + j * w, into: state, rows: p, width: w) }
             }
             for i in 0..<nq {
-                if options.causal {
+                if options.isCausal {
                     scaleRows(state, count: p * w, by: lambda)
                     addOuter(c + i * p, values + i * w, into: state, rows: p, width: w)
                 }
@@ -188,11 +188,11 @@ private struct LinearBackwardPass {
             }
             // Pass 2: (R, r) over the queries (all of them first when not causal), then each key's dc and dv.
             state.update(repeating: 0, count: p * w)
-            if !options.causal {
+            if !options.isCausal {
                 for i in 0..<nq { addOuter(a + i * p, gt + i * w, into: state, rows: p, width: w) }
             }
             for j in stride(from: nk - 1, through: 0, by: -1) {
-                if options.causal {
+                if options.isCausal {
                     scaleRows(state, count: p * w, by: lambda)
                     addOuter(a + j * p, gt + j * w, into: state, rows: p, width: w)
                 }

@@ -23,8 +23,8 @@
 /// sink to its own denominator, so setting it in both would count it twice.
 ///
 /// ```swift
-/// let left = try attentionWithLogSumExp(queries: q, keys: k1, values: v1)
-/// let right = try attentionWithLogSumExp(queries: q, keys: k2, values: v2)
+/// let left = try partialAttention(queries: q, keys: k1, values: v1)
+/// let right = try partialAttention(queries: q, keys: k2, values: v2)
 /// let both = try mergeAttention(left, right)   // == attention over the concatenated keys
 /// ```
 public func mergeAttention(_ first: AttentionResult, _ second: AttentionResult) throws -> AttentionResult {

@@ -24,20 +24,20 @@ public func blockSparseAttention(
     queries: Tensor, keys: Tensor, values: Tensor, layout: BlockSparseLayout, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> Tensor {
-    try blockSparseAttentionWithLogSumExp(
+    try partialBlockSparseAttention(
         queries: queries, keys: keys, values: values, layout: layout, mask: mask, options: options
     ).output
 }
 
 /// Like `blockSparseAttention`, also returning each row's log-sum-exp and the kernel's workspace.
-public func blockSparseAttentionWithLogSumExp(
+public func partialBlockSparseAttention(
     queries: Tensor, keys: Tensor, values: Tensor, layout: BlockSparseLayout, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {
     let (mask, options) = try blockSparseDescription(
         layout: layout, mask: mask, options: options,
         queryHeads: queries.rank == 4 ? options.layout.canonical(queries.shape)[1] : 0)
-    return try attentionWithLogSumExp(queries: queries, keys: keys, values: values, mask: mask, options: options)
+    return try partialAttention(queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
 /// The mask and options that run `layout` (intersected with `mask`) through the blockwise kernel: one
@@ -64,21 +64,21 @@ package func blockSparseDescription(
     return (mask, options)
 }
 
-/// Token-level top-k attention: each query attends, with an exact softmax, to only the `k` visible keys with the
-/// highest scores (scale * q . k). With k >= the visible keys it equals dense attention.
+/// Token-level top-k attention: each query attends, with an exact softmax, to only the `keysPerQuery` visible keys
+/// with the highest scores (scale * q . k). With `keysPerQuery` >= the visible keys it equals dense attention.
 ///
-/// Ties at the k-th score keep the lower key index, so the result is deterministic. NaN scores rank below every
-/// number; if one is among the k kept, the row is NaN (as dense attention makes a row with a visible NaN score NaN).
+/// Ties at the last kept score keep the lower key index, so the result is deterministic. NaN scores rank below every
+/// number; if one is among those kept, the row is NaN (as dense attention makes a row with a visible NaN score NaN).
 /// Supports `options.scale` and `options.threads`; the other score options are rejected.
-/// - Throws: `AttentionError` for k < 1, unsupported options, and anything `attention` rejects.
+/// - Throws: `AttentionError` for `keysPerQuery` < 1, unsupported options, and anything `attention` rejects.
 /// - Complexity: O(B * Hq * Nq * Nk * Dk) for the scores, O(Nk) per query to select, O(k * Dv) per query to sum;
 ///   scratch O(threads * Nk).
 public func topKAttention(
-    queries: Tensor, keys: Tensor, values: Tensor, k: Int, mask: AttentionMask = .none,
+    queries: Tensor, keys: Tensor, values: Tensor, keysPerQuery k: Int, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
 ) throws -> Tensor {
     let problem = try AttentionProblem(queries: queries, keys: keys, values: values, mask: mask, options: options)
-    try AttentionError.require(k >= 1, "k", expected: ">= 1", actual: "\(k)")
+    try AttentionError.require(k >= 1, "keysPerQuery", expected: ">= 1", actual: "\(k)")
     for (name, isSet) in [
         ("options.softcap", options.softcap != nil), ("options.alibiSlopes", options.alibiSlopes != nil),
         ("options.bias", options.bias != nil), ("options.sinkLogits", options.sinkLogits != nil),

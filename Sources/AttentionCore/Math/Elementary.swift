@@ -10,6 +10,5 @@
 @inline(__always) package func _sin(_ x: Double) -> Double { Foundation.sin(x) }
 @inline(__always) package func _pow(_ x: Double, _ y: Double) -> Double { Foundation.pow(x, y) }
 @inline(__always) package func _log(_ x: Float) -> Float { Foundation.logf(x) }
-@inline(__always) package func _tanh(_ x: Float) -> Float { Foundation.tanhf(x) }
 @inline(__always) package func _exp(_ x: Float) -> Float { Foundation.expf(x) }
 @inline(__always) package func _exp2(_ x: Float) -> Float { Foundation.exp2f(x) }

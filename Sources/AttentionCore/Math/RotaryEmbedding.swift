@@ -56,12 +56,14 @@ public struct RotaryEmbedding: Sendable, Hashable {
             attentionFactor: Float? = nil)
     }
 
+    /// Which values of a head form the rotated pairs; it must match the model's code.
     public let pairing: Pairing
     /// The frequency base (10000 in most models; 500000 in Llama 3). Finite and > 1.
     public let base: Float
     /// The rotated values per head (even, >= 2); nil rotates the whole head (all but its last value when the
     /// head dimension is odd).
     public let rotaryDimension: Int?
+    /// How the frequencies are stretched for contexts longer than the model was trained on.
     public let scaling: Scaling
 
     /// - Throws: `AttentionError.invalidValue` for a base that is not finite and > 1, an odd or non-positive

@@ -17,7 +17,7 @@
 /// ```swift
 /// let p = try softmax(try Tensor(shape: [1, 3], scalars: [1, 2, 3]))   // [0.090, 0.245, 0.665]
 /// ```
-public func softmax(_ tensor: Tensor, mask: [Bool]? = nil) throws -> Tensor {
+package func softmax(_ tensor: Tensor, mask: [Bool]? = nil) throws -> Tensor {
     let (rows, width) = try rowLayout(tensor, mask: mask)
     var output = applyMask(tensor.scalars, mask)
     output.withUnsafeMutableBufferPointer { buffer in
@@ -35,7 +35,7 @@ public func softmax(_ tensor: Tensor, mask: [Bool]? = nil) throws -> Tensor {
 ///   - mask: optional, as in `softmax(_:mask:)`. A row with no unmasked element gives -infinity.
 /// - Returns: a tensor of `tensor`'s shape without its last axis.
 /// - Complexity: O(tensor.count).
-public func logSumExp(_ tensor: Tensor, mask: [Bool]? = nil) throws -> Tensor {
+package func logSumExp(_ tensor: Tensor, mask: [Bool]? = nil) throws -> Tensor {
     let (rows, width) = try rowLayout(tensor, mask: mask)
     var scratch = applyMask(tensor.scalars, mask)
     var result = [Float](repeating: 0, count: rows)
@@ -79,13 +79,11 @@ package struct SoftmaxRowStatistics {
 
 /// Replaces `row[0..<count]` by its softmax in place. Entries equal to -infinity are excluded (output 0).
 ///
-/// - Parameter extraLogit: an optional logit that joins the denominator but has no output entry (a learned
-///   attention sink); -infinity means none.
-/// - Returns: the row maximum (including `extraLogit`) and the denominator. If the row has no finite-or-+inf
-///   entry and no extra logit, the row is zero-filled and the sum is 0 (so `logSumExp` is -infinity).
+/// - Returns: the row maximum and the denominator. If the row has no finite-or-+inf entry, the row is zero-filled
+///   and the sum is 0 (so `logSumExp` is -infinity).
 @discardableResult
 package func softmaxRow(
-    _ row: UnsafeMutablePointer<Float>, count: Int, extraLogit: Float = -.infinity
+    _ row: UnsafeMutablePointer<Float>, count: Int
 ) -> SoftmaxRowStatistics {
     var maxVector = SIMD16<Float>(repeating: -.infinity)
     var sawNaN = false
@@ -96,7 +94,7 @@ package func softmaxRow(
         sawNaN = sawNaN || any(x .!= x)
         i += 16
     }
-    var maximum = Swift.max(horizontalMax(maxVector), extraLogit)
+    var maximum = horizontalMax(maxVector)
     while i < count {
         maximum = Swift.max(maximum, row[i])
         sawNaN = sawNaN || row[i].isNaN
@@ -128,12 +126,7 @@ package func softmaxRow(
         for lane in 0..<(count - i) { row[i + lane] = e[lane] }
         sumVector += e
     }
-    var sum = horizontalSum(sumVector)
-    if extraLogit > -.infinity {
-        var sink = SIMD16<Float>(repeating: -.infinity)
-        sink[0] = extraLogit - maximum
-        sum += vectorExp(sink)[0]
-    }
+    let sum = horizontalSum(sumVector)
     let inverse = SIMD16<Float>(repeating: 1 / sum)
     i = 0
     while i + 16 <= count {

@@ -16,31 +16,28 @@
 
 import AttentionPlatform
 
-/// The SIMD width every kernel in this package is written for: 16 Float lanes (one AVX-512 register, four SSE).
-public typealias FloatVector = SIMD16<Float>
-
 /// Vectorized math on `SIMD16<Float>` and contiguous buffers.
-public enum VectorMath {
+package enum VectorMath {
     /// e^x for each lane, accurate to 2 ulp for results in Float's normal range (see the file header).
     ///
     /// ```swift
     /// let y = VectorMath.exp(SIMD16<Float>(repeating: 1))   // every lane 2.7182817
     /// ```
     @inlinable
-    public static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorExp(x) }
+    package static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorExp(x) }
 
     /// 2^x for each lane, accurate to 2 ulp for results in Float's normal range (see the file header).
     @inlinable
-    public static func exp2(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorExp2(x) }
+    package static func exp2(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorExp2(x) }
 
     /// tanh(x) for each lane, within 2 ulp.
     @inlinable
-    public static func tanh(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorTanh(x) }
+    package static func tanh(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorTanh(x) }
 
     /// The dot product of two equally long Float arrays, accumulated in Float with 64 lanes in flight.
     /// - Throws: `AttentionError.invalidValue` when the lengths differ.
     /// - Complexity: O(n).
-    public static func dot(_ x: [Float], _ y: [Float]) throws -> Float {
+    package static func dot(_ x: [Float], _ y: [Float]) throws -> Float {
         try AttentionError.require(
             x.count == y.count, "y.count", expected: "\(x.count) (x.count)", actual: "\(y.count)")
         return x.withUnsafeBufferPointer { x in

@@ -6,7 +6,9 @@ import AttentionPlatform
 
 /// A set of vector features of a CPU or of a build target.
 public struct CPUFeatures: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    /// The features as bits, one per feature (the C header's `SWIFT_ATTENTION_*` values).
     public let rawValue: Int32
+    /// The set whose bits are `rawValue`.
     public init(rawValue: Int32) { self.rawValue = rawValue }
 
     /// 256-bit integer and float vectors (x86_64).

@@ -32,8 +32,11 @@
 /// per value), bfloat16 8 bits (<= 2^-8); int8 an absolute error <= s / 2 = max |x| / 254 per value, int4 <=
 /// max |x| / 14.
 public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
+    /// IEEE binary32, 4 bytes per value.
     case float32
+    /// IEEE binary16, 2 bytes per value.
     case float16
+    /// bfloat16 (binary32's upper half), 2 bytes per value.
     case bfloat16
     /// Signed 8-bit values with one Float32 scale per block of `blockSize` values (which must divide the row length).
     case int8(blockSize: Int = 32)
@@ -58,6 +61,7 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The format as it is written in Swift, e.g. "float16" or "int8(blockSize: 32)".
     public var description: String {
         switch self {
         case .float32: return "float32"

@@ -12,17 +12,17 @@
 /// let bits = generator.next()            // same value on every machine
 /// let x = Float.random(in: 0..<1, using: &generator)
 /// ```
-public struct SplitMix64: RandomNumberGenerator, Sendable, Hashable {
+package struct SplitMix64: RandomNumberGenerator, Sendable, Hashable {
     /// The generator's whole state; two generators with equal state produce equal sequences.
-    public private(set) var state: UInt64
+    package private(set) var state: UInt64
 
     /// Creates a generator whose sequence is determined by `seed`.
-    public init(seed: UInt64) {
+    package init(seed: UInt64) {
         state = seed
     }
 
     /// Returns the next 64 random bits. O(1).
-    public mutating func next() -> UInt64 {
+    package mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -31,13 +31,13 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Hashable {
     }
 
     /// A uniform Double in [0, 1) made from the top 53 bits of `next()`.
-    public mutating func nextUnitDouble() -> Double {
+    package mutating func nextUnitDouble() -> Double {
         Double(next() >> 11) * 0x1p-53
     }
 
     /// A standard normal Double (mean 0, variance 1) by the Box-Muller transform of two `nextUnitDouble()`
     /// draws; the second value of the pair is discarded so that every call consumes exactly two draws.
-    public mutating func nextStandardNormal() -> Double {
+    package mutating func nextStandardNormal() -> Double {
         // 1 - u lies in (0, 1], so the logarithm is finite.
         let u1 = 1 - nextUnitDouble()
         let u2 = nextUnitDouble()
