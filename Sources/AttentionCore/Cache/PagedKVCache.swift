@@ -64,8 +64,9 @@ public struct PagedKVCache: Sendable {
     /// - Parameters:
     ///   - blockCount: blocks in the pool (>= 1); the pool holds `blockCount * blockSize` tokens in all.
     ///   - blockSize: tokens per block (>= 1). A multiple of 64 keeps the kernel's 64-key tiles whole.
-    ///   - keyValueHeads, headDimension, valueDimension: as for `KVCache` (valueDimension defaults to
-    ///     headDimension).
+    ///   - keyValueHeads: key/value heads per token (>= 1).
+    ///   - headDimension: values per key row (>= 1).
+    ///   - valueDimension: values per value row; `nil` means `headDimension`.
     ///   - format: how rows are stored (`StorageFormat`), decoded tile by tile as attention reads them.
     ///   - rotary: fused rotary embedding, as for `KVCache`: a sequence's token t is rotated by position t as it is
     ///     appended, and its queries in `attention` by the positions of its newest tokens.
@@ -282,6 +283,7 @@ public struct PagedKVCache: Sendable {
     ///     one per sequence: a decode step), in the order of `sequences`. `queryHeads` is a multiple of
     ///     `keyValueHeads`.
     ///   - sequences: the sequences to attend (any held ones, in any order; one may appear more than once).
+    ///   - queryCounts: queries per sequence, in the order of `sequences`; `nil` means one each.
     ///   - mask: per sequence, aligned bottom-right (the default `.causal` lets query j of a sequence holding n
     ///     tokens see tokens up to n - queryCounts[i] + j: the queries are its newest tokens).
     ///   - options: as for `packedAttention` (no bias, padding or layouts; not the naive kernel).

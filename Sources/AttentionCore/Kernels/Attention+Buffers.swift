@@ -6,10 +6,12 @@
 /// tensor type, or a fused QKV projection (`AttentionBuffer.fusedProjection`), needs no copy.
 ///
 /// - Parameters:
-///   - queries, keys, values: shapes [B, Hq, Nq, Dk], [B, Hkv, Nk, Dk], [B, Hkv, Nk, Dv] in the kernels' axis
-///     order, at any strides; they may share memory (one fused buffer).
+///   - queries: [B, Hq, Nq, Dk] in the kernels' axis order, at any strides.
+///   - keys: [B, Hkv, Nk, Dk], at any strides; it may share memory with the others (one fused buffer).
+///   - values: [B, Hkv, Nk, Dv], at any strides.
 ///   - output: [B, Hq, Nq, Dv] at any non-overlapping strides, disjoint from the inputs; every element is written.
 ///   - logSumExp: nil, or memory for [B, Hq, Nq] log-sum-exp values (dense), disjoint from the rest.
+///   - mask: as for tensors.
 ///   - options: as for tensors, except `layout` and `outputLayout`, which the strides replace (they must be left
 ///     at their defaults).
 /// - Throws: `AttentionError` for shapes that do not fit together, overlapping output memory, or invalid options;

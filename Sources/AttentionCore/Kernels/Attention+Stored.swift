@@ -23,7 +23,8 @@
 ///   - queries: [batch, queryHeads, queryLength, headDimension] in `.float32`, `.float16` or `.bfloat16`.
 ///   - keys: [batch, keyValueHeads, keyLength, headDimension] in any format.
 ///   - values: [batch, keyValueHeads, keyLength, valueDimension] in any format.
-///   - mask, options: as for `attention(queries:keys:values:mask:options:)`.
+///   - mask: as for `attention(queries:keys:values:mask:options:)`.
+///   - options: as for `attention(queries:keys:values:mask:options:)`.
 /// - Returns: [batch, queryHeads, queryLength, valueDimension] in Float32.
 /// - Throws: `AttentionError` as `attention(queries:keys:values:mask:options:)` does, and for quantized queries
 ///   (named `queries.format`).

@@ -57,7 +57,11 @@ public struct AttentionGradients: Sendable {
 /// ```
 ///
 /// - Parameters:
-///   - queries, keys, values, mask, options: exactly those of the forward call.
+///   - queries: the forward call's queries.
+///   - keys: the forward call's keys.
+///   - values: the forward call's values.
+///   - mask: the forward call's mask.
+///   - options: the forward call's options.
 ///   - result: the forward's output and log-sum-exp (`partialAttention`); the probabilities are rebuilt
 ///     from the log-sum-exp, so it must be the one computed with these inputs.
 ///   - outputGradient: dL/d(output), the output's shape.

@@ -99,11 +99,13 @@ public struct LinearAttentionState: Sendable, Equatable {
 /// Linear attention, causal or not, with a feature map, optional normalization and optional decay.
 ///
 /// - Parameters:
-///   - queries: [batch, queryHeads, Nq, Dk]; keys [batch, keyValueHeads, Nk, Dk]; values
-///     [batch, keyValueHeads, Nk, Dv]. queryHeads must be a multiple of keyValueHeads; causal needs Nq == Nk.
+///   - queries: [batch, queryHeads, Nq, Dk]; queryHeads must be a multiple of keyValueHeads.
+///   - keys: [batch, keyValueHeads, Nk, Dk]; a causal mask needs Nq == Nk.
+///   - values: [batch, keyValueHeads, Nk, Dv].
+///   - options: the feature map, mask, normalization, decay, chunk size and threads.
 /// - Returns: [batch, queryHeads, Nq, Dv].
 /// - Throws: `AttentionError` for mismatched shapes, a decay that is not finite or outside (0, 1] (or set without
-///   `causal`), a chunk size below 1, or a custom feature dimension below 1.
+///   `mask: .causal`), a chunk size below 1, or a custom feature dimension below 1.
 /// - Complexity: O(B * Hq * N * d_phi * Dv) time (plus O(N * C * d_phi) for the causal chunks' products), and
 ///   O(threads * (C * (d_phi + C) + d_phi * Dv)) scratch: linear in N.
 public func linearAttention(

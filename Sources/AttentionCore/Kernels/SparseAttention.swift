@@ -14,6 +14,9 @@
 /// `attention(queries:keys:values:mask:options:)`.
 ///
 /// - Parameters:
+///   - queries: [batch, queryHeads, Nq, Dk].
+///   - keys: [batch, keyValueHeads, Nk, Dk].
+///   - values: [batch, keyValueHeads, Nk, Dv].
 ///   - layout: made for Nq queries and Nk keys; shared by all heads or one pattern per query head.
 ///   - mask: intersected with the layout (e.g. `.causal`, which masks exactly inside the diagonal blocks).
 ///   - options: with `.automatic` the blockwise kernel runs with tiles of the layout's block sizes.
