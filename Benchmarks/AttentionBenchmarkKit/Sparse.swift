@@ -24,7 +24,7 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             try .bigBird(length: 100, blockSize: 16, windowBlocks: 1, globalBlocks: [0], random: 1, seed: 1)
         ),
         ("sparse-strided", try .strided(length: 100, blockSize: 16, stride: 3, offsets: [0, 1])),
-        ("sparse-topk", try .topK(queries: small.queries, keys: small.keys, blockSize: 16, k: 2)),
+        ("sparse-topk", try .topK(queries: small.queries, keys: small.keys, blockSize: 16, keyBlocksPerQuery: 2)),
     ]
     for (name, layout) in gates {
         let output = try blockSparseAttention(
@@ -102,7 +102,8 @@ public func sparseSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                 if kernels?.contains("sparse-topk") ?? true {
                     var layout: BlockSparseLayout? = nil
                     let build = try measureTimes(minimumRepetitions: configuration.minimumRepetitions, budget: budget) {
-                        layout = try .topK(queries: inputs.queries, keys: inputs.keys, blockSize: block, k: wanted - 1)
+                        layout = try .topK(
+                            queries: inputs.queries, keys: inputs.keys, blockSize: block, keyBlocksPerQuery: wanted - 1)
                     }
                     try timeLayout("sparse-topk", layout!)
                     records.append(record("topk-build", layout!, build, output: nil))

@@ -57,3 +57,16 @@ extension KVCache {
         try partialAttention(queries: queries, mask: mask, options: options)
     }
 }
+
+extension BlockSparseLayout {
+    /// Renamed ``topK(queries:keys:blockSize:keyBlocksPerQuery:causal:sinkBlocks:scoring:)``.
+    @available(*, deprecated, renamed: "topK(queries:keys:blockSize:keyBlocksPerQuery:causal:sinkBlocks:scoring:)")
+    public static func topK(
+        queries: Tensor, keys: Tensor, blockSize: Int, k: Int, causal: Bool = false, sinkBlocks: Int = 0,
+        scoring: BlockScoring = .meanKey
+    ) throws -> BlockSparseLayout {
+        try topK(
+            queries: queries, keys: keys, blockSize: blockSize, keyBlocksPerQuery: k, causal: causal,
+            sinkBlocks: sinkBlocks, scoring: scoring)
+    }
+}

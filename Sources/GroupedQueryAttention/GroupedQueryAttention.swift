@@ -39,7 +39,7 @@ public struct GroupedQuery: Sendable, Hashable {
     public func keyValueHead(forQueryHead queryHead: Int) -> Int { queryHead / groupSize }
 
     /// Grouped-query attention with any mask and options of the core `attention` function.
-    /// - Throws: `AttentionError` if the tensors' head counts differ from this layout, or anything the core kernel
+    /// - Throws: ``AttentionError`` if the tensors' head counts differ from this layout, or anything the core kernel
     ///   rejects.
     public func attention(
         queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,

@@ -29,7 +29,7 @@ public struct MultiQuery: Sendable, Hashable {
     public var keyValueHeads: Int { 1 }
 
     /// Multi-query attention with any mask and options of the core `attention` function.
-    /// - Throws: `AttentionError` if the queries do not have `queryHeads` heads or the keys more than one head, or
+    /// - Throws: ``AttentionError`` if the queries do not have `queryHeads` heads or the keys more than one head, or
     ///   anything the core kernel rejects.
     public func attention(
         queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,

@@ -62,7 +62,7 @@ public enum HeadPolicy: Sendable, Hashable {
 ///   - policies: one per query head.
 ///   - mask: the visibility every head starts from (default `.causal`); streaming heads intersect it with their
 ///     sinks + window.
-/// - Throws: `AttentionError` if `policies.count` differs from the query heads, or anything the core kernel rejects.
+/// - Throws: ``AttentionError`` if `policies.count` differs from the query heads, or anything the core kernel rejects.
 public func attention(
     queries: Tensor, keys: Tensor, values: Tensor, policies: [HeadPolicy], mask: AttentionMask = .causal,
     options: AttentionOptions = AttentionOptions()
@@ -154,7 +154,7 @@ public struct StreamingKVCache: KeyValueCache {
     public private(set) var tokenCount = 0
 
     /// Creates an empty cache for `sinks` (valueDimension defaults to headDimension).
-    /// - Parameter storage: how keys and values are stored (default Float32; see `CacheStorage`): the sinks in
+    /// - Parameter storage: how keys and values are stored (default Float32; see ``CacheStorage``): the sinks in
     ///   Float32 when `sinksInFloat32`, the newest `min(sinks.window, recentTokensInFloat32)` tokens in Float32,
     ///   the rest of the window in the storage's format.
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
@@ -242,7 +242,7 @@ public struct StreamingKVCache: KeyValueCache {
     ///   - keys: [batch, keyValueHeads, n, headDimension]; values: [batch, keyValueHeads, n, valueDimension].
     ///   - options: any core option; learned `sinkLogits` may be combined with sink tokens.
     /// - Returns: [batch, queryHeads, n, valueDimension].
-    /// - Throws: `AttentionError` for shapes that do not fit the cache; the cache is then unchanged.
+    /// - Throws: ``AttentionError`` for shapes that do not fit the cache; the cache is then unchanged.
     public mutating func attend(
         queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions = AttentionOptions()
     ) throws -> Tensor {
@@ -334,7 +334,7 @@ public struct StreamingKVCache: KeyValueCache {
 
     /// Stores tokens without attending them (with `rotary` and `.whenStored`, keys rotated by their stream
     /// positions; with `.whenLoaded` stored as given).
-    /// - Throws: `AttentionError` for shapes that do not fit the cache, or a position past
+    /// - Throws: ``AttentionError`` for shapes that do not fit the cache, or a position past
     ///   `RotaryEmbedding.maximumPosition`; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)

@@ -90,7 +90,7 @@ public struct RollingKVCache: KeyValueCache {
     ///   - window: keys each token sees, counting itself (>= 1). The ring holds this many tokens.
     ///   - batch, keyValueHeads, headDimension, valueDimension: the layout of the keys and values to append
     ///     (valueDimension defaults to headDimension).
-    ///   - storage: how keys and values are stored (default Float32; see `CacheStorage`). The newest
+    ///   - storage: how keys and values are stored (default Float32; see ``CacheStorage``). The newest
     ///     `min(window, storage.recentTokensInFloat32)` tokens stay in Float32.
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
     ///   not fit.
@@ -139,7 +139,7 @@ public struct RollingKVCache: KeyValueCache {
     ///     [.., n, count + n]).
     /// - Returns: [batch, queryHeads, n, valueDimension]: new token i attends to itself and the `window - 1`
     ///   tokens before it, whether they were cached or arrived in the same call.
-    /// - Throws: `AttentionError` for shapes that do not fit the cache; the cache is then unchanged.
+    /// - Throws: ``AttentionError`` for shapes that do not fit the cache; the cache is then unchanged.
     public mutating func attend(
         queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions = AttentionOptions()
     ) throws -> Tensor {

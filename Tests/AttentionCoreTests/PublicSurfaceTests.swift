@@ -108,6 +108,10 @@ final class PublicSurfaceTests: XCTestCase {
         XCTAssertEqual(
             try topKAttention(queries: q, keys: k, values: v, k: 3),
             try topKAttention(queries: q, keys: k, values: v, keysPerQuery: 3))
+        XCTAssertEqual(
+            try BlockSparseLayout.topK(queries: square.queries, keys: square.keys, blockSize: 4, k: 1),
+            try BlockSparseLayout.topK(
+                queries: square.queries, keys: square.keys, blockSize: 4, keyBlocksPerQuery: 1))
         var cache = try KVCache(keyValueHeads: 2, headDimension: 8)
         try cache.append(keys: k, values: v)
         XCTAssertEqual(

@@ -25,11 +25,14 @@ final class SparseAttentionTests: XCTestCase {
             (
                 "topK",
                 try .topK(
-                    queries: inputs.queries, keys: inputs.keys, blockSize: block, k: 3, causal: true, sinkBlocks: 1)
+                    queries: inputs.queries, keys: inputs.keys, blockSize: block, keyBlocksPerQuery: 3, causal: true,
+                    sinkBlocks: 1)
             ),
             (
                 "topK max",
-                try .topK(queries: inputs.queries, keys: inputs.keys, blockSize: block, k: 2, scoring: .maxKey)
+                try .topK(
+                    queries: inputs.queries, keys: inputs.keys, blockSize: block, keyBlocksPerQuery: 2, scoring: .maxKey
+                )
             ),
         ]
         for (name, layout) in layouts {
@@ -112,7 +115,8 @@ final class SparseAttentionTests: XCTestCase {
         var keys = try Tensor(zeros: [1, 1, 24, 2])
         let queries = try Tensor(shape: [1, 1, 24, 2], repeating: 1)
         for row in 12..<16 { keys[0, 0, row, 0] = 5; keys[0, 0, row, 1] = 5 }
-        let topK = try BlockSparseLayout.topK(queries: queries, keys: keys, blockSize: 4, k: 1, sinkBlocks: 1)
+        let topK = try BlockSparseLayout.topK(
+            queries: queries, keys: keys, blockSize: 4, keyBlocksPerQuery: 1, sinkBlocks: 1)
         XCTAssertEqual(
             (0..<6).map { Array(topK.keyBlocks(queryBlock: $0)) },
             [[0, 3], [0, 1, 3], [0, 2, 3], [0, 3], [0, 3, 4], [0, 3, 5]])

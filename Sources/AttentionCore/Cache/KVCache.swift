@@ -18,7 +18,7 @@
 /// }
 /// ```
 ///
-/// A `KVCache` is a value: copies are independent (copy-on-write), and a cache may be read from many threads at once
+/// A ``KVCache`` is a value: copies are independent (copy-on-write), and a cache may be read from many threads at once
 /// (`attention` does not mutate it) but, like an `Array`, must not be mutated while another thread uses it.
 public struct KVCache: KeyValueCache {
     /// Tokens 0..<count - recent.held, in the storage's format (slot i holds token i).
@@ -51,7 +51,7 @@ public struct KVCache: KeyValueCache {
     ///     cache moves once into a reservation twice as large. Where the system refuses the reservation (strict
     ///     overcommit, an address-space limit) or has no such mapping, the storage is an array whose capacity
     ///     doubles when it runs out (one copy each time).
-    ///   - storage: how keys and values are stored (default Float32; see `CacheStorage` and `StorageFormat`).
+    ///   - storage: how keys and values are stored (default Float32; see ``CacheStorage`` and ``StorageFormat``).
     ///     Tokens are encoded once, as they are appended (or as they leave the Float32 window of the newest
     ///     tokens); attention decodes them tile by tile as it reads them and accumulates in Float32.
     ///   - rotary: a rotary position embedding fused into the cache (FlashAttention's `rotary_cos`/`rotary_sin`,
@@ -163,7 +163,7 @@ public struct KVCache: KeyValueCache {
 
     /// Appends the new tokens, then attends their queries over every cached token with `.causal` (new token i sees
     /// the tokens before it and itself): `append(keys:values:)` followed by `attention(queries:options:)`, the
-    /// `KeyValueCache` step.
+    /// ``KeyValueCache`` step.
     /// - Throws: as `append` and `attention`, and `AttentionError.shapeMismatch` unless there is one query per new
     ///   token; the cache is then unchanged.
     public mutating func attend(
@@ -197,7 +197,7 @@ public struct KVCache: KeyValueCache {
     /// lets query i see the cached tokens up to and including its own position; with one query this is every token.
     /// Any mask and option of `attention(queries:keys:values:mask:options:)` applies; `.automatic` picks the
     /// split-KV decode kernel for short queries.
-    /// - Throws: `AttentionError` if the queries do not fit the cache (batch, head dimension, head grouping) or an
+    /// - Throws: ``AttentionError`` if the queries do not fit the cache (batch, head dimension, head grouping) or an
     ///   option is invalid.
     public func attention(
         queries: Tensor, mask: AttentionMask = .causal, options: AttentionOptions = AttentionOptions()

@@ -7,7 +7,7 @@
 // business.
 
 /// Slot storage for keys and values of every (batch, key/value head), each row encoded in the buffer's
-/// `StorageFormat`s (a fixed number of bytes per row, see `RowCodec`).
+/// ``StorageFormat``s (a fixed number of bytes per row, see `RowCodec`).
 package struct KeyValueBuffer: Sendable {
     package let batch: Int
     package let heads: Int

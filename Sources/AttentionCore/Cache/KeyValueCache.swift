@@ -5,7 +5,7 @@
 /// values of the tokens it is given, in its `storage` format, and attends new tokens' queries over what it holds,
 /// reading the stored tokens in place.
 ///
-/// What a cache keeps and what a new token sees is the cache's own semantics: `KVCache` keeps every token (causal
+/// What a cache keeps and what a new token sees is the cache's own semantics: ``KVCache`` keeps every token (causal
 /// attention over all of them), `RollingKVCache` the last `window` (sliding-window attention), `StreamingKVCache`
 /// the first sinks and the last window (StreamingLLM). A decode loop generic over the cache reads the same for all:
 ///
@@ -16,10 +16,10 @@
 /// ```
 ///
 /// Conforming types are values (copies are independent) and `Sendable`; reads may run concurrently, mutations need
-/// exclusive access, as for an `Array`. `PagedKVCache`, which holds many sequences of different lengths, has its
+/// exclusive access, as for an `Array`. ``PagedKVCache``, which holds many sequences of different lengths, has its
 /// own API (sequence identifiers and per-sequence counts) and does not conform.
 public protocol KeyValueCache: Sendable {
-    /// How keys and values are stored (`CacheStorage`: Float32, Float16, BFloat16, 8- or 4-bit blocks, and which
+    /// How keys and values are stored (``CacheStorage``: Float32, Float16, BFloat16, 8- or 4-bit blocks, and which
     /// tokens stay in Float32).
     var storage: CacheStorage { get }
     /// Tokens held (those the next `attend` can see, subject to the cache's mask).
@@ -37,10 +37,10 @@ public protocol KeyValueCache: Sendable {
     /// keys [batch, keyValueHeads, n, headDimension] and values [batch, keyValueHeads, n, valueDimension] under the
     /// cache's mask (new token i sees the new tokens up to itself), and stores the new tokens. Returns
     /// [batch, queryHeads, n, valueDimension].
-    /// - Throws: `AttentionError` for shapes or options that do not fit the cache; the cache is then unchanged.
+    /// - Throws: ``AttentionError`` for shapes or options that do not fit the cache; the cache is then unchanged.
     mutating func attend(queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions) throws -> Tensor
     /// Stores n new tokens without attending them (a prompt whose outputs are not needed).
-    /// - Throws: `AttentionError` for shapes that do not fit the cache; the cache is then unchanged.
+    /// - Throws: ``AttentionError`` for shapes that do not fit the cache; the cache is then unchanged.
     mutating func append(keys: Tensor, values: Tensor) throws
     /// Forgets every token (`count` and `tokenCount` become 0).
     mutating func removeAll()

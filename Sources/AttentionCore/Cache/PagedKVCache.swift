@@ -67,8 +67,8 @@ public struct PagedKVCache: Sendable {
     ///   - keyValueHeads: key/value heads per token (>= 1).
     ///   - headDimension: values per key row (>= 1).
     ///   - valueDimension: values per value row; `nil` means `headDimension`.
-    ///   - format: how rows are stored (`StorageFormat`), decoded tile by tile as attention reads them.
-    ///   - rotary: fused rotary embedding, as for `KVCache`: a sequence's token t is rotated by position t as it is
+    ///   - format: how rows are stored (``StorageFormat``), decoded tile by tile as attention reads them.
+    ///   - rotary: fused rotary embedding, as for ``KVCache``: a sequence's token t is rotated by position t as it is
     ///     appended, and its queries in `attention` by the positions of its newest tokens.
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range, a dimension the format does
     ///   not fit, or a rotary dimension above the head dimension.
@@ -140,7 +140,7 @@ public struct PagedKVCache: Sendable {
 
     /// Appends keys [1, keyValueHeads, n, headDimension] and values [1, keyValueHeads, n, valueDimension] to one
     /// sequence (a prompt, or a chunk of one).
-    /// - Throws: `AttentionError` for shapes that do not fit, a sequence the cache does not hold, or too few free
+    /// - Throws: ``AttentionError`` for shapes that do not fit, a sequence the cache does not hold, or too few free
     ///   blocks; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor, to sequence: SequenceID) throws {
         let (h, dk, dv) = (keyValueHeads, headDimension, valueDimension)
@@ -170,7 +170,7 @@ public struct PagedKVCache: Sendable {
     /// Appends tokens to several sequences at once, in the packed layout of `attention(queries:sequences:)`:
     /// keys [totalTokens, keyValueHeads, headDimension] and values [totalTokens, keyValueHeads, valueDimension],
     /// sequence i taking the next `tokenCounts[i]` tokens (default one token per sequence: a decode step).
-    /// - Throws: `AttentionError` for shapes or counts that do not fit, a sequence the cache does not hold or
+    /// - Throws: ``AttentionError`` for shapes or counts that do not fit, a sequence the cache does not hold or
     ///   listed twice, or too few free blocks for all of them; the cache is then unchanged.
     public mutating func append(
         keys: Tensor, values: Tensor, sequences: [SequenceID], tokenCounts: [Int]? = nil
@@ -288,7 +288,7 @@ public struct PagedKVCache: Sendable {
     ///     tokens see tokens up to n - queryCounts[i] + j: the queries are its newest tokens).
     ///   - options: as for `packedAttention` (no bias, padding or layouts; not the naive kernel).
     /// - Returns: output [totalQueries, queryHeads, valueDimension] and log-sum-exp [totalQueries, queryHeads].
-    /// - Throws: `AttentionError` for a sequence the cache does not hold, shapes or counts that do not fit, or a
+    /// - Throws: ``AttentionError`` for a sequence the cache does not hold, shapes or counts that do not fit, or a
     ///   mask or option invalid for some sequence (the argument then names it).
     public func attention(
         queries: Tensor, sequences: [SequenceID], queryCounts: [Int]? = nil, mask: AttentionMask = .causal,

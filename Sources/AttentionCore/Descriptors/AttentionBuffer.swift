@@ -25,7 +25,7 @@ public struct AttentionBuffer {
 
     /// Views `memory` as `shape` ([batch, heads, tokens, headDimension]) with element `strides` (strides[3] == 1,
     /// the others >= 0).
-    /// - Throws: `AttentionError` unless the shape is rank 4 with sizes >= 0, the strides are valid, and every
+    /// - Throws: ``AttentionError`` unless the shape is rank 4 with sizes >= 0, the strides are valid, and every
     ///   element they reach lies inside `memory`.
     public init(_ memory: UnsafeBufferPointer<Float>, shape: [Int], strides: [Int]) throws {
         try AttentionBuffer.validate(shape: shape, strides: strides, count: memory.count, argument: "buffer")

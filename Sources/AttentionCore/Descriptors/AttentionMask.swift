@@ -34,7 +34,7 @@ public enum AttentionMask: Sendable {
     /// `window` keys up to and including the diagonal. Not to be confused with `AttentionOptions.sinkLogits`
     /// (learned per-head logits that add to the softmax denominator but are not keys).
     case sinks(count: Int, window: Int)
-    /// The key blocks a `BlockSparseLayout` lists for each query block. The layout's lengths must equal the call's.
+    /// The key blocks a ``BlockSparseLayout`` lists for each query block. The layout's lengths must equal the call's.
     case blockSparse(BlockSparseLayout)
     /// An arbitrary predicate `(query, key) -> visible`, called with indices within the call. It must be pure:
     /// kernels call it in any order, from any thread, possibly more than once per pair.
@@ -213,7 +213,7 @@ package struct MaskRowSpans {
     package let uniform: [Range<Int>]?
 
     /// - Parameters:
-    ///   - keyRuns: when set, the only keys any row may see (a sequence's real keys, see `SequencePadding`), sorted
+    ///   - keyRuns: when set, the only keys any row may see (a sequence's real keys, see ``SequencePadding``), sorted
     ///     and disjoint; each row's spans are intersected with them.
     ///   - queryRuns: when set, the real query rows (sorted, disjoint); every other row sees no key.
     package init(

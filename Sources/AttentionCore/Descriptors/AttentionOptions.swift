@@ -51,7 +51,7 @@ public struct AttentionOptions: Sendable {
     /// NaN or infinity. Entries of +infinity or NaN poison their row (the math is undefined). For key padding,
     /// `keyPadding` costs no memory and skips the padded tiles; a [B, 1, 1, Nk] bias works too.
     public var bias: Tensor?
-    /// Key padding of a padded batch: which keys of each sequence are real tokens (see `SequencePadding`); padding
+    /// Key padding of a padded batch: which keys of each sequence are real tokens (see ``SequencePadding``); padding
     /// keys are removed like masked ones, for every query and head of their sequence, intersected with the mask.
     public var keyPadding: SequencePadding?
     /// Query padding of a padded batch: which query rows of each sequence are real tokens. Padding rows are not

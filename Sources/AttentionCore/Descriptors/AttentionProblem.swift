@@ -40,7 +40,7 @@ package struct AttentionProblem: Sendable {
         outputLayout.shape(batch: batch, heads: queryHeads, tokens: queryLength, dimension: valueDimension)
     }
 
-    /// Validates shapes (in `options.layout`) and options and resolves defaults. Throws `AttentionError` naming the
+    /// Validates shapes (in `options.layout`) and options and resolves defaults. Throws ``AttentionError`` naming the
     /// first bad argument; with the [B, N, H, d] layout, shapes in its messages are shown as [B, H, N, d].
     package init(
         queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions

@@ -113,13 +113,14 @@ extension BlockSparseLayout {
         case maxKey
     }
 
-    /// Content-based layout per query head: for each query block, the `k` key blocks with the highest score (see
+    /// Content-based layout per query head: for each query block, the `keyBlocksPerQuery` key blocks with the highest score (see
     /// `BlockScoring`), plus the diagonal block and the first `sinkBlocks` blocks, from key blocks not after the
     /// diagonal when `causal`. Queries [B, Hq, N, D] and keys [B, Hkv, N, D]; batch 0 is scored (one layout serves
     /// the batch). Never forms an N x N matrix: it costs O(Hq * (N / blockSize)^2 * D) for `.meanKey` and
     /// O(Hq * (N / blockSize) * N * D) for `.maxKey`. Ties keep the lower block index.
     public static func topK(
-        queries: Tensor, keys: Tensor, blockSize: Int, k: Int, causal: Bool = false, sinkBlocks: Int = 0,
+        queries: Tensor, keys: Tensor, blockSize: Int, keyBlocksPerQuery k: Int, causal: Bool = false,
+        sinkBlocks: Int = 0,
         scoring: BlockScoring = .meanKey
     ) throws -> BlockSparseLayout {
         guard queries.rank == 4, keys.rank == 4, keys.shape[0] == queries.shape[0], keys.shape[2] == queries.shape[2],
@@ -133,7 +134,7 @@ extension BlockSparseLayout {
         }
         let (hq, hkv, length, d) = (queries.shape[1], keys.shape[1], queries.shape[2], queries.shape[3])
         try validateBuilder(length: length, blockSize: blockSize)
-        try AttentionError.require(k >= 0, "k", expected: ">= 0", actual: "\(k)")
+        try AttentionError.require(k >= 0, "keyBlocksPerQuery", expected: ">= 0", actual: "\(k)")
         try AttentionError.require(sinkBlocks >= 0, "sinkBlocks", expected: ">= 0", actual: "\(sinkBlocks)")
         let n = (length + blockSize - 1) / blockSize
         func means(_ tensor: Tensor, head: Int, heads: Int) -> [Float] {

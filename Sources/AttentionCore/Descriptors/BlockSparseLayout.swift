@@ -33,7 +33,7 @@ public struct BlockSparseLayout: Sendable, Hashable {
     public var keyBlocks: Int { (keyLength + keyBlock - 1) / keyBlock }
 
     /// A layout shared by every head: `blocks[qb]` lists the key blocks of query block qb.
-    /// - Throws: `AttentionError` if a size is below 1 (lengths may be 0), `blocks.count` is not the number of query
+    /// - Throws: ``AttentionError`` if a size is below 1 (lengths may be 0), `blocks.count` is not the number of query
     ///   blocks, or a list is not strictly increasing within 0..<keyBlocks.
     public init(queryBlock: Int, keyBlock: Int, queryLength: Int, keyLength: Int, blocks: [[Int]]) throws {
         try self.init(

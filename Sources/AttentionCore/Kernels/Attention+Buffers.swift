@@ -2,7 +2,7 @@
 // and values and writing the output where the buffers' strides say, with no copy in or out.
 
 /// Scaled dot-product attention from and into caller-owned buffers: `attention(queries:keys:values:mask:options:)`
-/// with every operand described by memory, shape and strides (see `AttentionBuffer`), so an engine with its own
+/// with every operand described by memory, shape and strides (see ``AttentionBuffer``), so an engine with its own
 /// tensor type, or a fused QKV projection (`AttentionBuffer.fusedProjection`), needs no copy.
 ///
 /// - Parameters:
@@ -14,7 +14,7 @@
 ///   - mask: as for tensors.
 ///   - options: as for tensors, except `layout` and `outputLayout`, which the strides replace (they must be left
 ///     at their defaults).
-/// - Throws: `AttentionError` for shapes that do not fit together, overlapping output memory, or invalid options;
+/// - Throws: ``AttentionError`` for shapes that do not fit together, overlapping output memory, or invalid options;
 ///   nothing is written then. The buffers' own bounds are checked when they are made.
 ///
 /// ```swift

@@ -26,7 +26,7 @@
 ///   - mask: as for `attention(queries:keys:values:mask:options:)`.
 ///   - options: as for `attention(queries:keys:values:mask:options:)`.
 /// - Returns: [batch, queryHeads, queryLength, valueDimension] in Float32.
-/// - Throws: `AttentionError` as `attention(queries:keys:values:mask:options:)` does, and for quantized queries
+/// - Throws: ``AttentionError`` as `attention(queries:keys:values:mask:options:)` does, and for quantized queries
 ///   (named `queries.format`).
 ///
 /// ```swift

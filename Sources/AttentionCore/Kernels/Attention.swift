@@ -34,8 +34,8 @@ public struct AttentionResult: Sendable {
 ///   - mask: which keys each query sees (default: all). A query that sees no key outputs zeros.
 ///   - options: scale, softcap, ALiBi, bias, sink logits, kernel choice and threads.
 /// - Returns: [batch, queryHeads, queryLength, valueDimension].
-/// - Throws: `AttentionError` for inconsistent shapes, invalid options, or a naive call over its memory budget.
-/// - Complexity: O(B * Hq * Nq * Nk * (Dk + Dv)) time; memory depends on the kernel (see `AttentionKernel`).
+/// - Throws: ``AttentionError`` for inconsistent shapes, invalid options, or a naive call over its memory budget.
+/// - Complexity: O(B * Hq * Nq * Nk * (Dk + Dv)) time; memory depends on the kernel (see ``AttentionKernel``).
 ///
 /// ```swift
 /// let q = try Tensor.randomNormal(shape: [1, 8, 128, 64], seed: 1)
@@ -68,11 +68,9 @@ public func partialAttention(
 /// `attention(queries:keys:values:mask:options:)` writing into `output` instead of returning a new tensor, for
 /// callers that run it repeatedly (every layer of every step) and keep one output buffer. A new result's memory is
 /// fresh pages that the operating system maps and zeroes on first write once it is too large for the allocator to
-/// recycle: for 32 MiB (H = 8, N = 16384, d = 64) that took 18-20 ms in 4 KiB pages on the development VM
-/// (2026-12-01), 5% of a one-thread sliding-window call, and still 4-5 ms in the huge pages `zeroedScalars` now
-/// asks for, while an 8 MiB result was reused from the heap (0.1 ms). Every element of
+/// recycle (the README gives the measured cost); writing into a tensor written before skips that. Every element of
 /// `output` is overwritten (its old contents do not matter); if its storage is shared with another tensor it is
-/// copied first, as for any mutation of a `Tensor`.
+/// copied first, as for any mutation of a ``Tensor``.
 ///
 /// ```swift
 /// var output = try Tensor(zeros: [1, 8, 4096, 64])

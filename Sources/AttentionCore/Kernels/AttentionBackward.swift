@@ -74,7 +74,7 @@ public struct AttentionGradients: Sendable {
 ///   layouts and the query, key and value gradients come back in `options.layout`; the backward copies them
 ///   head-major once per call (one pass over each; the gradients of the same values are bitwise those of `.bhnd`
 ///   tensors).
-/// - Throws: `AttentionError` as the forward does for the inputs, and a shape mismatch naming `result.output`,
+/// - Throws: ``AttentionError`` as the forward does for the inputs, and a shape mismatch naming `result.output`,
 ///   `result.logSumExp` or `outputGradient`.
 public func attentionGradients(
     queries: Tensor, keys: Tensor, values: Tensor, result: AttentionResult, outputGradient: Tensor,

@@ -65,7 +65,7 @@ package enum ScoreStorage {
 
 /// Keys and values at consecutive logical positions `start ..< start + count` that are contiguous in memory, for
 /// every (batch, key/value head). A tensor is one segment; a ring-buffer cache is up to two, plus the new tokens of
-/// the step. Rows are stored in their codec's format (Float32, or a `StorageFormat` the tile walk decodes tile by
+/// the step. Rows are stored in their codec's format (Float32, or a ``StorageFormat`` the tile walk decodes tile by
 /// tile); the kernel reads them in place.
 package struct KeyValueSegment {
     /// Key row `start` of (batch 0, key/value head 0); rows are `keyRowStride` bytes apart.

@@ -84,7 +84,7 @@ public struct LinearAttentionState: Sendable, Equatable {
     /// - Parameters: as in `linearAttention(queries:keys:values:options:)`; the queries' batch and heads, the
     ///   feature map's dimension and the values' dimension must be the state's.
     /// - Returns: [batch, heads, Nq, valueDimension].
-    /// - Throws: `AttentionError` for anything `linearAttention` rejects and for inputs that do not fit the state
+    /// - Throws: ``AttentionError`` for anything `linearAttention` rejects and for inputs that do not fit the state
     ///   (naming "initialState"); the state is unchanged when it throws.
     public mutating func attend(
         queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions = LinearAttentionOptions()
@@ -104,7 +104,7 @@ public struct LinearAttentionState: Sendable, Equatable {
 ///   - values: [batch, keyValueHeads, Nk, Dv].
 ///   - options: the feature map, mask, normalization, decay, chunk size and threads.
 /// - Returns: [batch, queryHeads, Nq, Dv].
-/// - Throws: `AttentionError` for mismatched shapes, a decay that is not finite or outside (0, 1] (or set without
+/// - Throws: ``AttentionError`` for mismatched shapes, a decay that is not finite or outside (0, 1] (or set without
 ///   `mask: .causal`), a chunk size below 1, or a custom feature dimension below 1.
 /// - Complexity: O(B * Hq * N * d_phi * Dv) time (plus O(N * C * d_phi) for the causal chunks' products), and
 ///   O(threads * (C * (d_phi + C) + d_phi * Dv)) scratch: linear in N.
@@ -117,10 +117,9 @@ public func linearAttention(
 
 /// `linearAttention` writing into `output` instead of returning a new tensor, for callers that run it repeatedly
 /// (every layer of every step) and keep one output buffer. A new result tensor's memory is fresh pages that the
-/// operating system maps and zeroes on first write: for 32 MiB (H = 8, N = 16384, d = 64) that took 17-18 ms on
-/// the development VM, about a quarter of a single-threaded non-causal call; writing into a tensor that has been
-/// written before skips it. Every element of `output` is overwritten (its old contents do not matter); if its
-/// storage is shared with another tensor it is copied first, as for any mutation of a `Tensor`.
+/// operating system maps and zeroes on first write (the README gives the measured cost); writing into a tensor that
+/// has been written before skips it. Every element of `output` is overwritten (its old contents do not matter); if its
+/// storage is shared with another tensor it is copied first, as for any mutation of a ``Tensor``.
 ///
 /// ```swift
 /// var output = try Tensor(zeros: [1, 8, 4096, 64])

@@ -26,7 +26,7 @@
 /// - Returns: output [totalQueries, queryHeads, valueDimension] and log-sum-exp [totalQueries, queryHeads], one
 ///   per query token and head, so two packed results over disjoint keys merge with `mergeAttention` (chunked
 ///   prefill). A sequence with no keys gives zeros and log-sum-exp -infinity (or its sink logit).
-/// - Throws: `AttentionError` for shapes that do not match `sequences`, or an option or mask invalid for some
+/// - Throws: ``AttentionError`` for shapes that do not match `sequences`, or an option or mask invalid for some
 ///   sequence (the argument then names the sequence).
 ///
 /// ```swift

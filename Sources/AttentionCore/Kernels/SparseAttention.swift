@@ -21,7 +21,7 @@
 ///   - mask: intersected with the layout (e.g. `.causal`, which masks exactly inside the diagonal blocks).
 ///   - options: with `.automatic` the blockwise kernel runs with tiles of the layout's block sizes.
 /// - Returns: [batch, queryHeads, Nq, Dv]. A query whose blocks are all empty outputs zeros.
-/// - Throws: `AttentionError` for a layout made for other lengths or another number of heads, and anything
+/// - Throws: ``AttentionError`` for a layout made for other lengths or another number of heads, and anything
 ///   `attention` rejects.
 public func blockSparseAttention(
     queries: Tensor, keys: Tensor, values: Tensor, layout: BlockSparseLayout, mask: AttentionMask = .none,
@@ -73,7 +73,7 @@ package func blockSparseDescription(
 /// Ties at the last kept score keep the lower key index, so the result is deterministic. NaN scores rank below every
 /// number; if one is among those kept, the row is NaN (as dense attention makes a row with a visible NaN score NaN).
 /// Supports `options.scale` and `options.threads`; the other score options are rejected.
-/// - Throws: `AttentionError` for `keysPerQuery` < 1, unsupported options, and anything `attention` rejects.
+/// - Throws: ``AttentionError`` for `keysPerQuery` < 1, unsupported options, and anything `attention` rejects.
 /// - Complexity: O(B * Hq * Nq * Nk * Dk) for the scores, O(Nk) per query to select, O(k * Dv) per query to sum;
 ///   scratch O(threads * Nk).
 public func topKAttention(

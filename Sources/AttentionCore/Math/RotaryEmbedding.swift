@@ -102,7 +102,7 @@ public struct RotaryEmbedding: Sendable, Hashable {
     /// Rotates every head of `tensor` ([batch, heads, tokens, headDimension] in `layout`) by its tokens'
     /// positions: `positions[n]` for token n of every batch entry, or `positions[b * tokens + n]` per batch entry
     /// (left-padded batches, packed sequences). Positions are >= 0.
-    /// - Throws: `AttentionError` for a tensor that is not rank 4, a rotary dimension above the head dimension, or
+    /// - Throws: ``AttentionError`` for a tensor that is not rank 4, a rotary dimension above the head dimension, or
     ///   positions of the wrong count or negative.
     public func apply(to tensor: Tensor, positions: [Int], layout: TensorLayout = .bhnd) throws -> Tensor {
         guard tensor.rank == 4 else {

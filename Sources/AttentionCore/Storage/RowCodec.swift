@@ -75,7 +75,7 @@ package struct RowCodec: Sendable, Hashable {
         }
     }
 
-    /// Where value `i` of a 4-bit row lives: its byte and whether it is the high nibble (see `StorageFormat`).
+    /// Where value `i` of a 4-bit row lives: its byte and whether it is the high nibble (see ``StorageFormat``).
     private func nibblePosition(_ i: Int) -> (byte: Int, high: Bool) {
         let group = i / 32 * 32
         let t = Swift.min(32, dimension - group)

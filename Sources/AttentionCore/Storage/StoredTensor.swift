@@ -35,7 +35,7 @@ public struct StoredTensor: Sendable, Equatable {
     ///
     /// Float16 and BFloat16 round to nearest even; quantized formats compute each block's scale from the block's
     /// own values (see ``StorageFormat``).
-    /// - Throws: `AttentionError` if the tensor has rank 0, or the format cannot encode rows of its last dimension
+    /// - Throws: ``AttentionError`` if the tensor has rank 0, or the format cannot encode rows of its last dimension
     ///   (a block size that does not divide it, named `format.blockSize` or `shape`).
     /// - Complexity: O(tensor.count).
     public init(_ tensor: Tensor, format: StorageFormat) throws {
@@ -56,7 +56,7 @@ public struct StoredTensor: Sendable, Equatable {
     }
 
     /// Adopts bytes already encoded in `format` (for instance read from a model file), without converting them.
-    /// - Throws: `AttentionError` for a shape or format as in ``init(_:format:)``, or a byte count other than
+    /// - Throws: ``AttentionError`` for a shape or format as in ``init(_:format:)``, or a byte count other than
     ///   `rowCount * format.bytesPerRow(dimension: rowLength)` (named `bytes.count`).
     public init(shape: [Int], format: StorageFormat, bytes: [UInt8]) throws {
         try Self.validate(shape: shape, format: format)

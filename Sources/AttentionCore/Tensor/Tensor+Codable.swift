@@ -17,7 +17,7 @@ extension Tensor: Codable {
     }
 
     /// Decodes `{"shape": [...], "scalars": [...]}`.
-    /// - Throws: the decoder's errors, and `AttentionError` when the shape is invalid or the element count is not
+    /// - Throws: the decoder's errors, and ``AttentionError`` when the shape is invalid or the element count is not
     ///   the product of the shape.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)

@@ -26,7 +26,7 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
     public var count: Int { scalars.count }
 
     /// Creates a tensor from row-major `scalars`.
-    /// - Throws: `AttentionError` if a dimension is negative or `scalars.count` differs from the product of
+    /// - Throws: ``AttentionError`` if a dimension is negative or `scalars.count` differs from the product of
     ///   `shape`.
     public init(shape: [Int], scalars: [Float]) throws {
         let count = try Tensor.elementCount(of: shape, argument: "shape")
