@@ -1,7 +1,7 @@
 // Spellings renamed in 0.2 (see CHANGELOG.md), kept for one release so callers can move at their own pace. Each
 // forwards to the new name and does nothing else.
 
-/// Renamed `partialAttention(queries:keys:values:mask:options:)` on tensors.
+/// Renamed ``partialAttention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` on tensors.
 @available(*, deprecated, renamed: "partialAttention(queries:keys:values:mask:options:)")
 public func attentionWithLogSumExp(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
@@ -10,7 +10,7 @@ public func attentionWithLogSumExp(
     try partialAttention(queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
-/// Renamed `partialAttention(queries:keys:values:mask:options:)` on stored tensors.
+/// Renamed ``partialAttention(queries:keys:values:mask:options:)-(StoredTensor,_,_,_,_)`` on stored tensors.
 @available(*, deprecated, renamed: "partialAttention(queries:keys:values:mask:options:)")
 public func attentionWithLogSumExp(
     queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
@@ -59,14 +59,51 @@ extension KVCache {
 }
 
 extension BlockSparseLayout {
-    /// Renamed ``topK(queries:keys:blockSize:keyBlocksPerQuery:causal:sinkBlocks:scoring:)``.
-    @available(*, deprecated, renamed: "topK(queries:keys:blockSize:keyBlocksPerQuery:causal:sinkBlocks:scoring:)")
+    /// Renamed ``topK(queries:keys:blockSize:keyBlocksPerQuery:mask:sinkBlocks:scoring:)``; `causal: true` is
+    /// `mask: .causal`.
+    @available(*, deprecated, renamed: "topK(queries:keys:blockSize:keyBlocksPerQuery:mask:sinkBlocks:scoring:)")
     public static func topK(
         queries: Tensor, keys: Tensor, blockSize: Int, k: Int, causal: Bool = false, sinkBlocks: Int = 0,
         scoring: BlockScoring = .meanKey
     ) throws -> BlockSparseLayout {
         try topK(
-            queries: queries, keys: keys, blockSize: blockSize, keyBlocksPerQuery: k, causal: causal,
+            queries: queries, keys: keys, blockSize: blockSize, keyBlocksPerQuery: k, mask: causal ? .causal : .none,
             sinkBlocks: sinkBlocks, scoring: scoring)
+    }
+
+    /// Use ``local(length:blockSize:windowBlocks:mask:)``; `causal: true` is `mask: .causal`.
+    @available(*, deprecated, message: "use mask: .causal or .none")
+    public static func local(length: Int, blockSize: Int, windowBlocks: Int, causal: Bool) throws
+        -> BlockSparseLayout
+    {
+        try local(length: length, blockSize: blockSize, windowBlocks: windowBlocks, mask: causal ? .causal : .none)
+    }
+
+    /// Use ``global(length:blockSize:globalBlocks:mask:)``; `causal: true` is `mask: .causal`.
+    @available(*, deprecated, message: "use mask: .causal or .none")
+    public static func global(length: Int, blockSize: Int, globalBlocks: [Int], causal: Bool) throws
+        -> BlockSparseLayout
+    {
+        try global(length: length, blockSize: blockSize, globalBlocks: globalBlocks, mask: causal ? .causal : .none)
+    }
+
+    /// Use ``strided(length:blockSize:stride:offsets:mask:)``; `causal: true` is `mask: .causal`.
+    @available(*, deprecated, message: "use mask: .causal or .none")
+    public static func strided(length: Int, blockSize: Int, stride: Int, offsets: [Int] = [0], causal: Bool) throws
+        -> BlockSparseLayout
+    {
+        try strided(
+            length: length, blockSize: blockSize, stride: stride, offsets: offsets, mask: causal ? .causal : .none)
+    }
+
+    /// Use ``bigBird(length:blockSize:windowBlocks:globalBlocks:random:seed:mask:)``; `causal: true` is
+    /// `mask: .causal`.
+    @available(*, deprecated, message: "use mask: .causal or .none")
+    public static func bigBird(
+        length: Int, blockSize: Int, windowBlocks: Int, globalBlocks: [Int], random: Int, seed: UInt64, causal: Bool
+    ) throws -> BlockSparseLayout {
+        try bigBird(
+            length: length, blockSize: blockSize, windowBlocks: windowBlocks, globalBlocks: globalBlocks,
+            random: random, seed: seed, mask: causal ? .causal : .none)
     }
 }

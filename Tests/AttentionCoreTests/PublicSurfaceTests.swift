@@ -96,7 +96,7 @@ final class PublicSurfaceTests: XCTestCase {
         XCTAssertEqual(
             try attentionWithLogSumExp(queries: stored[0], keys: stored[1], values: stored[2]).logSumExp,
             try partialAttention(queries: stored[0], keys: stored[1], values: stored[2]).logSumExp)
-        let layout = try BlockSparseLayout.local(length: 11, blockSize: 4, windowBlocks: 1, causal: false)
+        let layout = try BlockSparseLayout.local(length: 11, blockSize: 4, windowBlocks: 1, mask: .none)
         let square = try attentionInputs(queryHeads: 2, queryLength: 11, keyLength: 11, headDimension: 8, seed: 74)
         XCTAssertEqual(
             try blockSparseAttentionWithLogSumExp(
@@ -112,6 +112,27 @@ final class PublicSurfaceTests: XCTestCase {
             try BlockSparseLayout.topK(queries: square.queries, keys: square.keys, blockSize: 4, k: 1),
             try BlockSparseLayout.topK(
                 queries: square.queries, keys: square.keys, blockSize: 4, keyBlocksPerQuery: 1))
+        XCTAssertEqual(
+            try BlockSparseLayout.topK(queries: square.queries, keys: square.keys, blockSize: 4, k: 1, causal: true),
+            try BlockSparseLayout.topK(
+                queries: square.queries, keys: square.keys, blockSize: 4, keyBlocksPerQuery: 1, mask: .causal))
+        for causal in [false, true] {
+            let mask: AttentionMask = causal ? .causal : .none
+            XCTAssertEqual(
+                try BlockSparseLayout.local(length: 22, blockSize: 4, windowBlocks: 1, causal: causal),
+                try BlockSparseLayout.local(length: 22, blockSize: 4, windowBlocks: 1, mask: mask))
+            XCTAssertEqual(
+                try BlockSparseLayout.global(length: 22, blockSize: 4, globalBlocks: [2], causal: causal),
+                try BlockSparseLayout.global(length: 22, blockSize: 4, globalBlocks: [2], mask: mask))
+            XCTAssertEqual(
+                try BlockSparseLayout.strided(length: 22, blockSize: 4, stride: 2, offsets: [0, 1], causal: causal),
+                try BlockSparseLayout.strided(length: 22, blockSize: 4, stride: 2, offsets: [0, 1], mask: mask))
+            XCTAssertEqual(
+                try BlockSparseLayout.bigBird(
+                    length: 22, blockSize: 4, windowBlocks: 1, globalBlocks: [0], random: 1, seed: 5, causal: causal),
+                try BlockSparseLayout.bigBird(
+                    length: 22, blockSize: 4, windowBlocks: 1, globalBlocks: [0], random: 1, seed: 5, mask: mask))
+        }
         var cache = try KVCache(keyValueHeads: 2, headDimension: 8)
         try cache.append(keys: k, values: v)
         XCTAssertEqual(

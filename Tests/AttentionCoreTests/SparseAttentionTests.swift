@@ -15,7 +15,7 @@ final class SparseAttentionTests: XCTestCase {
             queryHeads: 4, keyValueHeads: 2, queryLength: n, keyLength: n, headDimension: 24, seed: 1)
         let layouts: [(String, BlockSparseLayout)] = [
             ("local", try .local(length: n, blockSize: block, windowBlocks: 1)),
-            ("local causal", try .local(length: n, blockSize: block, windowBlocks: 2, causal: true)),
+            ("local causal", try .local(length: n, blockSize: block, windowBlocks: 2, mask: .causal)),
             ("global", try .global(length: n, blockSize: block, globalBlocks: [0, 5])),
             ("strided per head", try .strided(length: n, blockSize: block, stride: 3, offsets: [0, 1, 2, 4])),
             (
@@ -25,7 +25,7 @@ final class SparseAttentionTests: XCTestCase {
             (
                 "topK",
                 try .topK(
-                    queries: inputs.queries, keys: inputs.keys, blockSize: block, keyBlocksPerQuery: 3, causal: true,
+                    queries: inputs.queries, keys: inputs.keys, blockSize: block, keyBlocksPerQuery: 3, mask: .causal,
                     sinkBlocks: 1)
             ),
             (
@@ -81,14 +81,15 @@ final class SparseAttentionTests: XCTestCase {
         XCTAssertEqual(
             (0..<6).map { Array(local.keyBlocks(queryBlock: $0)) },
             [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5]])
-        let causal = try BlockSparseLayout.local(length: 22, blockSize: 4, windowBlocks: 1, causal: true)
+        let causal = try BlockSparseLayout.local(length: 22, blockSize: 4, windowBlocks: 1, mask: .causal)
         XCTAssertEqual(
             (0..<6).map { Array(causal.keyBlocks(queryBlock: $0)) }, [[0], [0, 1], [1, 2], [2, 3], [3, 4], [4, 5]])
         let global = try BlockSparseLayout.global(length: 22, blockSize: 4, globalBlocks: [2])
         XCTAssertEqual(
             (0..<6).map { Array(global.keyBlocks(queryBlock: $0)) },
             [[0, 2], [1, 2], [0, 1, 2, 3, 4, 5], [2, 3], [2, 4], [2, 5]])
-        let strided = try BlockSparseLayout.strided(length: 22, blockSize: 4, stride: 2, offsets: [0, 1], causal: true)
+        let strided = try BlockSparseLayout.strided(
+            length: 22, blockSize: 4, stride: 2, offsets: [0, 1], mask: .causal)
         XCTAssertEqual(strided.heads, 2)
         XCTAssertEqual(
             (0..<6).map { Array(strided.keyBlocks(head: 0, queryBlock: $0)) },
@@ -140,6 +141,29 @@ final class SparseAttentionTests: XCTestCase {
         }
         XCTAssertThrowsError(
             try BlockSparseLayout(queryBlock: 0, keyBlock: 4, queryLength: 8, keyLength: 8, blocks: []))
+        // A builder's mask describes a block pattern: .none or .causal; every builder refuses the others by name.
+        let square = try attentionInputs(queryHeads: 1, queryLength: 8, keyLength: 8, headDimension: 4, seed: 2)
+        let builders: [(AttentionMask) throws -> BlockSparseLayout] = [
+            { try .local(length: 8, blockSize: 4, windowBlocks: 1, mask: $0) },
+            { try .global(length: 8, blockSize: 4, globalBlocks: [0], mask: $0) },
+            { try .strided(length: 8, blockSize: 4, stride: 2, mask: $0) },
+            { try .bigBird(length: 8, blockSize: 4, windowBlocks: 1, globalBlocks: [0], random: 1, seed: 3, mask: $0) },
+            {
+                try .topK(
+                    queries: square.queries, keys: square.keys, blockSize: 4, keyBlocksPerQuery: 1, mask: $0)
+            },
+        ]
+        for (index, build) in builders.enumerated() {
+            for mask: AttentionMask in [
+                .window(left: 1, right: 0), .sinks(count: 1, window: 2), .custom { _, _ in true },
+            ] {
+                XCTAssertThrowsError(try build(mask), "builder \(index)") {
+                    XCTAssertEqual(($0 as? AttentionError)?.argument, "mask", "builder \(index)")
+                }
+            }
+            XCTAssertNoThrow(try build(.none))
+            XCTAssertNoThrow(try build(.causal))
+        }
         let layout = try BlockSparseLayout.local(length: 32, blockSize: 8, windowBlocks: 1)
         let inputs = try attentionInputs(queryHeads: 2, queryLength: 40, keyLength: 40, headDimension: 4, seed: 1)
         XCTAssertThrowsError(

@@ -34,7 +34,7 @@ public struct CacheStorage: Sendable, Hashable {
     ///
     /// The combination is checked when a cache is created with it (for instance `hadamardRotation` needs
     /// power-of-two key and value dimensions, `recentTokensInFloat32` must be >= 0): the cache's initializer throws
-    /// `AttentionError.invalidValue` naming `storage` otherwise.
+    /// ``AttentionError/invalidValue(argument:expected:actual:)`` naming `storage` otherwise.
     public init(
         _ format: StorageFormat, recentTokensInFloat32: Int = 0, sinksInFloat32: Bool = true,
         hadamardRotation: Bool = false

@@ -70,7 +70,7 @@ public struct PagedKVCache: Sendable {
     ///   - format: how rows are stored (``StorageFormat``), decoded tile by tile as attention reads them.
     ///   - rotary: fused rotary embedding, as for ``KVCache``: a sequence's token t is rotated by position t as it is
     ///     appended, and its queries in `attention` by the positions of its newest tokens.
-    /// - Throws: `AttentionError.invalidValue` naming the first size out of range, a dimension the format does
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` naming the first size out of range, a dimension the format does
     ///   not fit, or a rotary dimension above the head dimension.
     public init(
         blockCount: Int, blockSize: Int = 64, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
@@ -122,11 +122,11 @@ public struct PagedKVCache: Sendable {
     }
 
     /// Tokens held for `sequence`.
-    /// - Throws: `AttentionError.invalidValue` for a sequence the cache does not hold.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` for a sequence the cache does not hold.
     public func count(of sequence: SequenceID) throws -> Int { try table(sequence, "sequence").count }
 
     /// The blocks of `sequence` in token order (its block table).
-    /// - Throws: `AttentionError.invalidValue` for a sequence the cache does not hold.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` for a sequence the cache does not hold.
     public func blockTable(of sequence: SequenceID) throws -> [Int] { try table(sequence, "sequence").blocks }
 
     private func table(_ sequence: SequenceID, _ argument: @autoclosure () -> String) throws -> Table {

@@ -136,7 +136,7 @@ public struct MutableAttentionBuffer {
     /// Element (not byte) strides for the four axes of `shape`; the last is 1.
     public let strides: [Int]
 
-    /// Views `memory` as `shape` with element `strides`, as `AttentionBuffer.init(_:shape:strides:)`; no two
+    /// Views `memory` as `shape` with element `strides`, as ``AttentionBuffer/init(_:shape:strides:)``; no two
     /// elements may share memory (checked).
     public init(_ memory: UnsafeMutableBufferPointer<Float>, shape: [Int], strides: [Int]) throws {
         try AttentionBuffer.validate(shape: shape, strides: strides, count: memory.count, argument: "output")

@@ -31,7 +31,7 @@ public enum AttentionMask: Sendable {
     /// Query i sees keys from `left` before to `right` after its diagonal key, both inclusive. Both must be >= 0.
     case window(left: Int, right: Int)
     /// StreamingLLM visibility: causal, restricted to the first `count` keys (the sink tokens) plus the last
-    /// `window` keys up to and including the diagonal. Not to be confused with `AttentionOptions.sinkLogits`
+    /// `window` keys up to and including the diagonal. Not to be confused with ``AttentionOptions/sinkLogits``
     /// (learned per-head logits that add to the softmax denominator but are not keys).
     case sinks(count: Int, window: Int)
     /// The key blocks a ``BlockSparseLayout`` lists for each query block. The layout's lengths must equal the call's.

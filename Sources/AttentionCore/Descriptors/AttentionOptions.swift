@@ -17,7 +17,7 @@ public enum AttentionKernel: Sendable, Hashable {
     /// blockwise kernel with tiles sized for the head grouping (see `AttentionKernel.resolved(for:)`).
     case automatic
     /// The quadratic baseline: materializes the whole [batch, queryHeads, queryLength, keyLength] score tensor.
-    /// Refuses calls whose score tensor exceeds `AttentionOptions.naiveMemoryBudget`.
+    /// Refuses calls whose score tensor exceeds ``AttentionOptions/naiveMemoryBudget``.
     case naive
     /// The tiled online-softmax kernel (FlashAttention-2): O(threads * tile) scratch memory, never Nq x Nk.
     /// `queryBlock` is the query positions per block and head (default: 64 / (queryHeads / keyValueHeads), at
@@ -59,7 +59,7 @@ public struct AttentionOptions: Sendable {
     public var queryPadding: SequencePadding?
     /// Learned attention-sink logits (gpt-oss style), one per query head, finite: each adds `exp(sink)` to its
     /// head's softmax denominator without adding an output term. Unrelated to sink *tokens*
-    /// (`AttentionMask.sinks`).
+    /// (``AttentionMask/sinks(count:window:)``).
     public var sinkLogits: [Float]?
     /// Per-head visibility (DuoAttention-style head policies): `headMasks[h]` restricts query head h in addition
     /// to the call's mask (the two are intersected). One mask per query head; `nil` means every head uses the call's

@@ -10,8 +10,8 @@
 //              query block's mean query against the key block's mean key (or the max over the block's keys), keep the
 //              k best, always plus the diagonal block and the first `sinkBlocks` blocks
 //
-// Causal builders drop key blocks after the diagonal; combine the layout with `.causal` to mask inside the
-// diagonal block.
+// Each builder takes the same `mask:` the kernel call does, `.none` or `.causal`: `.causal` drops key blocks after
+// the diagonal here, and passing `.causal` to the kernel too masks inside the diagonal block.
 
 extension BlockSparseLayout {
     private static func validateBuilder(length: Int, blockSize: Int) throws {
@@ -27,26 +27,46 @@ extension BlockSparseLayout {
             blocksPerHead: blocksPerHead.map { head in head.map { $0.sorted() } })
     }
 
+    /// Whether a builder's `mask` asks for causal blocks; only `.none` and `.causal` describe a block pattern.
+    private static func isCausal(_ mask: AttentionMask) throws -> Bool {
+        switch mask {
+        case .none: return false
+        case .causal: return true
+        default:
+            throw AttentionError.invalidValue(
+                argument: "mask", expected: ".none or .causal (a block pattern has no other mask)",
+                actual: "\(mask)")
+        }
+    }
+
     private static func localBlocks(_ qb: Int, _ windowBlocks: Int, _ causal: Bool, _ count: Int) -> Set<Int> {
         Set(Swift.max(0, qb - windowBlocks)...Swift.min(count - 1, causal ? qb : qb + windowBlocks))
     }
 
     /// Each query block sees the `windowBlocks` key blocks before it and its own (and the `windowBlocks` after it
-    /// unless `causal`).
-    public static func local(length: Int, blockSize: Int, windowBlocks: Int, causal: Bool = false) throws
+    /// unless `mask` is ``AttentionMask/causal``).
+    ///
+    /// - Throws: ``AttentionError`` when `length` < 0, `blockSize` < 1, `windowBlocks` < 0, or `mask` is neither
+    ///   `.none` nor `.causal`.
+    public static func local(length: Int, blockSize: Int, windowBlocks: Int, mask: AttentionMask = .none) throws
         -> BlockSparseLayout
     {
+        let causal = try isCausal(mask)
         try validateBuilder(length: length, blockSize: blockSize)
         try AttentionError.require(windowBlocks >= 0, "windowBlocks", expected: ">= 0", actual: "\(windowBlocks)")
         let n = (length + blockSize - 1) / blockSize
         return try square(length, blockSize, [(0..<n).map { localBlocks($0, windowBlocks, causal, n) }])
     }
 
-    /// Global blocks attend to every key block (up to the diagonal when `causal`), and every query block attends
-    /// to the global blocks (those not after it when `causal`) and to its own block.
-    public static func global(length: Int, blockSize: Int, globalBlocks: [Int], causal: Bool = false) throws
+    /// Global blocks attend to every key block (up to the diagonal when `mask` is ``AttentionMask/causal``), and
+    /// every query block attends to the global blocks (those not after it when causal) and to its own block.
+    ///
+    /// - Throws: ``AttentionError`` when `length` < 0, `blockSize` < 1, a global block is outside the blocks, or
+    ///   `mask` is neither `.none` nor `.causal`.
+    public static func global(length: Int, blockSize: Int, globalBlocks: [Int], mask: AttentionMask = .none) throws
         -> BlockSparseLayout
     {
+        let causal = try isCausal(mask)
         try validateBuilder(length: length, blockSize: blockSize)
         let n = (length + blockSize - 1) / blockSize
         for (index, block) in globalBlocks.enumerated() {
@@ -62,12 +82,16 @@ extension BlockSparseLayout {
         return Set(globals.filter { $0 <= limit }).union([qb])
     }
 
-    /// The diagonal block plus every key block kb (not after the diagonal when `causal`) with
-    /// kb % stride == offsets[h] % stride; one offset per head gives a per-head layout (S2-Attention), a single
+    /// The diagonal block plus every key block kb (not after the diagonal when `mask` is ``AttentionMask/causal``)
+    /// with kb % stride == offsets[h] % stride; one offset per head gives a per-head layout (S2-Attention), a single
     /// offset a shared one.
+    ///
+    /// - Throws: ``AttentionError`` when `length` < 0, `blockSize` < 1, `stride` < 1, `offsets` is empty, or
+    ///   `mask` is neither `.none` nor `.causal`.
     public static func strided(
-        length: Int, blockSize: Int, stride: Int, offsets: [Int] = [0], causal: Bool = false
+        length: Int, blockSize: Int, stride: Int, offsets: [Int] = [0], mask: AttentionMask = .none
     ) throws -> BlockSparseLayout {
+        let causal = try isCausal(mask)
         try validateBuilder(length: length, blockSize: blockSize)
         try AttentionError.require(stride >= 1, "stride", expected: ">= 1", actual: "\(stride)")
         try AttentionError.require(!offsets.isEmpty, "offsets.count", expected: ">= 1", actual: "0")
@@ -82,15 +106,19 @@ extension BlockSparseLayout {
             })
     }
 
-    /// BigBird: `local(windowBlocks)` + `global(globalBlocks)` + `random` key blocks per query block drawn with
-    /// SplitMix64 from `seed` (from the blocks not already chosen and, when `causal`, not after the diagonal).
+    /// BigBird: ``local(length:blockSize:windowBlocks:mask:)`` + ``global(length:blockSize:globalBlocks:mask:)`` +
+    /// `random` key blocks per query block drawn with SplitMix64 from `seed` (from the blocks not already chosen
+    /// and, when `mask` is ``AttentionMask/causal``, not after the diagonal).
+    ///
+    /// - Throws: ``AttentionError`` for the arguments the two builders reject, or `random` < 0.
     public static func bigBird(
         length: Int, blockSize: Int, windowBlocks: Int, globalBlocks: [Int], random: Int, seed: UInt64,
-        causal: Bool = false
+        mask: AttentionMask = .none
     ) throws -> BlockSparseLayout {
+        let causal = try isCausal(mask)
         try AttentionError.require(random >= 0, "random", expected: ">= 0", actual: "\(random)")
-        let local = try local(length: length, blockSize: blockSize, windowBlocks: windowBlocks, causal: causal)
-        let global = try global(length: length, blockSize: blockSize, globalBlocks: globalBlocks, causal: causal)
+        let local = try local(length: length, blockSize: blockSize, windowBlocks: windowBlocks, mask: mask)
+        let global = try global(length: length, blockSize: blockSize, globalBlocks: globalBlocks, mask: mask)
         var generator = SplitMix64(seed: seed)
         let n = local.queryBlocks
         let blocks = (0..<n).map { qb -> Set<Int> in
@@ -113,16 +141,16 @@ extension BlockSparseLayout {
         case maxKey
     }
 
-    /// Content-based layout per query head: for each query block, the `keyBlocksPerQuery` key blocks with the highest score (see
-    /// `BlockScoring`), plus the diagonal block and the first `sinkBlocks` blocks, from key blocks not after the
-    /// diagonal when `causal`. Queries [B, Hq, N, D] and keys [B, Hkv, N, D]; batch 0 is scored (one layout serves
+    /// Content-based layout per query head: for each query block, the `keyBlocksPerQuery` key blocks with the highest
+    /// score (see ``BlockScoring``), plus the diagonal block and the first `sinkBlocks` blocks, from key blocks not
+    /// after the diagonal when `mask` is ``AttentionMask/causal``. Queries [B, Hq, N, D] and keys [B, Hkv, N, D]; batch 0 is scored (one layout serves
     /// the batch). Never forms an N x N matrix: it costs O(Hq * (N / blockSize)^2 * D) for `.meanKey` and
     /// O(Hq * (N / blockSize) * N * D) for `.maxKey`. Ties keep the lower block index.
     public static func topK(
-        queries: Tensor, keys: Tensor, blockSize: Int, keyBlocksPerQuery k: Int, causal: Bool = false,
-        sinkBlocks: Int = 0,
-        scoring: BlockScoring = .meanKey
+        queries: Tensor, keys: Tensor, blockSize: Int, keyBlocksPerQuery k: Int, mask: AttentionMask = .none,
+        sinkBlocks: Int = 0, scoring: BlockScoring = .meanKey
     ) throws -> BlockSparseLayout {
+        let causal = try isCausal(mask)
         guard queries.rank == 4, keys.rank == 4, keys.shape[0] == queries.shape[0], keys.shape[2] == queries.shape[2],
             keys.shape[3] == queries.shape[3], keys.shape[1] >= 1, queries.shape[1] % keys.shape[1] == 0
         else {

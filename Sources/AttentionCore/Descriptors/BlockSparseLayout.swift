@@ -9,7 +9,7 @@
 /// (`local`, `global`, `strided`, `bigBird`, `topK`).
 ///
 /// ```swift
-/// let layout = try BlockSparseLayout.local(length: 4096, blockSize: 64, windowBlocks: 2, causal: true)
+/// let layout = try BlockSparseLayout.local(length: 4096, blockSize: 64, windowBlocks: 2, mask: .causal)
 /// let out = try blockSparseAttention(queries: q, keys: k, values: v, layout: layout, mask: .causal)
 /// ```
 public struct BlockSparseLayout: Sendable, Hashable {

@@ -22,7 +22,7 @@ public struct PackedSequences: Sendable, Hashable {
     public let keyOffsets: [Int]
 
     /// Sequences given by cumulative offsets (B + 1 each, starting at 0 and non-decreasing).
-    /// - Throws: `AttentionError.invalidValue` naming the offending offset.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` naming the offending offset.
     public init(queryOffsets: [Int], keyOffsets: [Int]) throws {
         try Self.validate(queryOffsets, "queryOffsets")
         try Self.validate(keyOffsets, "keyOffsets")

@@ -15,8 +15,8 @@
 //   real keys through the mask), so it is finite and the caller discards it;
 // - a sequence with no real keys gives every one of its rows zeros and log-sum-exp -infinity (or the sink logit).
 
-/// Which positions of each batch entry are real tokens rather than padding (`AttentionOptions.keyPadding`,
-/// `AttentionOptions.queryPadding`).
+/// Which positions of each batch entry are real tokens rather than padding (``AttentionOptions/keyPadding``,
+/// ``AttentionOptions/queryPadding``).
 ///
 /// ```swift
 /// // Sentences of 12, 8, 43 and 4 tokens padded to 43 (self-attention: the same padding for queries and keys).

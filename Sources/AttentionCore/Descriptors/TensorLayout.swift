@@ -9,7 +9,7 @@
 // query block the prefill micro-kernels read them in place at their stride; the decode kernel gathers each tile
 // into its tile scratch (the path stored formats decode through).
 
-/// The axis order of rank-4 attention tensors (`AttentionOptions.layout`, `AttentionOptions.outputLayout`).
+/// The axis order of rank-4 attention tensors (``AttentionOptions/layout``, ``AttentionOptions/outputLayout``).
 public enum TensorLayout: Sendable, Hashable {
     /// [batch, heads, tokens, headDimension]: each head's tokens consecutive (PyTorch's SDPA, this package's
     /// default and its caches).

@@ -52,7 +52,7 @@ public func attention(
     ).output
 }
 
-/// Like `attention(queries:keys:values:mask:options:)`, also returning each row's log-sum-exp and the kernel's
+/// Like ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``, also returning each row's log-sum-exp and the kernel's
 /// workspace size.
 public func partialAttention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
@@ -65,7 +65,7 @@ public func partialAttention(
     }
 }
 
-/// `attention(queries:keys:values:mask:options:)` writing into `output` instead of returning a new tensor, for
+/// ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` writing into `output` instead of returning a new tensor, for
 /// callers that run it repeatedly (every layer of every step) and keep one output buffer. A new result's memory is
 /// fresh pages that the operating system maps and zeroes on first write once it is too large for the allocator to
 /// recycle (the README gives the measured cost); writing into a tensor written before skips that. Every element of
@@ -76,7 +76,7 @@ public func partialAttention(
 /// var output = try Tensor(zeros: [1, 8, 4096, 64])
 /// for layer in layers { try attention(queries: q[layer], keys: k[layer], values: v[layer], into: &output) }
 /// ```
-/// - Throws: what `attention(queries:keys:values:mask:options:)` throws, and `AttentionError.shapeMismatch` unless
+/// - Throws: what ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` throws, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless
 ///   `output.shape` is [batch, queryHeads, queryLength, valueDimension]; `output` is untouched when it throws.
 public func attention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,

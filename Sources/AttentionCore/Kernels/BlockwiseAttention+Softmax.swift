@@ -176,7 +176,7 @@ extension WorkItemContext {
 }
 
 /// The visible key spans of one work item's rows: shared by the group's heads, or one per head when the call has
-/// per-head masks (`AttentionOptions.headMasks`, each intersected with the call's mask).
+/// per-head masks (``AttentionOptions/headMasks``, each intersected with the call's mask).
 struct GroupSpans {
     let perHead: [MaskRowSpans]
     let masks: [AttentionMask]

@@ -41,7 +41,7 @@ public struct LinearAttentionState: Sendable, Equatable {
     public var valueDimension: Int { keyValueSum.shape[3] }
 
     /// The zero state (no token seen).
-    /// - Throws: `AttentionError.invalidValue` for a size below 1.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` for a size below 1.
     public init(batch: Int, heads: Int, featureDimension: Int, valueDimension: Int) throws {
         for (name, value) in [
             ("batch", batch), ("heads", heads), ("featureDimension", featureDimension),
@@ -81,7 +81,7 @@ public struct LinearAttentionState: Sendable, Equatable {
     /// let first = try state.attend(queries: q1, keys: k1, values: v1, options: LinearAttentionOptions(mask: .causal))
     /// let next = try state.attend(queries: q2, keys: k2, values: v2, options: LinearAttentionOptions(mask: .causal))
     /// ```
-    /// - Parameters: as in `linearAttention(queries:keys:values:options:)`; the queries' batch and heads, the
+    /// - Parameters: as in ``linearAttention(queries:keys:values:options:)``; the queries' batch and heads, the
     ///   feature map's dimension and the values' dimension must be the state's.
     /// - Returns: [batch, heads, Nq, valueDimension].
     /// - Throws: ``AttentionError`` for anything `linearAttention` rejects and for inputs that do not fit the state
@@ -125,7 +125,7 @@ public func linearAttention(
 /// var output = try Tensor(zeros: [1, 8, 4096, 64])
 /// for layer in layers { try linearAttention(queries: q[layer], keys: k[layer], values: v[layer], into: &output) }
 /// ```
-/// - Throws: what `linearAttention` throws, and `AttentionError.shapeMismatch` unless `output.shape` is
+/// - Throws: what `linearAttention` throws, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless `output.shape` is
 ///   [batch, queryHeads, Nq, Dv]; `output` is untouched when it throws.
 public func linearAttention(
     queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions = LinearAttentionOptions(),
@@ -137,7 +137,7 @@ public func linearAttention(
 }
 
 /// Like `linearAttention`, starting from `initialState` (`nil` is the zero state) and returning the state after
-/// these keys: what `LinearAttentionState.attend` runs.
+/// these keys: what ``LinearAttentionState/attend(queries:keys:values:options:)`` runs.
 package func linearAttentionAndState(
     queries: Tensor, keys: Tensor, values: Tensor, initialState: LinearAttentionState? = nil,
     options: LinearAttentionOptions = LinearAttentionOptions()

@@ -29,7 +29,7 @@ public struct LinearAttentionGradients: Sendable {
 }
 
 /// The gradients of linear attention with respect to its queries, keys and values, given the loss gradient with
-/// respect to its output, for the call `linearAttention(queries:keys:values:options:)` from the zero state.
+/// respect to its output, for the call ``linearAttention(queries:keys:values:options:)`` from the zero state.
 ///
 /// ```swift
 /// let options = LinearAttentionOptions(featureMap: .eluPlusOne, causal: true)

@@ -11,7 +11,7 @@
 // top-k *block* layout (`BlockSparseLayout.topK`) when the scores themselves are the cost.
 
 /// Attention restricted to the key blocks of a block-sparse layout (and to `mask`), with any option of
-/// `attention(queries:keys:values:mask:options:)`.
+/// ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``.
 ///
 /// - Parameters:
 ///   - queries: [batch, queryHeads, Nq, Dk].

@@ -35,7 +35,7 @@ package enum VectorMath {
     package static func tanh(_ x: SIMD16<Float>) -> SIMD16<Float> { vectorTanh(x) }
 
     /// The dot product of two equally long Float arrays, accumulated in Float with 64 lanes in flight.
-    /// - Throws: `AttentionError.invalidValue` when the lengths differ.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` when the lengths differ.
     /// - Complexity: O(n).
     package static func dot(_ x: [Float], _ y: [Float]) throws -> Float {
         try AttentionError.require(

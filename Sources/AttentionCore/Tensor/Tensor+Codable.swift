@@ -40,7 +40,7 @@ extension AttentionResult: Codable {
     }
 
     /// Decodes a result another process encoded.
-    /// - Throws: the decoder's errors, and `AttentionError.shapeMismatch` naming "logSumExp" when it does not
+    /// - Throws: the decoder's errors, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` naming "logSumExp" when it does not
     ///   have one entry per output row (the output's shape without its last axis).
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
