@@ -59,9 +59,9 @@ public struct KVCache: KeyValueCache {
     ///     tokens are touched, never the cache), and `attention` rotates its Nq queries by positions
     ///     count - Nq ..< count (they are the newest tokens). Pass unrotated keys and queries. Positions count from
     ///     the first appended token; every batch entry shares them.
-    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` naming the first size out of range, or the dimension the storage does
-    ///   not fit (a block size that does not divide it, or a rotation of a dimension that is not a power of two),
-    ///   or a rotary dimension above the head dimension.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` naming the first size out of range, or the
+    ///   dimension the storage does not fit (a block size that does not divide it, or a rotation of a dimension that is
+    ///   not a power of two), or a rotary dimension above the head dimension.
     public init(
         batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
         reservingCapacity: Int = 0, maximumCapacity: Int? = nil, storage: CacheStorage = .float32,
@@ -137,8 +137,8 @@ public struct KVCache: KeyValueCache {
     /// (n >= 0 new tokens). O(n) in place within the reservation; past it (or without one) amortized O(n), the
     /// capacity doubling when it runs out. With `rotary`, key t is rotated
     /// by its position `count + t` first.
-    /// - Throws: ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` if a shape does not fit the cache, `.invalidValue` for a position
-    ///   past ``RotaryEmbedding/maximumPosition``; the cache is then unchanged.
+    /// - Throws: ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` if a shape does not fit the cache,
+    ///   `.invalidValue` for a position past ``RotaryEmbedding/maximumPosition``; the cache is then unchanged.
     public mutating func append(keys: Tensor, values: Tensor) throws {
         let n = try buffer.validateAppend(keys: keys, values: values)
         let positioned = try rotary?.apply(to: keys, positions: Array(count..<(count + n))) ?? keys
@@ -164,8 +164,8 @@ public struct KVCache: KeyValueCache {
     /// Appends the new tokens, then attends their queries over every cached token with `.causal` (new token i sees
     /// the tokens before it and itself): `append(keys:values:)` followed by `attention(queries:options:)`, the
     /// ``KeyValueCache`` step.
-    /// - Throws: as `append` and `attention`, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless there is one query per new
-    ///   token; the cache is then unchanged.
+    /// - Throws: as `append` and `attention`, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)``
+    ///   unless there is one query per new token; the cache is then unchanged.
     public mutating func attend(
         queries: Tensor, keys: Tensor, values: Tensor, options: AttentionOptions = AttentionOptions()
     ) throws -> Tensor {
@@ -195,8 +195,8 @@ public struct KVCache: KeyValueCache {
     ///
     /// The queries are taken to be the newest Nq tokens, so the default mask `.causal` (aligned bottom-right)
     /// lets query i see the cached tokens up to and including its own position; with one query this is every token.
-    /// Any mask and option of ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` applies; `.automatic` picks the
-    /// split-KV decode kernel for short queries.
+    /// Any mask and option of ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` applies; `.automatic`
+    /// picks the split-KV decode kernel for short queries.
     /// - Throws: ``AttentionError`` if the queries do not fit the cache (batch, head dimension, head grouping) or an
     ///   option is invalid.
     public func attention(

@@ -70,8 +70,8 @@ public struct PagedKVCache: Sendable {
     ///   - format: how rows are stored (``StorageFormat``), decoded tile by tile as attention reads them.
     ///   - rotary: fused rotary embedding, as for ``KVCache``: a sequence's token t is rotated by position t as it is
     ///     appended, and its queries in `attention` by the positions of its newest tokens.
-    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` naming the first size out of range, a dimension the format does
-    ///   not fit, or a rotary dimension above the head dimension.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` naming the first size out of range, a
+    ///   dimension the format does not fit, or a rotary dimension above the head dimension.
     public init(
         blockCount: Int, blockSize: Int = 64, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,
         format: StorageFormat = .float32, rotary: RotaryEmbedding? = nil

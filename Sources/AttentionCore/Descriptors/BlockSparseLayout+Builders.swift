@@ -143,9 +143,9 @@ extension BlockSparseLayout {
 
     /// Content-based layout per query head: for each query block, the `keyBlocksPerQuery` key blocks with the highest
     /// score (see ``BlockScoring``), plus the diagonal block and the first `sinkBlocks` blocks, from key blocks not
-    /// after the diagonal when `mask` is ``AttentionMask/causal``. Queries [B, Hq, N, D] and keys [B, Hkv, N, D]; batch 0 is scored (one layout serves
-    /// the batch). Never forms an N x N matrix: it costs O(Hq * (N / blockSize)^2 * D) for `.meanKey` and
-    /// O(Hq * (N / blockSize) * N * D) for `.maxKey`. Ties keep the lower block index.
+    /// after the diagonal when `mask` is ``AttentionMask/causal``. Queries [B, Hq, N, D] and keys [B, Hkv, N, D]; batch
+    /// 0 is scored (one layout serves the batch). Never forms an N x N matrix: it costs O(Hq * (N / blockSize)^2 * D)
+    /// for `.meanKey` and O(Hq * (N / blockSize) * N * D) for `.maxKey`. Ties keep the lower block index.
     public static func topK(
         queries: Tensor, keys: Tensor, blockSize: Int, keyBlocksPerQuery k: Int, mask: AttentionMask = .none,
         sinkBlocks: Int = 0, scoring: BlockScoring = .meanKey

@@ -1,9 +1,10 @@
 // Attention on a caller's own memory (`AttentionBuffer`): the same kernels as on tensors, reading queries, keys
 // and values and writing the output where the buffers' strides say, with no copy in or out.
 
-/// Scaled dot-product attention from and into caller-owned buffers: ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``
-/// with every operand described by memory, shape and strides (see ``AttentionBuffer``), so an engine with its own
-/// tensor type, or a fused QKV projection (``AttentionBuffer/fusedProjection(_:batch:tokens:queryHeads:keyValueHeads:headDimension:)``), needs no copy.
+/// Scaled dot-product attention from and into caller-owned buffers:
+/// ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` with every operand described by memory, shape and
+/// strides (see ``AttentionBuffer``), so an engine with its own tensor type, or a fused QKV projection
+/// (``AttentionBuffer/fusedProjection(_:batch:tokens:queryHeads:keyValueHeads:headDimension:)``), needs no copy.
 ///
 /// - Parameters:
 ///   - queries: [B, Hq, Nq, Dk] in the kernels' axis order, at any strides.

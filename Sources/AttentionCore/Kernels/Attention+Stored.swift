@@ -16,8 +16,8 @@
 /// Attention with queries, keys and values held in any ``StorageFormat``, returning a Float32 output.
 ///
 /// Keys and values may be in different formats, and each format may differ from the queries'. The result is
-/// exactly that of ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` on the decoded tensors (`Tensor(keys)` ...) up
-/// to float reassociation, computed without expanding keys or values into Float32.
+/// exactly that of ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` on the decoded tensors
+/// (`Tensor(keys)` ...) up to float reassociation, computed without expanding keys or values into Float32.
 ///
 /// - Parameters:
 ///   - queries: [batch, queryHeads, queryLength, headDimension] in `.float32`, `.float16` or `.bfloat16`.
@@ -26,8 +26,8 @@
 ///   - mask: as for ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``.
 ///   - options: as for ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``.
 /// - Returns: [batch, queryHeads, queryLength, valueDimension] in Float32.
-/// - Throws: ``AttentionError`` as ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` does, and for quantized queries
-///   (named `queries.format`).
+/// - Throws: ``AttentionError`` as ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` does, and for
+///   quantized queries (named `queries.format`).
 ///
 /// ```swift
 /// let q = try StoredTensor(Tensor.randomNormal(shape: [1, 8, 1024, 64], seed: 1), format: .bfloat16)
@@ -42,8 +42,8 @@ public func attention(
     try partialAttention(queries: queries, keys: keys, values: values, mask: mask, options: options).output
 }
 
-/// The stored-tensor ``attention(queries:keys:values:mask:options:)-(StoredTensor,_,_,_,_)``, with the output encoded in
-/// `outputFormat`: the Float32 result rounded to nearest even (`.float16`, `.bfloat16`), or kept (`.float32`).
+/// The stored-tensor ``attention(queries:keys:values:mask:options:)-(StoredTensor,_,_,_,_)``, with the output encoded
+/// in `outputFormat`: the Float32 result rounded to nearest even (`.float16`, `.bfloat16`), or kept (`.float32`).
 /// - Throws: what the Float32-output call throws, and for a quantized `outputFormat`.
 public func attention(
     queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
@@ -54,8 +54,8 @@ public func attention(
     return try StoredTensor(output, format: outputFormat)
 }
 
-/// Like the stored-tensor ``attention(queries:keys:values:mask:options:)-(StoredTensor,_,_,_,_)``, also returning each row's
-/// log-sum-exp and the kernel's workspace (which includes the per-worker decoded tiles).
+/// Like the stored-tensor ``attention(queries:keys:values:mask:options:)-(StoredTensor,_,_,_,_)``, also returning each
+/// row's log-sum-exp and the kernel's workspace (which includes the per-worker decoded tiles).
 public func partialAttention(
     queries: StoredTensor, keys: StoredTensor, values: StoredTensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
@@ -68,8 +68,8 @@ public func partialAttention(
     }
 }
 
-/// ``blockSparseAttention(queries:keys:values:layout:mask:options:)-(Tensor,_,_,_,_,_)`` over stored tensors: the listed key blocks
-/// only, each tile of keys and values decoded as it is loaded.
+/// ``blockSparseAttention(queries:keys:values:layout:mask:options:)-(Tensor,_,_,_,_,_)`` over stored tensors: the
+/// listed key blocks only, each tile of keys and values decoded as it is loaded.
 /// - Returns: [batch, queryHeads, Nq, Dv] in Float32.
 /// - Throws: what `blockSparseAttention` and the stored `attention` throw.
 public func blockSparseAttention(

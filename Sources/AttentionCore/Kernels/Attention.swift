@@ -52,8 +52,8 @@ public func attention(
     ).output
 }
 
-/// Like ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``, also returning each row's log-sum-exp and the kernel's
-/// workspace size.
+/// Like ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)``, also returning each row's log-sum-exp and
+/// the kernel's workspace size.
 public func partialAttention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions()
@@ -65,19 +65,20 @@ public func partialAttention(
     }
 }
 
-/// ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` writing into `output` instead of returning a new tensor, for
-/// callers that run it repeatedly (every layer of every step) and keep one output buffer. A new result's memory is
-/// fresh pages that the operating system maps and zeroes on first write once it is too large for the allocator to
-/// recycle (the README gives the measured cost); writing into a tensor written before skips that. Every element of
-/// `output` is overwritten (its old contents do not matter); if its storage is shared with another tensor it is
-/// copied first, as for any mutation of a ``Tensor``.
+/// ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` writing into `output` instead of returning a new
+/// tensor, for callers that run it repeatedly (every layer of every step) and keep one output buffer. A new result's
+/// memory is fresh pages that the operating system maps and zeroes on first write once it is too large for the
+/// allocator to recycle (the README gives the measured cost); writing into a tensor written before skips that. Every
+/// element of `output` is overwritten (its old contents do not matter); if its storage is shared with another tensor it
+/// is copied first, as for any mutation of a ``Tensor``.
 ///
 /// ```swift
 /// var output = try Tensor(zeros: [1, 8, 4096, 64])
 /// for layer in layers { try attention(queries: q[layer], keys: k[layer], values: v[layer], into: &output) }
 /// ```
-/// - Throws: what ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` throws, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless
-///   `output.shape` is [batch, queryHeads, queryLength, valueDimension]; `output` is untouched when it throws.
+/// - Throws: what ``attention(queries:keys:values:mask:options:)-(Tensor,_,_,_,_)`` throws, and
+///   ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless `output.shape` is [batch, queryHeads,
+///   queryLength, valueDimension]; `output` is untouched when it throws.
 public func attention(
     queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask = .none,
     options: AttentionOptions = AttentionOptions(), into output: inout Tensor

@@ -125,8 +125,8 @@ public func linearAttention(
 /// var output = try Tensor(zeros: [1, 8, 4096, 64])
 /// for layer in layers { try linearAttention(queries: q[layer], keys: k[layer], values: v[layer], into: &output) }
 /// ```
-/// - Throws: what `linearAttention` throws, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless `output.shape` is
-///   [batch, queryHeads, Nq, Dv]; `output` is untouched when it throws.
+/// - Throws: what `linearAttention` throws, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)``
+///   unless `output.shape` is [batch, queryHeads, Nq, Dv]; `output` is untouched when it throws.
 public func linearAttention(
     queries: Tensor, keys: Tensor, values: Tensor, options: LinearAttentionOptions = LinearAttentionOptions(),
     into output: inout Tensor

@@ -15,7 +15,8 @@
 ///   - second: a result over keys K2, disjoint from K1, with the same shapes.
 /// - Returns: the result over K1 and K2 together, equal to a single call over all keys up to float rounding.
 ///   `workspaceBytes` is the larger of the two inputs' (they ran one after the other).
-/// - Throws: ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` when the shapes differ or do not belong together.
+/// - Throws: ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` when the shapes differ or do not belong
+///   together.
 /// - Complexity: O(B * Hq * Nq * Dv). The merge is deterministic (a fixed formula per row); merging in a different
 ///   order can differ in the last bits.
 ///

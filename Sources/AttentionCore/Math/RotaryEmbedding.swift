@@ -66,8 +66,8 @@ public struct RotaryEmbedding: Sendable, Hashable {
     /// How the frequencies are stretched for contexts longer than the model was trained on.
     public let scaling: Scaling
 
-    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` for a base that is not finite and > 1, an odd or non-positive
-    ///   rotary dimension, or a scaling factor that is not finite and > 0.
+    /// - Throws: ``AttentionError/invalidValue(argument:expected:actual:)`` for a base that is not finite and > 1, an
+    ///   odd or non-positive rotary dimension, or a scaling factor that is not finite and > 0.
     public init(pairing: Pairing, base: Float = 10_000, rotaryDimension: Int? = nil, scaling: Scaling = .none) throws {
         try AttentionError.require(
             base.isFinite && base > 1, "base", expected: "a finite number > 1", actual: "\(base)")
@@ -144,8 +144,8 @@ public struct RotaryEmbedding: Sendable, Hashable {
     }
 
     /// `queries` [batch, heads, Nq, d] rotated as the newest Nq of `count` tokens: positions count - Nq ..< count.
-    /// - Throws: ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` when there are more queries than tokens (they would have no
-    ///   position).
+    /// - Throws: ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` when there are more queries than
+    ///   tokens (they would have no position).
     package func applyToNewest(_ queries: Tensor, of count: Int) throws -> Tensor {
         try AttentionProblem.validateQueries(shape: queries.shape)
         let nq = queries.shape[2]

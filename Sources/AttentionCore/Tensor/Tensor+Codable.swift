@@ -40,8 +40,8 @@ extension AttentionResult: Codable {
     }
 
     /// Decodes a result another process encoded.
-    /// - Throws: the decoder's errors, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` naming "logSumExp" when it does not
-    ///   have one entry per output row (the output's shape without its last axis).
+    /// - Throws: the decoder's errors, and ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` naming
+    ///   "logSumExp" when it does not have one entry per output row (the output's shape without its last axis).
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let output = try container.decode(Tensor.self, forKey: .output)
