@@ -182,18 +182,19 @@ package struct TiledJobPlan {
         output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?, scoreStorage: ScoreStorage,
         scores: UnsafeMutablePointer<Float>?, partials: UnsafeMutablePointer<Float>
     ) -> any TiledJob {
-        func make<Layout: TileRowLayout>(_ layout: Layout) -> any TiledJob {
-            TiledLayoutJob(
-                plan: self,
-                context: WorkItemContext(
-                    problem: problem, tiling: tiling, layout: layout, queries: queries, segments: segments,
-                    decodesTiles: decodesTiles, bias: bias, output: output, logSumExp: logSumExp),
-                scratchFloats: scratchFloats(scoreStorage), scores: scores, partials: partials)
+        func context<Layout: TileRowLayout>(_ layout: Layout) -> WorkItemContext<Layout> {
+            WorkItemContext(
+                problem: problem, tiling: tiling, layout: layout, queries: queries, segments: segments,
+                decodesTiles: decodesTiles, bias: bias, output: output, logSumExp: logSumExp)
         }
+        let contexts: TiledLayoutJob.Contexts
         switch tiling.layout {
-        case .stripes: return make(StripeRows(problem, tiling))
-        case .rows: return make(FewRows(problem, tiling))
+        case .stripes: contexts = .stripes(context(StripeRows(problem, tiling)))
+        case .rows: contexts = .rows(context(FewRows(problem, tiling)))
         }
+        return TiledLayoutJob(
+            plan: self, contexts: contexts, scratchFloats: scratchFloats(scoreStorage), scores: scores,
+            partials: partials)
     }
 }
 
@@ -207,9 +208,18 @@ package protocol TiledJob {
     func merge(unit: Int)
 }
 
-private struct TiledLayoutJob<Layout: TileRowLayout>: TiledJob {
+/// A job of either row layout. Not generic over the layout: an existential of a generic type would run the
+/// unspecialized generic code through witness tables (and Swift marks the calls left in witness thunks noinline,
+/// which kept even the prefetch hints out of line in the micro-kernels), so each entry point switches once to a
+/// concrete layout and everything below it is specialized.
+private struct TiledLayoutJob: TiledJob {
+    enum Contexts {
+        case stripes(WorkItemContext<StripeRows>)
+        case rows(WorkItemContext<FewRows>)
+    }
+
     let plan: TiledJobPlan
-    let context: WorkItemContext<Layout>
+    let contexts: Contexts
     let scratchFloats: Int
     let scores: UnsafeMutablePointer<Float>?
     let partials: UnsafeMutablePointer<Float>
@@ -223,6 +233,21 @@ private struct TiledLayoutJob<Layout: TileRowLayout>: TiledJob {
     }
 
     func run(item: Int, scratch: UnsafeMutablePointer<Float>) {
+        switch contexts {
+        case .stripes(let context): run(context, item: item, scratch: scratch)
+        case .rows(let context): run(context, item: item, scratch: scratch)
+        }
+    }
+
+    func merge(unit: Int) {
+        switch contexts {
+        case .stripes(let context): merge(context, unit: unit)
+        case .rows(let context): merge(context, unit: unit)
+        }
+    }
+
+    @inline(__always)
+    private func run<Layout>(_ context: WorkItemContext<Layout>, item: Int, scratch: UnsafeMutablePointer<Float>) {
         let (unit, split) = item.quotientAndRemainder(dividingBy: plan.splits)
         let (b, kvHead, block) = coordinates(unit: unit)
         let (stateSize, tileFloats) = (
@@ -242,7 +267,8 @@ private struct TiledLayoutJob<Layout: TileRowLayout>: TiledJob {
         }
     }
 
-    func merge(unit: Int) {
+    @inline(__always)
+    private func merge<Layout>(_ context: WorkItemContext<Layout>, unit: Int) {
         let (b, kvHead, block) = coordinates(unit: unit)
         context.finalize(
             batch: b, keyValueHead: kvHead, queryBlock: block, states: partials + unit * plan.splits * plan.stateSize,
