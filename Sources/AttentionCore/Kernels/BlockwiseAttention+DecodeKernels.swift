@@ -30,6 +30,19 @@
 // eight SIMD16 accumulators spill some) gains too: 0.49 against 0.53, 18.2 against 20.5, 10.6 against 11.4 ms.
 // Before prefetching (2026-11-23), kernels that were a third faster in cache lost from memory.
 
+import AttentionPlatform
+
+/// Whether the few-rows kernels should keep to 16 registers' worth of accumulators on tiles decoded into scratch
+/// (`compact` below): on targets without AVX-512 (AVX2 and SSE have 16 registers of 256 or 128 bits; arm64 32 of 128
+/// bits) the kernels' eight SIMD16 accumulators alone fill or overflow the register file and spill in the loop. The
+/// compact kernels keep one accumulator per key in the score kernel (four SIMD16: eight independent AVX2 chains)
+/// and run the value kernel four rows x 16 columns. Measured on an AMD EPYC Zen 2 VM (AVX2, 2026-12-06, one thread,
+/// one token, H_q 32 / H_kv 8, d 128, 32768 keys, alternating binaries): over an 8-bit cache, whose tiles are decoded
+/// into L1 first, 21.9 -> 19.0 ms; but over Float32 rows streamed from memory the same kernels took 27-28 ms where
+/// the spilling ones take 23 (with the prefetch hints unchanged; prefetching two tiles ahead did not help; the
+/// cause is not known). So tiles read in place keep the eight-accumulator kernels. A constant the compiler folds.
+var fewRowsCompactKernelsPay: Bool { swift_attention_target_has_avx512() == 0 }
+
 /// Where Q[r, c] goes in the `.rows` layout's query scratch (R = `rowCount` rows of `depth` columns, R * Dk floats
 /// in all): rows in groups of four, each group interleaved as [c / 4][r % 4][c % 4] over the first Dk / 4 * 4
 /// columns, followed by the group's leftover columns row by row; the last R % 4 rows row-major after the groups.
@@ -44,11 +57,11 @@ func fewRowsQueryIndex(_ r: Int, _ c: Int, rowCount: Int, depth dk: Int) -> Int 
 }
 
 /// S^T [keyCount, 16] for query rows 0..<rowCount, Q laid out by `fewRowsQueryIndex` at `queries`; lanes
-/// rowCount..<16 are set to 0.
+/// rowCount..<16 are set to 0. `compact`: the 16-register kernel (see `fewRowsCompactKernelsPay`).
 @inline(__always)
 func computeScoresFewRows(
     queries q: UnsafePointer<Float>, rowCount: Int, keys: UnsafePointer<Float>, keyCount: Int, depth dk: Int,
-    scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch? = nil
+    scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch? = nil, compact: Bool = false
 ) {
     let fullRows = rowCount / 4 * 4
     // The first four-row group stores whole 16-lane S^T rows (zeros past its four lanes); without one, clear first.
@@ -66,7 +79,7 @@ func computeScoresFewRows(
                 } : nil
             interleavedScores4(
                 group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
-                prefetch: ahead?.0, prefetchFloats: ahead?.1 ?? 0)
+                prefetch: ahead?.0, prefetchFloats: ahead?.1 ?? 0, splitsChains: !compact)
             kk += 4
         }
         while kk < keyCount {
@@ -169,11 +182,12 @@ private func storeScores(_ sums: SIMD4<Float>, _ scores: UnsafeMutablePointer<Fl
 
 /// Scores of one interleaved four-row group against four consecutive keys (`depth` floats apart), stored like
 /// `interleavedScores` at `scores + 16 i` for key i. Each Q load serves four keys; eight accumulators (two per key,
-/// alternating column steps) keep eight independent chains of multiply-adds in flight.
+/// alternating column steps) keep eight independent chains of multiply-adds in flight, or with `splitsChains` false
+/// four (one per key: eight chains of 256-bit halves, without spilling 16 registers).
 @inline(__always)
 private func interleavedScores4(
     _ group: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, scores: UnsafeMutablePointer<Float>,
-    wholeRows: Bool, prefetch: UnsafePointer<Float>?, prefetchFloats: Int
+    wholeRows: Bool, prefetch: UnsafePointer<Float>?, prefetchFloats: Int, splitsChains: Bool
 ) {
     let (k0, k1, k2, k3) = (keys, keys + dk, keys + 2 * dk, keys + 3 * dk)
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
@@ -194,10 +208,17 @@ private func interleavedScores4(
         a2 = multiplyAdd(q0, broadcast4(k2 + c), a2)
         a3 = multiplyAdd(q0, broadcast4(k3 + c), a3)
         let q1 = load16(qv, 16)
-        b0 = multiplyAdd(q1, broadcast4(k0 + c + 4), b0)
-        b1 = multiplyAdd(q1, broadcast4(k1 + c + 4), b1)
-        b2 = multiplyAdd(q1, broadcast4(k2 + c + 4), b2)
-        b3 = multiplyAdd(q1, broadcast4(k3 + c + 4), b3)
+        if splitsChains {
+            b0 = multiplyAdd(q1, broadcast4(k0 + c + 4), b0)
+            b1 = multiplyAdd(q1, broadcast4(k1 + c + 4), b1)
+            b2 = multiplyAdd(q1, broadcast4(k2 + c + 4), b2)
+            b3 = multiplyAdd(q1, broadcast4(k3 + c + 4), b3)
+        } else {
+            a0 = multiplyAdd(q1, broadcast4(k0 + c + 4), a0)
+            a1 = multiplyAdd(q1, broadcast4(k1 + c + 4), a1)
+            a2 = multiplyAdd(q1, broadcast4(k2 + c + 4), a2)
+            a3 = multiplyAdd(q1, broadcast4(k3 + c + 4), a3)
+        }
         qv += 32
         c += 8
     }
@@ -296,12 +317,13 @@ private func horizontalSums(
 /// O [rowCount, Dv] (row-major at `output`) += weighted sums of value rows: row r adds sum_k W[k, r] * V[k, :],
 /// with W[k, r] at `weights[k * weightStride + r * rowStride]`: a score stripe has weightStride 16 and rowStride 1;
 /// a row-major matrix of per-row weights (linear attention's phi(Q) times its state) has weightStride 1 and
-/// rowStride = its row length. With `overwrite` the rows are set to the sums instead (O is not read).
+/// rowStride = its row length. With `overwrite` the rows are set to the sums instead (O is not read). `compact`:
+/// four rows x 16 columns per pass instead of x 32 (see `fewRowsCompactKernelsPay`).
 @inline(__always)
 func accumulateValuesFewRows(
     weights pT: UnsafePointer<Float>, weightStride ws: Int = 16, rowStride rs: Int = 1, rowCount: Int,
     keyCount: Int, values: UnsafePointer<Float>, valueDimension dv: Int, output o: UnsafeMutablePointer<Float>,
-    overwrite: Bool = false, prefetch next: TilePrefetch? = nil
+    overwrite: Bool = false, prefetch next: TilePrefetch? = nil, compact: Bool = false
 ) {
     if rowCount < 4, let next {
         for c in stride(from: 0, to: dv, by: 16) { next.prefetchValueColumn(c) }
@@ -309,7 +331,7 @@ func accumulateValuesFewRows(
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
-        while c + 32 <= dv {
+        while !compact && c + 32 <= dv {
             valueRows4x32(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
                 valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
@@ -317,11 +339,12 @@ func accumulateValuesFewRows(
                 prefetchStride: next?.valueStride ?? dv)
             c += 32
         }
-        if c + 16 <= dv {
-            if r == 0 { next?.prefetchValueColumn(c) }
+        while c + 16 <= dv {
             valueRows4(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
-                valueStride: dv, out: o + r * dv + c, overwrite: overwrite)
+                valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
+                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
+                prefetchStride: next?.valueStride ?? dv)
             c += 16
         }
         if r == 0, c < dv { next?.prefetchValueColumn(c) }
@@ -345,17 +368,27 @@ func accumulateValuesFewRows(
     }
 }
 
-/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] (+)= sum_k pT[k * ws + i * rs] * V[k, 0..<16].
+/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] (+)= sum_k pT[k * ws + i * rs] * V[k, 0..<16]. With
+/// `prefetch`, each key step also prefetches the line at the same columns of the next tile's row (`prefetchCount`
+/// rows `prefetchStride` floats apart), so the passes over all column stretches cover the next value tile.
 @inline(__always)
 private func valueRows4(
     _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
-    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool
+    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
+    prefetch: UnsafePointer<Float>? = nil, prefetchCount: Int = 0, prefetchStride: Int = 0
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     if !overwrite { (a0, a1, a2, a3) = loadRows4(out, dv) }
+    var ahead = prefetch
+    var aheadCount = prefetch == nil ? 0 : prefetchCount
     var p = pT
     var v = values
     for _ in 0..<keyCount {
+        if aheadCount > 0, let line = ahead {
+            prefetchToL2(UnsafeRawPointer(line))
+            ahead = line + prefetchStride
+            aheadCount -= 1
+        }
         let vk = load16(v, 0)
         a0 = multiplyAdd(SIMD16<Float>(repeating: p[0]), vk, a0)
         a1 = multiplyAdd(SIMD16<Float>(repeating: p[rs]), vk, a1)
@@ -363,6 +396,11 @@ private func valueRows4(
         a3 = multiplyAdd(SIMD16<Float>(repeating: p[3 * rs]), vk, a3)
         p += ws
         v += dv
+    }
+    while aheadCount > 0, let line = ahead {
+        prefetchToL2(UnsafeRawPointer(line))
+        ahead = line + prefetchStride
+        aheadCount -= 1
     }
     storeRows4((a0, a1, a2, a3), out, dv)
 }

@@ -102,7 +102,8 @@ struct FewRows: TileRowLayout {
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
         computeScoresFewRows(
             queries: queries, rowCount: rowCount, keys: tile.keyRows, keyCount: tile.keys.count,
-            depth: keyDimension, scores: sT, prefetch: tile.next)
+            depth: keyDimension, scores: sT, prefetch: tile.next,
+            compact: fewRowsCompactKernelsPay && tile.storedValues != nil)
     }
 
     @inline(__always) func accumulate(
@@ -112,7 +113,8 @@ struct FewRows: TileRowLayout {
         // Rows are consecutive here (`gathersStridedRows`).
         accumulateValuesFewRows(
             weights: pT, rowCount: rowCount, keyCount: tile.keys.count, values: values,
-            valueDimension: valueDimension, output: o, prefetch: tile.next)
+            valueDimension: valueDimension, output: o, prefetch: tile.next,
+            compact: fewRowsCompactKernelsPay && tile.storedValues != nil)
     }
 
     @inline(__always) func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>) {
