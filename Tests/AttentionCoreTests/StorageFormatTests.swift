@@ -5,7 +5,7 @@ import _AttentionTestSupport
 final class StorageFormatTests: XCTestCase {
     static let formats: [StorageFormat] = [
         .float32, .float16, .bfloat16, .int8(), .int4(), .int8(blockSize: 16),
-        .int4(blockSize: 8), .int4(blockSize: 16),
+        .int4(blockSize: 8), .int4(blockSize: 16), .int4(blockSize: 64),
     ]
 
     /// Random key/value tensors with a few large and tiny magnitudes mixed in, so that rounding, subnormal Float16
@@ -141,10 +141,10 @@ final class StorageFormatTests: XCTestCase {
         for format in Self.formats {
             for kernel in [AttentionKernel.automatic, .blockwise(), .naive] {
                 var all = try attentionInputs(
-                    queryHeads: 2, keyValueHeads: 1, queryLength: 1, keyLength: 50, headDimension: 32, seed: 8)
+                    queryHeads: 2, keyValueHeads: 1, queryLength: 1, keyLength: 50, headDimension: 64, seed: 8)
                 all.keys[0, 0, 49, 3] = .nan
                 all.values[0, 0, 48, 5] = .infinity
-                var cache = try KVCache(keyValueHeads: 1, headDimension: 32, storage: CacheStorage(format))
+                var cache = try KVCache(keyValueHeads: 1, headDimension: 64, storage: CacheStorage(format))
                 try cache.append(keys: all.keys, values: all.values)
                 let hidden = try cache.attention(
                     queries: all.queries, mask: .custom { _, j in j < 48 },

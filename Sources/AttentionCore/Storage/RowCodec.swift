@@ -187,12 +187,16 @@ private func decodeInt8(
         let out = target + r * d
         if b % 16 == 0 {
             // Block by block, so that no lane group divides to find its scale (an integer division per 16 values
-            // cost more than the conversion).
+            // cost more than the conversion), with wrapping index arithmetic: with checked `stride` and block
+            // products, the loop control took about a third of the decode's time (perf, Zen 2, 2026-12-06).
+            var offset = 0
             for block in 0..<blocks {
-                let scale = scales[block]
-                for offset in stride(from: block * b, to: (block + 1) * b, by: 16) {
+                let scale = SIMD16<Float>(repeating: scales[block])
+                let end = offset &+ b
+                while offset < end {
                     let q = UnsafeRawPointer(codes + offset).loadUnaligned(as: SIMD16<Int8>.self)
                     store16(floats(q) * scale, out, offset)
+                    offset &+= 16
                 }
             }
         } else {
@@ -207,6 +211,29 @@ private func decodeInt4(
     blockSize b: Int
 ) {
     let blocks = d / b
+    if d % 32 == 0 && b % 32 == 0 {
+        // Every group of 32 values whole and inside one block (the default blocks of 32): block by block with
+        // wrapping index arithmetic, as in decodeInt8. The general loop below spent about half its time on its
+        // control (perf, Zen 2, 2026-12-06).
+        for r in 0..<rows {
+            let row = source + r &* rowBytes
+            let scales = row.assumingMemoryBound(to: Float.self)
+            let codes = row + 4 &* blocks
+            let out = target + r &* d
+            var group = 0
+            for block in 0..<blocks {
+                let scale = SIMD16<Float>(repeating: scales[block])
+                let end = group &+ b
+                while group < end {
+                    let q = (codes + group &>> 1).loadUnaligned(as: SIMD16<UInt8>.self)
+                    store16(floats(unsafeBitCast((q & 15) &- 8, to: SIMD16<Int8>.self)) * scale, out, group)
+                    store16(floats(unsafeBitCast((q &>> 4) &- 8, to: SIMD16<Int8>.self)) * scale, out, group &+ 16)
+                    group &+= 32
+                }
+            }
+        }
+        return
+    }
     for r in 0..<rows {
         let row = source + r * rowBytes
         let scales = row.assumingMemoryBound(to: Float.self)
