@@ -379,16 +379,11 @@ private func valueRows4(
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     if !overwrite { (a0, a1, a2, a3) = loadRows4(out, dv) }
-    var ahead = prefetch
-    var aheadCount = prefetch == nil ? 0 : prefetchCount
+    var ahead = ValueRowPrefetch(prefetch, rows: prefetchCount, stride: prefetchStride, lines: 1)
     var p = pT
     var v = values
     for _ in 0..<keyCount {
-        if aheadCount > 0, let line = ahead {
-            prefetchToL2(UnsafeRawPointer(line))
-            ahead = line + prefetchStride
-            aheadCount -= 1
-        }
+        ahead.step()
         let vk = load16(v, 0)
         a0 = multiplyAdd(SIMD16<Float>(repeating: p[0]), vk, a0)
         a1 = multiplyAdd(SIMD16<Float>(repeating: p[rs]), vk, a1)
@@ -397,11 +392,7 @@ private func valueRows4(
         p += ws
         v += dv
     }
-    while aheadCount > 0, let line = ahead {
-        prefetchToL2(UnsafeRawPointer(line))
-        ahead = line + prefetchStride
-        aheadCount -= 1
-    }
+    ahead.finish()
     storeRows4((a0, a1, a2, a3), out, dv)
 }
 
@@ -436,8 +427,7 @@ private func valueRows4x32(
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     var b0 = SIMD16<Float>(), b1 = SIMD16<Float>(), b2 = SIMD16<Float>(), b3 = SIMD16<Float>()
-    var ahead = prefetch
-    var aheadCount = prefetch == nil ? 0 : prefetchCount
+    var ahead = ValueRowPrefetch(prefetch, rows: prefetchCount, stride: prefetchStride, lines: 2)
     if !overwrite {
         (a0, a1, a2, a3) = loadRows4(out, dv)
         (b0, b1, b2, b3) = loadRows4(out + 16, dv)
@@ -445,12 +435,7 @@ private func valueRows4x32(
     var p = pT
     var v = values
     for _ in 0..<keyCount {
-        if aheadCount > 0, let line = ahead {
-            prefetchToL2(UnsafeRawPointer(line))
-            prefetchToL2(UnsafeRawPointer(line + 16))
-            ahead = line + prefetchStride
-            aheadCount -= 1
-        }
+        ahead.step()
         let (v0, v1) = (load16(v, 0), load16(v, 16))
         let p0 = SIMD16<Float>(repeating: p[0])
         a0 = multiplyAdd(p0, v0, a0)
@@ -467,15 +452,37 @@ private func valueRows4x32(
         p += ws
         v += dv
     }
-    // A next tile longer than this one (a segment's first, clipped tile is followed by a whole one).
-    while aheadCount > 0, let line = ahead {
-        prefetchToL2(UnsafeRawPointer(line))
-        prefetchToL2(UnsafeRawPointer(line + 16))
-        ahead = line + prefetchStride
-        aheadCount -= 1
-    }
+    ahead.finish()
     storeRows4((a0, a1, a2, a3), out, dv)
     storeRows4((b0, b1, b2, b3), out + 16, dv)
+}
+
+/// The value kernels' walk over the next tile's rows: one row's lines (16 floats each, at the kernel's columns)
+/// per key step, and the rest after the loop, for a next tile longer than this one (a segment's first, clipped
+/// tile is followed by a whole one).
+private struct ValueRowPrefetch {
+    private var line: UnsafePointer<Float>?
+    private var remaining: Int
+    private let stride: Int
+    private let lines: Int
+
+    @inline(__always) init(_ first: UnsafePointer<Float>?, rows: Int, stride: Int, lines: Int) {
+        (line, remaining, self.stride, self.lines) = (first, first == nil ? 0 : rows, stride, lines)
+    }
+
+    /// Prefetches the next row's lines, if any are left.
+    @inline(__always) mutating func step() {
+        guard remaining > 0, let row = line else { return }
+        prefetchToL2(UnsafeRawPointer(row))
+        if lines > 1 { prefetchToL2(UnsafeRawPointer(row + 16)) }
+        line = row + stride
+        remaining -= 1
+    }
+
+    /// Prefetches every row left.
+    @inline(__always) mutating func finish() {
+        while remaining > 0 { step() }
+    }
 }
 
 /// One row x 32 value columns (two accumulators, so consecutive keys do not wait on each other).
