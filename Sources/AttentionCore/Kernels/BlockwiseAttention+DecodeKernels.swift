@@ -1,8 +1,8 @@
 // The decode micro-kernels: the blockwise kernel's `.rows` layout, for work items with few query rows
 // (R = G * Br <= 16, e.g. one new token of the G query heads sharing a key/value head).
 //
-//   computeScoresFewRows:    S^T[k, r] = Q[r, :] . K[k, :]     4 rows x 4 keys (or x 1 key), or 1 row x 4 keys
-//   accumulateValuesFewRows: O[r, :] += sum_k P^T[k, r] * V[k, :]     4 rows x 32 (or 16) value columns per step
+//   computeScoresFewRows:    S^T[k, r] = Q[r, :] . K[k, :]     4 rows x 4 keys (or x 6, x 1), or 1 row x 4 keys
+//   accumulateValuesFewRows: O[r, :] += sum_k P^T[k, r] * V[k, :]     4 rows x 32 (or 24, 16) value columns per step
 //
 // The prefill kernels put query rows in the 16 vector lanes; with R = 4 rows three quarters of every multiply-add
 // would be padding. These kernels vectorize along the head dimension instead, so their work is proportional to R
@@ -32,15 +32,18 @@
 
 import AttentionPlatform
 
-/// Whether the few-rows kernels should keep to 16 registers' worth of accumulators on tiles decoded into scratch
-/// (`compact` below): on targets without AVX-512 (AVX2 and SSE have 16 registers of 256 or 128 bits; arm64 32 of 128
-/// bits) the kernels' eight SIMD16 accumulators alone fill or overflow the register file and spill in the loop. The
-/// compact kernels keep one accumulator per key in the score kernel (four SIMD16: eight independent AVX2 chains)
-/// and run the value kernel four rows x 16 columns. Measured on an AMD EPYC Zen 2 VM (AVX2, 2026-12-06, one thread,
-/// one token, H_q 32 / H_kv 8, d 128, 32768 keys, alternating binaries): over an 8-bit cache, whose tiles are decoded
-/// into L1 first, 21.9 -> 19.0 ms; but over Float32 rows streamed from memory the same kernels took 27-28 ms where
-/// the spilling ones take 23 (with the prefetch hints unchanged; prefetching two tiles ahead did not help; the
-/// cause is not known). So tiles read in place keep the eight-accumulator kernels. A constant the compiler folds.
+/// Whether the few-rows kernels keep to 16 registers (`compact` below): on targets without AVX-512 (AVX2 and SSE
+/// have 16 registers of 256 or 128 bits; arm64 32 of 128 bits) the eight-SIMD16-accumulator kernels alone fill or
+/// overflow the register file and spill in the loop, and a spilled accumulator's chain runs through a store and a
+/// reload. The compact kernels keep twelve independent chains of 256-bit halves where the shape allows: scores six
+/// keys at a time with one accumulator each (`interleavedScores6`; four, then one, for the tile's last keys), values
+/// four rows x 24 columns (`valueRows4x24`; 16-column passes for the rest). Measured on an AMD EPYC Zen 3 VM (AVX2,
+/// two FMA pipes, 2026-12-06, one thread, one token, H_q 32 / H_kv 8, d 128, alternating binaries, fastest of
+/// 3000 calls, three rounds): Float32 rows, 1024 keys (in cache) 0.47 -> 0.41 ms against the spilling kernels; from
+/// memory (32768 keys) no difference within this VM's noise (21.8-25.5 against 22.0-23.5 ms); tiles decoded into
+/// scratch (8-bit, F16, 4-bit), which used eight-chain compact kernels before, unchanged (0.47, 0.46, 0.51 ms).
+/// Earlier, on Zen 2 (2026-12-06), the eight-chain compact kernels took 27-28 ms over Float32 rows from memory
+/// where the spilling ones took 23; these twelve-chain ones have not been timed there. A constant the compiler folds.
 var fewRowsCompactKernelsPay: Bool { swift_attention_target_has_avx512() == 0 }
 
 /// Where Q[r, c] goes in the `.rows` layout's query scratch (R = `rowCount` rows of `depth` columns, R * Dk floats
@@ -70,6 +73,17 @@ func computeScoresFewRows(
     while r < fullRows {
         let group = q + r * dk
         var kk = 0
+        while compact && kk + 6 <= keyCount {
+            let ahead =
+                r == 0
+                ? next.map {
+                    ($0.keys + kk * $0.keyStride, Swift.max(0, Swift.min(6, $0.keyCount - kk)) * $0.keyDimension)
+                } : nil
+            interleavedScores6(
+                group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
+                prefetch: ahead?.0, prefetchFloats: ahead?.1 ?? 0)
+            kk += 6
+        }
         while kk + 4 <= keyCount {
             // The next tile's rows kk..<kk + 4 (contiguous), spread over the column steps.
             let ahead =
@@ -195,13 +209,9 @@ private func interleavedScores4(
     var c = 0
     var qv = group
     // Two 64-byte lines of the prefetch range per column step: 4 Dk floats over Dk / 8 steps.
-    var ahead = 0
+    var ahead = KeyRowPrefetch(prefetch, floats: prefetchFloats)
     while c + 8 <= dk {
-        if let prefetch, ahead < prefetchFloats {
-            prefetchToL2(UnsafeRawPointer(prefetch + ahead))
-            prefetchToL2(UnsafeRawPointer(prefetch + ahead + 16))
-            ahead += 32
-        }
+        ahead.step(lines: 2)
         let q0 = load16(qv, 0)
         a0 = multiplyAdd(q0, broadcast4(k0 + c), a0)
         a1 = multiplyAdd(q0, broadcast4(k1 + c), a1)
@@ -229,17 +239,95 @@ private func interleavedScores4(
         a2 = multiplyAdd(q0, broadcast4(k2 + c), a2)
         a3 = multiplyAdd(q0, broadcast4(k3 + c), a3)
     }
-    if let prefetch { prefetchToL2(prefetch + ahead, count: prefetchFloats - ahead) }
+    ahead.finish()
     let sums = keyRowSums(a0 + b0, a1 + b1, a2 + b2, a3 + b3)
-    var s0 = sums.lowHalf.lowHalf, s1 = sums.lowHalf.highHalf, s2 = sums.highHalf.lowHalf, s3 = sums.highHalf.highHalf
-    leftoverColumns(group, key: k0, depth: dk, sums: &s0)
-    leftoverColumns(group, key: k1, depth: dk, sums: &s1)
-    leftoverColumns(group, key: k2, depth: dk, sums: &s2)
-    leftoverColumns(group, key: k3, depth: dk, sums: &s3)
-    storeScores(s0, scores, wholeRow: wholeRows)
-    storeScores(s1, scores + 16, wholeRow: wholeRows)
-    storeScores(s2, scores + 32, wholeRow: wholeRows)
-    storeScores(s3, scores + 48, wholeRow: wholeRows)
+    storeKeyScores(sums, group, keys: keys, depth: dk, scores: scores, wholeRows: wholeRows)
+}
+
+/// The next tile's key rows that a multi-key score kernel prefetches: `lines` 64-byte lines per column step, the
+/// rest after the loop.
+private struct KeyRowPrefetch {
+    private let start: UnsafePointer<Float>?
+    private let floats: Int
+    private var ahead = 0
+
+    @inline(__always) init(_ start: UnsafePointer<Float>?, floats: Int) {
+        (self.start, self.floats) = (start, floats)
+    }
+
+    @inline(__always) mutating func step(lines: Int) {
+        guard let start, ahead < floats else { return }
+        for line in 0..<lines { prefetchToL2(UnsafeRawPointer(start + ahead + 16 * line)) }
+        ahead += 16 * lines
+    }
+
+    @inline(__always) func finish() {
+        if let start { prefetchToL2(start + ahead, count: floats - ahead) }
+    }
+}
+
+/// Stores four keys' row sums (lane 4 i + r: key i, row r, as `keyRowSums` gives them) at `scores + 16 i`, with
+/// the group's leftover columns added.
+@inline(__always)
+private func storeKeyScores(
+    _ sums: SIMD16<Float>, _ group: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int,
+    scores: UnsafeMutablePointer<Float>, wholeRows: Bool, count: Int = 4
+) {
+    for i in 0..<count {
+        let half = i < 2 ? sums.lowHalf : sums.highHalf
+        var part = i % 2 == 0 ? half.lowHalf : half.highHalf
+        leftoverColumns(group, key: keys + i * dk, depth: dk, sums: &part)
+        storeScores(part, scores + 16 * i, wholeRow: wholeRows)
+    }
+}
+
+/// Six keys with one accumulator each (twelve independent chains of 256-bit halves, within 16 registers with the
+/// Q stretch and a broadcast key): the compact score kernel's main step. Each key's sums are formed in the same
+/// order as `interleavedScores4` without `splitsChains`, so a key's score does not depend on which of the two
+/// kernels computed it. Prefetches three lines of the range per column step (6 Dk floats over Dk / 8 steps).
+@inline(__always)
+private func interleavedScores6(
+    _ group: UnsafePointer<Float>, keys: UnsafePointer<Float>, depth dk: Int, scores: UnsafeMutablePointer<Float>,
+    wholeRows: Bool, prefetch: UnsafePointer<Float>?, prefetchFloats: Int
+) {
+    let (k0, k1, k2, k3, k4, k5) = (keys, keys + dk, keys + 2 * dk, keys + 3 * dk, keys + 4 * dk, keys + 5 * dk)
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>()
+    var a3 = SIMD16<Float>(), a4 = SIMD16<Float>(), a5 = SIMD16<Float>()
+    var c = 0
+    var qv = group
+    var ahead = KeyRowPrefetch(prefetch, floats: prefetchFloats)
+    while c + 8 <= dk {
+        ahead.step(lines: 3)
+        let q0 = load16(qv, 0)
+        a0 = multiplyAdd(q0, broadcast4(k0 + c), a0)
+        a1 = multiplyAdd(q0, broadcast4(k1 + c), a1)
+        a2 = multiplyAdd(q0, broadcast4(k2 + c), a2)
+        a3 = multiplyAdd(q0, broadcast4(k3 + c), a3)
+        a4 = multiplyAdd(q0, broadcast4(k4 + c), a4)
+        a5 = multiplyAdd(q0, broadcast4(k5 + c), a5)
+        let q1 = load16(qv, 16)
+        a0 = multiplyAdd(q1, broadcast4(k0 + c + 4), a0)
+        a1 = multiplyAdd(q1, broadcast4(k1 + c + 4), a1)
+        a2 = multiplyAdd(q1, broadcast4(k2 + c + 4), a2)
+        a3 = multiplyAdd(q1, broadcast4(k3 + c + 4), a3)
+        a4 = multiplyAdd(q1, broadcast4(k4 + c + 4), a4)
+        a5 = multiplyAdd(q1, broadcast4(k5 + c + 4), a5)
+        qv += 32
+        c += 8
+    }
+    if c + 4 <= dk {
+        let q0 = load16(qv, 0)
+        a0 = multiplyAdd(q0, broadcast4(k0 + c), a0)
+        a1 = multiplyAdd(q0, broadcast4(k1 + c), a1)
+        a2 = multiplyAdd(q0, broadcast4(k2 + c), a2)
+        a3 = multiplyAdd(q0, broadcast4(k3 + c), a3)
+        a4 = multiplyAdd(q0, broadcast4(k4 + c), a4)
+        a5 = multiplyAdd(q0, broadcast4(k5 + c), a5)
+    }
+    ahead.finish()
+    storeKeyScores(keyRowSums(a0, a1, a2, a3), group, keys: keys, depth: dk, scores: scores, wholeRows: wholeRows)
+    storeKeyScores(
+        keyRowSums(a4, a5, a4, a5), group, keys: k4, depth: dk, scores: scores + 64, wholeRows: wholeRows, count: 2)
 }
 
 /// The row sums of four interleaved accumulators x_i (key i; lanes 4 r ..< 4 r + 4 hold row r's partial sums):
@@ -318,7 +406,7 @@ private func horizontalSums(
 /// with W[k, r] at `weights[k * weightStride + r * rowStride]`: a score stripe has weightStride 16 and rowStride 1;
 /// a row-major matrix of per-row weights (linear attention's phi(Q) times its state) has weightStride 1 and
 /// rowStride = its row length. With `overwrite` the rows are set to the sums instead (O is not read). `compact`:
-/// four rows x 16 columns per pass instead of x 32 (see `fewRowsCompactKernelsPay`).
+/// four rows x 24 columns per pass (x 16 for the rest) instead of x 32 (see `fewRowsCompactKernelsPay`).
 @inline(__always)
 func accumulateValuesFewRows(
     weights pT: UnsafePointer<Float>, weightStride ws: Int = 16, rowStride rs: Int = 1, rowCount: Int,
@@ -331,6 +419,15 @@ func accumulateValuesFewRows(
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
+        // Compact: 24-column passes (twelve chains) while the rest stays a multiple of 16 or 24 wide.
+        while compact && (dv - c >= 40 || dv - c == 24) {
+            valueRows4x24(
+                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
+                valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
+                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
+                prefetchStride: next?.valueStride ?? dv)
+            c += 24
+        }
         while !compact && c + 32 <= dv {
             valueRows4x32(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
@@ -455,6 +552,63 @@ private func valueRows4x32(
     ahead.finish()
     storeRows4((a0, a1, a2, a3), out, dv)
     storeRows4((b0, b1, b2, b3), out + 16, dv)
+}
+
+/// Four rows x 24 value columns (a SIMD16 and a SIMD8 per row): twelve independent chains of 256-bit halves
+/// within 16 registers (the accumulators, the value stretch and a broadcast weight), the compact kernels' main
+/// value step. Every output element sums its keys in order, as in the other value kernels. Prefetches the two
+/// lines at columns 0 and 16 of each of the next tile's rows (the passes together cover every line of a row).
+@inline(__always)
+private func valueRows4x24(
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
+    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
+    prefetch: UnsafePointer<Float>?, prefetchCount: Int, prefetchStride: Int
+) {
+    var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+    var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+    var ahead = ValueRowPrefetch(prefetch, rows: prefetchCount, stride: prefetchStride, lines: 2)
+    if !overwrite {
+        (a0, a1, a2, a3) = loadRows4(out, dv)
+        (b0, b1, b2, b3) = (load8(out + 16), load8(out + dv + 16), load8(out + 2 * dv + 16), load8(out + 3 * dv + 16))
+    }
+    var p = pT
+    var v = values
+    for _ in 0..<keyCount {
+        ahead.step()
+        let (v0, v1) = (load16(v, 0), load8(v + 16))
+        let p0 = p[0]
+        a0 = multiplyAdd(SIMD16(repeating: p0), v0, a0)
+        b0 = multiplyAdd(SIMD8(repeating: p0), v1, b0)
+        let p1 = p[rs]
+        a1 = multiplyAdd(SIMD16(repeating: p1), v0, a1)
+        b1 = multiplyAdd(SIMD8(repeating: p1), v1, b1)
+        let p2 = p[2 * rs]
+        a2 = multiplyAdd(SIMD16(repeating: p2), v0, a2)
+        b2 = multiplyAdd(SIMD8(repeating: p2), v1, b2)
+        let p3 = p[3 * rs]
+        a3 = multiplyAdd(SIMD16(repeating: p3), v0, a3)
+        b3 = multiplyAdd(SIMD8(repeating: p3), v1, b3)
+        p += ws
+        v += dv
+    }
+    ahead.finish()
+    storeRows4((a0, a1, a2, a3), out, dv)
+    store8(b0, out + 16)
+    store8(b1, out + dv + 16)
+    store8(b2, out + 2 * dv + 16)
+    store8(b3, out + 3 * dv + 16)
+}
+
+/// Eight floats at `pointer`.
+@inline(__always)
+private func load8(_ pointer: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(pointer).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+/// Stores eight floats at `pointer`.
+@inline(__always)
+private func store8(_ value: SIMD8<Float>, _ pointer: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: SIMD8<Float>.self)
 }
 
 /// The value kernels' walk over the next tile's rows: one row's lines (16 floats each, at the kernel's columns)

@@ -102,7 +102,7 @@ struct FewRows: TileRowLayout {
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
         computeScoresFewRows(
             queries: queries, rowCount: rowCount, keys: tile.keyRows, keyCount: tile.keys.count,
-            depth: keyDimension, scores: sT, prefetch: tile.next, compact: usesCompactKernels(tile))
+            depth: keyDimension, scores: sT, prefetch: tile.next, compact: fewRowsCompactKernelsPay)
     }
 
     @inline(__always) func accumulate(
@@ -112,12 +112,7 @@ struct FewRows: TileRowLayout {
         // Rows are consecutive here (`gathersStridedRows`).
         accumulateValuesFewRows(
             weights: pT, rowCount: rowCount, keyCount: tile.keys.count, values: values,
-            valueDimension: valueDimension, output: o, prefetch: tile.next, compact: usesCompactKernels(tile))
-    }
-
-    /// The 16-register kernels for tiles decoded into scratch, where they pay (`fewRowsCompactKernelsPay`).
-    @inline(__always) private func usesCompactKernels(_ tile: KeyTile) -> Bool {
-        fewRowsCompactKernelsPay && tile.storedValues != nil
+            valueDimension: valueDimension, output: o, prefetch: tile.next, compact: fewRowsCompactKernelsPay)
     }
 
     @inline(__always) func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>) {

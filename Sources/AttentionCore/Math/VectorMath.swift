@@ -251,6 +251,18 @@ package func multiplyAdd(_ a: SIMD16<Float>, _ b: SIMD16<Float>, _ acc: SIMD16<F
     #endif
 }
 
+/// `multiplyAdd` on eight lanes (one 256-bit register on AVX2). A concrete copy, not one generic function: in a
+/// function generic over `SIMD` the operators resolve to the protocol's lane-by-lane implementations.
+@inlinable @inline(__always)
+package func multiplyAdd(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ acc: SIMD8<Float>) -> SIMD8<Float> {
+    #if FusedMultiplyAdd
+        return acc.addingProduct(a, b)
+    #else
+        if swift_attention_target_has_fma() != 0 { return acc.addingProduct(a, b) }
+        return acc + a * b
+    #endif
+}
+
 /// The sum of `count` floats in four independent vector chains (one add per 16 floats): NaN or infinite whenever a
 /// value is, and, as a side effect, a pass that streams memory in with many cache misses in flight.
 @inline(__always)
