@@ -274,8 +274,7 @@ private func storeKeyScores(
     scores: UnsafeMutablePointer<Float>, wholeRows: Bool, count: Int = 4
 ) {
     for i in 0..<count {
-        let half = i < 2 ? sums.lowHalf : sums.highHalf
-        var part = i % 2 == 0 ? half.lowHalf : half.highHalf
+        var part = quarter(sums, i)
         leftoverColumns(group, key: keys + i * dk, depth: dk, sums: &part)
         storeScores(part, scores + 16 * i, wholeRow: wholeRows)
     }
@@ -597,18 +596,6 @@ private func valueRows4x24(
     store8(b1, out + dv + 16)
     store8(b2, out + 2 * dv + 16)
     store8(b3, out + 3 * dv + 16)
-}
-
-/// Eight floats at `pointer`.
-@inline(__always)
-private func load8(_ pointer: UnsafePointer<Float>) -> SIMD8<Float> {
-    UnsafeRawPointer(pointer).loadUnaligned(as: SIMD8<Float>.self)
-}
-
-/// Stores eight floats at `pointer`.
-@inline(__always)
-private func store8(_ value: SIMD8<Float>, _ pointer: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: SIMD8<Float>.self)
 }
 
 /// The value kernels' walk over the next tile's rows: one row's lines (16 floats each, at the kernel's columns)

@@ -103,6 +103,9 @@ extension WorkItemContext {
     func updateSoftmax(_ sT: UnsafeMutablePointer<Float>, keyCount: Int, _ s: State, markMasked: Bool) {
         let (m, l) = (s.m, s.l)
         let rp = tiling.paddedRows(groupSize: problem.groupSize)
+        if rp == 16 && layout.computedRows <= 4 && !markMasked {
+            return updateSoftmaxFourRows(sT, keyCount: keyCount, s)
+        }
         let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
         var rv = 0
         while rv < rp {
@@ -140,6 +143,58 @@ extension WorkItemContext {
             if horizontalMin(alpha) != 1 { layout.rescale(s.o, stripe: rv, by: alpha) }
             rv += 16
         }
+    }
+
+    /// `updateSoftmax` for a work item of at most four rows (one decode token of a group of up to four query heads):
+    /// only lanes 0..<4 of each key's 16-lane S^T row are read, four keys to a vector, so the exponentials cost a
+    /// quarter of the full stripe's. The weights are the same numbers; l sums each row's weights in four interleaved
+    /// partial sums (keys j mod 4), then adds them. Lanes 4..<16 of m and l keep their start values, and their
+    /// weights are not written (the few-rows kernels never read them).
+    @inline(__always)
+    private func updateSoftmaxFourRows(_ sT: UnsafeMutablePointer<Float>, keyCount: Int, _ s: State) {
+        let keys4 = keyCount / 4 * 4
+        let negativeInfinity = SIMD16<Float>(repeating: -.infinity)
+        var tileMax = negativeInfinity
+        var kk = 0
+        while kk < keys4 {
+            tileMax = vectorMax(tileMax, fourKeys(sT + kk * 16))
+            kk += 4
+        }
+        var max4 = quarterMax(tileMax)
+        while kk < keyCount {
+            max4 = max4.replacing(with: load4(sT + kk * 16), where: max4 .< load4(sT + kk * 16))
+            kk += 1
+        }
+        let oldMax = load4(s.m)
+        let newMax = oldMax.replacing(with: max4, where: oldMax .< max4)
+        // A row that has seen no key keeps m = -inf; exponentiate against 0 instead (as in `updateSoftmax`).
+        let shift4 = newMax.replacing(with: 0, where: newMax .== -.infinity)
+        let shift = SIMD16(
+            lowHalf: SIMD8(lowHalf: shift4, highHalf: shift4), highHalf: SIMD8(lowHalf: shift4, highHalf: shift4))
+        let alpha = vectorExp2OfNonPositive(
+            SIMD16(lowHalf: SIMD8(lowHalf: (oldMax - shift4) * exponentScale, highHalf: .zero), highHalf: .zero))
+        var sum = SIMD16<Float>()
+        kk = 0
+        while kk < keys4 {
+            let stripe = sT + kk * 16
+            let weights = vectorExp2OfNonPositive((fourKeys(stripe) - shift) * exponentScale)
+            for j in 0..<4 { store4(quarter(weights, j), stripe + 16 * j) }
+            sum += weights
+            kk += 4
+        }
+        var sum4 = (quarter(sum, 0) + quarter(sum, 1)) + (quarter(sum, 2) + quarter(sum, 3))
+        while kk < keyCount {
+            let score = SIMD16(lowHalf: SIMD8(lowHalf: load4(sT + kk * 16), highHalf: .zero), highHalf: .zero)
+            let weight = quarter(vectorExp2OfNonPositive((score - shift) * exponentScale), 0)
+            store4(weight, sT + kk * 16)
+            sum4 += weight
+            kk += 1
+        }
+        let sums = SIMD16(lowHalf: SIMD8(lowHalf: sum4, highHalf: .zero), highHalf: .zero)
+        store16(multiplyAdd(load16(s.l, 0), alpha, sums), s.l, 0)
+        store4(newMax, s.m)
+        // Lanes 4..<16 of `alpha` are 2^0 = 1: only the item's rows can need a rescale.
+        if horizontalMin(alpha) != 1 { layout.rescale(s.o, stripe: 0, by: alpha) }
     }
 
     /// Value rows with NaN or infinity. A key that is masked for a row (or has a -inf score there) must not bring
@@ -288,4 +343,20 @@ func allFinite(_ values: UnsafePointer<Float>, rows: Int, columns: Int, rowStrid
     if rowStride == columns { return streamingSum(values, count: rows * columns).isFinite }
     for row in 0..<rows where !streamingSum(values + row * rowStride, count: columns).isFinite { return false }
     return true
+}
+
+/// Lanes 0..<4 of the 16-lane S^T rows of four consecutive keys at `keyRows` (16 floats apart): lanes 4 j ..< 4 j + 4
+/// of the result are key j's.
+@inline(__always)
+private func fourKeys(_ keyRows: UnsafePointer<Float>) -> SIMD16<Float> {
+    SIMD16(
+        lowHalf: SIMD8(lowHalf: load4(keyRows), highHalf: load4(keyRows + 16)),
+        highHalf: SIMD8(lowHalf: load4(keyRows + 32), highHalf: load4(keyRows + 48)))
+}
+
+/// The lane-wise maximum of the four quarters of `v` (NaN lanes ignored, as in `vectorMax`).
+@inline(__always)
+private func quarterMax(_ v: SIMD16<Float>) -> SIMD4<Float> {
+    let h = v.lowHalf.replacing(with: v.highHalf, where: v.lowHalf .< v.highHalf)
+    return h.lowHalf.replacing(with: h.highHalf, where: h.lowHalf .< h.highHalf)
 }

@@ -237,6 +237,34 @@ package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, 
     return total
 }
 
+/// Four, eight floats at `pointer` (unaligned), and their stores.
+@inline(__always)
+package func load4(_ pointer: UnsafePointer<Float>) -> SIMD4<Float> {
+    UnsafeRawPointer(pointer).loadUnaligned(as: SIMD4<Float>.self)
+}
+
+@inline(__always)
+package func load8(_ pointer: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(pointer).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+package func store4(_ value: SIMD4<Float>, _ pointer: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: SIMD4<Float>.self)
+}
+
+@inline(__always)
+package func store8(_ value: SIMD8<Float>, _ pointer: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: SIMD8<Float>.self)
+}
+
+/// Lanes 4 j ..< 4 j + 4 of `v` (j a constant after inlining: two half extractions).
+@inline(__always)
+package func quarter(_ v: SIMD16<Float>, _ j: Int) -> SIMD4<Float> {
+    let half = j < 2 ? v.lowHalf : v.highHalf
+    return j % 2 == 0 ? half.lowHalf : half.highHalf
+}
+
 /// acc + a * b: one fused multiply-add (one rounding) when the build target has FMA (`-Xcc -march=native` on a
 /// CPU with FMA, every arm64 build) or the `FusedMultiplyAdd` package trait forces it; otherwise a multiply and an
 /// add, because on Swift's default x86_64 target a fused multiply-add is a libm call per lane (see the README's
