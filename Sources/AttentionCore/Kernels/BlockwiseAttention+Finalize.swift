@@ -31,10 +31,20 @@ extension WorkItemContext {
                     lseRows[row * lseStep] = -.infinity
                     continue
                 }
+                let (start, step) = layout.outputRow(r)
+                if count == 1 {
+                    // One state: w = 1, so O / l in one pass over the row (the same numbers as the general path,
+                    // whose products with w = 1 are exact).
+                    let denominator = states[dv * rp + rp + r]
+                    let inverse: Float = 1 / denominator
+                    let source = states + start
+                    for c in 0..<dv { target[c] = source[c &* step] * inverse }
+                    lseRows[row * lseStep] = states[dv * rp + r] * (exponentScale * ln2) + _log(denominator)
+                    continue
+                }
                 var maximum = -Float.infinity
                 for s in 0..<count { maximum = Swift.max(maximum, states[s * stride + dv * rp + r]) }
                 var denominator: Float = 0
-                let (start, step) = layout.outputRow(r)
                 for s in 0..<count {
                     let state = states + s * stride
                     let (ms, ls) = (state[dv * rp + r], state[dv * rp + rp + r])
