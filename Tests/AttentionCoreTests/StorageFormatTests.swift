@@ -89,9 +89,12 @@ final class StorageFormatTests: XCTestCase {
 
     func testEveryFormatMatchesTheReferenceOnItsStoredValues() throws {
         // Odd shapes and groupings; the cache's kernels (decode for few rows, blockwise, naive) against the Float64
-        // reference on the values as the format defines them.
+        // reference on the values as the format defines them. One token of four query heads per key/value head
+        // (four rows: the decode kernel scores 8-bit keys as stored on targets without AVX-512), with an odd number
+        // of keys in the last tile, at d 64 and 32.
         let shapes: [(hq: Int, hkv: Int, nq: Int, nk: Int, d: Int)] = [
             (4, 2, 1, 239, 32), (8, 2, 3, 203, 64), (3, 1, 7, 7, 16), (8, 8, 1, 1, 128), (2, 1, 113, 217, 80),
+            (8, 2, 1, 301, 64), (4, 1, 1, 131, 32),
         ]
         for format in Self.formats {
             for (index, shape) in shapes.enumerated() {
@@ -138,10 +141,11 @@ final class StorageFormatTests: XCTestCase {
 
     func testNonFiniteKeysAndValuesFollowTheFloat32RulesInEveryFormat() throws {
         // A NaN key and an infinite value hidden by the mask never reach the output; seen, they poison their rows.
-        for format in Self.formats {
+        for (format, queryHeads) in Self.formats.flatMap({ format in [2, 4].map { (format, $0) } }) {
             for kernel in [AttentionKernel.automatic, .blockwise(), .naive] {
                 var all = try attentionInputs(
-                    queryHeads: 2, keyValueHeads: 1, queryLength: 1, keyLength: 50, headDimension: 64, seed: 8)
+                    queryHeads: queryHeads, keyValueHeads: 1, queryLength: 1, keyLength: 50, headDimension: 64,
+                    seed: 8)
                 all.keys[0, 0, 49, 3] = .nan
                 all.values[0, 0, 48, 5] = .infinity
                 var cache = try KVCache(keyValueHeads: 1, headDimension: 64, storage: CacheStorage(format))

@@ -124,6 +124,75 @@ func computeScoresFewRows(
     next?.prefetchKeyRows(from: keyCount)
 }
 
+/// S^T [keyCount, 16] for four query rows, Q row-major at `queries` (4 x Dk, `FewRows.rowMajorQueries`), against
+/// 8-bit key rows as the cache stores them (`rowStride` bytes apart; each row Dk / b Float32 scales, then Dk Int8
+/// codes, see `StorageFormat.int8`); lanes 4..<16 are set to 0. Each key's codes are converted and scaled (code x
+/// scale: the decoded value exactly as `RowCodec.decode` makes it) once per eight columns and serve the four rows,
+/// with Q read from L1 by the multiply-adds: no decoded key tile is written or read back. Two keys at a time keep
+/// eight accumulator chains (four rows x two keys); the row sums are reduced at the end. Needs Dk % 8 == 0 and
+/// b % 8 == 0.
+@inline(__always)
+func scoresFromInt8Rows(
+    queries q: UnsafePointer<Float>, rows: UnsafeRawPointer, rowStride: Int, keyCount: Int, depth dk: Int,
+    blockSize b: Int, scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch?
+) {
+    var kk = 0
+    while kk < keyCount {
+        // A last odd key is scored as a pair with itself, its second copy's scores left unstored.
+        let pair = kk + 1 < keyCount
+        if let next { next.prefetchKeyRows(kk..<(kk + 2)) }
+        let row0 = rows + kk * rowStride
+        int8Scores2(
+            q, row0, pair ? row0 + rowStride : row0, depth: dk, blockSize: b, scores: scores + kk * 16, pair: pair)
+        kk += 2
+    }
+    next?.prefetchKeyRows(from: keyCount)
+}
+
+/// Two keys' scores for four row-major query rows (see `scoresFromInt8Rows`), stored at `scores` and, with `pair`,
+/// `scores + 16`.
+@inline(__always)
+private func int8Scores2(
+    _ q: UnsafePointer<Float>, _ row0: UnsafeRawPointer, _ row1: UnsafeRawPointer, depth dk: Int, blockSize b: Int,
+    scores: UnsafeMutablePointer<Float>, pair: Bool
+) {
+    let blocks = dk / b
+    let (scales0, scales1) = (row0.assumingMemoryBound(to: Float.self), row1.assumingMemoryBound(to: Float.self))
+    let (codes0, codes1) = (row0 + 4 * blocks, row1 + 4 * blocks)
+    var (a0, a1, a2, a3) = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
+    var (b0, b1, b2, b3) = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
+    var c = 0
+    for block in 0..<blocks {
+        let (s0, s1) = (SIMD8<Float>(repeating: scales0[block]), SIMD8<Float>(repeating: scales1[block]))
+        let end = c &+ b
+        while c < end {
+            let k0 = int8Floats(codes0 + c) * s0
+            let k1 = int8Floats(codes1 + c) * s1
+            let (q0, q1, q2, q3) = (load8(q + c), load8(q + dk + c), load8(q + 2 * dk + c), load8(q + 3 * dk + c))
+            a0 = multiplyAdd(q0, k0, a0)
+            b0 = multiplyAdd(q0, k1, b0)
+            a1 = multiplyAdd(q1, k0, a1)
+            b1 = multiplyAdd(q1, k1, b1)
+            a2 = multiplyAdd(q2, k0, a2)
+            b2 = multiplyAdd(q2, k1, b2)
+            a3 = multiplyAdd(q3, k0, a3)
+            b3 = multiplyAdd(q3, k1, b3)
+            c &+= 8
+        }
+    }
+    storeScores(horizontalSums(a0, a1, a2, a3), scores, wholeRow: true)
+    if pair { storeScores(horizontalSums(b0, b1, b2, b3), scores + 16, wholeRow: true) }
+}
+
+/// Eight Int8 codes at `pointer` as Floats (a lane loop LLVM turns into one widening and one conversion).
+@inline(__always)
+private func int8Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
+    let codes = pointer.loadUnaligned(as: SIMD8<Int8>.self)
+    var result = SIMD8<Float>()
+    for i in 0..<8 { result[i] = Float(codes[i]) }
+    return result
+}
+
 /// Four consecutive floats at `pointer`, repeated in all four 128-bit lanes of a SIMD16.
 @inline(__always)
 private func broadcast4(_ pointer: UnsafePointer<Float>) -> SIMD16<Float> {
@@ -387,10 +456,15 @@ private func dotProducts(
 private func horizontalSums(
     _ a0: SIMD16<Float>, _ a1: SIMD16<Float>, _ a2: SIMD16<Float>, _ a3: SIMD16<Float>
 ) -> SIMD4<Float> {
-    let (x0, x1, x2, x3) = (
-        a0.lowHalf + a0.highHalf, a1.lowHalf + a1.highHalf, a2.lowHalf + a2.highHalf,
-        a3.lowHalf + a3.highHalf
-    )
+    horizontalSums(
+        a0.lowHalf + a0.highHalf, a1.lowHalf + a1.highHalf, a2.lowHalf + a2.highHalf, a3.lowHalf + a3.highHalf)
+}
+
+/// The lane sums of four 8-lane vectors, as `horizontalSums` reduces them after its first halving.
+@inline(__always)
+private func horizontalSums(
+    _ x0: SIMD8<Float>, _ x1: SIMD8<Float>, _ x2: SIMD8<Float>, _ x3: SIMD8<Float>
+) -> SIMD4<Float> {
     // [4 partial sums of x0 | 4 of x1] and [x2 | x3].
     let p01 = SIMD8(lowHalf: x0.lowHalf, highHalf: x1.lowHalf) + SIMD8(lowHalf: x0.highHalf, highHalf: x1.highHalf)
     let p23 = SIMD8(lowHalf: x2.lowHalf, highHalf: x3.lowHalf) + SIMD8(lowHalf: x2.highHalf, highHalf: x3.highHalf)

@@ -261,6 +261,9 @@ struct KeyTile {
     let next: TilePrefetch?
     /// A stored segment's value rows, decoded only when the tile's scores are done (see `values()`).
     var storedValues: StoredRows? = nil
+    /// 8-bit key rows that the layout scores without decoding them (see `TileRowLayout.scoresInt8Keys`); then
+    /// `keyRows` holds nothing.
+    var storedKeys: StoredRows? = nil
 
     /// Encoded rows to decode into `valueRows`.
     struct StoredRows {
@@ -300,6 +303,9 @@ struct TileWalk {
     /// Whether Float32 rows that are not consecutive are gathered into `decoded` too (the decode layout's
     /// micro-kernels need consecutive rows; the prefill ones read any stride).
     let gathersStridedRows: Bool
+    /// Whether 8-bit key rows (blocks a multiple of 8 values, no rotation at load) are handed to the layout's
+    /// micro-kernels as they are stored instead of decoded (`KeyTile.storedKeys`).
+    let fusesInt8Keys: Bool
 
     /// - Parameters:
     ///   - visibleKeys: the smallest range holding every key the item's rows see.
@@ -309,10 +315,11 @@ struct TileWalk {
         segments: [KeyValueSegment], batch: Int, keyValueHead: Int, visibleKeys: Range<Int>, split: Int,
         keysPerSplit: Int?,
         keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int, decoded: UnsafeMutablePointer<Float>?,
-        gathersStridedRows: Bool
+        gathersStridedRows: Bool, fusesInt8Keys: Bool = false
     ) {
         self.decoded = decoded
         self.gathersStridedRows = gathersStridedRows
+        self.fusesInt8Keys = fusesInt8Keys && keyDimension % 8 == 0
         var range = visibleKeys
         if let keysPerSplit {
             range = range.clamped(to: (split * keysPerSplit)..<Swift.min(keyLength, (split + 1) * keysPerSplit))
@@ -350,6 +357,9 @@ struct TileWalk {
             let valueBase = segment.values + batch * segment.valueBatchStride + keyValueHead * segment.valueHeadStride
             let (keyBytes, valueBytes) = (segment.keyRowStride, segment.valueRowStride)
             let decodes = segment.needsDecoding(gathersStridedRows: gathersStridedRows)
+            let fusesKeys =
+                fusesInt8Keys && segment.keyRotation == nil
+                && segment.keyCodec.int8BlockSize.map { $0 % 8 == 0 } == true
             var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
             while tileStart < part.upperBound {
                 let keys = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)
@@ -375,8 +385,11 @@ struct TileWalk {
                 // A stored tile is decoded into the worker's tile scratch (and the next one's bytes prefetched as
                 // it goes); the micro-kernels then read Float32 rows from L1/L2 and need no prefetch of their own.
                 guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
-                segment.keyCodec.decode(keyBase + row0 * keyBytes, rows: keys.count, rowStride: keyBytes, into: decoded)
-                segment.keyRotation?.rotate(decoded, count: keys.count, stride: dk, firstKey: keys.lowerBound)
+                if !fusesKeys {
+                    segment.keyCodec.decode(
+                        keyBase + row0 * keyBytes, rows: keys.count, rowStride: keyBytes, into: decoded)
+                    segment.keyRotation?.rotate(decoded, count: keys.count, stride: dk, firstKey: keys.lowerBound)
+                }
                 // The micro-kernels prefetch the next tile's stored rows, spread over their work as for Float32
                 // rows (a burst of hints while decoding took 1.4x as long from memory; see `prefetch`).
                 var tile = KeyTile(
@@ -384,6 +397,10 @@ struct TileWalk {
                     valueStride: dv, next: next)
                 tile.storedValues = KeyTile.StoredRows(
                     source: valueBase + row0 * valueBytes, rowStride: valueBytes, codec: segment.valueCodec)
+                if fusesKeys {
+                    tile.storedKeys = KeyTile.StoredRows(
+                        source: keyBase + row0 * keyBytes, rowStride: keyBytes, codec: segment.keyCodec)
+                }
                 body(tile)
             }
         }

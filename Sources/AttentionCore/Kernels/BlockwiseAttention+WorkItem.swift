@@ -31,6 +31,9 @@ protocol TileRowLayout {
     var computedRows: Int { get }
     /// Whether key and value rows must be consecutive (strided Float32 rows are then gathered by the tile walk).
     static var gathersStridedRows: Bool { get }
+    /// Where a row-major copy of the packed Q starts in the query scratch (row r, column c at offset + r * Dk + c),
+    /// for micro-kernels that score 8-bit key rows as stored (`KeyTile.storedKeys`); nil when the layout has none.
+    var rowMajorQueries: Int? { get }
 }
 
 /// Rows in lanes (`RowLayout.stripes`): Q^T [Dk, Rp] and O^T [Dv, Rp] stripe-major, the prefill micro-kernels.
@@ -49,6 +52,7 @@ struct StripeRows: TileRowLayout {
 
     var computedRows: Int { paddedRows }
     static var gathersStridedRows: Bool { false }
+    var rowMajorQueries: Int? { nil }
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
         stripeIndex(r, c, columns: keyDimension)
@@ -94,12 +98,21 @@ struct FewRows: TileRowLayout {
 
     var computedRows: Int { rowCount }
     static var gathersStridedRows: Bool { true }
+    /// Four rows (one decode token of four query heads sharing a key/value head) on targets without AVX-512 score
+    /// 8-bit keys as stored (`scoresFromInt8Rows`), from a row-major copy of Q after the interleaved one (the
+    /// query scratch holds 16 rows' worth).
+    var rowMajorQueries: Int? { fewRowsCompactKernelsPay && rowCount == 4 ? rowCount * keyDimension : nil }
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
         fewRowsQueryIndex(r, c, rowCount: rowCount, depth: keyDimension)
     }
 
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
+        if let stored = tile.storedKeys, let offset = rowMajorQueries, let blockSize = stored.codec.int8BlockSize {
+            return scoresFromInt8Rows(
+                queries: queries + offset, rows: stored.source, rowStride: stored.rowStride, keyCount: tile.keys.count,
+                depth: keyDimension, blockSize: blockSize, scores: sT, prefetch: tile.next)
+        }
         computeScoresFewRows(
             queries: queries, rowCount: rowCount, keys: tile.keyRows, keyCount: tile.keys.count,
             depth: keyDimension, scores: sT, prefetch: tile.next, compact: fewRowsCompactKernelsPay)
@@ -183,7 +196,8 @@ struct WorkItemContext<Layout: TileRowLayout> {
         let walk = TileWalk(
             segments: segments, batch: b, keyValueHead: kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
-            valueDimension: dv, decoded: tables.decodedTile, gathersStridedRows: Layout.gathersStridedRows)
+            valueDimension: dv, decoded: tables.decodedTile, gathersStridedRows: Layout.gathersStridedRows,
+            fusesInt8Keys: layout.rowMajorQueries != nil)
         // An item that sees no key (masked away, or padding) costs no packing. With one split, `finalize` reads O
         // only where a sink logit makes l nonzero; split states are all merged, so theirs must be zeros.
         if walk.keyRange.isEmpty {
@@ -274,6 +288,9 @@ struct WorkItemContext<Layout: TileRowLayout> {
                 let r = head * br + row
                 let sourceRow = source + row * strides.token
                 for c in 0..<dk { packed[layout.queryIndex(row: r, column: c)] = sourceRow[c] * qScale }
+                if let copy = layout.rowMajorQueries {
+                    for c in 0..<dk { packed[copy + r * dk + c] = sourceRow[c] * qScale }
+                }
             }
         }
     }

@@ -25,6 +25,12 @@ package struct RowCodec: Sendable, Hashable {
         rowBytes = format.bytesPerRow(dimension: dimension)
     }
 
+    /// The block size of an 8-bit format, nil for the others.
+    package var int8BlockSize: Int? {
+        if case .int8(let b) = format { return b }
+        return nil
+    }
+
     /// Scales per quantized row (0 for the float formats).
     private var blockCount: Int {
         switch format {
