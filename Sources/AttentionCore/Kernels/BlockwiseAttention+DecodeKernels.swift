@@ -124,50 +124,90 @@ func computeScoresFewRows(
     next?.prefetchKeyRows(from: keyCount)
 }
 
+/// The stored key formats `scoresFromStoredRows` reads without decoding (see `RowCodec.directKeyRows`).
+enum DirectKeyRows: Equatable {
+    /// Dk / b Float32 scales, then Dk Int8 codes (`StorageFormat.int8`); b % 8 == 0.
+    case int8(blockSize: Int)
+    /// Dk binary16 values (converted in hardware).
+    case float16
+    /// Dk bfloat16 values (the high halves of Float32s).
+    case bfloat16
+}
+
 /// S^T [keyCount, 16] for four query rows, Q row-major at `queries` (4 x Dk, `FewRows.rowMajorQueries`), against
-/// 8-bit key rows as the cache stores them (`rowStride` bytes apart; each row Dk / b Float32 scales, then Dk Int8
-/// codes, see `StorageFormat.int8`); lanes 4..<16 are set to 0. Each key's codes are converted and scaled (code x
-/// scale: the decoded value exactly as `RowCodec.decode` makes it) once per eight columns and serve the four rows,
-/// with Q read from L1 by the multiply-adds: no decoded key tile is written or read back. Two keys at a time keep
-/// eight accumulator chains (four rows x two keys); the row sums are reduced at the end. Needs Dk % 8 == 0 and
-/// b % 8 == 0.
+/// key rows as the cache stores them (`rowStride` bytes apart, in `format`); lanes 4..<16 are set to 0. Each key's
+/// values are converted (8-bit codes: code x scale, the decoded value exactly as `RowCodec.decode` makes it) once
+/// per eight columns and serve the four rows, with Q read from L1 by the multiply-adds: no decoded key tile is
+/// written and read back. Two keys at a time keep eight accumulator chains (four rows x two keys); the row sums are
+/// reduced at the end. Needs Dk % 8 == 0.
 @inline(__always)
-func scoresFromInt8Rows(
-    queries q: UnsafePointer<Float>, rows: UnsafeRawPointer, rowStride: Int, keyCount: Int, depth dk: Int,
-    blockSize b: Int, scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch?
+func scoresFromStoredRows(
+    queries q: UnsafePointer<Float>, rows: UnsafeRawPointer, rowStride: Int, format: DirectKeyRows, keyCount: Int,
+    depth dk: Int, scores: UnsafeMutablePointer<Float>, prefetch next: TilePrefetch?
+) {
+    switch format {
+    case .int8(let b):
+        storedScores(q, rows, rowStride, keyCount, dk, blockSize: b, scaled: true, bytesPerValue: 1, scores, next) {
+            int8Floats($0)
+        }
+    case .float16:
+        #if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
+            storedScores(
+                q, rows, rowStride, keyCount, dk, blockSize: dk, scaled: false, bytesPerValue: 2, scores, next
+            ) { float16Floats($0) }
+        #else
+            preconditionFailure("Float16 key rows are decoded on this target")
+        #endif
+    case .bfloat16:
+        storedScores(q, rows, rowStride, keyCount, dk, blockSize: dk, scaled: false, bytesPerValue: 2, scores, next) {
+            bfloat16Floats($0)
+        }
+    }
+}
+
+/// The keys of a tile two at a time (a last odd key as a pair with itself, its copy's scores left unstored), with
+/// the next tile's rows prefetched pair by pair.
+@inline(__always)
+private func storedScores(
+    _ q: UnsafePointer<Float>, _ rows: UnsafeRawPointer, _ rowStride: Int, _ keyCount: Int, _ dk: Int,
+    blockSize b: Int, scaled: Bool, bytesPerValue: Int, _ scores: UnsafeMutablePointer<Float>, _ next: TilePrefetch?,
+    convert: (UnsafeRawPointer) -> SIMD8<Float>
 ) {
     var kk = 0
     while kk < keyCount {
-        // A last odd key is scored as a pair with itself, its second copy's scores left unstored.
         let pair = kk + 1 < keyCount
         if let next { next.prefetchKeyRows(kk..<(kk + 2)) }
         let row0 = rows + kk * rowStride
-        int8Scores2(
-            q, row0, pair ? row0 + rowStride : row0, depth: dk, blockSize: b, scores: scores + kk * 16, pair: pair)
+        storedScores2(
+            q, row0, pair ? row0 + rowStride : row0, depth: dk, blockSize: b, scaled: scaled,
+            bytesPerValue: bytesPerValue, scores: scores + kk * 16, pair: pair, convert: convert)
         kk += 2
     }
     next?.prefetchKeyRows(from: keyCount)
 }
 
-/// Two keys' scores for four row-major query rows (see `scoresFromInt8Rows`), stored at `scores` and, with `pair`,
-/// `scores + 16`.
+/// Two keys' scores for four row-major query rows (see `scoresFromStoredRows`), stored at `scores` and, with
+/// `pair`, `scores + 16`. `scaled`: each row starts with Dk / b Float32 block scales that multiply its values.
 @inline(__always)
-private func int8Scores2(
+private func storedScores2(
     _ q: UnsafePointer<Float>, _ row0: UnsafeRawPointer, _ row1: UnsafeRawPointer, depth dk: Int, blockSize b: Int,
-    scores: UnsafeMutablePointer<Float>, pair: Bool
+    scaled: Bool, bytesPerValue: Int, scores: UnsafeMutablePointer<Float>, pair: Bool,
+    convert: (UnsafeRawPointer) -> SIMD8<Float>
 ) {
     let blocks = dk / b
     let (scales0, scales1) = (row0.assumingMemoryBound(to: Float.self), row1.assumingMemoryBound(to: Float.self))
-    let (codes0, codes1) = (row0 + 4 * blocks, row1 + 4 * blocks)
+    let header = scaled ? 4 * blocks : 0
+    let (values0, values1) = (row0 + header, row1 + header)
     var (a0, a1, a2, a3) = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
     var (b0, b1, b2, b3) = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
     var c = 0
     for block in 0..<blocks {
-        let (s0, s1) = (SIMD8<Float>(repeating: scales0[block]), SIMD8<Float>(repeating: scales1[block]))
+        let (s0, s1) = scaled ? (SIMD8(repeating: scales0[block]), SIMD8(repeating: scales1[block])) : (.one, .one)
         let end = c &+ b
         while c < end {
-            let k0 = int8Floats(codes0 + c) * s0
-            let k1 = int8Floats(codes1 + c) * s1
+            var k0 = convert(values0 + c &* bytesPerValue)
+            var k1 = convert(values1 + c &* bytesPerValue)
+            if scaled { (k0, k1) = (k0 * s0, k1 * s1) }
             let (q0, q1, q2, q3) = (load8(q + c), load8(q + dk + c), load8(q + 2 * dk + c), load8(q + 3 * dk + c))
             a0 = multiplyAdd(q0, k0, a0)
             b0 = multiplyAdd(q0, k1, b0)
@@ -190,6 +230,26 @@ private func int8Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
     let codes = pointer.loadUnaligned(as: SIMD8<Int8>.self)
     var result = SIMD8<Float>()
     for i in 0..<8 { result[i] = Float(codes[i]) }
+    return result
+}
+
+#if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
+    /// Eight binary16 values at `pointer` as Floats (one vcvtph2ps with F16C, fcvtl on arm64).
+    @inline(__always)
+    private func float16Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
+        let halves = pointer.loadUnaligned(as: SIMD8<Float16>.self)
+        var result = SIMD8<Float>()
+        for i in 0..<8 { result[i] = Float(halves[i]) }
+        return result
+    }
+#endif
+
+/// Eight bfloat16 values at `pointer` as Floats (widened and shifted into the high halves).
+@inline(__always)
+private func bfloat16Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
+    let codes = pointer.loadUnaligned(as: SIMD8<UInt16>.self)
+    var result = SIMD8<Float>()
+    for i in 0..<8 { result[i] = Float(bitPattern: UInt32(codes[i]) &<< 16) }
     return result
 }
 

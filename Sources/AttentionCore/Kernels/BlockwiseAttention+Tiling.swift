@@ -261,7 +261,7 @@ struct KeyTile {
     let next: TilePrefetch?
     /// A stored segment's value rows, decoded only when the tile's scores are done (see `values()`).
     var storedValues: StoredRows? = nil
-    /// 8-bit key rows that the layout scores without decoding them (see `TileRowLayout.scoresInt8Keys`); then
+    /// Stored key rows that the layout scores without decoding them (see `TileRowLayout.rowMajorQueries`); then
     /// `keyRows` holds nothing.
     var storedKeys: StoredRows? = nil
 
@@ -303,9 +303,9 @@ struct TileWalk {
     /// Whether Float32 rows that are not consecutive are gathered into `decoded` too (the decode layout's
     /// micro-kernels need consecutive rows; the prefill ones read any stride).
     let gathersStridedRows: Bool
-    /// Whether 8-bit key rows (blocks a multiple of 8 values, no rotation at load) are handed to the layout's
-    /// micro-kernels as they are stored instead of decoded (`KeyTile.storedKeys`).
-    let fusesInt8Keys: Bool
+    /// Whether stored key rows the layout's kernels read directly (`RowCodec.directKeyRows`, no rotation at load)
+    /// are handed to them as they are stored instead of decoded (`KeyTile.storedKeys`).
+    let fusesStoredKeys: Bool
 
     /// - Parameters:
     ///   - visibleKeys: the smallest range holding every key the item's rows see.
@@ -315,11 +315,11 @@ struct TileWalk {
         segments: [KeyValueSegment], batch: Int, keyValueHead: Int, visibleKeys: Range<Int>, split: Int,
         keysPerSplit: Int?,
         keyLength: Int, keyBlock: Int, keyDimension: Int, valueDimension: Int, decoded: UnsafeMutablePointer<Float>?,
-        gathersStridedRows: Bool, fusesInt8Keys: Bool = false
+        gathersStridedRows: Bool, fusesStoredKeys: Bool = false
     ) {
         self.decoded = decoded
         self.gathersStridedRows = gathersStridedRows
-        self.fusesInt8Keys = fusesInt8Keys && keyDimension % 8 == 0
+        self.fusesStoredKeys = fusesStoredKeys && keyDimension % 8 == 0
         var range = visibleKeys
         if let keysPerSplit {
             range = range.clamped(to: (split * keysPerSplit)..<Swift.min(keyLength, (split + 1) * keysPerSplit))
@@ -357,9 +357,7 @@ struct TileWalk {
             let valueBase = segment.values + batch * segment.valueBatchStride + keyValueHead * segment.valueHeadStride
             let (keyBytes, valueBytes) = (segment.keyRowStride, segment.valueRowStride)
             let decodes = segment.needsDecoding(gathersStridedRows: gathersStridedRows)
-            let fusesKeys =
-                fusesInt8Keys && segment.keyRotation == nil
-                && segment.keyCodec.int8BlockSize.map { $0 % 8 == 0 } == true
+            let fusesKeys = fusesStoredKeys && segment.keyRotation == nil && segment.keyCodec.directKeyRows != nil
             var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
             while tileStart < part.upperBound {
                 let keys = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)

@@ -99,8 +99,8 @@ struct FewRows: TileRowLayout {
     var computedRows: Int { rowCount }
     static var gathersStridedRows: Bool { true }
     /// Four rows (one decode token of four query heads sharing a key/value head) on targets without AVX-512 score
-    /// 8-bit keys as stored (`scoresFromInt8Rows`), from a row-major copy of Q after the interleaved one (the
-    /// query scratch holds 16 rows' worth).
+    /// stored keys as they are stored (`scoresFromStoredRows`), from a row-major copy of Q after the interleaved
+    /// one (the query scratch holds 16 rows' worth).
     var rowMajorQueries: Int? { fewRowsCompactKernelsPay && rowCount == 4 ? rowCount * keyDimension : nil }
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
@@ -108,10 +108,10 @@ struct FewRows: TileRowLayout {
     }
 
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
-        if let stored = tile.storedKeys, let offset = rowMajorQueries, let blockSize = stored.codec.int8BlockSize {
-            return scoresFromInt8Rows(
-                queries: queries + offset, rows: stored.source, rowStride: stored.rowStride, keyCount: tile.keys.count,
-                depth: keyDimension, blockSize: blockSize, scores: sT, prefetch: tile.next)
+        if let stored = tile.storedKeys, let offset = rowMajorQueries, let format = stored.codec.directKeyRows {
+            return scoresFromStoredRows(
+                queries: queries + offset, rows: stored.source, rowStride: stored.rowStride, format: format,
+                keyCount: tile.keys.count, depth: keyDimension, scores: sT, prefetch: tile.next)
         }
         computeScoresFewRows(
             queries: queries, rowCount: rowCount, keys: tile.keyRows, keyCount: tile.keys.count,
@@ -197,7 +197,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
             segments: segments, batch: b, keyValueHead: kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
             valueDimension: dv, decoded: tables.decodedTile, gathersStridedRows: Layout.gathersStridedRows,
-            fusesInt8Keys: layout.rowMajorQueries != nil)
+            fusesStoredKeys: layout.rowMajorQueries != nil)
         // An item that sees no key (masked away, or padding) costs no packing. With one split, `finalize` reads O
         // only where a sink logit makes l nonzero; split states are all merged, so theirs must be zeros.
         if walk.keyRange.isEmpty {

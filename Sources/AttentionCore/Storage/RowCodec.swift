@@ -25,10 +25,21 @@ package struct RowCodec: Sendable, Hashable {
         rowBytes = format.bytesPerRow(dimension: dimension)
     }
 
-    /// The block size of an 8-bit format, nil for the others.
-    package var int8BlockSize: Int? {
-        if case .int8(let b) = format { return b }
-        return nil
+    /// How the four-row decode kernel reads this format's key rows without decoding them (`scoresFromStoredRows`),
+    /// or nil where it decodes them: 8-bit rows with blocks a multiple of 8 values, Float16 where the target
+    /// converts it in hardware, BFloat16. (4-bit rows are decoded: their nibbles need more work per value.)
+    var directKeyRows: DirectKeyRows? {
+        switch format {
+        case .int8(let b): return b % 8 == 0 ? .int8(blockSize: b) : nil
+        case .float16:
+            #if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
+                return targetConvertsFloat16 ? .float16 : nil
+            #else
+                return nil
+            #endif
+        case .bfloat16: return .bfloat16
+        case .float32, .int4: return nil
+        }
     }
 
     /// Scales per quantized row (0 for the float formats).
@@ -157,7 +168,7 @@ private func decodeFloat16(_ codes: UnsafePointer<UInt16>, count: Int, into out:
     /// (one vcvtph2ps per 8 values). Without F16C, Swift's conversion would call a library routine per value, so the
     /// bit arithmetic (4-6 operations per value) serves instead.
     @inline(__always)
-    private var targetConvertsFloat16: Bool {
+    var targetConvertsFloat16: Bool {
         #if arch(arm64)
             return true
         #else
