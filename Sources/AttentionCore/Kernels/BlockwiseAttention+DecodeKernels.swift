@@ -139,7 +139,8 @@ enum DirectKeyRows: Equatable {
 /// values are converted (8-bit codes: code x scale, the decoded value exactly as `RowCodec.decode` makes it) once
 /// per eight columns and serve the four rows, with Q read from L1 by the multiply-adds: no decoded key tile is
 /// written and read back. Two keys at a time keep eight accumulator chains (four rows x two keys); the row sums are
-/// reduced at the end. Needs Dk % 8 == 0.
+/// reduced at the end. Needs Dk % 8 == 0. (4-bit rows are decoded instead: converting their nibbles here, eight at a
+/// time, measured 2% slower than decoding the tile on Zen 3.)
 @inline(__always)
 func scoresFromStoredRows(
     queries q: UnsafePointer<Float>, rows: UnsafeRawPointer, rowStride: Int, format: DirectKeyRows, keyCount: Int,
@@ -147,31 +148,67 @@ func scoresFromStoredRows(
 ) {
     switch format {
     case .int8(let b):
-        storedScores(q, rows, rowStride, keyCount, dk, blockSize: b, scaled: true, bytesPerValue: 1, scores, next) {
-            int8Floats($0)
-        }
+        storedScores(Int8KeyRows.self, q, rows, rowStride, keyCount, dk, blockSize: b, scores, next)
     case .float16:
         #if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
-            storedScores(
-                q, rows, rowStride, keyCount, dk, blockSize: dk, scaled: false, bytesPerValue: 2, scores, next
-            ) { float16Floats($0) }
+            storedScores(Float16KeyRows.self, q, rows, rowStride, keyCount, dk, blockSize: dk, scores, next)
         #else
             preconditionFailure("Float16 key rows are decoded on this target")
         #endif
     case .bfloat16:
-        storedScores(q, rows, rowStride, keyCount, dk, blockSize: dk, scaled: false, bytesPerValue: 2, scores, next) {
-            bfloat16Floats($0)
+        storedScores(BFloat16KeyRows.self, q, rows, rowStride, keyCount, dk, blockSize: dk, scores, next)
+    }
+}
+
+/// How `storedScores2` reads one stored format (a type per format, so each specialization folds `scaled`).
+private protocol StoredKeyRows {
+    /// Whether rows start with Float32 block scales that multiply their values.
+    static var scaled: Bool { get }
+    /// Values c ..< c + 8 of a row as Floats (unscaled), from the start of its values (past any scales).
+    static func values(_ values: UnsafeRawPointer, _ c: Int) -> SIMD8<Float>
+}
+
+private enum Int8KeyRows: StoredKeyRows {
+    static var scaled: Bool { true }
+    /// A lane loop LLVM turns into one widening and one conversion.
+    @inline(__always) static func values(_ values: UnsafeRawPointer, _ c: Int) -> SIMD8<Float> {
+        let codes = (values + c).loadUnaligned(as: SIMD8<Int8>.self)
+        var result = SIMD8<Float>()
+        for i in 0..<8 { result[i] = Float(codes[i]) }
+        return result
+    }
+}
+
+#if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
+    private enum Float16KeyRows: StoredKeyRows {
+        static var scaled: Bool { false }
+        /// One vcvtph2ps with F16C, fcvtl on arm64.
+        @inline(__always) static func values(_ values: UnsafeRawPointer, _ c: Int) -> SIMD8<Float> {
+            let halves = (values + 2 &* c).loadUnaligned(as: SIMD8<Float16>.self)
+            var result = SIMD8<Float>()
+            for i in 0..<8 { result[i] = Float(halves[i]) }
+            return result
         }
+    }
+#endif
+
+private enum BFloat16KeyRows: StoredKeyRows {
+    static var scaled: Bool { false }
+    /// Widened and shifted into the high halves.
+    @inline(__always) static func values(_ values: UnsafeRawPointer, _ c: Int) -> SIMD8<Float> {
+        let codes = (values + 2 &* c).loadUnaligned(as: SIMD8<UInt16>.self)
+        var result = SIMD8<Float>()
+        for i in 0..<8 { result[i] = Float(bitPattern: UInt32(codes[i]) &<< 16) }
+        return result
     }
 }
 
 /// The keys of a tile two at a time (a last odd key as a pair with itself, its copy's scores left unstored), with
 /// the next tile's rows prefetched pair by pair.
 @inline(__always)
-private func storedScores(
-    _ q: UnsafePointer<Float>, _ rows: UnsafeRawPointer, _ rowStride: Int, _ keyCount: Int, _ dk: Int,
-    blockSize b: Int, scaled: Bool, bytesPerValue: Int, _ scores: UnsafeMutablePointer<Float>, _ next: TilePrefetch?,
-    convert: (UnsafeRawPointer) -> SIMD8<Float>
+private func storedScores<Rows: StoredKeyRows>(
+    _: Rows.Type, _ q: UnsafePointer<Float>, _ rows: UnsafeRawPointer, _ rowStride: Int, _ keyCount: Int, _ dk: Int,
+    blockSize b: Int, _ scores: UnsafeMutablePointer<Float>, _ next: TilePrefetch?
 ) {
     var kk = 0
     while kk < keyCount {
@@ -179,35 +216,34 @@ private func storedScores(
         if let next { next.prefetchKeyRows(kk..<(kk + 2)) }
         let row0 = rows + kk * rowStride
         storedScores2(
-            q, row0, pair ? row0 + rowStride : row0, depth: dk, blockSize: b, scaled: scaled,
-            bytesPerValue: bytesPerValue, scores: scores + kk * 16, pair: pair, convert: convert)
+            Rows.self, q, row0, pair ? row0 + rowStride : row0, depth: dk, blockSize: b, scores: scores + kk * 16,
+            pair: pair)
         kk += 2
     }
     next?.prefetchKeyRows(from: keyCount)
 }
 
 /// Two keys' scores for four row-major query rows (see `scoresFromStoredRows`), stored at `scores` and, with
-/// `pair`, `scores + 16`. `scaled`: each row starts with Dk / b Float32 block scales that multiply its values.
+/// `pair`, `scores + 16`.
 @inline(__always)
-private func storedScores2(
-    _ q: UnsafePointer<Float>, _ row0: UnsafeRawPointer, _ row1: UnsafeRawPointer, depth dk: Int, blockSize b: Int,
-    scaled: Bool, bytesPerValue: Int, scores: UnsafeMutablePointer<Float>, pair: Bool,
-    convert: (UnsafeRawPointer) -> SIMD8<Float>
+private func storedScores2<Rows: StoredKeyRows>(
+    _: Rows.Type, _ q: UnsafePointer<Float>, _ row0: UnsafeRawPointer, _ row1: UnsafeRawPointer, depth dk: Int,
+    blockSize b: Int, scores: UnsafeMutablePointer<Float>, pair: Bool
 ) {
     let blocks = dk / b
     let (scales0, scales1) = (row0.assumingMemoryBound(to: Float.self), row1.assumingMemoryBound(to: Float.self))
-    let header = scaled ? 4 * blocks : 0
+    let header = Rows.scaled ? 4 * blocks : 0
     let (values0, values1) = (row0 + header, row1 + header)
     var (a0, a1, a2, a3) = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
     var (b0, b1, b2, b3) = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
     var c = 0
     for block in 0..<blocks {
-        let (s0, s1) = scaled ? (SIMD8(repeating: scales0[block]), SIMD8(repeating: scales1[block])) : (.one, .one)
+        let (s0, s1) =
+            Rows.scaled ? (SIMD8(repeating: scales0[block]), SIMD8(repeating: scales1[block])) : (.one, .one)
         let end = c &+ b
         while c < end {
-            var k0 = convert(values0 + c &* bytesPerValue)
-            var k1 = convert(values1 + c &* bytesPerValue)
-            if scaled { (k0, k1) = (k0 * s0, k1 * s1) }
+            var (k0, k1) = (Rows.values(values0, c), Rows.values(values1, c))
+            if Rows.scaled { (k0, k1) = (k0 * s0, k1 * s1) }
             let (q0, q1, q2, q3) = (load8(q + c), load8(q + dk + c), load8(q + 2 * dk + c), load8(q + 3 * dk + c))
             a0 = multiplyAdd(q0, k0, a0)
             b0 = multiplyAdd(q0, k1, b0)
@@ -222,35 +258,6 @@ private func storedScores2(
     }
     storeScores(horizontalSums(a0, a1, a2, a3), scores, wholeRow: true)
     if pair { storeScores(horizontalSums(b0, b1, b2, b3), scores + 16, wholeRow: true) }
-}
-
-/// Eight Int8 codes at `pointer` as Floats (a lane loop LLVM turns into one widening and one conversion).
-@inline(__always)
-private func int8Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
-    let codes = pointer.loadUnaligned(as: SIMD8<Int8>.self)
-    var result = SIMD8<Float>()
-    for i in 0..<8 { result[i] = Float(codes[i]) }
-    return result
-}
-
-#if arch(arm64) || (arch(x86_64) && !canImport(Darwin))
-    /// Eight binary16 values at `pointer` as Floats (one vcvtph2ps with F16C, fcvtl on arm64).
-    @inline(__always)
-    private func float16Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
-        let halves = pointer.loadUnaligned(as: SIMD8<Float16>.self)
-        var result = SIMD8<Float>()
-        for i in 0..<8 { result[i] = Float(halves[i]) }
-        return result
-    }
-#endif
-
-/// Eight bfloat16 values at `pointer` as Floats (widened and shifted into the high halves).
-@inline(__always)
-private func bfloat16Floats(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
-    let codes = pointer.loadUnaligned(as: SIMD8<UInt16>.self)
-    var result = SIMD8<Float>()
-    for i in 0..<8 { result[i] = Float(bitPattern: UInt32(codes[i]) &<< 16) }
-    return result
 }
 
 /// Four consecutive floats at `pointer`, repeated in all four 128-bit lanes of a SIMD16.

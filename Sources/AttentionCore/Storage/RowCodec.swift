@@ -27,7 +27,7 @@ package struct RowCodec: Sendable, Hashable {
 
     /// How the four-row decode kernel reads this format's key rows without decoding them (`scoresFromStoredRows`),
     /// or nil where it decodes them: 8-bit rows with blocks a multiple of 8 values, Float16 where the target
-    /// converts it in hardware, BFloat16. (4-bit rows are decoded: their nibbles need more work per value.)
+    /// converts it in hardware, BFloat16 (4-bit rows are decoded, see `scoresFromStoredRows`).
     var directKeyRows: DirectKeyRows? {
         switch format {
         case .int8(let b): return b % 8 == 0 ? .int8(blockSize: b) : nil
