@@ -32,7 +32,8 @@ protocol TileRowLayout {
     /// Whether key and value rows must be consecutive (strided Float32 rows are then gathered by the tile walk).
     static var gathersStridedRows: Bool { get }
     /// Where a row-major copy of the packed Q starts in the query scratch (row r, column c at offset + r * Dk + c),
-    /// for micro-kernels that score 8-bit key rows as stored (`KeyTile.storedKeys`); nil when the layout has none.
+    /// for micro-kernels that score stored key rows (8-bit, F16, BF16) as they are stored (`KeyTile.storedKeys`);
+    /// nil when the layout has none.
     var rowMajorQueries: Int? { get }
 }
 
