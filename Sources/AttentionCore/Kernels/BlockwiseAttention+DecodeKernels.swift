@@ -73,24 +73,22 @@ func computeScoresFewRows(
     while r < fullRows {
         let group = q + r * dk
         var kk = 0
+        /// The next tile's rows kk..<kk + count (contiguous), for the first group to spread over its column steps.
+        func nextRows(_ count: Int) -> (UnsafePointer<Float>, Int)? {
+            guard r == 0, let next else { return nil }
+            return (
+                next.keys + kk * next.keyStride, Swift.max(0, Swift.min(count, next.keyCount - kk)) * next.keyDimension
+            )
+        }
         while compact && kk + 6 <= keyCount {
-            let ahead =
-                r == 0
-                ? next.map {
-                    ($0.keys + kk * $0.keyStride, Swift.max(0, Swift.min(6, $0.keyCount - kk)) * $0.keyDimension)
-                } : nil
+            let ahead = nextRows(6)
             interleavedScores6(
                 group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
                 prefetch: ahead?.0, prefetchFloats: ahead?.1 ?? 0)
             kk += 6
         }
         while kk + 4 <= keyCount {
-            // The next tile's rows kk..<kk + 4 (contiguous), spread over the column steps.
-            let ahead =
-                r == 0
-                ? next.map {
-                    ($0.keys + kk * $0.keyStride, Swift.max(0, Swift.min(4, $0.keyCount - kk)) * $0.keyDimension)
-                } : nil
+            let ahead = nextRows(4)
             interleavedScores4(
                 group, keys: keys + kk * dk, depth: dk, scores: scores + kk * 16 + r, wholeRows: r == 0,
                 prefetch: ahead?.0, prefetchFloats: ahead?.1 ?? 0, splitsChains: !compact)

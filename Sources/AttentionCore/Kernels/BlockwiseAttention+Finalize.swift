@@ -24,22 +24,22 @@ extension WorkItemContext {
                 let r = head * br + row
                 let target =
                     output + p.outputStrides.offset(batch: b, head: kvHead * g + head, token: i0 + row)
-                if count == 1 && states[dv * rp + rp + r] == 0 {
-                    // One state with l = 0: the row saw no key and has no sink (padding rows, masked-away blocks).
-                    // Zeros without reading O.
-                    target.update(repeating: 0, count: dv)
-                    lseRows[row * lseStep] = -.infinity
-                    continue
-                }
                 let (start, step) = layout.outputRow(r)
                 if count == 1 {
-                    // One state: w = 1, so O / l in one pass over the row (the same numbers as the general path,
-                    // whose products with w = 1 are exact).
                     let denominator = states[dv * rp + rp + r]
-                    let inverse: Float = 1 / denominator
-                    let source = states + start
-                    for c in 0..<dv { target[c] = source[c &* step] * inverse }
-                    lseRows[row * lseStep] = states[dv * rp + r] * (exponentScale * ln2) + _log(denominator)
+                    if denominator == 0 {
+                        // l = 0: the row saw no key and has no sink (padding rows, masked-away blocks). Zeros
+                        // without reading O.
+                        target.update(repeating: 0, count: dv)
+                        lseRows[row * lseStep] = -.infinity
+                    } else {
+                        // w = 1, so O / l in one pass over the row (the same numbers as the general path, whose
+                        // products with w = 1 are exact).
+                        let inverse: Float = 1 / denominator
+                        let source = states + start
+                        for c in 0..<dv { target[c] = source[c &* step] * inverse }
+                        lseRows[row * lseStep] = states[dv * rp + r] * (exponentScale * ln2) + _log(denominator)
+                    }
                     continue
                 }
                 var maximum = -Float.infinity

@@ -162,7 +162,8 @@ extension WorkItemContext {
         }
         var max4 = quarterMax(tileMax)
         while kk < keyCount {
-            max4 = max4.replacing(with: load4(sT + kk * 16), where: max4 .< load4(sT + kk * 16))
+            let score = load4(sT + kk * 16)
+            max4 = max4.replacing(with: score, where: max4 .< score)
             kk += 1
         }
         let oldMax = load4(s.m)

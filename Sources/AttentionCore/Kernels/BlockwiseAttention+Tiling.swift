@@ -380,8 +380,8 @@ struct TileWalk {
                             keyStride: keyStride, valueStride: valueStride, next: next))
                     continue
                 }
-                // A stored tile is decoded into the worker's tile scratch (and the next one's bytes prefetched as
-                // it goes); the micro-kernels then read Float32 rows from L1/L2 and need no prefetch of their own.
+                // A stored tile is decoded into the worker's tile scratch (its keys not when the layout reads them
+                // as stored, `fusesKeys`); the micro-kernels then read Float32 rows from L1/L2.
                 guard let decoded else { preconditionFailure("a stored segment needs a decoding scratch") }
                 if !fusesKeys {
                     segment.keyCodec.decode(
