@@ -283,9 +283,14 @@ struct WorkItemContext<Layout: TileRowLayout> {
         let qScale = p.options.softcap == nil ? p.scale * logitScale : p.scale
         packed.update(repeating: 0, count: dk * tiling.paddedRows(groupSize: g))
         let strides = p.queryStrides
+        // Rows `H * d` floats apart ([B, N, H, d], packed batches) are not followed by the hardware prefetcher, and
+        // this scalar loop would wait out a miss at the start of every row: hint the rows `ahead` in advance.
+        let ahead = strides.token == dk ? 0 : Swift.min(4, rows)
         for head in 0..<g {
             let source = queries + strides.offset(batch: b, head: kvHead * g + head, token: i0)
+            for row in 0..<ahead { prefetchToL2(source + row * strides.token, count: dk) }
             for row in 0..<rows {
+                if ahead > 0 && row + ahead < rows { prefetchToL2(source + (row + ahead) * strides.token, count: dk) }
                 let r = head * br + row
                 let sourceRow = source + row * strides.token
                 for c in 0..<dk { packed[layout.queryIndex(row: r, column: c)] = sourceRow[c] * qScale }
