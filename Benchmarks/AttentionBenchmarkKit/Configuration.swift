@@ -165,6 +165,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         At start the bench prints the CPU, cores, the build (target features, fused multiply-add, micro-kernel
         shape, the CPU's features; a warning when the build leaves some unused) and the GFLOP/s its own
         micro-kernels reach on one core with L1-resident data, beside the same core's plain multiply-add rate in
-        interleaved windows; compare kernel GFLOP/s within a run to those figures for a practical % of peak.
+        interleaved windows (the fastest of 48 windows each, over 2.4 s); compare kernel GFLOP/s within a run to
+        those figures for a practical % of peak.
         """
 }

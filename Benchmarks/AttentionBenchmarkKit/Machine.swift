@@ -65,7 +65,7 @@ public struct MachineContext: Sendable {
             "build: \(build); kernels: \(kernels)",
             String(
                 format: "micro-kernel throughput, one core, L1-resident: %.1f GFLOP/s (fastest window), %.0f%% of "
-                    + "the %.1f GFLOP/s this core's multiply-adds reached in interleaved windows (median ratio)",
+                    + "the %.1f GFLOP/s this core's multiply-adds reached in interleaved windows (fastest window)",
                 microKernelGFLOPS, 100 * fractionOfMultiplyAdd, multiplyAddGFLOPS),
         ]
     }
