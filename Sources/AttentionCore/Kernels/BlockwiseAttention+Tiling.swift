@@ -541,39 +541,28 @@ package func withHeadMajorRows<R>(
     // `overwrittenScalars`: a packed batch of 16 sequences up to 4096 tokens, d 64, copies 67 MiB per call).
     var storage = overwrittenScalars(count: Swift.max(1, floats))
     return storage.withUnsafeMutableBufferPointer { buffer in
-        copyHeadMajor(
-            segments, strided: strided, into: buffer.baseAddress!, batch: batch, keyValueHeads: keyValueHeads,
-            keyDimension: dk, valueDimension: dv, threads: threads, floats: floats, body)
-    }
-}
-
-/// `withHeadMajorRows`' copy into `copies` and its call of `body`.
-private func copyHeadMajor<R>(
-    _ segments: [KeyValueSegment], strided: [Bool], into copies: UnsafeMutablePointer<Float>, batch: Int,
-    keyValueHeads: Int, keyDimension dk: Int, valueDimension dv: Int, threads: Int, floats: Int,
-    _ body: ([KeyValueSegment], Int) -> R
-) -> R {
-    var result = segments
-    var next = copies
-    for (index, segment) in segments.enumerated() where strided[index] {
-        let n = segment.count
-        let (keys, values) = (next, next + batch * keyValueHeads * n * dk)
-        next = values + batch * keyValueHeads * n * dv
-        let shared = UncheckedSendable((segment, keys, values))
-        Parallel.forEach(items: batch * keyValueHeads, threads: threads) { _, unit in
-            let (segment, keys, values) = shared.value
-            let (b, h) = unit.quotientAndRemainder(dividingBy: keyValueHeads)
-            let keySource = segment.keys + b * segment.keyBatchStride + h * segment.keyHeadStride
-            let valueSource = segment.values + b * segment.valueBatchStride + h * segment.valueHeadStride
-            segment.keyCodec.decode(keySource, rows: n, rowStride: segment.keyRowStride, into: keys + unit * n * dk)
-            segment.valueCodec.decode(
-                valueSource, rows: n, rowStride: segment.valueRowStride, into: values + unit * n * dv)
+        var result = segments
+        var next = buffer.baseAddress!
+        for (index, segment) in segments.enumerated() where strided[index] {
+            let n = segment.count
+            let (keys, values) = (next, next + batch * keyValueHeads * n * dk)
+            next = values + batch * keyValueHeads * n * dv
+            let shared = UncheckedSendable((segment, keys, values))
+            Parallel.forEach(items: batch * keyValueHeads, threads: threads) { _, unit in
+                let (segment, keys, values) = shared.value
+                let (b, h) = unit.quotientAndRemainder(dividingBy: keyValueHeads)
+                let keySource = segment.keys + b * segment.keyBatchStride + h * segment.keyHeadStride
+                let valueSource = segment.values + b * segment.valueBatchStride + h * segment.valueHeadStride
+                segment.keyCodec.decode(keySource, rows: n, rowStride: segment.keyRowStride, into: keys + unit * n * dk)
+                segment.valueCodec.decode(
+                    valueSource, rows: n, rowStride: segment.valueRowStride, into: values + unit * n * dv)
+            }
+            result[index] = KeyValueSegment(
+                keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
+                valueCodec: segment.valueCodec, keyHeadStride: n * segment.keyCodec.rowBytes,
+                valueHeadStride: n * segment.valueCodec.rowBytes, heads: keyValueHeads, start: segment.start, count: n)
+            result[index].keyRotation = segment.keyRotation
         }
-        result[index] = KeyValueSegment(
-            keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
-            valueCodec: segment.valueCodec, keyHeadStride: n * segment.keyCodec.rowBytes,
-            valueHeadStride: n * segment.valueCodec.rowBytes, heads: keyValueHeads, start: segment.start, count: n)
-        result[index].keyRotation = segment.keyRotation
+        return body(result, floats * MemoryLayout<Float>.size)
     }
-    return body(result, floats * MemoryLayout<Float>.size)
 }
