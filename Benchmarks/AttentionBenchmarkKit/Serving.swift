@@ -8,9 +8,12 @@ import _AttentionTestSupport
 
 /// 16 sequences of 1024 to 32768 tokens (128 to 4096 with --quick; the longest is the first --seq-len), lengths
 /// growing geometrically, H_q = 32, H_kv = 8, d = 128, Float32. `paged-b64` and `paged-b16` time one
-/// `PagedKVCache.attention` for all sixteen (blocks of 64 and 16 tokens, the sequences' blocks interleaved in the
-/// pool as a server's would be); `contiguous` the sixteen `KVCache.attention` calls, timed in turn. GB/s = bytes of
-/// keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused rotary embedding
+/// `PagedKVCache.attention` for all sixteen (blocks of 64 and 16 tokens; the prompts appended in chunks of 512
+/// tokens, round robin, as a server's chunked prefill would, so each chunk's blocks are consecutive in the pool and
+/// the chunks of different sequences interleave); `paged-b64-scattered` the same with the prompts appended 64
+/// tokens at a time, so no two neighbouring blocks of a sequence are adjacent (the pool of a server whose
+/// sequences all grew token by token); `contiguous` the sixteen `KVCache.attention` calls, timed in turn. GB/s =
+/// bytes of keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused rotary embedding
 /// adds to a decode step (rotating one token's keys and its queries, as `append` and `attention` do) and
 /// `decode-4096` one `KVCache.attention` step over 4096 tokens of one sequence. Validated before timing: a small
 /// paged batch against the Float64 reference, and the timed paged output against the contiguous one (bitwise for
@@ -48,13 +51,15 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
     let lengths = (0..<16).map { k in Int((Double(shortest) * pow(2, 5 * Double(k) / 15)).rounded()) }
     let total = lengths.reduce(0, +)
     var contiguous: [KVCache] = []
-    var paged = [64, 16].map { blockSize in
+    // (kernel name, block size, tokens per append)
+    let pagings = [("paged-b64", 64, 512), ("paged-b16", 16, 512), ("paged-b64-scattered", 64, 64)]
+    var paged = pagings.map { _, blockSize, _ in
         try! PagedKVCache(
             blockCount: lengths.reduce(0) { $0 + ($1 + blockSize - 1) / blockSize }, blockSize: blockSize,
             keyValueHeads: hkv, headDimension: d)
     }
     let ids = paged.indices.map { p in lengths.map { _ in paged[p].addSequence() } }
-    // Prompts go in chunks of 512 tokens, round robin, so the sequences' blocks interleave in the pool.
+    // Prompts go in pieces of 64 tokens; a cache appending 512 at a time takes a sequence's eight pieces in a row.
     var chunks: [[(Tensor, Tensor)]] = []
     for (i, n) in lengths.enumerated() {
         let keys = try Tensor.randomNormal(shape: [1, hkv, n, d], seed: 100 + UInt64(i))
@@ -63,15 +68,18 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
         try cache.append(keys: keys, values: values)
         contiguous.append(cache)
         chunks.append(
-            stride(from: 0, to: n, by: 512).map { start in
-                let range = start..<Swift.min(n, start + 512)
+            stride(from: 0, to: n, by: 64).map { start in
+                let range = start..<Swift.min(n, start + 64)
                 return (tokens(keys, range), tokens(values, range))
             })
     }
-    for round in 0..<(chunks.map(\.count).max() ?? 0) {
-        for (i, pieces) in chunks.enumerated() where round < pieces.count {
-            for p in paged.indices {
-                try paged[p].append(keys: pieces[round].0, values: pieces[round].1, to: ids[p][i])
+    for (p, (_, _, tokensPerAppend)) in pagings.enumerated() {
+        let piecesPerAppend = tokensPerAppend / 64
+        for round in stride(from: 0, to: chunks.map(\.count).max() ?? 0, by: piecesPerAppend) {
+            for (i, pieces) in chunks.enumerated() {
+                for piece in pieces.indices.clamped(to: round..<(round + piecesPerAppend)) {
+                    try paged[p].append(keys: pieces[piece].0, values: pieces[piece].1, to: ids[p][i])
+                }
             }
         }
     }
@@ -85,7 +93,7 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
     var records: [BenchmarkRecord] = []
     for threads in threadCounts(configuration, allThreads: allThreads) {
         let options = AttentionOptions(threads: threads)
-        var outputs: [[Float]] = [[], []]
+        var outputs: [[Float]] = paged.map { _ in [] }
         var expected: [Float] = []
         let runs: [() throws -> Void] =
             paged.indices.map { p in
@@ -102,13 +110,16 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                 }
             ]
         let timings = try alternateTimes(minimumRepetitions: configuration.minimumRepetitions, budget: budget, runs)
-        guard outputs[0] == expected else {
-            throw ValidationFailure(description: "paged decode (blocks of 64) differs from the contiguous caches")
+        for (p, (kernel, blockSize, _)) in pagings.enumerated() where blockSize % 64 == 0 {
+            guard outputs[p] == expected else {
+                throw ValidationFailure(description: "\(kernel) differs from the contiguous caches")
+            }
         }
-        let worst = maxAbsoluteError(outputs[1], expected)
-        for (kernel, timing, error) in [
-            ("paged-b64", timings[0], 0.0), ("paged-b16", timings[1], worst), ("contiguous", timings[2], 0.0),
-        ] {
+        let cases =
+            pagings.enumerated().map { p, paging in
+                (paging.0, timings[p], paging.1 % 64 == 0 ? 0 : maxAbsoluteError(outputs[p], expected))
+            } + [("contiguous", timings[paged.count], 0.0)]
+        for (kernel, timing, error) in cases {
             records.append(
                 BenchmarkRecord(
                     suite: "serving", kernel: kernel, batch: 16, queryHeads: hq, keyValueHeads: hkv, queryLength: 1,
@@ -190,7 +201,7 @@ public func servingSummaries(_ records: [BenchmarkRecord]) -> [String] {
     for threads in Set(serving.map(\.threads)).sorted() {
         let of = { (kernel: String) in serving.first { $0.kernel == kernel && $0.threads == threads } }
         if let contiguous = of("contiguous"), let c = contiguous.gbPerSecond {
-            for kernel in ["paged-b64", "paged-b16"] {
+            for kernel in ["paged-b64", "paged-b16", "paged-b64-scattered"] {
                 guard let paged = of(kernel), let p = paged.gbPerSecond else { continue }
                 lines.append(
                     String(

@@ -145,14 +145,14 @@ package struct KeyValueBuffer: Sendable {
         copy(newValues, into: values, codec: valueCodec)
     }
 
-    /// Encodes `tokens` tokens of every head into slots `slot ..< slot + tokens` of batch entry `entry` (a paged
+    /// Encodes `tokens` tokens of every head into slots `slot ..< slot + tokens` of a buffer of batch 1 (a paged
     /// cache's block): token t of head h is read at `keys + h * keyStrides.head + t * keyStrides.token` (floats),
     /// and likewise for values. Shapes and ranges are the caller's to have checked.
     package mutating func write(
-        entry: Int, slot: Int, tokens: Int, keys newKeys: UnsafePointer<Float>, keyStrides: (head: Int, token: Int),
+        slot: Int, tokens: Int, keys newKeys: UnsafePointer<Float>, keyStrides: (head: Int, token: Int),
         values newValues: UnsafePointer<Float>, valueStrides: (head: Int, token: Int)
     ) {
-        precondition(entry >= 0 && entry < batch && slot >= 0 && slot + tokens <= capacity, "slots out of range")
+        precondition(batch == 1 && slot >= 0 && slot + tokens <= capacity, "slots out of range")
         prepareToWrite(slot..<(slot + tokens))
         func copy(
             _ source: UnsafePointer<Float>, _ strides: (head: Int, token: Int), into storage: SlotMemory,
@@ -160,7 +160,7 @@ package struct KeyValueBuffer: Sendable {
         ) {
             storage.withUnsafeMutableBytes { t in
                 for head in 0..<heads {
-                    let row = t.baseAddress! + ((entry * heads + head) * capacity + slot) * codec.rowBytes
+                    let row = t.baseAddress! + (head * capacity + slot) * codec.rowBytes
                     let from = source + head * strides.head
                     if strides.token == codec.dimension {
                         codec.encode(from, rows: tokens, into: row)
@@ -174,29 +174,6 @@ package struct KeyValueBuffer: Sendable {
         }
         copy(newKeys, keyStrides, into: keys, codec: keyCodec)
         copy(newValues, valueStrides, into: values, codec: valueCodec)
-    }
-
-    /// Calls `body` with one segment per run of a single batch entry each (a paged cache's blocks): run i covers
-    /// slots `runs[i].slots` of entry `runs[i].entry` and starts at logical key position `runs[i].start`. The
-    /// segments describe a batch of one (batch stride 0). Empty runs are left out.
-    package func withEntrySegments<R>(
-        _ runs: [(entry: Int, slots: Range<Int>, start: Int)], _ body: ([KeyValueSegment]) throws -> R
-    ) rethrows -> R {
-        try keys.withUnsafeBytes { k in
-            try values.withUnsafeBytes { v in
-                guard let kBase = k.baseAddress, let vBase = v.baseAddress else { return try body([]) }
-                let (keyBytes, valueBytes) = (keyCodec.rowBytes, valueCodec.rowBytes)
-                let segments = runs.filter { !$0.slots.isEmpty }.map { run in
-                    let row = run.entry * heads * capacity + run.slots.lowerBound
-                    return KeyValueSegment(
-                        keys: kBase + row * keyBytes, values: vBase + row * valueBytes, keyCodec: keyCodec,
-                        valueCodec: valueCodec, keyStrides: (0, capacity * keyBytes, keyBytes),
-                        valueStrides: (0, capacity * valueBytes, valueBytes), start: run.start,
-                        count: run.slots.count)
-                }
-                return try body(segments)
-            }
-        }
     }
 
     /// Calls `body` with one segment per run: run i covers `runs[i].slots` and starts at logical key position

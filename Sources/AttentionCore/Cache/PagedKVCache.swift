@@ -1,11 +1,18 @@
 // PagedKVCache: the keys and values of many sequences in one pool of fixed-size blocks (vLLM's PagedAttention),
 // so a server holds sequences of any mix of lengths without reserving each one's maximum.
 //
-// Storage is one KeyValueBuffer whose batch entries are the blocks: [blocks, keyValueHeads, blockSize, D], a
-// block holding `blockSize` consecutive tokens of one sequence for every key/value head. Each sequence keeps a
-// block table (its blocks in token order) and a length; token t of a sequence is slot t % blockSize of block
-// table[t / blockSize]. Appending writes into the last block's free slots and takes blocks from the free list as
-// needed; removing a sequence returns its blocks. Nothing stored ever moves.
+// Storage is one KeyValueBuffer of batch 1 laid out head-major: [keyValueHeads, blocks * blockSize, D], block b
+// being slots b * blockSize ..< (b + 1) * blockSize of every head, `blockSize` consecutive tokens of one sequence.
+// Head-major rather than block-major ([blocks, keyValueHeads, blockSize, D], vLLM's order) because the kernel reads
+// one head's rows at a time: a head's rows in blocks with consecutive numbers are adjacent, so a sequence whose
+// blocks were taken together (a prompt or a prefill chunk appended in one call; the free list hands blocks out in
+// order and takes a removed sequence's back in order) streams like a contiguous cache, and the hardware prefetcher
+// running past a block's end reads the next block of the same head instead of another head's rows. (Zen 3, one
+// thread, 16 sequences with prompts appended in 512-token chunks: 0.91-0.92x the contiguous caches' speed
+// block-major, 0.97-0.99x head-major; appended 64 tokens at a time, fully interleaved, 0.92x either way.)
+// Each sequence keeps a block table (its blocks in token order) and a length; token t of a sequence is slot
+// t % blockSize of block table[t / blockSize]. Appending writes into the last block's free slots and takes blocks
+// from the free list as needed; removing a sequence returns its blocks. Nothing stored ever moves.
 //
 // Attention over a batch of sequences is one call: each sequence is its own problem (batch 1, its own length),
 // its blocks are its key/value segments (one per block, read in place), and the work items of all sequences run
@@ -89,8 +96,8 @@ public struct PagedKVCache: Sendable {
         self.blockCount = blockCount
         self.format = format
         pool = KeyValueBuffer(
-            batch: blockCount, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
-            capacity: blockSize, keyFormat: format, valueFormat: format)
+            batch: 1, heads: keyValueHeads, keyDimension: headDimension, valueDimension: dv,
+            capacity: blockCount * blockSize, keyFormat: format, valueFormat: format)
         free = Array((0..<blockCount).reversed())
     }
 
@@ -268,7 +275,7 @@ public struct PagedKVCache: Sendable {
             let (blockIndex, slot) = table.count.quotientAndRemainder(dividingBy: blockSize)
             let run = Swift.min(n - written, blockSize - slot)
             pool.write(
-                entry: table.blocks[blockIndex], slot: slot, tokens: run, keys: keys + written * keyStrides.token,
+                slot: table.blocks[blockIndex] * blockSize + slot, tokens: run, keys: keys + written * keyStrides.token,
                 keyStrides: keyStrides, values: values + written * valueStrides.token, valueStrides: valueStrides)
             written += run
             table.count += run
@@ -325,12 +332,13 @@ public struct PagedKVCache: Sendable {
         var queryOffsets = [0]
         for n in counts { queryOffsets.append(queryOffsets[queryOffsets.count - 1] + n) }
         // Every block of every sequence, as one run each; sequence i's segments are runs first[i] ..< first[i + 1].
-        var runs: [(entry: Int, slots: Range<Int>, start: Int)] = []
+        var runs: [(slots: Range<Int>, start: Int)] = []
         var first = [0]
         for table in tables {
             for (index, block) in table.blocks.enumerated() {
                 let start = index * blockSize
-                runs.append((block, 0..<Swift.min(blockSize, table.count - start), start))
+                let slot = block * blockSize
+                runs.append((slot..<(slot + Swift.min(blockSize, table.count - start)), start))
             }
             first.append(runs.count)
         }
@@ -338,7 +346,7 @@ public struct PagedKVCache: Sendable {
         let threads = options.threads ?? Parallel.defaultThreadCount
         var output = overwrittenScalars(count: totalQueries * hq * dv)
         var logSumExp = [Float](repeating: 0, count: totalQueries * hq)
-        let workspace = pool.withEntrySegments(runs) { segments in
+        let workspace = pool.withSegments(runs) { segments in
             queries.withUnsafeBufferPointer { q in
                 output.withUnsafeMutableBufferPointer { o in
                     logSumExp.withUnsafeMutableBufferPointer { lse in
