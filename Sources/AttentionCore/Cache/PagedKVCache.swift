@@ -8,8 +8,10 @@
 // blocks were taken together (a prompt or a prefill chunk appended in one call; the free list hands blocks out in
 // order and takes a removed sequence's back in order) streams like a contiguous cache, and the hardware prefetcher
 // running past a block's end reads the next block of the same head instead of another head's rows. (Zen 3, one
-// thread, 16 sequences with prompts appended in 512-token chunks: 0.91-0.92x the contiguous caches' speed
-// block-major, 0.97-0.99x head-major; appended 64 tokens at a time, fully interleaved, 0.92x either way.)
+// thread, the serving suite's 16 sequences with prompts appended in 512-token chunks: blocks of 64 at 0.93-0.95x
+// the contiguous caches' speed block-major, 0.96-1.01x head-major; blocks of 16 at 0.79-0.89x and 0.97-1.05x.
+// Appended 64 tokens at a time, so that no two blocks of a sequence are adjacent, 0.84-0.90x: there every block
+// is a fresh stream, in either layout.)
 // Each sequence keeps a block table (its blocks in token order) and a length; token t of a sequence is slot
 // t % blockSize of block table[t / blockSize]. Appending writes into the last block's free slots and takes blocks
 // from the free list as needed; removing a sequence returns its blocks. Nothing stored ever moves.
