@@ -17,6 +17,10 @@
 protocol TileRowLayout {
     /// Where Q[r, c] (row r = head * Br + row) goes in the packed query scratch.
     func queryIndex(row r: Int, column c: Int) -> Int
+    /// Writes `source[c] * scale` for every column c of row r to `packed[queryIndex(row: r, column: c)]` (and to
+    /// the row-major copy, if the layout keeps one).
+    func packQueryRow(
+        _ source: UnsafePointer<Float>, row r: Int, scale: Float, into packed: UnsafeMutablePointer<Float>)
     /// S^T [tile, 16 * stripes] = K[tile] Q^T, prefetching the next tile.
     func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>)
     /// O += V[tile]^T P^T for every row; value rows are `valueStride` floats apart.
@@ -57,6 +61,13 @@ struct StripeRows: TileRowLayout {
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
         stripeIndex(r, c, columns: keyDimension)
+    }
+
+    /// Element by element: the stripes hold Q transposed, so a row's columns land 16 floats apart.
+    @inline(__always) func packQueryRow(
+        _ source: UnsafePointer<Float>, row r: Int, scale: Float, into packed: UnsafeMutablePointer<Float>
+    ) {
+        for c in 0..<keyDimension { packed[queryIndex(row: r, column: c)] = source[c] * scale }
     }
 
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
@@ -106,6 +117,28 @@ struct FewRows: TileRowLayout {
 
     @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
         fewRowsQueryIndex(r, c, rowCount: rowCount, depth: keyDimension)
+    }
+
+    /// Four columns at a time: in a group of four rows, columns 4 t ..< 4 t + 4 of row r are consecutive at
+    /// 16 t + 4 (r % 4) past the group's start (`fewRowsQueryIndex`); rows after the groups and the row-major copy
+    /// are plain rows. (Element by element, with the index computed per float, packing took 3.5% of a decode call
+    /// over 1024 cached keys of one key/value head, Zen 3.)
+    @inline(__always) func packQueryRow(
+        _ source: UnsafePointer<Float>, row r: Int, scale: Float, into packed: UnsafeMutablePointer<Float>
+    ) {
+        let dk = keyDimension
+        let start = packed + fewRowsQueryIndex(r, 0, rowCount: rowCount, depth: dk)
+        var c = 0
+        if r < rowCount / 4 * 4 {
+            while c + 4 <= dk {
+                store4(load4(source + c) * scale, start + 4 * c)
+                c += 4
+            }
+            for c in c..<dk { packed[fewRowsQueryIndex(r, c, rowCount: rowCount, depth: dk)] = source[c] * scale }
+        } else {
+            scaledCopy(source, scale: scale, count: dk, into: start)
+        }
+        if let copy = rowMajorQueries { scaledCopy(source, scale: scale, count: dk, into: packed + copy + r * dk) }
     }
 
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
@@ -291,12 +324,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
             for row in 0..<ahead { prefetchToL2(source + row * strides.token, count: dk) }
             for row in 0..<rows {
                 if ahead > 0 && row + ahead < rows { prefetchToL2(source + (row + ahead) * strides.token, count: dk) }
-                let r = head * br + row
-                let sourceRow = source + row * strides.token
-                for c in 0..<dk { packed[layout.queryIndex(row: r, column: c)] = sourceRow[c] * qScale }
-                if let copy = layout.rowMajorQueries {
-                    for c in 0..<dk { packed[copy + r * dk + c] = sourceRow[c] * qScale }
-                }
+                layout.packQueryRow(source + row * strides.token, row: head * br + row, scale: qScale, into: packed)
             }
         }
     }

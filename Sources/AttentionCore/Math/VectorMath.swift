@@ -210,6 +210,19 @@ package func store16(_ value: SIMD16<Float>, _ pointer: UnsafeMutablePointer<Flo
     UnsafeMutableRawPointer(pointer + offset).storeBytes(of: value, as: SIMD16<Float>.self)
 }
 
+/// target[i] = source[i] * scale for i in 0..<count, 16 floats at a time (the ranges must not overlap).
+@inline(__always)
+package func scaledCopy(
+    _ source: UnsafePointer<Float>, scale: Float, count: Int, into target: UnsafeMutablePointer<Float>
+) {
+    var i = 0
+    while i + 16 <= count {
+        store16(load16(source, i) * scale, target, i)
+        i += 16
+    }
+    for i in i..<count { target[i] = source[i] * scale }
+}
+
 /// Sum of x[i] * y[i] for i in 0..<count, with four 16-lane accumulators (64 products in flight).
 package func dotProduct(_ x: UnsafePointer<Float>?, _ y: UnsafePointer<Float>?, count: Int) -> Float {
     guard let x, let y, count > 0 else { return 0 }
