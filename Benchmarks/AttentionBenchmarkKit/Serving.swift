@@ -13,8 +13,8 @@ import _AttentionTestSupport
 /// the chunks of different sequences interleave); `paged-b64-scattered` the same with the prompts appended 64
 /// tokens at a time, so no two neighbouring blocks of a sequence are adjacent (the pool of a server whose
 /// sequences all grew token by token); `contiguous` the sixteen `KVCache.attention` calls, timed in turn. GB/s =
-/// bytes of keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused rotary embedding
-/// adds to a decode step (rotating one token's keys and its queries, as `append` and `attention` do) and
+/// bytes of keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused rotary
+/// embedding adds to a decode step (rotating one token's keys and its queries, as `append` and `attention` do) and
 /// `decode-4096` one `KVCache.attention` step over 4096 tokens of one sequence. Validated before timing: a small
 /// paged batch against the Float64 reference, and the timed paged output against the contiguous one (bitwise for
 /// blocks of 64).
