@@ -137,18 +137,18 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         blockwise suite's shapes on [B, H, N, d] and on [B, N, H, d] tensors read in place, timed alternately),
         serving (16 sequences of 1024..32768 tokens, geometric, H_q = 32, H_kv = 8, d = 128: one decode step for all
         from a PagedKVCache with blocks of 64 and of 16 (paged-b64, paged-b16; prompts appended 512 tokens at a time,
-        round robin) and with blocks of 64 appended 64 tokens at a time (paged-b64-scattered) beside sixteen KVCache
-        calls (contiguous), timed alternately, with GB/s; and the fused rotary embedding's cost per step (rope-step)
-        beside a decode step over 4096 tokens (decode-4096)), cache-growth (a KVCache filled one token at a time to
-        131072 tokens, H_kv = 8, d = 128, Float32, growing in reserved address space (reserved) and by doubling an array
-        (doubling), each in a child process: mean, fastest and slowest append per doubling range of lengths, and peak
-        resident memory growth), backward (attentionGradients, H = 8, d = 64 and 128, N = 1024..8192, no mask and
-        causal, beside the forward call and a naive backward that materializes P and dP (N <= 2048, one thread); GFLOP/s
-        count 2.5x the forward's visible multiply-adds; then a multi-query case (H query heads, one key/value head) at
-        the largest N, and linear attention's backward beside its forward (linear-backward, elu + 1)), memory (naive and
-        blockwise, and the backward beside the naive backward, H = 8, d = 64, causal, all threads, N = 1024..65536 for
-        blockwise and as far as naive's matrices fit in half the physical memory; every case runs once in a fresh child
-        process that reports its peak resident memory growth).
+        round robin) and with blocks of 64 and 256 appended a block at a time (paged-b64-scattered,
+        paged-b256-scattered) beside sixteen KVCache calls (contiguous), timed alternately, with GB/s; and the fused
+        rotary embedding's cost per step (rope-step) beside a decode step over 4096 tokens (decode-4096)), cache-growth
+        (a KVCache filled one token at a time to 131072 tokens, H_kv = 8, d = 128, Float32, growing in reserved address
+        space (reserved) and by doubling an array (doubling), each in a child process: mean, fastest and slowest append
+        per doubling range of lengths, and peak resident memory growth), backward (attentionGradients, H = 8, d = 64 and
+        128, N = 1024..8192, no mask and causal, beside the forward call and a naive backward that materializes P and dP
+        (N <= 2048, one thread); GFLOP/s count 2.5x the forward's visible multiply-adds; then a multi-query case (H
+        query heads, one key/value head) at the largest N, and linear attention's backward beside its forward
+        (linear-backward, elu + 1)), memory (naive and blockwise, and the backward beside the naive backward, H = 8,
+        d = 64, causal, all threads, N = 1024..65536 for blockwise and as far as naive's matrices fit in half the
+        physical memory; every case runs once in a fresh child process that reports its peak resident memory growth).
 
         GFLOP/s = 4 * batch * queryHeads * Nq * Nk * headDim * visibleFraction / median seconds, where
         visibleFraction is the share of (query, key) pairs the mask lets through (about 1/2 for causal).

@@ -6,18 +6,18 @@ import Foundation
 import SinkTokenAttention
 import _AttentionTestSupport
 
-/// 16 sequences of 1024 to 32768 tokens (128 to 4096 with --quick; the longest is the first --seq-len), lengths
-/// growing geometrically, H_q = 32, H_kv = 8, d = 128, Float32. `paged-b64` and `paged-b16` time one
-/// `PagedKVCache.attention` for all sixteen (blocks of 64 and 16 tokens; the prompts appended in chunks of 512
-/// tokens, round robin, as a server's chunked prefill would, so each chunk's blocks are consecutive in the pool and
-/// the chunks of different sequences interleave); `paged-b64-scattered` the same with the prompts appended 64
-/// tokens at a time, so no two neighbouring blocks of a sequence are adjacent (the pool of a server whose
-/// sequences all grew token by token); `contiguous` the sixteen `KVCache.attention` calls, timed in turn. GB/s =
-/// bytes of keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused rotary
-/// embedding adds to a decode step (rotating one token's keys and its queries, as `append` and `attention` do) and
-/// `decode-4096` one `KVCache.attention` step over 4096 tokens of one sequence. Validated before timing: a small
-/// paged batch against the Float64 reference, and the timed paged output against the contiguous one (bitwise for
-/// blocks of 64).
+/// 16 sequences of 1024 to 32768 tokens (128 to 4096 with --quick; the longest is the first --seq-len), lengths growing
+/// geometrically, H_q = 32, H_kv = 8, d = 128, Float32. `paged-b64` and `paged-b16` time one `PagedKVCache.attention`
+/// for all sixteen (blocks of 64 and 16 tokens; the prompts appended in chunks of 512 tokens, round robin, as a
+/// server's chunked prefill would, so each chunk's blocks are consecutive in the pool and the chunks of different
+/// sequences interleave); `paged-b64-scattered` the same with the prompts appended 64 tokens at a time, so no two
+/// neighbouring blocks of a sequence are adjacent (the pool of a server whose sequences all grew token by token), and
+/// `paged-b256-scattered` likewise with blocks of 256; `contiguous` the sixteen `KVCache.attention` calls, timed in
+/// turn. GB/s = bytes of keys and values of all sixteen sequences / median seconds. `rope-step` times what the fused
+/// rotary embedding adds to a decode step (rotating one token's keys and its queries, as `append` and `attention` do)
+/// and `decode-4096` one `KVCache.attention` step over 4096 tokens of one sequence. Validated before timing: a small
+/// paged batch against the Float64 reference, and the timed paged output against the contiguous one (bitwise for blocks
+/// of 64).
 public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
     let (hq, hkv, d) = (32, 8, 128)
     let budget = configuration.quick ? 0.5 : 2.0
@@ -52,7 +52,10 @@ public func servingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
     let total = lengths.reduce(0, +)
     var contiguous: [KVCache] = []
     // (kernel name, block size, tokens per append)
-    let pagings = [("paged-b64", 64, 512), ("paged-b16", 16, 512), ("paged-b64-scattered", 64, 64)]
+    let pagings = [
+        ("paged-b64", 64, 512), ("paged-b16", 16, 512), ("paged-b64-scattered", 64, 64),
+        ("paged-b256-scattered", 256, 256),
+    ]
     var paged = pagings.map { _, blockSize, _ in
         try! PagedKVCache(
             blockCount: lengths.reduce(0) { $0 + ($1 + blockSize - 1) / blockSize }, blockSize: blockSize,
@@ -201,7 +204,7 @@ public func servingSummaries(_ records: [BenchmarkRecord]) -> [String] {
     for threads in Set(serving.map(\.threads)).sorted() {
         let of = { (kernel: String) in serving.first { $0.kernel == kernel && $0.threads == threads } }
         if let contiguous = of("contiguous"), let c = contiguous.gbPerSecond {
-            for kernel in ["paged-b64", "paged-b16", "paged-b64-scattered"] {
+            for kernel in ["paged-b64", "paged-b16", "paged-b64-scattered", "paged-b256-scattered"] {
                 guard let paged = of(kernel), let p = paged.gbPerSecond else { continue }
                 lines.append(
                     String(
