@@ -15,10 +15,8 @@
 /// prefill (`StripeRows`) and decode (`FewRows`) layouts. Scores and weights are a 16-lane stripe-major S^T in
 /// both, so masking and the online softmax are shared.
 protocol TileRowLayout {
-    /// Where Q[r, c] (row r = head * Br + row) goes in the packed query scratch.
-    func queryIndex(row r: Int, column c: Int) -> Int
-    /// Writes `source[c] * scale` for every column c of row r to `packed[queryIndex(row: r, column: c)]` (and to
-    /// the row-major copy, if the layout keeps one).
+    /// Writes `source[c] * scale` for every column c of row r (r = head * Br + row) where the layout keeps Q[r, c]
+    /// in the packed query scratch (and to the row-major copy, if the layout keeps one).
     func packQueryRow(
         _ source: UnsafePointer<Float>, row r: Int, scale: Float, into packed: UnsafeMutablePointer<Float>)
     /// S^T [tile, 16 * stripes] = K[tile] Q^T, prefetching the next tile.
@@ -59,15 +57,11 @@ struct StripeRows: TileRowLayout {
     static var gathersStridedRows: Bool { false }
     var rowMajorQueries: Int? { nil }
 
-    @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
-        stripeIndex(r, c, columns: keyDimension)
-    }
-
-    /// Element by element: the stripes hold Q transposed, so a row's columns land 16 floats apart.
+    /// Element by element: the stripes hold Q transposed (`stripeIndex`), so a row's columns land 16 floats apart.
     @inline(__always) func packQueryRow(
         _ source: UnsafePointer<Float>, row r: Int, scale: Float, into packed: UnsafeMutablePointer<Float>
     ) {
-        for c in 0..<keyDimension { packed[queryIndex(row: r, column: c)] = source[c] * scale }
+        for c in 0..<keyDimension { packed[stripeIndex(r, c, columns: keyDimension)] = source[c] * scale }
     }
 
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
@@ -114,10 +108,6 @@ struct FewRows: TileRowLayout {
     /// stored keys as they are stored (`scoresFromStoredRows`), from a row-major copy of Q after the interleaved
     /// one (the query scratch holds 16 rows' worth).
     var rowMajorQueries: Int? { fewRowsCompactKernelsPay && rowCount == 4 ? rowCount * keyDimension : nil }
-
-    @inline(__always) func queryIndex(row r: Int, column c: Int) -> Int {
-        fewRowsQueryIndex(r, c, rowCount: rowCount, depth: keyDimension)
-    }
 
     /// Four columns at a time: in a group of four rows, columns 4 t ..< 4 t + 4 of row r are consecutive at
     /// 16 t + 4 (r % 4) past the group's start (`fewRowsQueryIndex`); rows after the groups and the row-major copy
