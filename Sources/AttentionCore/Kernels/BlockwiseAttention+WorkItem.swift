@@ -199,9 +199,11 @@ struct WorkItemContext<Layout: TileRowLayout> {
 
     /// One work item: query block `queryBlock` of every query head that reads `keyValueHead`, over the keys of
     /// split `split`. Leaves the unnormalized O, the running maximum m (half base 2) and the denominator l in `state`.
+    /// `staged`: the item's group's rows staged by its worker (`RowStaging`), read instead of `segments`.
     func run(
         batch b: Int, keyValueHead kvHead: Int, queryBlock: Int, split: Int, scratch: UnsafeMutablePointer<Float>,
-        scoreTile sT: UnsafeMutablePointer<Float>, state: UnsafeMutablePointer<Float>
+        scoreTile sT: UnsafeMutablePointer<Float>, state: UnsafeMutablePointer<Float>,
+        segments staged: [KeyValueSegment]? = nil
     ) {
         let p = problem
         let (nq, nk, dk, dv, g) = (p.queryLength, p.keyLength, p.keyDimension, p.valueDimension, p.groupSize)
@@ -218,7 +220,7 @@ struct WorkItemContext<Layout: TileRowLayout> {
             decodedTile: decodesTiles ? scratch + dk * rp + 6 * rp + tiling.keyBlock * dv : nil)
         let spans = GroupSpans(problem: p, batch: b, keyValueHead: kvHead, queries: i0..<(i0 + rows))
         let walk = TileWalk(
-            segments: segments, batch: b, keyValueHead: kvHead, visibleKeys: spans.keyHull, split: split,
+            segments: staged ?? segments, batch: b, keyValueHead: kvHead, visibleKeys: spans.keyHull, split: split,
             keysPerSplit: tiling.keysPerSplit, keyLength: nk, keyBlock: tiling.keyBlock, keyDimension: dk,
             valueDimension: dv, decoded: tables.decodedTile, gathersStridedRows: Layout.gathersStridedRows,
             fusesStoredKeys: layout.rowMajorQueries != nil)

@@ -105,10 +105,14 @@ package func tiledAttention(
     scoreStorage: ScoreStorage, output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?
 ) -> Int {
     let queryBlocks = (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock
+    let reuse = tiling.layout == .stripes ? queryBlocks : 1
+    // Interleaved rows: copied group by group by the workers when there are groups enough, else once for the call.
+    let staging = RowStaging(
+        segments, reuse: reuse, keyDimension: problem.keyDimension, valueDimension: problem.valueDimension,
+        groups: problem.batch * problem.keyValueHeads, threads: problem.threads)
     return withHeadMajorRows(
         segments, batch: problem.batch, keyValueHeads: problem.keyValueHeads, keyDimension: problem.keyDimension,
-        valueDimension: problem.valueDimension, reuse: tiling.layout == .stripes ? queryBlocks : 1,
-        threads: problem.threads
+        valueDimension: problem.valueDimension, reuse: staging == nil ? reuse : 1, threads: problem.threads
     ) { segments, copyBytes in
         let plan = TiledJobPlan(
             problem, tiling: tiling,
@@ -122,7 +126,7 @@ package func tiledAttention(
                 plan.job(
                     queries: queries, segments: segments, bias: bias.baseAddress, output: output,
                     logSumExp: logSumExp, scoreStorage: scoreStorage,
-                    scores: scoreStorage == .materialized ? scores : nil, partials: partials)
+                    scores: scoreStorage == .materialized ? scores : nil, partials: partials, staging: staging)
             }
         }
         return runBytes + scoreFloats * MemoryLayout<Float>.size + copyBytes
@@ -141,9 +145,9 @@ package func runTiledPlans(
     for plan in plans { firstPartials.append(firstPartials[firstPartials.count - 1] + plan.partialFloats) }
     let partials = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, firstPartials[plans.count]))
     defer { partials.deallocate() }
-    runTiledJobs(order.map { job($0, partials + firstPartials[$0]) }, threads: threads, scratchFloats: scratchFloats)
-    let workers = Parallel.workerCount(items: plans.reduce(0) { $0 + $1.items }, threads: threads)
-    return (workers * scratchFloats + firstPartials[plans.count]) * MemoryLayout<Float>.size
+    let scratchBytes = runTiledJobs(
+        order.map { job($0, partials + firstPartials[$0]) }, threads: threads, scratchFloats: scratchFloats)
+    return scratchBytes + firstPartials[plans.count] * MemoryLayout<Float>.size
 }
 
 /// The sizes of one problem's work in a tiled dispatch: work items = units (batch x key/value head x query block)
@@ -155,6 +159,8 @@ package struct TiledJobPlan {
     package let queryBlocks: Int
     package let splits: Int
     package var units: Int { problem.batch * problem.keyValueHeads * queryBlocks }
+    /// (batch entry, key/value head) pairs; group g owns items g * queryBlocks * splits ..< (g + 1) * ....
+    package var groups: Int { problem.batch * problem.keyValueHeads }
     package var items: Int { units * splits }
     /// Floats of one work item's softmax state.
     package var stateSize: Int { stateFloats(problem, tiling) }
@@ -180,7 +186,7 @@ package struct TiledJobPlan {
     package func job(
         queries: UnsafePointer<Float>?, segments: [KeyValueSegment], bias: UnsafePointer<Float>?,
         output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?, scoreStorage: ScoreStorage,
-        scores: UnsafeMutablePointer<Float>?, partials: UnsafeMutablePointer<Float>
+        scores: UnsafeMutablePointer<Float>?, partials: UnsafeMutablePointer<Float>, staging: RowStaging? = nil
     ) -> any TiledJob {
         func context<Layout: TileRowLayout>(_ layout: Layout) -> WorkItemContext<Layout> {
             WorkItemContext(
@@ -194,7 +200,7 @@ package struct TiledJobPlan {
         }
         return TiledLayoutJob(
             plan: self, contexts: contexts, scratchFloats: scratchFloats(scoreStorage), scores: scores,
-            partials: partials)
+            partials: partials, staging: staging, segments: segments)
     }
 }
 
@@ -202,8 +208,13 @@ package struct TiledJobPlan {
 /// call, a packed batch one job per sequence.
 package protocol TiledJob {
     var plan: TiledJobPlan { get }
-    /// Runs work item `item` (in 0..<plan.items) in a worker's scratch, finalizing it when it has one split.
-    func run(item: Int, scratch: UnsafeMutablePointer<Float>)
+    /// Floats of the worker buffer `stage` fills (0 when the job stages nothing; see `RowStaging`).
+    var stagingFloats: Int { get }
+    /// Copies group `group`'s interleaved rows into `buffer` and returns the segments its items then read.
+    func stage(group: Int, into buffer: UnsafeMutablePointer<Float>) -> [KeyValueSegment]
+    /// Runs work item `item` (in 0..<plan.items) in a worker's scratch, finalizing it when it has one split;
+    /// `segments` (from `stage`) replace the job's own when given.
+    func run(item: Int, scratch: UnsafeMutablePointer<Float>, segments: [KeyValueSegment]?)
     /// Merges the split states of unit `unit` (in 0..<plan.units) into its output rows.
     func merge(unit: Int)
 }
@@ -223,6 +234,16 @@ private struct TiledLayoutJob: TiledJob {
     let scratchFloats: Int
     let scores: UnsafeMutablePointer<Float>?
     let partials: UnsafeMutablePointer<Float>
+    let staging: RowStaging?
+    let segments: [KeyValueSegment]
+
+    var stagingFloats: Int { staging?.floatsPerWorker ?? 0 }
+
+    func stage(group: Int, into buffer: UnsafeMutablePointer<Float>) -> [KeyValueSegment] {
+        guard let staging else { return segments }
+        let (b, kvHead) = group.quotientAndRemainder(dividingBy: plan.problem.keyValueHeads)
+        return staging.stage(segments, batch: b, keyValueHead: kvHead, into: buffer)
+    }
 
     /// (batch, key/value head, query block) of a unit. Last query blocks first: under a causal mask they have the
     /// most work, and starting with them balances the dynamic schedule.
@@ -232,10 +253,10 @@ private struct TiledLayoutJob: TiledJob {
         return (b, kvHead, block)
     }
 
-    func run(item: Int, scratch: UnsafeMutablePointer<Float>) {
+    func run(item: Int, scratch: UnsafeMutablePointer<Float>, segments: [KeyValueSegment]?) {
         switch contexts {
-        case .stripes(let context): run(context, item: item, scratch: scratch)
-        case .rows(let context): run(context, item: item, scratch: scratch)
+        case .stripes(let context): run(context, item: item, scratch: scratch, segments: segments)
+        case .rows(let context): run(context, item: item, scratch: scratch, segments: segments)
         }
     }
 
@@ -247,7 +268,10 @@ private struct TiledLayoutJob: TiledJob {
     }
 
     @inline(__always)
-    private func run<Layout>(_ context: WorkItemContext<Layout>, item: Int, scratch: UnsafeMutablePointer<Float>) {
+    private func run<Layout>(
+        _ context: WorkItemContext<Layout>, item: Int, scratch: UnsafeMutablePointer<Float>,
+        segments: [KeyValueSegment]?
+    ) {
         let (unit, split) = item.quotientAndRemainder(dividingBy: plan.splits)
         let (b, kvHead, block) = coordinates(unit: unit)
         let (stateSize, tileFloats) = (
@@ -260,7 +284,7 @@ private struct TiledLayoutJob: TiledJob {
         let state = plan.splits == 1 ? scratch + (scratchFloats - stateSize) : partials + item * stateSize
         context.run(
             batch: b, keyValueHead: kvHead, queryBlock: block, split: split, scratch: scratch, scoreTile: tile,
-            state: state)
+            state: state, segments: segments)
         if plan.splits == 1 {
             context.finalize(
                 batch: b, keyValueHead: kvHead, queryBlock: block, states: state, count: 1, stride: stateSize)
@@ -278,29 +302,52 @@ private struct TiledLayoutJob: TiledJob {
 
 /// Runs every work item of `jobs` in one parallel loop (job order, each job's items in order), then merges the
 /// split states of the jobs that have splits, each unit in split order: deterministic for any thread count.
-/// Each worker gets `scratchFloats` floats of scratch, at least every job's own need.
-package func runTiledJobs(_ jobs: [any TiledJob], threads: Int, scratchFloats: Int) {
+/// Each worker gets `scratchFloats` floats of scratch, at least every job's own need. When a job stages rows
+/// (`RowStaging`), the loop hands out groups instead of items: a worker stages a group's rows into its buffer and
+/// runs the group's items in order. Returns the bytes of scratch and staging buffers.
+package func runTiledJobs(_ jobs: [any TiledJob], threads: Int, scratchFloats: Int) -> Int {
     var firstItems = [0]
     var firstUnits = [0]
+    var firstGroups = [0]
     for job in jobs {
         firstItems.append(firstItems[firstItems.count - 1] + job.plan.items)
         firstUnits.append(firstUnits[firstUnits.count - 1] + (job.plan.splits > 1 ? job.plan.units : 0))
+        firstGroups.append(firstGroups[firstGroups.count - 1] + job.plan.groups)
     }
-    let workers = Parallel.workerCount(items: firstItems[jobs.count], threads: threads)
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * scratchFloats))
+    let stagingFloats = jobs.map(\.stagingFloats).max() ?? 0
+    let tasks = stagingFloats > 0 ? firstGroups[jobs.count] : firstItems[jobs.count]
+    let workers = Parallel.workerCount(items: tasks, threads: threads)
+    let perWorker = scratchFloats + stagingFloats
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(1, workers * perWorker))
     defer { scratch.deallocate() }
-    let shared = UncheckedSendable((jobs, firstItems, firstUnits))
-    Parallel.forEach(items: firstItems[jobs.count], threads: threads) { worker, item in
-        let (jobs, firstItems, _) = shared.value
-        let index = jobs.count == 1 ? 0 : lastIndex(atMost: item, in: firstItems)
-        jobs[index].run(item: item - firstItems[index], scratch: scratch + worker * scratchFloats)
+    let shared = UncheckedSendable((jobs, firstItems, firstUnits, firstGroups))
+    if stagingFloats > 0 {
+        Parallel.forEach(items: tasks, threads: threads) { worker, group in
+            let (jobs, _, _, firstGroups) = shared.value
+            let index = jobs.count == 1 ? 0 : lastIndex(atMost: group, in: firstGroups)
+            let (job, local) = (jobs[index], group - firstGroups[index])
+            let workerScratch = scratch + worker * perWorker
+            let segments = job.stagingFloats > 0 ? job.stage(group: local, into: workerScratch + scratchFloats) : nil
+            let itemsPerGroup = job.plan.queryBlocks * job.plan.splits
+            for item in (local * itemsPerGroup)..<((local + 1) * itemsPerGroup) {
+                job.run(item: item, scratch: workerScratch, segments: segments)
+            }
+        }
+    } else {
+        Parallel.forEach(items: tasks, threads: threads) { worker, item in
+            let (jobs, firstItems, _, _) = shared.value
+            let index = jobs.count == 1 ? 0 : lastIndex(atMost: item, in: firstItems)
+            jobs[index].run(item: item - firstItems[index], scratch: scratch + worker * perWorker, segments: nil)
+        }
     }
-    guard firstUnits[jobs.count] > 0 else { return }
+    let bytes = workers * perWorker * MemoryLayout<Float>.size
+    guard firstUnits[jobs.count] > 0 else { return bytes }
     Parallel.forEach(items: firstUnits[jobs.count], threads: threads) { _, unit in
-        let (jobs, _, firstUnits) = shared.value
+        let (jobs, _, firstUnits, _) = shared.value
         let index = lastIndex(atMost: unit, in: firstUnits)
         jobs[index].merge(unit: unit - firstUnits[index])
     }
+    return bytes
 }
 
 /// The last index i of the sorted `bounds` (bounds[0] = 0 <= value) with bounds[i] <= value and

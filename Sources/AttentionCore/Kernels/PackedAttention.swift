@@ -50,10 +50,10 @@ public func packedAttention(
     let tilings = sequenceTilings(problems)
     // With more than one key/value head, a token's heads are interleaved: the rows are copied head-major once when
     // the prefill kernel reads keys more than once (`withHeadMajorRows`), else the decode layout gathers them.
-    let reuse =
-        zip(problems, tilings).map { problem, tiling in
-            tiling.layout == .stripes ? (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock : 1
-        }.max() ?? 1
+    let reuses = zip(problems, tilings).map { problem, tiling in
+        tiling.layout == .stripes ? (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock : 1
+    }
+    let reuse = reuses.max() ?? 1
     let float = MemoryLayout<Float>.stride
     var output = overwrittenScalars(count: totalQueries * hq * dv)
     var logSumExp = [Float](repeating: 0, count: totalQueries * hq)
@@ -73,14 +73,21 @@ public func packedAttention(
                                     keyStrides: (0, dk * float, hkv * dk * float),
                                     valueStrides: (0, dv * float, hkv * dv * float), start: 0, count: keys.shape[0]))
                         }
+                        // Each sequence's (key/value head) rows staged by the worker that runs them when there
+                        // are groups enough to balance the workers (`RowStaging`), else one copy for the call.
+                        let groups = problems.count * hkv
+                        let stages =
+                            RowStaging(
+                                whole, reuse: reuse, keyDimension: dk, valueDimension: dv, groups: groups,
+                                threads: threads) != nil
                         return withHeadMajorRows(
-                            whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv, reuse: reuse,
-                            threads: threads
+                            whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv,
+                            reuse: stages ? 1 : reuse, threads: threads
                         ) { whole, copyBytes in
                             let runBytes = runSequenceProblems(
                                 problems, tilings: tilings, queryOffsets: sequences.queryOffsets,
                                 queries: q.baseAddress, output: o.baseAddress, logSumExp: lse.baseAddress,
-                                threads: threads
+                                threads: threads, staging: stages ? reuses : nil
                             ) { b in
                                 let keyStart = sequences.keyOffsets[b]
                                 return whole.prefix(problems[b].keyLength > 0 ? 1 : 0).map { all in
@@ -185,12 +192,13 @@ package func sequenceTilings(_ problems: [AttentionProblem]) -> [BlockwiseTiling
 /// sequences first (by the key rows their items read) so that short ones fill the tail of the schedule. Sequence b's
 /// query, output and log-sum-exp rows are token-major from token `queryOffsets[b]` of `queries`, `output` and
 /// `logSumExp`; `segments(b)` gives its keys and values (positions 0 ..< its key length, batch stride 0). Each
-/// sequence gets the tiles and splits it would get alone, so its result equals its own call bitwise. Returns the
-/// bytes of scratch and split states.
+/// sequence gets the tiles and splits it would get alone, so its result equals its own call bitwise. `staging`:
+/// each sequence's key reuse (query blocks), to stage its interleaved rows group by group (`RowStaging`). Returns
+/// the bytes of scratch, staging buffers and split states.
 package func runSequenceProblems(
     _ problems: [AttentionProblem], tilings: [BlockwiseTiling], queryOffsets: [Int], queries: UnsafePointer<Float>?,
     output: UnsafeMutablePointer<Float>?, logSumExp: UnsafeMutablePointer<Float>?, threads: Int,
-    segments: (Int) -> [KeyValueSegment]
+    staging reuses: [Int]? = nil, segments: (Int) -> [KeyValueSegment]
 ) -> Int {
     let sequenceSegments = problems.indices.map(segments)
     let plans = problems.indices.map { b in
@@ -213,6 +221,12 @@ package func runSequenceProblems(
             segments: sequenceSegments[b], bias: nil,
             output: output.map { $0 + queryStart * problem.queryHeads * problem.valueDimension },
             logSumExp: logSumExp.map { $0 + queryStart * problem.queryHeads }, scoreStorage: .perWorkerTile,
-            scores: nil, partials: partials)
+            scores: nil, partials: partials,
+            staging: reuses.flatMap {
+                RowStaging(
+                    sequenceSegments[b], reuse: $0[b], keyDimension: problem.keyDimension,
+                    valueDimension: problem.valueDimension, groups: problems.count * problem.keyValueHeads,
+                    threads: threads)
+            })
     }
 }
