@@ -111,6 +111,32 @@ final class PackedAttentionTests: XCTestCase {
         }
     }
 
+    func testRowsStagedPerWorkerGiveTheSameBitsAsTheCallWideCopy() throws {
+        // 9 sequences x 4 key/value heads = 36 groups: with two threads each worker stages a group's interleaved
+        // rows in its own buffer and runs the group's items (16 groups per thread or more); with three threads the
+        // call copies every row once instead. One thread stages too. All three give the same bits, and match the
+        // reference.
+        let sequences = try PackedSequences(lengths: [200, 3, 65, 130, 64, 1, 97, 150, 40])
+        let inputs = try packedInputs(
+            sequences: sequences, queryHeads: 8, keyValueHeads: 4, headDimension: 24, valueDimension: 20, seed: 17)
+        for mask in [AttentionMask.none, .causal] {
+            var results: [AttentionResult] = []
+            for threads in [1, 2, 3] {
+                let options = AttentionOptions(threads: threads)
+                let result = try packedAttention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, sequences: sequences,
+                    mask: mask, options: options)
+                assertMatchesReference(
+                    result, inputs, sequences: sequences, mask: mask, options: options, "\(mask) \(threads) threads")
+                results.append(result)
+            }
+            for result in results.dropFirst() {
+                XCTAssertEqual(result.output, results[0].output, "\(mask)")
+                XCTAssertEqual(result.logSumExp, results[0].logSumExp, "\(mask)")
+            }
+        }
+    }
+
     func testNothingCrossesASequenceBoundary() throws {
         // NaN and infinity in one sequence's keys and values never reach another sequence, whose output is the
         // same bits as with clean neighbours.

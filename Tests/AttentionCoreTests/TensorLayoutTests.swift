@@ -57,6 +57,27 @@ final class TensorLayoutTests: XCTestCase {
         }
     }
 
+    func testRowsStagedPerWorkerEqualHeadMajorBitwise() throws {
+        // B 5 x 8 key/value heads = 40 groups: two threads stage each group's rows per worker (16 groups per thread
+        // or more), three copy them once for the call; both equal the [B, H, N, d] call bit for bit.
+        let inputs = try attentionInputs(
+            batch: 5, queryHeads: 16, keyValueHeads: 8, queryLength: 70, keyLength: 133, headDimension: 16,
+            valueDimension: 12, seed: 41)
+        let (q, k, v) = (swapped(inputs.queries), swapped(inputs.keys), swapped(inputs.values))
+        for mask in [AttentionMask.none, .causal] {
+            let expected = try attention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: mask,
+                options: AttentionOptions(kernel: .blockwise(queryBlock: 16, keyBlock: 32)))
+            for threads in [1, 2, 3] {
+                let output = try attention(
+                    queries: q, keys: k, values: v, mask: mask,
+                    options: AttentionOptions(
+                        layout: .bnhd, kernel: .blockwise(queryBlock: 16, keyBlock: 32), threads: threads))
+                XCTAssertEqual(output, swapped(expected), "\(mask), \(threads) threads")
+            }
+        }
+    }
+
     func testTokenMajorWithPaddingBiasSinksAndBlockSparse() throws {
         let inputs = try attentionInputs(
             batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 50, keyLength: 64, headDimension: 32, seed: 3)
