@@ -4,10 +4,11 @@
 // (batch, head, token) strides, so a [B, N, H, d] tensor straight out of a projection needs no transpose copy by
 // the caller. Query rows are packed per work item anyway and the output is written through its strides. Key and
 // value rows that are not consecutive within a head: when the prefill kernel reads each key more than once (more
-// than one query block), each key/value head is copied head-major once per call (`withHeadMajorRows`: K + V
-// floats of workspace, one pass over them; reading them in place took 1.21x the time, measured there); with one
-// query block the prefill micro-kernels read them in place at their stride; the decode kernel gathers each tile
-// into its tile scratch (the path stored formats decode through).
+// than one query block), they are copied head-major, one pass over them (reading them in place took 1.21x the
+// time, see `withHeadMajorRows`): with 16 or more (batch, key/value head) groups per thread (or one thread) each
+// worker copies one group at a time into its own buffer and runs that group's work items (`RowStaging`), else
+// the call copies all of K and V once; with one query block the prefill micro-kernels read them in place at
+// their stride; the decode kernel gathers each tile into its tile scratch (the path stored formats decode through).
 
 /// The axis order of rank-4 attention tensors (``AttentionOptions/layout``, ``AttentionOptions/outputLayout``).
 public enum TensorLayout: Sendable, Hashable {

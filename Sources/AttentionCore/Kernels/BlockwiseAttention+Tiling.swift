@@ -513,7 +513,8 @@ struct TilePrefetch {
 }
 
 /// Float32 key and value rows interleaved with other heads' ([B, N, H, d], packed batches, fused projections),
-/// copied head-major once per call when the prefill kernel will read every key more than once.
+/// copied head-major once per call when the prefill kernel will read every key more than once (unless the workers
+/// stage them group by group instead, see `RowStaging`).
 ///
 /// Read in place, such rows are H * d floats apart, so a 64-key tile touches 64 pages of keys and 64 of values
 /// (4 KiB pages; a 2048-token K tensor of 8 x 64 heads alone spans 1024 pages, more than the second-level TLB

@@ -3,11 +3,13 @@
 // fifteen short prompts costs what its real tokens cost.
 //
 // Each sequence is its own attention problem (batch 1, its own lengths, its mask aligned bottom-right), read from
-// the packed tensors (with several key/value heads, whose rows interleave, the keys and values are first copied
-// head-major once, see `withHeadMajorRows`) and written in place into the packed output: the kernel, tiles and key splits it
-// gets are exactly those of a call on that sequence alone, so the packed result equals the per-sequence calls
-// bitwise. What packing adds is one parallel loop over the work items of every sequence, the longest sequences
-// first, so that short sequences fill the gaps the long ones leave and no worker waits for a sequence to finish.
+// the packed tensors (with several key/value heads, whose rows interleave, each sequence's rows of one key/value
+// head are copied head-major by the worker that runs them, see `RowStaging`, or all at once with few sequences and
+// heads per thread, see `withHeadMajorRows`) and written in place into the packed output: the kernel, tiles and
+// key splits it gets are exactly those of a call on that sequence alone, so the packed result equals the
+// per-sequence calls bitwise. What packing adds is one parallel loop over the work items of every sequence, the
+// longest sequences first, so that short sequences fill the gaps the long ones leave and no worker waits for a
+// sequence to finish.
 
 /// Attention over a packed batch of variable-length sequences: sequence b's queries attend to sequence b's keys
 /// only, with `mask` applied per sequence (positions count from the sequence's first token; causal and window
@@ -48,8 +50,9 @@ public func packedAttention(
     let threads = options.threads ?? Parallel.defaultThreadCount
 
     let tilings = sequenceTilings(problems)
-    // With more than one key/value head, a token's heads are interleaved: the rows are copied head-major once when
-    // the prefill kernel reads keys more than once (`withHeadMajorRows`), else the decode layout gathers them.
+    // With more than one key/value head, a token's heads are interleaved: the rows are copied head-major (staged
+    // per worker or once for the call, below) when the prefill kernel reads keys more than once, else the decode
+    // layout gathers them.
     let reuses = zip(problems, tilings).map { problem, tiling in
         tiling.layout == .stripes ? (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock : 1
     }
