@@ -597,9 +597,9 @@ extension KeyValueSegment {
 /// is reused from group to group, and is still in cache when the group's items read it. The work is then handed
 /// out by group rather than by item, so it applies only when there are enough groups to balance the workers
 /// (`init`); otherwise the call-wide copy runs. With four groups per thread (8 heads, 2 threads) the layouts
-/// suite's causal shapes took 1.10-1.18x the time of `[B, H, N, d]` on two threads, against 1.00-1.06x one
-/// thread: a worker that finishes its last group early waits for the other's (a shared VM's two cores do not
-/// run at the same speed). Sixteen groups per thread keep that tail small; the packed batch above has 128.
+/// suite's median ratio to `[B, H, N, d]` was 1.10x on two threads (causal shapes 1.08-1.18x) against 1.04x on
+/// one: a worker that finishes its last group early waits for the other's (a shared VM's two cores do not run at
+/// the same speed). Sixteen groups per thread keep that tail small; the packed batch above has 128.
 package struct RowStaging {
     /// Floats of one worker's buffer: the interleaved segments' key and value rows of one group.
     package let floatsPerWorker: Int

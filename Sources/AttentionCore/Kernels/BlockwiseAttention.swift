@@ -159,7 +159,7 @@ package struct TiledJobPlan {
     package let queryBlocks: Int
     package let splits: Int
     package var units: Int { problem.batch * problem.keyValueHeads * queryBlocks }
-    /// (batch entry, key/value head) pairs; group g owns items g * queryBlocks * splits ..< (g + 1) * ....
+    /// (batch entry, key/value head) pairs. Group g owns the consecutive items from g * queryBlocks * splits on.
     package var groups: Int { problem.batch * problem.keyValueHeads }
     package var items: Int { units * splits }
     /// Floats of one work item's softmax state.
