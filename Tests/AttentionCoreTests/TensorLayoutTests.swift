@@ -58,8 +58,8 @@ final class TensorLayoutTests: XCTestCase {
     }
 
     func testRowsStagedPerWorkerEqualHeadMajorBitwise() throws {
-        // B 5 x 8 key/value heads = 40 groups: two threads stage each group's rows per worker (16 groups per thread
-        // or more), three copy them once for the call; both equal the [B, H, N, d] call bit for bit.
+        // B 5 x 8 key/value heads = 40 groups: one and two threads stage each group's rows per worker (16 groups
+        // per thread or more), three copy them once for the call; all equal the [B, H, N, d] call bit for bit.
         let inputs = try attentionInputs(
             batch: 5, queryHeads: 16, keyValueHeads: 8, queryLength: 70, keyLength: 133, headDimension: 16,
             valueDimension: 12, seed: 41)
