@@ -125,8 +125,11 @@ package struct KeyValueSegment {
     /// not consecutive. The prefill micro-kernels read Float32 rows at any stride in place.
     func needsDecoding(gathersStridedRows: Bool) -> Bool {
         keyCodec.format != .float32 || valueCodec.format != .float32 || keyRotation != nil
-            || (gathersStridedRows && (keyRowStride != keyCodec.rowBytes || valueRowStride != valueCodec.rowBytes))
+            || (gathersStridedRows && hasInterleavedRows)
     }
+
+    /// Whether key or value rows are not `rowBytes` apart (interleaved with other heads' rows).
+    var hasInterleavedRows: Bool { keyRowStride != keyCodec.rowBytes || valueRowStride != valueCodec.rowBytes }
 }
 
 /// Calls `body` with the single segment of a [B, Hkv, Nk, D] key tensor and its value tensor (none when Nk = 0 or
@@ -559,14 +562,26 @@ package func withHeadMajorRows<R>(
                 let (segment, keys, values) = shared.value
                 let (b, first) = item.quotientAndRemainder(dividingBy: chunks)
                 let tokens = (first * chunk)..<Swift.min(n, first * chunk + chunk)
-                copyRowsHeadMajor(
+                /// Rows `tokens` of every head of batch entry b, token by token, into [heads, n, width] at `target`.
+                func copy(
+                    _ source: UnsafeRawPointer, headStride: Int, rowStride: Int, codec: RowCodec,
+                    into target: UnsafeMutablePointer<Float>
+                ) {
+                    for t in tokens {
+                        for h in 0..<keyValueHeads {
+                            codec.decode(
+                                source + h * headStride + t * rowStride, rows: 1, rowStride: rowStride,
+                                into: target + (h * n + t) * codec.dimension)
+                        }
+                    }
+                }
+                copy(
                     segment.keys + b * segment.keyBatchStride, headStride: segment.keyHeadStride,
-                    rowStride: segment.keyRowStride, tokens: tokens, heads: keyValueHeads, tokenCount: n,
-                    width: dk, into: keys + b * keyValueHeads * n * dk)
-                copyRowsHeadMajor(
+                    rowStride: segment.keyRowStride, codec: segment.keyCodec, into: keys + b * keyValueHeads * n * dk)
+                copy(
                     segment.values + b * segment.valueBatchStride, headStride: segment.valueHeadStride,
-                    rowStride: segment.valueRowStride, tokens: tokens, heads: keyValueHeads, tokenCount: n,
-                    width: dv, into: values + b * keyValueHeads * n * dv)
+                    rowStride: segment.valueRowStride, codec: segment.valueCodec,
+                    into: values + b * keyValueHeads * n * dv)
             }
             result[index] = KeyValueSegment(
                 keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
@@ -582,8 +597,7 @@ extension KeyValueSegment {
     /// Float32 key and value rows not `rowBytes` apart (interleaved with other heads' rows): the rows the prefill
     /// kernel reads from a head-major copy (`withHeadMajorRows`, `RowStaging`).
     var hasInterleavedFloatRows: Bool {
-        keyCodec.format == .float32 && valueCodec.format == .float32
-            && (keyRowStride != keyCodec.rowBytes || valueRowStride != valueCodec.rowBytes)
+        keyCodec.format == .float32 && valueCodec.format == .float32 && hasInterleavedRows
     }
 }
 
@@ -631,49 +645,18 @@ package struct RowStaging {
             let n = segment.count
             let (keys, values) = (next, next + n * dk)
             next = values + n * dv
-            copyRows(
-                segment.keys + b * segment.keyBatchStride + h * segment.keyHeadStride, rowStride: segment.keyRowStride,
-                count: n, width: dk, into: keys)
-            copyRows(
-                segment.values + b * segment.valueBatchStride + h * segment.valueHeadStride,
-                rowStride: segment.valueRowStride, count: n, width: dv, into: values)
+            segment.keyCodec.decode(
+                segment.keys + b * segment.keyBatchStride + h * segment.keyHeadStride, rows: n,
+                rowStride: segment.keyRowStride, into: keys)
+            segment.valueCodec.decode(
+                segment.values + b * segment.valueBatchStride + h * segment.valueHeadStride, rows: n,
+                rowStride: segment.valueRowStride, into: values)
             var staged = KeyValueSegment(
                 keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
                 valueCodec: segment.valueCodec, keyStrides: (0, 0, dk * 4), valueStrides: (0, 0, dv * 4),
                 start: segment.start, count: n)
             staged.keyRotation = segment.keyRotation
             return staged
-        }
-    }
-}
-
-/// Copies `count` Float32 rows of `width` floats, `rowStride` bytes apart, to consecutive rows at `destination`.
-/// Each row's lines are hinted eight rows ahead: rows a page or more apart are not followed by the hardware
-/// prefetchers (a C model of one head's rows of [4096, 8, 64]: 6.9 -> 9.1 GB/s, Zen 3, 2026-12-07).
-@inline(__always)
-private func copyRows(
-    _ source: UnsafeRawPointer, rowStride: Int, count: Int, width: Int, into destination: UnsafeMutablePointer<Float>
-) {
-    let rows = source.assumingMemoryBound(to: Float.self)
-    let step = rowStride / MemoryLayout<Float>.stride
-    for t in 0..<count {
-        if t + 8 < count { prefetchToL2(rows + (t + 8) * step, count: width) }
-        (destination + t * width).update(from: rows + t * step, count: width)
-    }
-}
-
-/// Copies Float32 rows `tokens` of heads 0..<`heads` (row t of head h at `source + h * headStride + t * rowStride`
-/// bytes) to `destination`, head-major ([heads, tokenCount, width]). Token by token, each token's heads in turn.
-@inline(__always)
-private func copyRowsHeadMajor(
-    _ source: UnsafeRawPointer, headStride: Int, rowStride: Int, tokens: Range<Int>, heads: Int, tokenCount: Int,
-    width: Int, into destination: UnsafeMutablePointer<Float>
-) {
-    for t in tokens {
-        let row = source + t * rowStride
-        for h in 0..<heads {
-            (destination + (h * tokenCount + t) * width).update(
-                from: (row + h * headStride).assumingMemoryBound(to: Float.self), count: width)
         }
     }
 }

@@ -200,7 +200,7 @@ package struct TiledJobPlan {
         }
         return TiledLayoutJob(
             plan: self, contexts: contexts, scratchFloats: scratchFloats(scoreStorage), scores: scores,
-            partials: partials, staging: staging, segments: segments)
+            partials: partials, staging: staging)
     }
 }
 
@@ -235,11 +235,15 @@ private struct TiledLayoutJob: TiledJob {
     let scores: UnsafeMutablePointer<Float>?
     let partials: UnsafeMutablePointer<Float>
     let staging: RowStaging?
-    let segments: [KeyValueSegment]
 
     var stagingFloats: Int { staging?.floatsPerWorker ?? 0 }
 
     func stage(group: Int, into buffer: UnsafeMutablePointer<Float>) -> [KeyValueSegment] {
+        let segments: [KeyValueSegment]
+        switch contexts {
+        case .stripes(let context): segments = context.segments
+        case .rows(let context): segments = context.segments
+        }
         guard let staging else { return segments }
         let (b, kvHead) = group.quotientAndRemainder(dividingBy: plan.problem.keyValueHeads)
         return staging.stage(segments, batch: b, keyValueHead: kvHead, into: buffer)

@@ -119,18 +119,33 @@ package struct RowCodec: Sendable, Hashable {
 
     // MARK: Decoding
 
-    /// Decodes `rows` consecutive stored rows at `source` into `rows * dimension` floats at `target`. Called once
-    /// per tile; the loops stay out of line, where the vectorizer handles each alone (inlined into the work item,
-    /// the Float16 loop once stayed scalar: 7x slower).
     /// Decodes `rows` stored rows `rowStride` bytes apart (rows of other heads in between, as in a [B, N, H, d]
-    /// layout), row by row unless they are consecutive.
+    /// layout), row by row unless they are consecutive. Rows apart are hinted eight rows ahead: at d 128 each
+    /// starts a new page, which the hardware prefetchers do not follow (a C model copying one head's rows of a
+    /// [4096, 8, 64] tensor: 6.9 -> 9.1 GB/s with the hints, Zen 3, 2026-12-07). Float32 rows are copied here,
+    /// without a call per row.
+    @inline(__always)
     package func decode(
         _ source: UnsafeRawPointer, rows: Int, rowStride: Int, into target: UnsafeMutablePointer<Float>
     ) {
         if rowStride == rowBytes { return decode(source, rows: rows, into: target) }
-        for row in 0..<rows { decode(source + row * rowStride, rows: 1, into: target + row * dimension) }
+        for row in 0..<rows {
+            if row + 8 < rows {
+                let ahead = source + (row + 8) * rowStride
+                for line in stride(from: 0, to: rowBytes, by: 64) { prefetchToL2(ahead + line) }
+            }
+            let (from, to) = (source + row * rowStride, target + row * dimension)
+            if format == .float32 {
+                to.update(from: from.assumingMemoryBound(to: Float.self), count: dimension)
+            } else {
+                decode(from, rows: 1, into: to)
+            }
+        }
     }
 
+    /// Decodes `rows` consecutive stored rows at `source` into `rows * dimension` floats at `target`. Called once
+    /// per tile; the loops stay out of line, where the vectorizer handles each alone (inlined into the work item,
+    /// the Float16 loop once stayed scalar: 7x slower).
     @inline(never)
     package func decode(_ source: UnsafeRawPointer, rows: Int, into target: UnsafeMutablePointer<Float>) {
         let (d, bytes) = (dimension, rowBytes)
