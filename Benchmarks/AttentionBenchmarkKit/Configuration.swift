@@ -130,10 +130,11 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         density, one thread by default, beside the dense blockwise kernel; GFLOP/s count only listed blocks, and
         topk-build rows time building the top-k layout), padding (8 sequences of N/16, 3N/16, ..., 15N/16
         tokens padded to N = 2048, H = 8, d = 64, no mask and causal: one call with key and query padding
-        (padded-batch) beside the eight sequences run one by one (per-sequence), timed alternately; GFLOP/s count
-        the real work of both, and a line per case gives the time ratio), packed (16 sequences of 64..4096
-        tokens, geometric, H = 8, d = 64, no mask and causal: one packedAttention call over [T, H, d] (packed)
-        beside the sixteen calls on each sequence alone (per-sequence), timed alternately), layouts (the
+        (padded-batch; padded-into writing into a reused output) beside the eight sequences run one by one
+        (per-sequence), timed alternately; GFLOP/s count the real work, and a line per case gives the time
+        ratios), packed (16 sequences of 64..4096 tokens, geometric, H = 8, d = 64, no mask and causal: one
+        packedAttention call over [T, H, d] (packed; packed-into writing into a reused output) beside the sixteen
+        calls on each sequence alone (per-sequence), timed alternately), layouts (the
         blockwise suite's shapes on [B, H, N, d] and on [B, N, H, d] tensors read in place, timed alternately),
         serving (16 sequences of 1024..32768 tokens, geometric, H_q = 32, H_kv = 8, d = 128: one decode step for all
         from a PagedKVCache with blocks of 64 and of 16 (paged-b64, paged-b16; prompts appended 512 tokens at a time,

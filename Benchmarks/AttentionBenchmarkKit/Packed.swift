@@ -8,8 +8,10 @@ import _AttentionTestSupport
 /// 16 sequences from 64 to 4096 tokens (32 to 2048 with --quick), lengths growing geometrically, H = 8 (--heads),
 /// d = 64 (first of --head-dim), self-attention with no mask and causal, one thread and all. `packed` times one
 /// `packedAttention` over the token-major [T, H, d] tensors; `per-sequence` the sixteen `attention` calls over
-/// each sequence alone in the kernels' own [1, H, n, d] layout, and `per-sequence-bnhd` the same calls on [1, n, H, d]
-/// slices of the packed tensors (`layout: .bnhd`, what the packed call reads), timed in turn call by call. GFLOP/s
+/// each sequence alone in the kernels' own [1, H, n, d] layout, `per-sequence-bnhd` the same calls on [1, n, H, d]
+/// slices of the packed tensors (`layout: .bnhd`, what the packed call reads), and `packed-into` the packed call
+/// writing into a reused output (its new [T, H, d] output is too large for the allocator to recycle, unlike the
+/// sixteen small ones), timed in turn call by call. GFLOP/s
 /// count the real work of both (sum over sequences of 4 * H * n^2 * d, halved for causal). The packed result is
 /// validated on a small shape against the Float64 reference before timing, and sampled rows of the timed output
 /// against it too.
@@ -74,9 +76,15 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                         queries: sequence[0], keys: sequence[1], values: sequence[2], mask: mask, options: tokenMajor)
                 }
             }
+            var reused = try Tensor(zeros: [total, heads, d])
+            func runPackedInto() throws {
+                try packedAttention(
+                    queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options,
+                    into: &reused)
+            }
             let timings = try alternateTimes(
                 minimumRepetitions: configuration.minimumRepetitions, budget: budget,
-                [runPacked, runEach, runEachInPlace])
+                [runPacked, runEach, runEachInPlace, runPackedInto])
             guard let result = last else { continue }
             var worst = 0.0
             for (b, head, query) in [(0, 0, lengths[0] - 1), (9, heads - 1, lengths[9] / 2), (15, heads / 2, 7)] {
@@ -84,13 +92,15 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                     Double.self, batch: 0, head: head, query: query, queries: alone[b][0], keys: alone[b][1],
                     values: alone[b][2], mask: mask, options: options)
                 let start = ((sequences.queryOffsets[b] + query) * heads + head) * d
-                worst = Swift.max(
-                    worst, maxAbsoluteError(Array(result.output.scalars[start..<(start + d)]), reference.output))
+                for output in [result.output, reused] {
+                    worst = Swift.max(
+                        worst, maxAbsoluteError(Array(output.scalars[start..<(start + d)]), reference.output))
+                }
             }
             let flops = selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: mask)
             for (kernel, timing, workspace) in [
                 ("packed", timings[0], result.workspaceBytes), ("per-sequence", timings[1], 0),
-                ("per-sequence-bnhd", timings[2], 0),
+                ("per-sequence-bnhd", timings[2], 0), ("packed-into", timings[3], result.workspaceBytes),
             ] {
                 records.append(
                     BenchmarkRecord(
@@ -112,6 +122,9 @@ public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
                 $0.suite == "packed" && $0.kernel == "per-sequence" && $0.mask == p.mask && $0.threads == p.threads
             })
         else { return nil }
+        let into = records.first(where: {
+            $0.suite == "packed" && $0.kernel == "packed-into" && $0.mask == p.mask && $0.threads == p.threads
+        })
         let inPlace = records.first(where: {
             $0.suite == "packed" && $0.kernel == "per-sequence-bnhd" && $0.mask == p.mask && $0.threads == p.threads
         })
@@ -120,6 +133,9 @@ public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
             + String(
                 format: ": one packed call took %.2fx the time of the sixteen calls",
                 p.medianSeconds / each.medianSeconds)
+            + (into.map {
+                String(format: "; into a reused output %.2fx", $0.medianSeconds / each.medianSeconds)
+            } ?? "")
             + (inPlace.map {
                 String(format: " (%.2fx of the sixteen on [1, n, H, d] slices)", p.medianSeconds / $0.medianSeconds)
             } ?? "")

@@ -238,6 +238,50 @@ final class PackedAttentionTests: XCTestCase {
         assertMatchesReference(merged, inputs, sequences: all, mask: .causal, options: AttentionOptions(), "merged")
     }
 
+    func testPackedCallIntoAReusedOutput() throws {
+        // Rows staged per worker (36 groups on one thread), the call-wide copy (three threads: 12 groups each) and
+        // a one-token sequence over 900 keys (the decode kernel): the output written into a reused tensor equals
+        // the new result bitwise, its old contents (NaN) never leak, a tensor sharing the storage keeps its values,
+        // and the log-sum-exp comes back.
+        let sequences = try PackedSequences(queryLengths: [70, 1, 0, 33, 5, 129], keyLengths: [70, 900, 3, 97, 5, 129])
+        let inputs = try packedInputs(
+            sequences: sequences, queryHeads: 12, keyValueHeads: 6, headDimension: 16, valueDimension: 8, seed: 91)
+        for threads in [1, 3] {
+            let options = AttentionOptions(threads: threads)
+            let expected = try packedAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, sequences: sequences,
+                mask: .causal, options: options)
+            var output = try Tensor(shape: expected.output.shape, repeating: .nan)
+            let alias = output
+            for _ in 0..<2 {
+                let logSumExp = try packedAttention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, sequences: sequences,
+                    mask: .causal, options: options, into: &output)
+                XCTAssertEqual(output, expected.output, "threads \(threads)")
+                XCTAssertEqual(logSumExp, expected.logSumExp, "threads \(threads)")
+            }
+            XCTAssertTrue(alias.scalars.allSatisfy(\.isNaN))
+            assertMatchesReference(
+                AttentionResult(output: output, logSumExp: expected.logSumExp, workspaceBytes: 0), inputs,
+                sequences: sequences, mask: .causal, options: options, "into, threads \(threads)")
+        }
+        // A wrong output shape, or a call that is invalid in itself, throws and leaves the output as it was.
+        for (shape, argumentName) in [([238, 12, 9], "output"), ([238, 12, 8], "options.keyPadding")] {
+            var kept = try Tensor(shape: shape, repeating: 7)
+            XCTAssertThrowsError(
+                try packedAttention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, sequences: sequences,
+                    options: AttentionOptions(keyPadding: argumentName == "output" ? nil : .lengths([1])),
+                    into: &kept)
+            ) { error in
+                XCTAssertEqual((error as? AttentionError)?.argument, argumentName)
+                if argumentName == "output" { XCTAssertTrue("\(error)".contains("[238, 12, 8]"), "\(error)") }
+            }
+            XCTAssertEqual(kept.shape, shape)
+            XCTAssertTrue(kept.scalars.allSatisfy { $0 == 7 })
+        }
+    }
+
     func testInvalidPackedCallsThrowNamingTheArgument() throws {
         XCTAssertThrowsError(try PackedSequences(queryOffsets: [1, 3], keyOffsets: [0, 3])) { error in
             XCTAssertEqual((error as? AttentionError)?.argument, "queryOffsets[0]")

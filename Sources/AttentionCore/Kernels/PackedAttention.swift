@@ -45,6 +45,60 @@ public func packedAttention(
 ) throws -> AttentionResult {
     let problems = try packedProblems(
         queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
+    var fresh: [Float]? = nil
+    return packedAttention(
+        problems, queries: queries, keys: keys, values: values, sequences: sequences, options: options,
+        reusing: &fresh)
+}
+
+/// ``packedAttention(queries:keys:values:sequences:mask:options:)`` writing the output into `output` instead of a new
+/// tensor, for a caller that runs packed batches of the same token count repeatedly (every layer of a prefill) and
+/// keeps one output buffer. As for ``attention(queries:keys:values:mask:options:into:)``, a large new output is
+/// fresh memory that the operating system maps and zeroes as it is first written; writing into a tensor written
+/// before skips that (the README's "Real batches" section gives what it measured). Every element of `output` is
+/// overwritten; if its storage is shared with another tensor it is copied first.
+///
+/// - Returns: the log-sum-exp, [totalQueries, queryHeads], for merging with another chunk's result.
+/// - Throws: what ``packedAttention(queries:keys:values:sequences:mask:options:)`` throws, and
+///   ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless `output.shape` is [totalQueries,
+///   queryHeads, valueDimension]; `output` is untouched when it throws.
+///
+/// ```swift
+/// var output = try Tensor(zeros: [24, 8, 64])
+/// for layer in layers {
+///     try packedAttention(
+///         queries: q[layer], keys: k[layer], values: v[layer], sequences: sequences, mask: .causal, into: &output)
+/// }
+/// ```
+@discardableResult
+public func packedAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions(), into output: inout Tensor
+) throws -> Tensor {
+    let problems = try packedProblems(
+        queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
+    let expected = [queries.shape[0], queries.shape[1], values.shape[2]]
+    guard output.shape == expected else {
+        throw AttentionError.shapeMismatch(
+            argument: "output", expected: "\(expected) (total queries, query heads, value dimension)",
+            actual: output.shape, reason: "the result is written into it")
+    }
+    // Move the storage out so that it is uniquely referenced (no copy on write) unless the caller shares it.
+    var storage: [Float]? = output.scalars
+    output = Tensor(uncheckedShape: [0], scalars: [])
+    let result = packedAttention(
+        problems, queries: queries, keys: keys, values: values, sequences: sequences, options: options,
+        reusing: &storage)
+    output = result.output
+    return result.logSumExp
+}
+
+/// The packed kernel on validated `problems`, writing into `reused` when it has the output's element count (taken,
+/// leaving nil), else into new storage.
+private func packedAttention(
+    _ problems: [AttentionProblem], queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences,
+    options: AttentionOptions, reusing reused: inout [Float]?
+) -> AttentionResult {
     let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.shape[1])
     let (dk, dv) = (queries.shape[2], values.shape[2])
     let threads = options.threads ?? Parallel.defaultThreadCount
@@ -58,7 +112,10 @@ public func packedAttention(
     }
     let reuse = reuses.max() ?? 1
     let float = MemoryLayout<Float>.stride
-    var output = overwrittenScalars(count: totalQueries * hq * dv)
+    // Every output row is written by the finalize of the work item that owns it: no zero fill needed.
+    var output =
+        reused?.count == totalQueries * hq * dv
+        ? reused.take()! : overwrittenScalars(count: totalQueries * hq * dv)
     var logSumExp = [Float](repeating: 0, count: totalQueries * hq)
     let workspace = queries.withUnsafeBufferPointer { q in
         keys.withUnsafeBufferPointer { k in
