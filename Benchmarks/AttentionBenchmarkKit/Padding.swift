@@ -158,7 +158,9 @@ public func paddingSummaries(_ records: [BenchmarkRecord]) -> [String] {
                 && $0.queryLength == p.queryLength
         })
         return "padding N=\(p.queryLength) mask \(p.mask), \(p.threads) thread\(p.threads == 1 ? "" : "s"): the padded "
-            + String(format: "batch took %.2fx the time of its sequences run one by one", p.medianSeconds / each.medianSeconds)
+            + String(
+                format: "batch took %.2fx the time of its sequences run one by one",
+                p.medianSeconds / each.medianSeconds)
             + (into.map { String(format: " (%.2fx into a reused output)", $0.medianSeconds / each.medianSeconds) } ?? "")
     }
 }

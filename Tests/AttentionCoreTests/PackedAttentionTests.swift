@@ -243,7 +243,8 @@ final class PackedAttentionTests: XCTestCase {
         // a one-token sequence over 900 keys (the decode kernel): the output written into a reused tensor equals
         // the new result bitwise, its old contents (NaN) never leak, a tensor sharing the storage keeps its values,
         // and the log-sum-exp comes back.
-        let sequences = try PackedSequences(queryLengths: [70, 1, 0, 33, 5, 129], keyLengths: [70, 900, 3, 97, 5, 129])
+        let sequences = try PackedSequences(
+            queryLengths: [70, 1, 0, 33, 5, 129], keyLengths: [70, 900, 3, 97, 5, 129])
         let inputs = try packedInputs(
             sequences: sequences, queryHeads: 12, keyValueHeads: 6, headDimension: 16, valueDimension: 8, seed: 91)
         for threads in [1, 3] {

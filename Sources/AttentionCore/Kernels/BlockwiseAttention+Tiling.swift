@@ -262,7 +262,8 @@ struct KeyTile {
     let valueStride: Int
     /// The next tile of the same segment, for prefetching while this one computes (nil after a segment's last).
     let next: TilePrefetch?
-    /// A stored segment's value rows, decoded only when the tile's scores are done (see `values()`).
+    /// A stored segment's value rows, decoded only when the tile's scores are done (see `values()`), or read as
+    /// stored by the layout (`TileRowLayout.readsStoredValues`).
     var storedValues: StoredRows? = nil
     /// Stored key rows that the layout scores without decoding them (see `TileRowLayout.rowMajorQueries`); then
     /// `keyRows` holds nothing.
@@ -306,7 +307,7 @@ struct TileWalk {
     /// Whether Float32 rows that are not consecutive are gathered into `decoded` too (the decode layout's
     /// micro-kernels need consecutive rows; the prefill ones read any stride).
     let gathersStridedRows: Bool
-    /// Whether stored key rows the layout's kernels read directly (`RowCodec.directKeyRows`, no rotation at load)
+    /// Whether stored key rows the layout's kernels read directly (`RowCodec.directRows`, no rotation at load)
     /// are handed to them as they are stored instead of decoded (`KeyTile.storedKeys`).
     let fusesStoredKeys: Bool
 
@@ -360,7 +361,7 @@ struct TileWalk {
             let valueBase = segment.values + batch * segment.valueBatchStride + keyValueHead * segment.valueHeadStride
             let (keyBytes, valueBytes) = (segment.keyRowStride, segment.valueRowStride)
             let decodes = segment.needsDecoding(gathersStridedRows: gathersStridedRows)
-            let fusesKeys = fusesStoredKeys && segment.keyRotation == nil && segment.keyCodec.directKeyRows != nil
+            let fusesKeys = fusesStoredKeys && segment.keyRotation == nil && segment.keyCodec.directRows != nil
             var tileStart = segment.start + (part.lowerBound - segment.start) / bc * bc
             while tileStart < part.upperBound {
                 let keys = Swift.max(tileStart, part.lowerBound)..<Swift.min(tileStart + bc, part.upperBound)

@@ -25,6 +25,10 @@ protocol TileRowLayout {
     func accumulate(
         weights pT: UnsafePointer<Float>, tile: KeyTile, values: UnsafePointer<Float>, valueStride: Int,
         into o: UnsafeMutablePointer<Float>)
+    /// Whether `accumulateStored` reads value rows stored as `codec` stores them (no decoded value tile).
+    func readsStoredValues(_ codec: RowCodec) -> Bool
+    /// O += V[tile]^T P^T for every row, V as stored (`tile.storedValues`, in a format `readsStoredValues` takes).
+    func accumulateStored(weights pT: UnsafePointer<Float>, tile: KeyTile, into o: UnsafeMutablePointer<Float>)
     /// Multiplies the O rows of stripe `rv` (rows rv ..< rv + 16) by `alpha`, lane by lane.
     func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>)
     /// Where row r of O starts and how far apart its columns are.
@@ -77,6 +81,12 @@ struct StripeRows: TileRowLayout {
         accumulateValues(
             weights: pT, rowCount: paddedRows, keyCount: tile.keys.count, values: values,
             valueDimension: valueDimension, valueStride: valueStride, oT: o, shape: shape)
+    }
+
+    func readsStoredValues(_ codec: RowCodec) -> Bool { false }
+
+    func accumulateStored(weights pT: UnsafePointer<Float>, tile: KeyTile, into o: UnsafeMutablePointer<Float>) {
+        preconditionFailure("the prefill layout reads decoded value tiles")
     }
 
     @inline(__always) func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>) {
@@ -132,7 +142,7 @@ struct FewRows: TileRowLayout {
     }
 
     @inline(__always) func scores(queries: UnsafePointer<Float>, tile: KeyTile, into sT: UnsafeMutablePointer<Float>) {
-        if let stored = tile.storedKeys, let offset = rowMajorQueries, let format = stored.codec.directKeyRows {
+        if let stored = tile.storedKeys, let offset = rowMajorQueries, let format = stored.codec.directRows {
             return scoresFromStoredRows(
                 queries: queries + offset, rows: stored.source, rowStride: stored.rowStride, format: format,
                 keyCount: tile.keys.count, depth: keyDimension, scores: sT, prefetch: tile.next)
@@ -150,6 +160,23 @@ struct FewRows: TileRowLayout {
         accumulateValuesFewRows(
             weights: pT, rowCount: rowCount, keyCount: tile.keys.count, values: values,
             valueDimension: valueDimension, output: o, prefetch: tile.next, compact: fewRowsCompactKernelsPay)
+    }
+
+    /// Where the scores read stored keys (four rows, the compact kernels' targets), the values are read as stored
+    /// too, in the same formats, when Dv is a multiple of 16 (`accumulateStoredValues`).
+    @inline(__always) func readsStoredValues(_ codec: RowCodec) -> Bool {
+        rowMajorQueries != nil && valueDimension % 16 == 0 && codec.directRows != nil
+    }
+
+    @inline(__always) func accumulateStored(
+        weights pT: UnsafePointer<Float>, tile: KeyTile, into o: UnsafeMutablePointer<Float>
+    ) {
+        guard let stored = tile.storedValues, let format = stored.codec.directRows else {
+            preconditionFailure("a tile without stored values in a direct format")
+        }
+        accumulateStoredValues(
+            weights: pT, keyCount: tile.keys.count, rows: stored.source, rowStride: stored.rowStride, format: format,
+            valueDimension: valueDimension, output: o, prefetch: tile.next)
     }
 
     @inline(__always) func rescale(_ o: UnsafeMutablePointer<Float>, stripe rv: Int, by alpha: SIMD16<Float>) {
@@ -249,6 +276,12 @@ struct WorkItemContext<Layout: TileRowLayout> {
                     } else {
                         applyMask(sT, spans: spans, i0: i0, rows: rows, tile: tile.keys)
                     }
+                }
+                // Stored values the layout reads as stored (unless this run scans them for NaN and infinity,
+                // which needs them decoded).
+                if !scanValues, let stored = tile.storedValues, layout.readsStoredValues(stored.codec) {
+                    updateSoftmax(sT, keyCount: tile.keys.count, s, markMasked: false)
+                    return layout.accumulateStored(weights: sT, tile: tile, into: s.o)
                 }
                 var values = tile.values()
                 var valueStride = tile.valueStride

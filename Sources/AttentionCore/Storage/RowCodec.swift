@@ -1,7 +1,8 @@
 // RowCodec: encodes Float32 rows into a `StorageFormat` and decodes stored rows back into Float32 with
 // vectorized loops. The tile walk decodes each key and value tile of a non-Float32 segment into a per-worker tile of
 // Bc rows (L1/L2-resident) right before the micro-kernels read it (keys before the scores, values after them,
-// over the keys); a tile is the most ever decoded at once.
+// over the keys); a tile is the most ever decoded at once. (The four-row decode kernels of 16-register targets read
+// 8-bit, Float16 and BFloat16 rows as stored instead, converting in registers: see `directRows`.)
 //
 // Decoding vectorizes on every target (SSE2 to AVX-512, NEON). Float16 uses the hardware conversion where the
 // build target has one (arm64; x86_64 with F16C, e.g. -march=native or x86-64-v3). Elsewhere, and on x86_64 Apple
@@ -25,10 +26,11 @@ package struct RowCodec: Sendable, Hashable {
         rowBytes = format.bytesPerRow(dimension: dimension)
     }
 
-    /// How the four-row decode kernel reads this format's key rows without decoding them (`scoresFromStoredRows`),
-    /// or nil where it decodes them: 8-bit rows with blocks a multiple of 8 values, Float16 where the target
-    /// converts it in hardware, BFloat16 (4-bit rows are decoded, see `scoresFromStoredRows`).
-    var directKeyRows: DirectKeyRows? {
+    /// How the four-row decode kernels read this format's rows without decoding them (keys in
+    /// `scoresFromStoredRows`, values in `accumulateStoredValues`), or nil where they decode them: 8-bit rows with
+    /// blocks a multiple of 8 values, Float16 where the target converts it in hardware, BFloat16 (4-bit rows are
+    /// decoded, see `scoresFromStoredRows`).
+    var directRows: DirectRows? {
         switch format {
         case .int8(let b): return b % 8 == 0 ? .int8(blockSize: b) : nil
         case .float16:
