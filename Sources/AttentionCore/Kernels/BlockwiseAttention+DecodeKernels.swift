@@ -561,13 +561,20 @@ func accumulateValuesFewRows(
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
+        /// The Float32 rows at column c, and the next tile's lines there (by the first four rows' passes).
+        func rows(_ c: Int, lines: Int) -> FloatValueRows {
+            FloatValueRows(
+                values + c, stride: dv,
+                prefetch: ValueRowPrefetch(
+                    r == 0 ? next.map { $0.values + c } : nil, rows: next?.keyCount ?? 0,
+                    stride: next?.valueStride ?? dv, lines: lines))
+        }
         // Compact: 24-column passes (twelve chains) while the rest stays a multiple of 16 or 24 wide.
         while compact && (dv - c >= 40 || dv - c == 24) {
+            var source = rows(c, lines: 2)
             valueRows4x24(
-                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
-                valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
-                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
-                prefetchStride: next?.valueStride ?? dv)
+                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, &source, out: o + r * dv + c,
+                valueStride: dv, overwrite: overwrite)
             c += 24
         }
         while !compact && c + 32 <= dv {
@@ -579,11 +586,10 @@ func accumulateValuesFewRows(
             c += 32
         }
         while c + 16 <= dv {
+            var source = rows(c, lines: 1)
             valueRows4(
-                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
-                valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
-                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
-                prefetchStride: next?.valueStride ?? dv)
+                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, &source, out: o + r * dv + c,
+                valueStride: dv, overwrite: overwrite)
             c += 16
         }
         if r == 0, c < dv { next?.prefetchValueColumn(c) }
@@ -607,31 +613,58 @@ func accumulateValuesFewRows(
     }
 }
 
-/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] (+)= sum_k pT[k * ws + i * rs] * V[k, 0..<16]. With
-/// `prefetch`, each key step also prefetches the line at the same columns of the next tile's row (`prefetchCount`
-/// rows `prefetchStride` floats apart), so the passes over all column stretches cover the next value tile.
+/// Where the four-row value kernels read one pass's value rows: Float32 rows in place (`FloatValueRows`) or rows as
+/// a cache stores them, converted as they load (`StoredValueRows`). The kernels call `step` once per key (the
+/// pass's share of the next tile's prefetch), load the current row's values at offsets from the pass's first column,
+/// then `advance` to the next row, and `finish` after the last key.
+protocol ValueRowSource {
+    /// Values `offset ..< offset + 8` (and `+ 16`) of the pass, in the current row.
+    func load8(_ offset: Int) -> SIMD8<Float>
+    func load16(_ offset: Int) -> SIMD16<Float>
+    mutating func step()
+    mutating func advance()
+    mutating func finish()
+}
+
+/// Float32 value rows `stride` floats apart, from a pass's first column, with the next tile's lines at the same
+/// columns prefetched row by row (`ValueRowPrefetch`).
+struct FloatValueRows: ValueRowSource {
+    private var row: UnsafePointer<Float>
+    private let stride: Int
+    private var prefetch: ValueRowPrefetch
+
+    @inline(__always) init(_ first: UnsafePointer<Float>, stride: Int, prefetch: ValueRowPrefetch) {
+        (row, self.stride, self.prefetch) = (first, stride, prefetch)
+    }
+
+    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> { AttentionCore.load8(row + offset) }
+    @inline(__always) func load16(_ offset: Int) -> SIMD16<Float> { AttentionCore.load16(row, offset) }
+    @inline(__always) mutating func step() { prefetch.step() }
+    @inline(__always) mutating func advance() { row += stride }
+    @inline(__always) mutating func finish() { prefetch.finish() }
+}
+
+/// Four rows x 16 value columns: out[i * dv ..< i * dv + 16] (+)= sum_k pT[k * ws + i * rs] * V[k, 0..<16], V from
+/// `values` (which also prefetches the next tile's lines, see `ValueRowSource`).
 @inline(__always)
-private func valueRows4(
-    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
-    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
-    prefetch: UnsafePointer<Float>? = nil, prefetchCount: Int = 0, prefetchStride: Int = 0
+private func valueRows4<Values: ValueRowSource>(
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int, _ values: inout Values,
+    out: UnsafeMutablePointer<Float>, valueStride dv: Int, overwrite: Bool
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     if !overwrite { (a0, a1, a2, a3) = loadRows4(out, dv) }
-    var ahead = ValueRowPrefetch(prefetch, rows: prefetchCount, stride: prefetchStride, lines: 1)
     var p = pT
-    var v = values
     for _ in 0..<keyCount {
-        ahead.step()
-        let vk = load16(v, 0)
+        values.step()
+        let vk = values.load16(0)
         a0 = multiplyAdd(SIMD16<Float>(repeating: p[0]), vk, a0)
         a1 = multiplyAdd(SIMD16<Float>(repeating: p[rs]), vk, a1)
         a2 = multiplyAdd(SIMD16<Float>(repeating: p[2 * rs]), vk, a2)
         a3 = multiplyAdd(SIMD16<Float>(repeating: p[3 * rs]), vk, a3)
         p += ws
-        v += dv
+        values.advance()
     }
-    ahead.finish()
+    values.finish()
     storeRows4((a0, a1, a2, a3), out, dv)
 }
 
@@ -698,26 +731,24 @@ private func valueRows4x32(
 
 /// Four rows x 24 value columns (a SIMD16 and a SIMD8 per row): twelve independent chains of 256-bit halves
 /// within 16 registers (the accumulators, the value stretch and a broadcast weight), the compact kernels' main
-/// value step. Every output element sums its keys in order, as in the other value kernels. Prefetches the two
-/// lines at columns 0 and 16 of each of the next tile's rows (the passes together cover every line of a row).
+/// value step. Every output element sums its keys in order, as in the other value kernels. Float32 sources
+/// prefetch the two lines at columns 0 and 16 of each of the next tile's rows (the passes together cover every
+/// line of a row).
 @inline(__always)
-private func valueRows4x24(
-    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
-    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
-    prefetch: UnsafePointer<Float>?, prefetchCount: Int, prefetchStride: Int
+private func valueRows4x24<Values: ValueRowSource>(
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int, _ values: inout Values,
+    out: UnsafeMutablePointer<Float>, valueStride dv: Int, overwrite: Bool
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
-    var ahead = ValueRowPrefetch(prefetch, rows: prefetchCount, stride: prefetchStride, lines: 2)
     if !overwrite {
         (a0, a1, a2, a3) = loadRows4(out, dv)
         (b0, b1, b2, b3) = (load8(out + 16), load8(out + dv + 16), load8(out + 2 * dv + 16), load8(out + 3 * dv + 16))
     }
     var p = pT
-    var v = values
     for _ in 0..<keyCount {
-        ahead.step()
-        let (v0, v1) = (load16(v, 0), load8(v + 16))
+        values.step()
+        let (v0, v1) = (values.load16(0), values.load8(16))
         let p0 = p[0]
         a0 = multiplyAdd(SIMD16(repeating: p0), v0, a0)
         b0 = multiplyAdd(SIMD8(repeating: p0), v1, b0)
@@ -731,9 +762,9 @@ private func valueRows4x24(
         a3 = multiplyAdd(SIMD16(repeating: p3), v0, a3)
         b3 = multiplyAdd(SIMD8(repeating: p3), v1, b3)
         p += ws
-        v += dv
+        values.advance()
     }
-    ahead.finish()
+    values.finish()
     storeRows4((a0, a1, a2, a3), out, dv)
     store8(b0, out + 16)
     store8(b1, out + dv + 16)
@@ -745,9 +776,9 @@ private func valueRows4x24(
 /// per key, lane r = row r), value rows as the cache stores them (`rowStride` bytes apart, in `format`): each
 /// stretch of eight values is converted in registers as it is loaded (8-bit codes times their block's scale, the
 /// value `RowCodec.decode` makes) and serves the four rows, so no decoded value tile is written and read back. The
-/// passes are the compact Float32 kernels' (`accumulateValuesFewRows` with `compact`: 24 columns while 40 or more,
-/// or exactly 24, are left, then 16), and every output element sums its keys in the same order, so the result is
-/// bitwise that of decoding the tile first. Needs Dv % 16 == 0 (`FewRows.readsStoredValues`). The next tile's
+/// passes are the compact Float32 kernels themselves (`valueRows4x24` while 40 or more, or exactly 24, columns are
+/// left, then `valueRows4`) over a `StoredValueRows` source, so every output element sums its keys in the same
+/// order and the result is bitwise that of decoding the tile first. Needs Dv % 16 == 0 (`FewRows.readsStoredValues`). The next tile's
 /// stored value rows, which are consecutive, are hinted one line per key step. Measured on an AMD EPYC Zen 3 VM
 /// (AVX2, 2026-12-07; one token, H_q 32 / H_kv 8, d 128, 32768 keys, the two paths alternated call by call, medians
 /// of 40 calls each), against decoding the value tile first: Float16 11.9 against 13.6 ms on one thread and 7.2
@@ -776,100 +807,70 @@ private func storedValues<Rows: StoredRowFormat>(
     _: Rows.Type, _ pT: UnsafePointer<Float>, _ keyCount: Int, _ rows: UnsafeRawPointer, _ rowStride: Int,
     blockSize b: Int, _ dv: Int, _ o: UnsafeMutablePointer<Float>, _ next: TilePrefetch?
 ) {
-    let stored = StoredValueRows<Rows>(rows: rows, rowStride: rowStride, header: Rows.scaled ? 4 * (dv / b) : 0)
     var ahead = LinePrefetch(
         next.map { UnsafeRawPointer($0.values) }, bytes: next.map { 4 * $0.keyCount * $0.valueStride } ?? 0)
     var c = 0
+    /// The rows from column c, carrying the prefetch walk on from the previous pass.
+    func source(_ c: Int) -> StoredValueRows<Rows> {
+        StoredValueRows(rows: rows, rowStride: rowStride, column: c, blockSize: b, valueDimension: dv, prefetch: ahead)
+    }
     while dv - c >= 40 || dv - c == 24 {
-        storedValueRows4x24(pT, keyCount: keyCount, stored, column: c, blockSize: b, out: o + c, dv, &ahead)
-        c += 24
+        var values = source(c)
+        valueRows4x24(
+            pT, weightStride: 16, rowStride: 1, keyCount: keyCount, &values, out: o + c, valueStride: dv,
+            overwrite: false)
+        (ahead, c) = (values.prefetch, c + 24)
     }
     while c + 16 <= dv {
-        storedValueRows4x16(pT, keyCount: keyCount, stored, column: c, blockSize: b, out: o + c, dv, &ahead)
-        c += 16
+        var values = source(c)
+        valueRows4(
+            pT, weightStride: 16, rowStride: 1, keyCount: keyCount, &values, out: o + c, valueStride: dv,
+            overwrite: false)
+        (ahead, c) = (values.prefetch, c + 16)
     }
     ahead.finish()
 }
 
-/// Stored value rows of one format: eight values of row `k` from column c, as Floats (scaled for 8-bit rows).
-private struct StoredValueRows<Rows: StoredRowFormat> {
-    let rows: UnsafeRawPointer
-    let rowStride: Int
-    /// Bytes of block scales before a row's values.
-    let header: Int
+/// Stored value rows of one format from a pass's first column: eight values of the current row at a time, as
+/// Floats (8-bit codes times their block's scale, whose index is found once per pass), with the next tile's lines
+/// hinted one per key step across all passes (`LinePrefetch`, carried from pass to pass).
+private struct StoredValueRows<Rows: StoredRowFormat>: ValueRowSource {
+    private var row: UnsafeRawPointer
+    private let rowStride: Int
+    /// The pass's first column, past the block scales (bytes to the first value).
+    private let column: Int
+    private let header: Int
+    /// The blocks of the pass's columns 0, 8 and 16.
+    private let scaleIndices: (Int, Int, Int)
+    var prefetch: LinePrefetch
 
-    /// `scaleIndex`: the block of column c (c / b, computed once per pass).
-    @inline(__always) func load8(_ row: UnsafeRawPointer, _ c: Int, scaleIndex: Int) -> SIMD8<Float> {
-        let values = Rows.values(row + header, c)
+    @inline(__always) init(
+        rows: UnsafeRawPointer, rowStride: Int, column: Int, blockSize b: Int, valueDimension dv: Int,
+        prefetch: LinePrefetch
+    ) {
+        (row, self.rowStride, self.column, self.prefetch) = (rows, rowStride, column, prefetch)
+        header = Rows.scaled ? 4 * (dv / b) : 0
+        scaleIndices = (column / b, (column + 8) / b, (column + 16) / b)
+    }
+
+    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+        let values = Rows.values(row + header, column &+ offset)
         guard Rows.scaled else { return values }
-        return values * SIMD8(repeating: row.load(fromByteOffset: 4 &* scaleIndex, as: Float.self))
+        let block = offset == 0 ? scaleIndices.0 : offset == 8 ? scaleIndices.1 : scaleIndices.2
+        return values * SIMD8(repeating: row.load(fromByteOffset: 4 &* block, as: Float.self))
     }
-}
 
-/// `valueRows4x24` on stored rows (see `accumulateStoredValues`).
-@inline(__always)
-private func storedValueRows4x24<Rows>(
-    _ pT: UnsafePointer<Float>, keyCount: Int, _ stored: StoredValueRows<Rows>, column c: Int, blockSize b: Int,
-    out: UnsafeMutablePointer<Float>, _ dv: Int, _ ahead: inout LinePrefetch
-) {
-    var (a0, a1, a2, a3) = loadRows4(out, dv)
-    var (b0, b1, b2, b3) = (load8(out + 16), load8(out + dv + 16), load8(out + 2 * dv + 16), load8(out + 3 * dv + 16))
-    let (s0, s1, s2) = (c / b, (c + 8) / b, (c + 16) / b)
-    var p = pT
-    var row = stored.rows
-    for _ in 0..<keyCount {
-        ahead.step()
-        let v0 = SIMD16(
-            lowHalf: stored.load8(row, c, scaleIndex: s0), highHalf: stored.load8(row, c + 8, scaleIndex: s1))
-        let v1 = stored.load8(row, c + 16, scaleIndex: s2)
-        let p0 = p[0]
-        a0 = multiplyAdd(SIMD16(repeating: p0), v0, a0)
-        b0 = multiplyAdd(SIMD8(repeating: p0), v1, b0)
-        let p1 = p[1]
-        a1 = multiplyAdd(SIMD16(repeating: p1), v0, a1)
-        b1 = multiplyAdd(SIMD8(repeating: p1), v1, b1)
-        let p2 = p[2]
-        a2 = multiplyAdd(SIMD16(repeating: p2), v0, a2)
-        b2 = multiplyAdd(SIMD8(repeating: p2), v1, b2)
-        let p3 = p[3]
-        a3 = multiplyAdd(SIMD16(repeating: p3), v0, a3)
-        b3 = multiplyAdd(SIMD8(repeating: p3), v1, b3)
-        p += 16
-        row += stored.rowStride
+    @inline(__always) func load16(_ offset: Int) -> SIMD16<Float> {
+        SIMD16(lowHalf: load8(offset), highHalf: load8(offset + 8))
     }
-    storeRows4((a0, a1, a2, a3), out, dv)
-    store8(b0, out + 16)
-    store8(b1, out + dv + 16)
-    store8(b2, out + 2 * dv + 16)
-    store8(b3, out + 3 * dv + 16)
-}
 
-/// `valueRows4` on stored rows (see `accumulateStoredValues`).
-@inline(__always)
-private func storedValueRows4x16<Rows>(
-    _ pT: UnsafePointer<Float>, keyCount: Int, _ stored: StoredValueRows<Rows>, column c: Int, blockSize b: Int,
-    out: UnsafeMutablePointer<Float>, _ dv: Int, _ ahead: inout LinePrefetch
-) {
-    var (a0, a1, a2, a3) = loadRows4(out, dv)
-    let (s0, s1) = (c / b, (c + 8) / b)
-    var p = pT
-    var row = stored.rows
-    for _ in 0..<keyCount {
-        ahead.step()
-        let vk = SIMD16(
-            lowHalf: stored.load8(row, c, scaleIndex: s0), highHalf: stored.load8(row, c + 8, scaleIndex: s1))
-        a0 = multiplyAdd(SIMD16<Float>(repeating: p[0]), vk, a0)
-        a1 = multiplyAdd(SIMD16<Float>(repeating: p[1]), vk, a1)
-        a2 = multiplyAdd(SIMD16<Float>(repeating: p[2]), vk, a2)
-        a3 = multiplyAdd(SIMD16<Float>(repeating: p[3]), vk, a3)
-        p += 16
-        row += stored.rowStride
-    }
-    storeRows4((a0, a1, a2, a3), out, dv)
+    @inline(__always) mutating func step() { prefetch.step() }
+    @inline(__always) mutating func advance() { row += rowStride }
+    @inline(__always) mutating func finish() {}
 }
 
 /// Hints the lines of `bytes` consecutive bytes, one per step, and the rest at `finish`.
-private struct LinePrefetch {
+struct LinePrefetch {
     private var line: UnsafeRawPointer?
     private let end: UnsafeRawPointer?
 
@@ -892,7 +893,7 @@ private struct LinePrefetch {
 /// The value kernels' walk over the next tile's rows: one row's lines (16 floats each, at the kernel's columns)
 /// per key step, and the rest after the loop, for a next tile longer than this one (a segment's first, clipped
 /// tile is followed by a whole one).
-private struct ValueRowPrefetch {
+struct ValueRowPrefetch {
     private var line: UnsafePointer<Float>?
     private var remaining: Int
     private let stride: Int
