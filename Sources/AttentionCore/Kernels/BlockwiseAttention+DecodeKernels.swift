@@ -776,12 +776,13 @@ private func valueRows4x24<Values: ValueRowSource>(
 /// per key, lane r = row r), value rows as the cache stores them (`rowStride` bytes apart, in `format`): each
 /// stretch of eight values is converted in registers as it is loaded (8-bit codes times their block's scale, the
 /// value `RowCodec.decode` makes) and serves the four rows, so no decoded value tile is written and read back. The
-/// passes are the compact Float32 kernels themselves (`valueRows4x24` while 40 or more, or exactly 24, columns are
-/// left, then `valueRows4`) over a `StoredValueRows` source, so every output element sums its keys in the same
-/// order and the result is bitwise that of decoding the tile first. Needs Dv % 16 == 0 (`FewRows.readsStoredValues`). The next tile's
-/// stored value rows, which are consecutive, are hinted one line per key step. Measured on an AMD EPYC Zen 3 VM
-/// (AVX2, 2026-12-07; one token, H_q 32 / H_kv 8, d 128, 32768 keys, the two paths alternated call by call, medians
-/// of 40 calls each), against decoding the value tile first: Float16 11.9 against 13.6 ms on one thread and 7.2
+/// passes are the Float32 kernel `valueRows4` (16 columns) over a `StoredValueRows` source, and every output element
+/// sums its keys in order as in the Float32 kernels, so the result is bitwise that of decoding the tile first. Needs
+/// Dv % 16 == 0 (`FewRows.readsStoredValues`). The next tile's stored value rows, which are consecutive, are hinted
+/// evenly over the passes' key steps (`LinePrefetch`). First measured, with 24-column passes for 16-bit rows and one
+/// hint per key step (see `storedValues` for what the present passes gained since), on an AMD EPYC Zen 3 VM (AVX2,
+/// 2026-12-07; one token, H_q 32 / H_kv 8, d 128, 32768 keys, the two paths alternated call by call, medians of 40
+/// calls each), against decoding the value tile first: Float16 11.9 against 13.6 ms on one thread and 7.2
 /// against 8.5 on two; BFloat16 12.6 / 14.9 and 6.5 / 7.6; 8-bit 13.5 / 14.0 and 6.9 / 7.9; outputs bitwise equal.
 @inline(__always)
 func accumulateStoredValues(
@@ -807,29 +808,23 @@ private func storedValues<Rows: StoredRowFormat>(
     _: Rows.Type, _ pT: UnsafePointer<Float>, _ keyCount: Int, _ rows: UnsafeRawPointer, _ rowStride: Int,
     blockSize b: Int, _ dv: Int, _ o: UnsafeMutablePointer<Float>, _ next: TilePrefetch?
 ) {
+    // 16-column passes only, the next tile's lines spread evenly over all their key steps. Zen 3, alternated call
+    // by call with 24-column passes for 16-bit rows (the Float32 compact kernels' split) and one hint per key step
+    // (32768 keys, medians of 40 calls): Float16 11.7 against 14.1 ms on one thread, 7.4 against 8.1 on two;
+    // BFloat16 12.2 / 14.2 and 8.7 / 9.4; 8-bit (already in 16-column passes) 15.3 / 15.9 and 8.3 / 8.8; over
+    // 1024 keys, in cache, Float16 0.39 / 0.45 ms. With a converted stretch in registers (and the scale multiply),
+    // the 24-column pass's twelve accumulators leave too few registers and spill.
+    let passes = dv / 16
     var ahead = LinePrefetch(
-        next.map { UnsafeRawPointer($0.values) }, bytes: next.map { 4 * $0.keyCount * $0.valueStride } ?? 0)
-    var c = 0
-    /// The rows from column c, carrying the prefetch walk on from the previous pass.
-    func source(_ c: Int) -> StoredValueRows<Rows> {
-        StoredValueRows(rows: rows, rowStride: rowStride, column: c, blockSize: b, valueDimension: dv, prefetch: ahead)
-    }
-    // 8-bit rows in 16-column passes only: with the scale multiply, the 24-column pass spills (Zen 3, 32768 keys,
-    // alternated: 11.9-12.8 against 13.0-13.7 ms, fastest of 40 calls, three rounds; 1024 keys 0.40 against
-    // 0.44-0.58). 16-bit rows keep it: from memory it was the faster (12.1-12.3 against 12.7-12.9 ms for Float16).
-    while !Rows.scaled && (dv - c >= 40 || dv - c == 24) {
-        var values = source(c)
-        valueRows4x24(
-            pT, weightStride: 16, rowStride: 1, keyCount: keyCount, &values, out: o + c, valueStride: dv,
-            overwrite: false)
-        (ahead, c) = (values.prefetch, c + 24)
-    }
-    while c + 16 <= dv {
-        var values = source(c)
+        next.map { UnsafeRawPointer($0.values) }, bytes: next.map { 4 * $0.keyCount * $0.valueStride } ?? 0,
+        steps: passes * keyCount)
+    for pass in 0..<passes {
+        var values = StoredValueRows<Rows>(
+            rows: rows, rowStride: rowStride, column: 16 * pass, blockSize: b, valueDimension: dv, prefetch: ahead)
         valueRows4(
-            pT, weightStride: 16, rowStride: 1, keyCount: keyCount, &values, out: o + c, valueStride: dv,
+            pT, weightStride: 16, rowStride: 1, keyCount: keyCount, &values, out: o + 16 * pass, valueStride: dv,
             overwrite: false)
-        (ahead, c) = (values.prefetch, c + 16)
+        ahead = values.prefetch
     }
     ahead.finish()
 }
@@ -872,16 +867,24 @@ private struct StoredValueRows<Rows: StoredRowFormat>: ValueRowSource {
     @inline(__always) mutating func finish() {}
 }
 
-/// Hints the lines of `bytes` consecutive bytes, one per step, and the rest at `finish`.
+/// Hints the lines of consecutive bytes, spread over a number of steps, and any left at `finish`.
 struct LinePrefetch {
     private var line: UnsafeRawPointer?
     private let end: UnsafeRawPointer?
+    /// Key steps per hint, and the steps since the last.
+    private let every: Int
+    private var count = 0
 
-    @inline(__always) init(_ start: UnsafeRawPointer?, bytes: Int) {
+    /// Spreads the lines of `bytes` bytes at `start` over `steps` steps (one hint every steps / lines steps).
+    @inline(__always) init(_ start: UnsafeRawPointer?, bytes: Int, steps: Int) {
         (line, end) = (start, start.map { $0 + bytes })
+        every = Swift.max(1, steps / Swift.max(1, (bytes + 63) / 64))
     }
 
     @inline(__always) mutating func step() {
+        count &+= 1
+        if count < every { return }
+        count = 0
         guard let next = line, let end, next < end else { return }
         prefetchToL2(next)
         line = next + 64
