@@ -561,20 +561,13 @@ func accumulateValuesFewRows(
     var r = 0
     while r + 4 <= rowCount {
         var c = 0
-        /// The Float32 rows at column c, and the next tile's lines there (by the first four rows' passes).
-        func rows(_ c: Int, lines: Int) -> FloatValueRows {
-            FloatValueRows(
-                values + c, stride: dv,
-                prefetch: ValueRowPrefetch(
-                    r == 0 ? next.map { $0.values + c } : nil, rows: next?.keyCount ?? 0,
-                    stride: next?.valueStride ?? dv, lines: lines))
-        }
         // Compact: 24-column passes (twelve chains) while the rest stays a multiple of 16 or 24 wide.
         while compact && (dv - c >= 40 || dv - c == 24) {
-            var source = rows(c, lines: 2)
             valueRows4x24(
-                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, &source, out: o + r * dv + c,
-                valueStride: dv, overwrite: overwrite)
+                pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, values: values + c,
+                valueStride: dv, out: o + r * dv + c, overwrite: overwrite,
+                prefetch: r == 0 ? next.map { $0.values + c } : nil, prefetchCount: next?.keyCount ?? 0,
+                prefetchStride: next?.valueStride ?? dv)
             c += 24
         }
         while !compact && c + 32 <= dv {
@@ -586,7 +579,12 @@ func accumulateValuesFewRows(
             c += 32
         }
         while c + 16 <= dv {
-            var source = rows(c, lines: 1)
+            // The Float32 rows at column c, and the next tile's lines there (by the first four rows' passes).
+            var source = FloatValueRows(
+                values + c, stride: dv,
+                prefetch: ValueRowPrefetch(
+                    r == 0 ? next.map { $0.values + c } : nil, rows: next?.keyCount ?? 0,
+                    stride: next?.valueStride ?? dv, lines: 1))
             valueRows4(
                 pT + r * rs, weightStride: ws, rowStride: rs, keyCount: keyCount, &source, out: o + r * dv + c,
                 valueStride: dv, overwrite: overwrite)
@@ -613,14 +611,13 @@ func accumulateValuesFewRows(
     }
 }
 
-/// Where the four-row value kernels read one pass's value rows: Float32 rows in place (`FloatValueRows`) or rows as
-/// a cache stores them, converted as they load (`StoredValueRows`). The kernels call `step` once per key (the
-/// pass's share of the next tile's prefetch), load the current row's values at offsets from the pass's first column,
-/// then `advance` to the next row, and `finish` after the last key.
+/// Where the 16-column value kernel `valueRows4` reads one pass's value rows: Float32 rows in place
+/// (`FloatValueRows`) or rows as a cache stores them, converted as they load (`StoredValueRows`). The kernel calls
+/// `step` once per key (the pass's share of the next tile's prefetch), loads the current row's 16 values, then
+/// `advance`s to the next row, and calls `finish` after the last key.
 protocol ValueRowSource {
-    /// Values `offset ..< offset + 8` (and `+ 16`) of the pass, in the current row.
-    func load8(_ offset: Int) -> SIMD8<Float>
-    func load16(_ offset: Int) -> SIMD16<Float>
+    /// The pass's 16 values of the current row.
+    func load16() -> SIMD16<Float>
     mutating func step()
     mutating func advance()
     mutating func finish()
@@ -637,8 +634,7 @@ struct FloatValueRows: ValueRowSource {
         (row, self.stride, self.prefetch) = (first, stride, prefetch)
     }
 
-    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> { AttentionCore.load8(row + offset) }
-    @inline(__always) func load16(_ offset: Int) -> SIMD16<Float> { AttentionCore.load16(row, offset) }
+    @inline(__always) func load16() -> SIMD16<Float> { AttentionCore.load16(row, 0) }
     @inline(__always) mutating func step() { prefetch.step() }
     @inline(__always) mutating func advance() { row += stride }
     @inline(__always) mutating func finish() { prefetch.finish() }
@@ -656,7 +652,7 @@ private func valueRows4<Values: ValueRowSource>(
     var p = pT
     for _ in 0..<keyCount {
         values.step()
-        let vk = values.load16(0)
+        let vk = values.load16()
         a0 = multiplyAdd(SIMD16<Float>(repeating: p[0]), vk, a0)
         a1 = multiplyAdd(SIMD16<Float>(repeating: p[rs]), vk, a1)
         a2 = multiplyAdd(SIMD16<Float>(repeating: p[2 * rs]), vk, a2)
@@ -731,24 +727,26 @@ private func valueRows4x32(
 
 /// Four rows x 24 value columns (a SIMD16 and a SIMD8 per row): twelve independent chains of 256-bit halves
 /// within 16 registers (the accumulators, the value stretch and a broadcast weight), the compact kernels' main
-/// value step. Every output element sums its keys in order, as in the other value kernels. Float32 sources
-/// prefetch the two lines at columns 0 and 16 of each of the next tile's rows (the passes together cover every
-/// line of a row).
+/// value step. Every output element sums its keys in order, as in the other value kernels. Prefetches the two
+/// lines at columns 0 and 16 of each of the next tile's rows (the passes together cover every line of a row).
 @inline(__always)
-private func valueRows4x24<Values: ValueRowSource>(
-    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int, _ values: inout Values,
-    out: UnsafeMutablePointer<Float>, valueStride dv: Int, overwrite: Bool
+private func valueRows4x24(
+    _ pT: UnsafePointer<Float>, weightStride ws: Int, rowStride rs: Int, keyCount: Int,
+    values: UnsafePointer<Float>, valueStride dv: Int, out: UnsafeMutablePointer<Float>, overwrite: Bool,
+    prefetch: UnsafePointer<Float>?, prefetchCount: Int, prefetchStride: Int
 ) {
     var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
     var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+    var ahead = ValueRowPrefetch(prefetch, rows: prefetchCount, stride: prefetchStride, lines: 2)
     if !overwrite {
         (a0, a1, a2, a3) = loadRows4(out, dv)
         (b0, b1, b2, b3) = (load8(out + 16), load8(out + dv + 16), load8(out + 2 * dv + 16), load8(out + 3 * dv + 16))
     }
     var p = pT
+    var v = values
     for _ in 0..<keyCount {
-        values.step()
-        let (v0, v1) = (values.load16(0), values.load8(16))
+        ahead.step()
+        let (v0, v1) = (load16(v, 0), load8(v + 16))
         let p0 = p[0]
         a0 = multiplyAdd(SIMD16(repeating: p0), v0, a0)
         b0 = multiplyAdd(SIMD8(repeating: p0), v1, b0)
@@ -762,9 +760,9 @@ private func valueRows4x24<Values: ValueRowSource>(
         a3 = multiplyAdd(SIMD16(repeating: p3), v0, a3)
         b3 = multiplyAdd(SIMD8(repeating: p3), v1, b3)
         p += ws
-        values.advance()
+        v += dv
     }
-    values.finish()
+    ahead.finish()
     storeRows4((a0, a1, a2, a3), out, dv)
     store8(b0, out + 16)
     store8(b1, out + dv + 16)
@@ -829,17 +827,17 @@ private func storedValues<Rows: StoredRowFormat>(
     ahead.finish()
 }
 
-/// Stored value rows of one format from a pass's first column: eight values of the current row at a time, as
-/// Floats (8-bit codes times their block's scale, whose index is found once per pass), with the next tile's lines
-/// hinted one per key step across all passes (`LinePrefetch`, carried from pass to pass).
+/// Stored value rows of one format at a pass's 16 columns, as Floats (8-bit codes times their block's scale, whose
+/// index is found once per pass), with the next tile's lines hinted evenly over all passes (`LinePrefetch`, carried
+/// from pass to pass).
 private struct StoredValueRows<Rows: StoredRowFormat>: ValueRowSource {
     private var row: UnsafeRawPointer
     private let rowStride: Int
-    /// The pass's first column, past the block scales (bytes to the first value).
+    /// The pass's first column, and the bytes of block scales before a row's values.
     private let column: Int
     private let header: Int
-    /// The blocks of the pass's columns 0, 8 and 16.
-    private let scaleIndices: (Int, Int, Int)
+    /// The blocks of the pass's columns 0 ..< 8 and 8 ..< 16.
+    private let scaleIndices: (Int, Int)
     var prefetch: LinePrefetch
 
     @inline(__always) init(
@@ -848,18 +846,18 @@ private struct StoredValueRows<Rows: StoredRowFormat>: ValueRowSource {
     ) {
         (row, self.rowStride, self.column, self.prefetch) = (rows, rowStride, column, prefetch)
         header = Rows.scaled ? 4 * (dv / b) : 0
-        scaleIndices = (column / b, (column + 8) / b, (column + 16) / b)
+        scaleIndices = (column / b, (column + 8) / b)
     }
 
-    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+    /// Eight values from column `column + offset`, scaled by block `block`.
+    @inline(__always) private func load8(_ offset: Int, block: Int) -> SIMD8<Float> {
         let values = Rows.values(row + header, column &+ offset)
         guard Rows.scaled else { return values }
-        let block = offset == 0 ? scaleIndices.0 : offset == 8 ? scaleIndices.1 : scaleIndices.2
         return values * SIMD8(repeating: row.load(fromByteOffset: 4 &* block, as: Float.self))
     }
 
-    @inline(__always) func load16(_ offset: Int) -> SIMD16<Float> {
-        SIMD16(lowHalf: load8(offset), highHalf: load8(offset + 8))
+    @inline(__always) func load16() -> SIMD16<Float> {
+        SIMD16(lowHalf: load8(0, block: scaleIndices.0), highHalf: load8(8, block: scaleIndices.1))
     }
 
     @inline(__always) mutating func step() { prefetch.step() }
