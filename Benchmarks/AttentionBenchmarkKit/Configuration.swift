@@ -109,7 +109,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
           --repetitions R     minimum timed repetitions per case (default 3; more run until ~1 s is spent)
           --kernels LIST      only these kernels of the chosen suites, e.g. blockwise
           --storage LIST      decode suite: the cache formats timed beside the tensor call (decode-cache rows),
-                              from f32, f16, bf16, q8, q4 (default all; "none" for none); blockwise suite:
+                              from f32, f16, bf16, q8, q4 (default all; "none" for none), and a "storage:"
+                              line per thread count with each format's time over f32's at 32768 keys, the
+                              formats called in turn (median of the rounds' ratios); blockwise suite:
                               the formats of stored-tensor rows beside each d = 128 case (default f16)
           --query-block Br    blockwise kernel: query positions per block and head (default: 64 / group size)
           --key-block Bc      blockwise kernel: keys per tile (default 64)

@@ -177,14 +177,18 @@ for line in growthSummaries(records) + paddingSummaries(records) + packedSummari
 {
     note(line)
 }
-if configuration.suites.contains("window") {
+/// The lines of a suite's side-by-side timing (`what` names it in an error, which ends the run).
+@MainActor func notePaired(_ suite: String, _ what: String, _ lines: () throws -> [String]) {
+    guard configuration.suites.contains(suite) else { return }
     do {
-        for line in try pairedWindowGrowth(configuration, allThreads: allThreads) { note(line) }
+        for line in try lines() { note(line) }
     } catch {
-        printError("attention-bench: paired window growth failed: \(error)")
+        printError("attention-bench: \(what) failed: \(error)")
         exit(1)
     }
 }
+notePaired("window", "paired window growth") { try pairedWindowGrowth(configuration, allThreads: allThreads) }
+notePaired("decode", "paired storage ratios") { try pairedStorageRatios(configuration, allThreads: allThreads) }
 
 if !memoryCases.isEmpty {
     let executable = currentExecutablePath()

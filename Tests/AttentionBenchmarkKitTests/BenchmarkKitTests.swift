@@ -294,4 +294,35 @@ final class BenchmarkKitTests: XCTestCase {
         XCTAssertTrue(line.hasSuffix("visible work x15.82"), line)
         XCTAssertNil(try pairedWindowGrowth(lengths: [64], heads: 1, headDimension: 8, threads: 1, rounds: 3))
     }
+
+    func testPairedStorageRatiosGiveEachFormatAgainstFloat32() throws {
+        let formats = decodeStorages.filter { ["f16", "f32", "q8"].contains($0.name) }
+        let line = try XCTUnwrap(
+            try pairedStorageRatios(
+                keyLength: 96, queryHeads: 4, keyValueHeads: 2, headDimension: 32, formats: formats, threads: 1,
+                rounds: 3))
+        XCTAssertTrue(
+            line.hasPrefix("storage: decode paired (3 rounds, formats in turn), 1 thread, 96 keys, H 4/2, d 32"), line)
+        // f16 and q8 in the order given, each as the median round's ratio within the rounds' range; f32 only as the
+        // base.
+        let parts = try XCTUnwrap(line.components(separatedBy: "): ").last).components(separatedBy: "), ")
+        XCTAssertEqual(parts.count, 2, line)
+        for (part, name) in zip(parts, ["f16", "q8"]) {
+            let numbers = part.split(whereSeparator: { " x()-,".contains($0) }).compactMap { Double($0) }
+            XCTAssertTrue(part.hasPrefix(name == "f16" ? "f16 x" : "q8 x"), line)
+            XCTAssertEqual(numbers.count, 4, line)
+            if numbers.count == 4 {
+                XCTAssertTrue(numbers[1] <= numbers[0] && numbers[0] <= numbers[2], line)
+                XCTAssertTrue(numbers.allSatisfy { $0 > 0 }, line)
+            }
+        }
+        XCTAssertNil(
+            try pairedStorageRatios(
+                keyLength: 96, queryHeads: 4, keyValueHeads: 2, headDimension: 32,
+                formats: formats.filter { $0.name != "f32" }, threads: 1, rounds: 3))
+        XCTAssertNil(
+            try pairedStorageRatios(
+                keyLength: 96, queryHeads: 4, keyValueHeads: 2, headDimension: 32,
+                formats: formats.filter { $0.name == "f32" }, threads: 1, rounds: 3))
+    }
 }
