@@ -4,7 +4,7 @@ import _AttentionTestSupport
 
 final class StorageFormatTests: XCTestCase {
     static let formats: [StorageFormat] = [
-        .float32, .float16, .bfloat16, .int8(), .int4(), .int8(blockSize: 16),
+        .float32, .float16, .bfloat16, .int8(), .int4(), .int8(blockSize: 16), .int8(blockSize: 8),
         .int4(blockSize: 8), .int4(blockSize: 16), .int4(blockSize: 64),
     ]
 
