@@ -1,11 +1,11 @@
-// The decode suite's storage bars timed side by side: one token over a cache in each storage format, the formats
-// called in turn, each format's time as a ratio to Float32's in the same round.
+// The storage bars timed side by side: one token over a cache in each storage format (decode suite), and prefill
+// over stored tensors beside the Float32 tensor call (blockwise suite), each ratio formed within one round.
 //
-// The storage bars are ratios (F16 decode at most 0.55x the Float32 time, and so on), and the suite's cases run one
-// after another for a second or two each. On a shared VM, whose slow spells last seconds, the two terms of such a
-// ratio then come from different minutes: single runs of the suite gave F16 0.47-0.60x of Float32 within an hour
-// (Zen 3, 2026-12-07). Called in turn, every format meets the same spells, and the median of the per-round ratios
-// is the figure to hold against a bar.
+// The storage bars are ratios (F16 decode at most 0.55x the Float32 time, prefill over F16 keys and values at least
+// 0.9x the Float32 GFLOP/s), and the suites' cases run one after another for a second or two each. On a shared VM,
+// whose slow spells last seconds, the two terms of such a ratio then come from different minutes: single runs of
+// the decode suite gave F16 0.47-0.60x of Float32 within an hour (Zen 3, 2026-12-07). Called in turn, the terms
+// meet the same spells, and the median of the per-round ratios is the figure to hold against a bar.
 
 import AttentionCore
 import Foundation
@@ -74,4 +74,60 @@ package func pairedStorageRatios(
     return "storage: decode paired (\(rounds) rounds, formats in turn), \(threads) thread\(threads == 1 ? "" : "s"), "
         + "\(n) keys, H \(queryHeads)/\(keyValueHeads), d \(d), time vs f32 ("
         + String(format: "median %.2f ms", median(times[base]) * 1e3) + "): " + parts.joined(separator: ", ")
+}
+
+/// One line per blockwise-suite case over stored tensors at N = 2048 (or the longest N of the sweep below it):
+/// the Float32 tensor call and the same call over the stored tensors in turn, after a warm-up call each, for 7
+/// rounds (3 with --quick); the median of the per-round ratios of the stored call's rate to the Float32 call's
+/// (Float32 time / stored time), with their range.
+public func pairedStoredPrefill(_ cases: [BenchmarkCase], quick: Bool) throws -> [String] {
+    let stored = cases.filter { $0.suite == "blockwise" && $0.tensorStorage != nil && $0.queryLength <= 2048 }
+    guard let length = stored.map(\.queryLength).max() else { return [] }
+    return try stored.filter { $0.queryLength == length }.map { try pairedStoredPrefill($0, rounds: quick ? 3 : 7) }
+}
+
+/// One case of `pairedStoredPrefill(_:quick:)` (a case with `tensorStorage`).
+package func pairedStoredPrefill(_ c: BenchmarkCase, rounds: Int) throws -> String {
+    guard let storage = c.tensorStorage, rounds > 0 else {
+        throw AttentionError.invalidValue(
+            argument: "case", expected: "a case over stored tensors and rounds > 0", actual: "\(c.kernelName)")
+    }
+    let inputs = try attentionInputs(
+        batch: c.batch, queryHeads: c.queryHeads, keyValueHeads: c.keyValueHeads, queryLength: c.queryLength,
+        keyLength: c.keyLength, headDimension: c.headDimension, seed: 7)
+    let queries = try StoredTensor(inputs.queries, format: storage.format.isQuantized ? .float32 : storage.format)
+    let keys = try StoredTensor(inputs.keys, format: storage.format)
+    let values = try StoredTensor(inputs.values, format: storage.format)
+    let clock = ContinuousClock()
+    func tensors() throws -> Double {
+        try clock.measure {
+            _ = try partialAttention(
+                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask, options: c.options)
+        }.inSeconds
+    }
+    func storedTensors() throws -> Double {
+        try clock.measure {
+            _ = try partialAttention(queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
+        }.inSeconds
+    }
+    _ = try tensors()
+    _ = try storedTensors()
+    var ratios: [Double] = []
+    for round in 0..<rounds {
+        // Which call goes first alternates, so neither always runs on the other's warm caches.
+        if round % 2 == 0 {
+            let base = try tensors()
+            ratios.append(base / (try storedTensors()))
+        } else {
+            let time = try storedTensors()
+            ratios.append(try tensors() / time)
+        }
+    }
+    ratios.sort()
+    return "storage: blockwise paired (\(rounds) rounds, in turn), \(storage.name) keys and values, \(c.maskName), "
+        + "H \(c.queryHeads)/\(c.keyValueHeads), N \(c.queryLength), d \(c.headDimension), \(c.threads) "
+        + "thread\(c.threads == 1 ? "" : "s"): "
+        + String(
+            format: "x%.2f of the Float32 rate (rounds %.2f-%.2f)", TimingSummary(samples: ratios).median, ratios[0],
+            ratios[ratios.count - 1])
 }

@@ -189,6 +189,9 @@ for line in growthSummaries(records) + paddingSummaries(records) + packedSummari
 }
 notePaired("window", "paired window growth") { try pairedWindowGrowth(configuration, allThreads: allThreads) }
 notePaired("decode", "paired storage ratios") { try pairedStorageRatios(configuration, allThreads: allThreads) }
+notePaired("blockwise", "paired stored prefill") {
+    try pairedStoredPrefill(blockwiseSuite(configuration, allThreads: allThreads), quick: configuration.quick)
+}
 
 if !memoryCases.isEmpty {
     let executable = currentExecutablePath()

@@ -325,4 +325,30 @@ final class BenchmarkKitTests: XCTestCase {
                 keyLength: 96, queryHeads: 4, keyValueHeads: 2, headDimension: 32,
                 formats: formats.filter { $0.name == "f32" }, threads: 1, rounds: 3))
     }
+
+    func testPairedStoredPrefillGivesTheStoredRateAgainstFloat32s() throws {
+        var c = BenchmarkCase(
+            suite: "blockwise", kernelName: "blockwise", kernel: .blockwise(), maskName: "causal", mask: .causal,
+            queryHeads: 4, keyValueHeads: 2, queryLength: 40, keyLength: 40, headDimension: 16, threads: 1)
+        XCTAssertThrowsError(try pairedStoredPrefill(c, rounds: 3))
+        c.tensorStorage = ("bf16", .bfloat16)
+        let line = try pairedStoredPrefill(c, rounds: 3)
+        XCTAssertTrue(
+            line.hasPrefix(
+                "storage: blockwise paired (3 rounds, in turn), bf16 keys and values, causal, H 4/2, N 40, d 16, "
+                    + "1 thread: x"), line)
+        let numbers = try XCTUnwrap(line.components(separatedBy: ": x").last)
+            .split(whereSeparator: { " ()-".contains($0) }).compactMap { Double($0) }
+        XCTAssertEqual(numbers.count, 3, line)
+        if numbers.count == 3 { XCTAssertTrue(numbers[1] <= numbers[0] && numbers[0] <= numbers[2], line) }
+        // Only the stored cases at the longest N up to 2048 get a line.
+        var long = c
+        long.queryLength = 48
+        var plain = c
+        plain.tensorStorage = nil
+        plain.queryLength = 48
+        let lines = try pairedStoredPrefill([c, long, plain], quick: true)
+        XCTAssertEqual(lines.count, 1)
+        XCTAssertTrue(lines.first?.contains("N 48,") ?? false, "\(lines)")
+    }
 }
