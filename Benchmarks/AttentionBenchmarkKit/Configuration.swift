@@ -95,7 +95,7 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
 
           --suite NAMES       comma-separated suites to run (default: blockwise,memory: blockwise beside naive, then
                               each kernel's memory in a child process; a few minutes). Known: \(knownSuites.joined(separator: ", "))
-          --quick             a smaller sweep: about a minute (72-85 s on a 2-vCPU Zen 3 VM)
+          --quick             a smaller sweep: one to two minutes (98 s on a 2-vCPU Zen 3 VM)
           --full              the whole sweep (blockwise up to N = 16384; takes tens of minutes)
           --json              one JSON object per case per line instead of the table
           --csv               CSV with a header line instead of the table
@@ -112,7 +112,8 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
                               from f32, f16, bf16, q8, q4 (default all; "none" for none), and a "storage:"
                               line per thread count with each format's time over f32's at 32768 keys, the
                               formats called in turn (median of the rounds' ratios); blockwise suite:
-                              the formats of stored-tensor rows beside each d = 128 case (default f16)
+                              the formats of stored-tensor rows beside each d = 128 case (default f16), and
+                              a "storage:" line for each at N 2048, timed in turn with the Float32 call
           --query-block Br    blockwise kernel: query positions per block and head (default: 64 / group size)
           --key-block Bc      blockwise kernel: keys per tile (default 64)
           --help              this text
