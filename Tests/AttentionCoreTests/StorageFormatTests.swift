@@ -85,6 +85,23 @@ final class StorageFormatTests: XCTestCase {
                     "float16 of \(x) (bits \(x.bitPattern)): \(half) vs \(swiftHalf)")
             #endif
         }
+        // The codecs' row encoders (the hardware conversion where the target has one) give the same codes, in rows
+        // of 16 and of 7 (a vector loop's tail).
+        for (format, bits) in [(StorageFormat.float16, float16Bits), (.bfloat16, bfloat16Bits)] {
+            for dimension in [16, 7] {
+                let rows = samples.count / dimension
+                var codes = [UInt16](repeating: 0, count: rows * dimension)
+                codes.withUnsafeMutableBytes { target in
+                    RowCodec(format, dimension: dimension).encode(samples, rows: rows, into: target.baseAddress!)
+                }
+                for (x, code) in zip(samples, codes) {
+                    let expected = bits(x)
+                    XCTAssertTrue(
+                        code == expected || x.isNaN && code & 0x7fff > (format == .float16 ? 0x7c00 : 0x7f80),
+                        "\(format) row encoding of \(x) (bits \(x.bitPattern)): \(code) vs \(expected)")
+                }
+            }
+        }
     }
 
     func testEveryFormatMatchesTheReferenceOnItsStoredValues() throws {

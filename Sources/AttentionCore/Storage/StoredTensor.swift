@@ -100,7 +100,8 @@ extension Tensor {
     /// exactly; quantized values become q * s).
     /// - Complexity: O(stored.rowCount * stored.rowLength).
     public init(_ stored: StoredTensor) {
-        var scalars = [Float](repeating: 0, count: stored.rowCount * stored.rowLength)
+        // Every element is decoded, so large storage is not zero-filled first (`overwrittenScalars`).
+        var scalars = overwrittenScalars(count: stored.rowCount * stored.rowLength)
         let codec = stored.codec
         stored.withRows { rows in
             guard let rows, !scalars.isEmpty else { return }
