@@ -10,7 +10,7 @@
 //   work item copies its query rows into scratch (scaled, in its micro-kernel layout) anyway, so this adds one pass
 //   over Q; its memory is what Float32 queries would take, at most the output's size for Dk = Dv. The pass runs on
 //   the call's threads, into storage that is not zero-filled first (`overwrittenScalars`). Decoded on one thread
-//   into zeroed memory (`Tensor(stored)`), the queries of GQA 32/8 at N 2048, d 128 (32 MiB, four times the keys
+//   into zeroed memory (as `Tensor(stored)` did), the queries of GQA 32/8 at N 2048, d 128 (32 MiB, four times the keys
 //   and values) held the two-thread Float16 call at 0.82-0.87x of the Float32 tensor call's rate; now 0.96-0.99x
 //   (Zen 3, 2026-12-07, three runs each of `attention-bench --suite blockwise`'s paired lines, alternated). One
 //   thread: 0.92-0.98x either way.

@@ -9,7 +9,8 @@
 // platforms, which lack the `Float16` type, it is branch-free integer and float arithmetic per value: a binary16
 // value's bits shifted into binary32 position and multiplied by 2^112 give its value exactly, normal or subnormal;
 // the exponent-31 codes (infinity, NaN) are moved to exponent 255 by a select. Encoding runs once per appended row
-// and is scalar.
+// (and once per stored tensor or Float16 result): Float16 by the hardware conversion where decoding uses it, the
+// other formats by scalar code.
 
 import AttentionPlatform
 
