@@ -42,13 +42,15 @@ public struct StoredTensor: Sendable, Equatable {
         try Self.validate(shape: tensor.shape, format: format)
         let codec = RowCodec(format, dimension: tensor.shape[tensor.rank - 1])
         let rows = tensor.shape.dropLast().reduce(1, *)
-        var bytes = [UInt8](repeating: 0, count: rows * codec.rowBytes)
-        if rows > 0 && codec.rowBytes > 0 {
-            tensor.withUnsafeBufferPointer { source in
-                bytes.withUnsafeMutableBytes { target in
-                    codec.encode(source.baseAddress!, rows: rows, into: target.baseAddress!)
+        // Encoding writes every byte of every row (scales, codes and a 4-bit row's padding nibble), so the storage
+        // is not zero-filled first.
+        let bytes = [UInt8](unsafeUninitializedCapacity: rows * codec.rowBytes) { target, initialized in
+            if rows > 0 && codec.rowBytes > 0 {
+                tensor.withUnsafeBufferPointer { source in
+                    codec.encode(source.baseAddress!, rows: rows, into: UnsafeMutableRawPointer(target.baseAddress!))
                 }
             }
+            initialized = rows * codec.rowBytes
         }
         self.shape = tensor.shape
         self.format = format
