@@ -210,9 +210,7 @@ func runOverStoredTensors(
     _ c: BenchmarkCase, storage: (name: String, format: StorageFormat),
     inputs: (queries: Tensor, keys: Tensor, values: Tensor), budget: Double, minimumRepetitions: Int
 ) throws -> BenchmarkOutcome {
-    let queries = try StoredTensor(inputs.queries, format: storage.format.isQuantized ? .float32 : storage.format)
-    let keys = try StoredTensor(inputs.keys, format: storage.format)
-    let values = try StoredTensor(inputs.values, format: storage.format)
+    let (queries, keys, values) = try storedInputs(inputs, format: storage.format)
     var last: AttentionResult? = nil
     let timing = try measureTimes(minimumRepetitions: minimumRepetitions, budget: budget) {
         last = try partialAttention(
@@ -225,6 +223,16 @@ func runOverStoredTensors(
             bytesPerToken: 2 * c.keyValueHeads * storage.format.bytesPerRow(dimension: c.headDimension),
             timing: timing, result: result, inputs: inputs,
             stored: (Tensor(queries), Tensor(keys), Tensor(values)), gbPerSecond: nil))
+}
+
+/// A case's inputs encoded in `format` (queries in Float32 when the format is quantized: queries are activations).
+func storedInputs(
+    _ inputs: (queries: Tensor, keys: Tensor, values: Tensor), format: StorageFormat
+) throws -> (queries: StoredTensor, keys: StoredTensor, values: StoredTensor) {
+    (
+        try StoredTensor(inputs.queries, format: format.isQuantized ? .float32 : format),
+        try StoredTensor(inputs.keys, format: format), try StoredTensor(inputs.values, format: format)
+    )
 }
 
 /// The record of a case over stored data: errors sampled against the Float64 reference on the stored values (the

@@ -96,9 +96,7 @@ package func pairedStoredPrefill(_ c: BenchmarkCase, rounds: Int) throws -> Stri
     let inputs = try attentionInputs(
         batch: c.batch, queryHeads: c.queryHeads, keyValueHeads: c.keyValueHeads, queryLength: c.queryLength,
         keyLength: c.keyLength, headDimension: c.headDimension, seed: 7)
-    let queries = try StoredTensor(inputs.queries, format: storage.format.isQuantized ? .float32 : storage.format)
-    let keys = try StoredTensor(inputs.keys, format: storage.format)
-    let values = try StoredTensor(inputs.values, format: storage.format)
+    let (queries, keys, values) = try storedInputs(inputs, format: storage.format)
     let clock = ContinuousClock()
     func tensors() throws -> Double {
         try clock.measure {

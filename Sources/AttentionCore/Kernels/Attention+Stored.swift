@@ -87,27 +87,11 @@ public func blockSparseAttention(
     return try attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
-/// Queries as Float32, after checking that their format is one queries may have: decoded in chunks of 64 rows on
-/// up to `threads` workers, into storage the decoding overwrites (see the file header).
+/// Queries as Float32, after checking that their format is one queries may have: decoded on up to `threads`
+/// workers (see the file header).
 private func decodedQueries(_ queries: StoredTensor, threads: Int) throws -> Tensor {
     try requireFloatFormat(queries.format, "queries.format")
-    let (rows, width, codec) = (queries.rowCount, queries.rowLength, queries.codec)
-    var scalars = overwrittenScalars(count: rows * width)
-    queries.withRows { source in
-        guard let source, rows > 0, width > 0 else { return }
-        scalars.withUnsafeMutableBufferPointer { target in
-            let shared = UncheckedSendable((source, target.baseAddress!))
-            let chunk = 64
-            Parallel.forEach(items: (rows + chunk - 1) / chunk, threads: threads) { _, item in
-                let (source, target) = shared.value
-                let first = item * chunk
-                codec.decode(
-                    source + first * codec.rowBytes, rows: Swift.min(chunk, rows - first),
-                    into: target + first * width)
-            }
-        }
-    }
-    return Tensor(uncheckedShape: queries.shape, scalars: scalars)
+    return Tensor(queries, threads: threads)
 }
 
 /// Queries and outputs are activations: Float32, Float16 or BFloat16, never block-quantized.

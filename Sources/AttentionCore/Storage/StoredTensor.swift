@@ -102,12 +102,27 @@ extension Tensor {
     /// exactly; quantized values become q * s).
     /// - Complexity: O(stored.rowCount * stored.rowLength).
     public init(_ stored: StoredTensor) {
-        // Every element is decoded, so large storage is not zero-filled first (`overwrittenScalars`).
-        var scalars = overwrittenScalars(count: stored.rowCount * stored.rowLength)
-        let codec = stored.codec
-        stored.withRows { rows in
-            guard let rows, !scalars.isEmpty else { return }
-            scalars.withUnsafeMutableBufferPointer { codec.decode(rows, rows: stored.rowCount, into: $0.baseAddress!) }
+        self.init(stored, threads: 1)
+    }
+
+    /// `init(_:)` on up to `threads` workers, 64 rows at a time (stored-tensor attention decodes its queries so).
+    /// Every element is decoded, so large storage is not zero-filled first (`overwrittenScalars`).
+    package init(_ stored: StoredTensor, threads: Int) {
+        let (rows, width, codec) = (stored.rowCount, stored.rowLength, stored.codec)
+        var scalars = overwrittenScalars(count: rows * width)
+        stored.withRows { source in
+            guard let source, rows > 0, width > 0 else { return }
+            scalars.withUnsafeMutableBufferPointer { target in
+                let shared = UncheckedSendable((source, target.baseAddress!))
+                let chunk = 64
+                Parallel.forEach(items: (rows + chunk - 1) / chunk, threads: threads) { _, item in
+                    let (source, target) = shared.value
+                    let first = item * chunk
+                    codec.decode(
+                        source + first * codec.rowBytes, rows: Swift.min(chunk, rows - first),
+                        into: target + first * width)
+                }
+            }
         }
         self.init(uncheckedShape: stored.shape, scalars: scalars)
     }
