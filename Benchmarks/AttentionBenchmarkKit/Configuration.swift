@@ -134,11 +134,12 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         topk-build rows time building the top-k layout), padding (8 sequences of N/16, 3N/16, ..., 15N/16
         tokens padded to N = 2048, H = 8, d = 64, no mask and causal: one call with key and query padding
         (padded-batch; padded-into writing into a reused output) beside the eight sequences run one by one
-        (per-sequence), timed alternately; GFLOP/s count the real work, and a line per case gives the time
-        ratios), packed (16 sequences of 64..4096 tokens, geometric, H = 8, d = 64, no mask and causal: one
+        (per-sequence), timed in turn; GFLOP/s count the real work, and a line per case gives the medians of the
+        per-round time ratios), packed (16 sequences of 64..4096 tokens, geometric, H = 8, d = 64, no mask and causal: one
         packedAttention call over [T, H, d] (packed; packed-into writing into a reused output) beside the sixteen
-        calls on each sequence alone (per-sequence), timed alternately), layouts (the
-        blockwise suite's shapes on [B, H, N, d] and on [B, N, H, d] tensors read in place, timed alternately),
+        calls on each sequence alone (per-sequence), timed in turn, with the same lines), layouts (the
+        blockwise suite's shapes on [B, H, N, d] and on [B, N, H, d] tensors read in place, timed in turn; a line
+        per thread count gives the median over the shapes of each shape's median per-round ratio),
         serving (16 sequences of 1024..32768 tokens, geometric, H_q = 32, H_kv = 8, d = 128: one decode step for all
         from a PagedKVCache with blocks of 64 and of 16 (paged-b64, paged-b16; prompts appended 512 tokens at a time,
         round robin) and with blocks of 64 and 256 appended a block at a time (paged-b64-scattered,

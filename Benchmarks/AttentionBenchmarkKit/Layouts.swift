@@ -46,7 +46,7 @@ public func layoutsSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                         outputs[1] = try attention(
                             queries: q, keys: k, values: v, mask: shape.mask, options: tokenMajorOptions)
                     },
-                ])
+                ], baseline: 0)
             guard let headMajor = outputs[0], let tokenMajorOutput = outputs[1] else { continue }
             guard try tokenMajor(headMajor).scalars == tokenMajorOutput.scalars else {
                 throw ValidationFailure(
@@ -65,13 +65,14 @@ public func layoutsSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                 batch: 1, queryHeads: shape.hq, queryLength: shape.n, keyLength: shape.n, headDimension: shape.d,
                 visibleFraction: visibleFraction(of: shape.mask, queryLength: shape.n, keyLength: shape.n))
             for (kernel, timing) in [("bhnd", timings[0]), ("bnhd", timings[1])] {
-                records.append(
-                    BenchmarkRecord(
-                        suite: "layouts", kernel: kernel, batch: 1, queryHeads: shape.hq, keyValueHeads: shape.hkv,
-                        queryLength: shape.n, keyLength: shape.n, headDimension: shape.d, mask: shape.maskName,
-                        threads: threads, medianSeconds: timing.median, minSeconds: timing.minimum,
-                        maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9, workspaceBytes: 0,
-                        maxAbsError: worst))
+                var record = BenchmarkRecord(
+                    suite: "layouts", kernel: kernel, batch: 1, queryHeads: shape.hq, keyValueHeads: shape.hkv,
+                    queryLength: shape.n, keyLength: shape.n, headDimension: shape.d, mask: shape.maskName,
+                    threads: threads, medianSeconds: timing.median, minSeconds: timing.minimum,
+                    maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9, workspaceBytes: 0,
+                    maxAbsError: worst)
+                if kernel == "bnhd" { record.pairedRatio = timing.pairedRatio }
+                records.append(record)
             }
         }
     }
@@ -79,10 +80,12 @@ public func layoutsSuite(_ configuration: BenchmarkConfiguration, allThreads: In
 }
 
 /// "[B, N, H, d] / [B, H, N, d]" time ratios of a run's layouts-suite records: one line per thread count with the
-/// median, smallest and largest ratio over the shapes.
+/// median, smallest and largest ratio over the shapes, each shape's ratio the median of its rounds' ratios where
+/// the records carry it (`pairedRatio`), else the ratio of its medians.
 public func layoutSummaries(_ records: [BenchmarkRecord]) -> [String] {
     let tokenMajor = records.filter { $0.suite == "layouts" && $0.kernel == "bnhd" }
     var ratiosByThreads: [Int: [Double]] = [:]
+    let paired = tokenMajor.allSatisfy { $0.pairedRatio != nil }
     for t in tokenMajor {
         guard
             let h = records.first(where: {
@@ -91,7 +94,7 @@ public func layoutSummaries(_ records: [BenchmarkRecord]) -> [String] {
                     && $0.queryHeads == t.queryHeads && $0.keyValueHeads == t.keyValueHeads
             })
         else { continue }
-        ratiosByThreads[t.threads, default: []].append(t.medianSeconds / h.medianSeconds)
+        ratiosByThreads[t.threads, default: []].append(timeRatio(t, to: h))
     }
     return ratiosByThreads.keys.sorted().map { threads in
         let ratios = ratiosByThreads[threads]!.sorted()
@@ -99,5 +102,6 @@ public func layoutSummaries(_ records: [BenchmarkRecord]) -> [String] {
             + String(
                 format: "%.2fx the time of [B, H, N, d] (median of %d shapes; %.2f-%.2fx)", ratios[ratios.count / 2],
                 ratios.count, ratios[0], ratios[ratios.count - 1])
+            + (paired ? ", each shape the median of its per-round ratios" : "")
     }
 }

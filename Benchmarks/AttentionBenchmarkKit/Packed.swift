@@ -84,7 +84,7 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             }
             let timings = try alternateTimes(
                 minimumRepetitions: configuration.minimumRepetitions, budget: budget,
-                [runPacked, runEach, runEachInPlace, runPackedInto])
+                [runPacked, runEach, runEachInPlace, runPackedInto], baseline: 1)
             guard let result = last else { continue }
             var worst = 0.0
             for (b, head, query) in [(0, 0, lengths[0] - 1), (9, heads - 1, lengths[9] / 2), (15, heads / 2, 7)] {
@@ -102,19 +102,21 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                 ("packed", timings[0], result.workspaceBytes), ("per-sequence", timings[1], 0),
                 ("per-sequence-bnhd", timings[2], 0), ("packed-into", timings[3], result.workspaceBytes),
             ] {
-                records.append(
-                    BenchmarkRecord(
-                        suite: "packed", kernel: kernel, batch: 16, queryHeads: heads, keyValueHeads: heads,
-                        queryLength: longest, keyLength: longest, headDimension: d, mask: maskName, threads: threads,
-                        medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
-                        gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: worst))
+                var record = BenchmarkRecord(
+                    suite: "packed", kernel: kernel, batch: 16, queryHeads: heads, keyValueHeads: heads,
+                    queryLength: longest, keyLength: longest, headDimension: d, mask: maskName, threads: threads,
+                    medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                    gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: worst)
+                if kernel != "per-sequence" { record.pairedRatio = timing.pairedRatio }
+                records.append(record)
             }
         }
     }
     return records
 }
 
-/// "packed / per-sequence calls" time ratios of a run's packed-suite records, one line per case.
+/// "packed / per-sequence calls" time ratios of a run's packed-suite records, one line per case: medians of the
+/// rounds' ratios where the records carry them (`pairedRatio`), else ratios of the medians.
 public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
     records.filter { $0.suite == "packed" && $0.kernel == "packed" }.compactMap { p in
         guard
@@ -130,14 +132,13 @@ public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
         })
         return "packed 16 sequences up to \(p.queryLength) tokens, mask \(p.mask), \(p.threads) thread"
             + (p.threads == 1 ? "" : "s")
-            + String(
-                format: ": one packed call took %.2fx the time of the sixteen calls",
-                p.medianSeconds / each.medianSeconds)
-            + (into.map {
-                String(format: "; into a reused output %.2fx", $0.medianSeconds / each.medianSeconds)
+            + String(format: ": one packed call took %.2fx the time of the sixteen calls", timeRatio(p, to: each))
+            + (into.map { String(format: "; into a reused output %.2fx", timeRatio($0, to: each)) } ?? "")
+            + (inPlace.map { inPlace in
+                String(
+                    format: " (%.2fx of the sixteen on [1, n, H, d] slices)",
+                    timeRatio(p, to: each) / timeRatio(inPlace, to: each))
             } ?? "")
-            + (inPlace.map {
-                String(format: " (%.2fx of the sixteen on [1, n, H, d] slices)", p.medianSeconds / $0.medianSeconds)
-            } ?? "")
+            + (p.pairedRatio == nil ? "" : ", medians of the per-round ratios")
     }
 }

@@ -70,7 +70,7 @@ public func paddingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                 }
                 let timings = try alternateTimes(
                     minimumRepetitions: configuration.minimumRepetitions, budget: budget,
-                    [runPadded, runEach, runPaddedInto])
+                    [runPadded, runEach, runPaddedInto], baseline: 1)
                 guard let result = last else { continue }
                 var worst = 0.0
                 for (b, head, query) in [(0, 0, lengths[0] - 1), (3, heads - 1, lengths[3] / 2), (7, heads / 2, 0)] {
@@ -88,12 +88,13 @@ public func paddingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                     ("padded-batch", timings[0], result.workspaceBytes), ("per-sequence", timings[1], 0),
                     ("padded-into", timings[2], result.workspaceBytes),
                 ] {
-                    records.append(
-                        BenchmarkRecord(
-                            suite: "padding", kernel: kernel, batch: batch, queryHeads: heads, keyValueHeads: heads,
-                            queryLength: n, keyLength: n, headDimension: d, mask: maskName, threads: threads,
-                            medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
-                            gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: worst))
+                    var record = BenchmarkRecord(
+                        suite: "padding", kernel: kernel, batch: batch, queryHeads: heads, keyValueHeads: heads,
+                        queryLength: n, keyLength: n, headDimension: d, mask: maskName, threads: threads,
+                        medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
+                        gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: worst)
+                    if kernel != "per-sequence" { record.pairedRatio = timing.pairedRatio }
+                    records.append(record)
                 }
             }
         }
@@ -112,38 +113,8 @@ func selfAttentionFLOPs(lengths: [Int], heads: Int, headDimension d: Int, mask: 
     }
 }
 
-/// Times `a` and `b` alternately (one warm-up each, then a, b, a, b, ...) until both have `minimumRepetitions`
-/// samples and `budget` seconds are spent.
-func alternateTimes(
-    minimumRepetitions: Int, budget: Double, _ a: () throws -> Void, _ b: () throws -> Void
-) throws -> (TimingSummary, TimingSummary) {
-    try withoutActuallyEscaping(a) { a in
-        try withoutActuallyEscaping(b) { b in
-            let timings = try alternateTimes(minimumRepetitions: minimumRepetitions, budget: budget, [a, b])
-            return (timings[0], timings[1])
-        }
-    }
-}
-
-/// Times every run in turn (one warm-up each, then each once per round) until each has `minimumRepetitions`
-/// samples and `budget` seconds are spent (at most 50 rounds).
-func alternateTimes(
-    minimumRepetitions: Int, budget: Double, _ runs: [() throws -> Void]
-) throws -> [TimingSummary] {
-    for run in runs { try run() }
-    let clock = ContinuousClock()
-    var samples = runs.map { _ in [Double]() }
-    var spent = 0.0
-    while samples[0].count < minimumRepetitions || (spent < budget && samples[0].count < 50) {
-        for (index, run) in runs.enumerated() {
-            samples[index].append(try clock.measure(run).inSeconds)
-            spent += samples[index].last!
-        }
-    }
-    return samples.map { TimingSummary(samples: $0) }
-}
-
-/// "padded batch / per-sequence calls" time ratios of a run's padding-suite records, one line per case.
+/// "padded batch / per-sequence calls" time ratios of a run's padding-suite records, one line per case: the median
+/// of the rounds' ratios where the records carry it (`pairedRatio`), else the ratio of the medians.
 public func paddingSummaries(_ records: [BenchmarkRecord]) -> [String] {
     let padded = records.filter { $0.suite == "padding" && $0.kernel == "padded-batch" }
     return padded.compactMap { p in
@@ -158,9 +129,14 @@ public func paddingSummaries(_ records: [BenchmarkRecord]) -> [String] {
                 && $0.queryLength == p.queryLength
         })
         return "padding N=\(p.queryLength) mask \(p.mask), \(p.threads) thread\(p.threads == 1 ? "" : "s"): the padded "
-            + String(
-                format: "batch took %.2fx the time of its sequences run one by one",
-                p.medianSeconds / each.medianSeconds)
-            + (into.map { String(format: " (%.2fx into a reused output)", $0.medianSeconds / each.medianSeconds) } ?? "")
+            + String(format: "batch took %.2fx the time of its sequences run one by one", timeRatio(p, to: each))
+            + (into.map { String(format: " (%.2fx into a reused output)", timeRatio($0, to: each)) } ?? "")
+            + (p.pairedRatio == nil ? "" : ", medians of the per-round ratios")
     }
+}
+
+/// `record`'s time over `baseline`'s: the median of the rounds' ratios when the two were timed in turn with
+/// `baseline` as the base (`record.pairedRatio`), else the ratio of their medians.
+func timeRatio(_ record: BenchmarkRecord, to baseline: BenchmarkRecord) -> Double {
+    record.pairedRatio ?? record.medianSeconds / baseline.medianSeconds
 }

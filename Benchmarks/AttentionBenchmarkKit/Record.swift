@@ -36,6 +36,10 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     public var storage: String?
     public var bytesPerToken: Int?
     public var errorVersusFloat32Inputs: Double?
+    /// Cases timed in turn with a baseline call, round by round (padding: the sequences run one by one; packed:
+    /// the sixteen calls alone; layouts: the [B, H, N, d] call): the median over the rounds of this case's time
+    /// divided by the baseline's in the same round. Absent for the baseline itself and for other cases.
+    public var pairedRatio: Double?
 
     public init(
         suite: String, kernel: String, batch: Int, queryHeads: Int, keyValueHeads: Int,
@@ -66,14 +70,14 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
     public static let csvHeader =
         "suite,kernel,batch,queryHeads,keyValueHeads,queryLength,keyLength,headDimension,mask,threads,medianSeconds,"
         + "minSeconds,maxSeconds,gflops,workspaceBytes,maxAbsError,gbPerSecond,speedupVsNaive,peakResidentBytes,"
-        + "storage,bytesPerToken,errorVersusFloat32Inputs"
+        + "storage,bytesPerToken,errorVersusFloat32Inputs,pairedRatio"
 
     /// The record as one CSV line (empty fields for absent values).
     public func csvLine() -> String {
         let optional: [String] = [
             gbPerSecond.map { "\($0)" } ?? "", speedupVsNaive.map { "\($0)" } ?? "",
             peakResidentBytes.map { "\($0)" } ?? "", storage ?? "", bytesPerToken.map { "\($0)" } ?? "",
-            errorVersusFloat32Inputs.map { "\($0)" } ?? "",
+            errorVersusFloat32Inputs.map { "\($0)" } ?? "", pairedRatio.map { "\($0)" } ?? "",
         ]
         let fields: [String] = [
             suite, kernel, "\(batch)", "\(queryHeads)", "\(keyValueHeads)", "\(queryLength)", "\(keyLength)",
@@ -116,6 +120,7 @@ public struct BenchmarkRecord: Codable, Equatable, Sendable {
             + (peakResidentBytes.map { "  peak RSS +" + formatBytes($0) } ?? "")
             + (storage.map { "  \($0)" } ?? "") + (bytesPerToken.map { "  " + formatBytes($0) + "/token" } ?? "")
             + (errorVersusFloat32Inputs.map { String(format: "  err vs f32 inputs %.1e", $0) } ?? "")
+            + (pairedRatio.map { String(format: "  %.3fx of its baseline in turn", $0) } ?? "")
     }
 }
 

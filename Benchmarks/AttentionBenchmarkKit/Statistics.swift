@@ -13,6 +13,9 @@ public struct TimingSummary: Sendable, Equatable {
     public var minimum: Double
     public var maximum: Double
     public var repetitions: Int
+    /// Runs timed in turn with a baseline (`alternateTimes(..., baseline:)`): the median over the rounds of this
+    /// run's time divided by the baseline's time in the same round. Nil otherwise.
+    public var pairedRatio: Double?
 
     /// Summarizes `samples` (seconds). The median of an even count is the mean of the two middle samples.
     public init(samples: [Double]) {
@@ -44,6 +47,40 @@ public func measureTimes(
         spent += seconds
     }
     return TimingSummary(samples: samples)
+}
+
+/// Times every run in turn (one warm-up each, then each once per round, the first of a round rotating so that no
+/// run always follows the same one) until each has `minimumRepetitions` samples and `budget` seconds are spent (at
+/// most 50 rounds). With `baseline` (an index into `runs`), every summary also gets the median of its run's
+/// per-round time ratios to that run (`pairedRatio`): on a shared machine whose slow spells last seconds, a ratio
+/// formed within a round compares like with like, where the ratio of two medians can pair different minutes.
+package func alternateTimes(
+    minimumRepetitions: Int, budget: Double, _ runs: [() throws -> Void], baseline: Int? = nil
+) throws -> [TimingSummary] {
+    for run in runs { try run() }
+    let clock = ContinuousClock()
+    var samples = runs.map { _ in [Double]() }
+    var spent = 0.0
+    var round = 0
+    while samples[0].count < minimumRepetitions || (spent < budget && samples[0].count < 50) {
+        for step in runs.indices {
+            let index = (round + step) % runs.count
+            samples[index].append(try clock.measure(runs[index]).inSeconds)
+            spent += samples[index].last!
+        }
+        round += 1
+    }
+    return samples.map { times in
+        var summary = TimingSummary(samples: times)
+        if let baseline { summary.pairedRatio = medianRatio(times, samples[baseline]) }
+        return summary
+    }
+}
+
+/// The median of `numerators[i] / denominators[i]` over the pairs (rounds timed in turn).
+public func medianRatio(_ numerators: [Double], _ denominators: [Double]) -> Double {
+    precondition(numerators.count == denominators.count && !numerators.isEmpty, "a ratio needs paired samples")
+    return TimingSummary(samples: zip(numerators, denominators).map { $0 / $1 }).median
 }
 
 /// 4 * B * Hq * Nq * Nk * d * visibleFraction (see the file header).

@@ -26,6 +26,62 @@ final class BenchmarkKitTests: XCTestCase {
         XCTAssertEqual(calls, 3)
     }
 
+    func testMedianRatioPairsTheRounds() {
+        // Per round 2, 3 and 5: the median round is 3, where the ratio of the medians would be 10 / 2 = 5.
+        XCTAssertEqual(medianRatio([2, 30, 10], [1, 10, 2]), 3)
+        XCTAssertEqual(medianRatio([4, 6], [2, 2]), 2.5)
+    }
+
+    func testAlternateTimesRotatesTheFirstRunAndPairsWithTheBaseline() throws {
+        var order: [Int] = []
+        let runs = (0..<3).map { index in { order.append(index) } }
+        let timings = try alternateTimes(minimumRepetitions: 4, budget: 0, runs, baseline: 1)
+        // One warm-up each, then four rounds, each starting one run later.
+        XCTAssertEqual(order, [0, 1, 2] + [0, 1, 2] + [1, 2, 0] + [2, 0, 1] + [0, 1, 2])
+        XCTAssertEqual(timings.map(\.repetitions), [4, 4, 4])
+        XCTAssertEqual(timings[1].pairedRatio, 1)
+        XCTAssertNotNil(timings[0].pairedRatio)
+        XCTAssertNotNil(timings[2].pairedRatio)
+        XCTAssertNil(try alternateTimes(minimumRepetitions: 2, budget: 0, runs)[0].pairedRatio)
+    }
+
+    func testPaddingPackedAndLayoutLinesUseTheRoundsRatiosWhenTheRecordsHaveThem() {
+        func record(_ suite: String, _ kernel: String, seconds: Double, paired: Double?) -> BenchmarkRecord {
+            var r = BenchmarkRecord(
+                suite: suite, kernel: kernel, batch: 8, queryHeads: 8, keyValueHeads: 8, queryLength: 2048,
+                keyLength: 2048, headDimension: 64, mask: "causal", threads: 2, medianSeconds: seconds,
+                minSeconds: seconds, maxSeconds: seconds, gflops: 1, workspaceBytes: 0, maxAbsError: 0)
+            r.pairedRatio = paired
+            return r
+        }
+        // The medians say 1.20x and 0.90x; the rounds said 1.04x and 0.98x.
+        for (paired, expected) in [(true, "1.04x"), (false, "1.20x")] {
+            let padding = paddingSummaries([
+                record("padding", "padded-batch", seconds: 0.12, paired: paired ? 1.04 : nil),
+                record("padding", "per-sequence", seconds: 0.10, paired: nil),
+                record("padding", "padded-into", seconds: 0.09, paired: paired ? 0.98 : nil),
+            ])
+            XCTAssertEqual(padding.count, 1)
+            XCTAssertTrue(padding[0].contains("batch took \(expected) the time"), padding[0])
+            XCTAssertTrue(padding[0].contains(paired ? "(0.98x into" : "(0.90x into"), padding[0])
+            XCTAssertEqual(padding[0].hasSuffix("medians of the per-round ratios"), paired)
+            let packed = packedSummaries([
+                record("packed", "packed", seconds: 0.12, paired: paired ? 1.04 : nil),
+                record("packed", "per-sequence", seconds: 0.10, paired: nil),
+                record("packed", "per-sequence-bnhd", seconds: 0.08, paired: paired ? 0.8 : nil),
+            ])
+            XCTAssertEqual(packed.count, 1)
+            XCTAssertTrue(packed[0].contains("took \(expected) the time of the sixteen"), packed[0])
+            XCTAssertTrue(packed[0].contains(paired ? "(1.30x of the sixteen on" : "(1.50x of the sixteen on"))
+            let layouts = layoutSummaries([
+                record("layouts", "bhnd", seconds: 0.10, paired: nil),
+                record("layouts", "bnhd", seconds: 0.12, paired: paired ? 1.04 : nil),
+            ])
+            XCTAssertEqual(layouts.count, 1)
+            XCTAssertTrue(layouts[0].contains("took \(expected) the time of [B, H, N, d]"), layouts[0])
+        }
+    }
+
     func testFlopFormulaAndVisibleFraction() {
         XCTAssertEqual(
             attentionFLOPs(
@@ -120,13 +176,16 @@ final class BenchmarkKitTests: XCTestCase {
         record.peakResidentBytes = 2_097_152
         record.gbPerSecond = 12
         var fields = record.csvLine().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        XCTAssertEqual(fields.suffix(6), ["12.0", "2.5", "2097152", "", "", ""])
+        XCTAssertEqual(fields.suffix(7), ["12.0", "2.5", "2097152", "", "", "", ""])
         record.storage = "q8"
         record.bytesPerToken = 2304
         record.errorVersusFloat32Inputs = 0.25
         fields = record.csvLine().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        XCTAssertEqual(fields.suffix(3), ["q8", "2304", "0.25"])
+        XCTAssertEqual(fields.suffix(4), ["q8", "2304", "0.25", ""])
         XCTAssertTrue(record.tableRow().contains("q8  2.2 KiB/token  err vs f32 inputs 2.5e-01"), record.tableRow())
+        record.pairedRatio = 1.25
+        XCTAssertEqual(record.csvLine().split(separator: ",", omittingEmptySubsequences: false).last, "1.25")
+        XCTAssertTrue(record.tableRow().hasSuffix("1.250x of its baseline in turn"), record.tableRow())
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(record.jsonLine().utf8)) as? [String: Any])
         XCTAssertEqual(object["peakResidentBytes"] as? Int, 2_097_152)
         XCTAssertEqual(object["speedupVsNaive"] as? Double, 2.5)
