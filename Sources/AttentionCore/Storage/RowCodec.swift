@@ -125,8 +125,8 @@ package struct RowCodec: Sendable, Hashable {
     /// Decodes `rows` stored rows `rowStride` bytes apart (rows of other heads in between, as in a [B, N, H, d]
     /// layout), row by row unless they are consecutive. Rows apart are hinted eight rows ahead: at d 128 each
     /// starts a new page, which the hardware prefetchers do not follow (a C model copying one head's rows of a
-    /// [4096, 8, 64] tensor: 6.9 -> 9.1 GB/s with the hints, Zen 3, 2026-12-07). Float32 rows are copied here,
-    /// without a call per row.
+    /// [4096, 8, 64] tensor: 6.9 -> 9.1 GB/s with the hints, Zen 3, 2026-12-07). Float32 rows are copied here
+    /// (the C library's copy per row) rather than through the out-of-line decoder.
     @inline(__always)
     package func decode(
         _ source: UnsafeRawPointer, rows: Int, rowStride: Int, into target: UnsafeMutablePointer<Float>
