@@ -104,6 +104,80 @@ final class StorageFormatTests: XCTestCase {
         }
     }
 
+    func testQuantizedRowsAreEncodedByteForByteAsTheFormatDocumentsThem() throws {
+        /// The row as `StorageFormat`'s table and notes lay it out, written from them here: the block scales as
+        /// little-endian binary32, then the codes (4-bit: q + 8, byte i of each group of 32 holding value i low and
+        /// value i + ceil(t / 2) high).
+        func documented(_ row: [Float], _ format: StorageFormat) -> [UInt8] {
+            let (b, levels, fourBit): (Int, Float, Bool)
+            switch format {
+            case .int8(let size): (b, levels, fourBit) = (size, 127, false)
+            case .int4(let size): (b, levels, fourBit) = (size, 7, true)
+            default: preconditionFailure("a quantized format")
+            }
+            var scales: [Float] = []
+            var q: [Int] = []
+            for start in stride(from: 0, to: row.count, by: b) {
+                let block = row[start..<(start + b)]
+                let s = block.contains { !$0.isFinite } ? Float.nan : block.map { abs($0) }.max()! / levels
+                scales.append(s)
+                for x in block {
+                    q.append(s > 0 ? Int(Swift.max(-levels, Swift.min(levels, (x / s).rounded(.toNearestOrEven)))) : 0)
+                }
+            }
+            var bytes = scales.flatMap { scale in
+                (0..<4).map { UInt8(truncatingIfNeeded: scale.bitPattern >> (8 * $0)) }
+            }
+            guard fourBit else { return bytes + q.map { UInt8(bitPattern: Int8($0)) } }
+            for group in stride(from: 0, to: row.count, by: 32) {
+                let t = Swift.min(32, row.count - group)
+                let h = (t + 1) / 2
+                for i in 0..<h {
+                    let high = i + h < t ? UInt8(q[group + i + h] + 8) : 0
+                    bytes.append(UInt8(q[group + i] + 8) | high << 4)
+                }
+            }
+            return bytes
+        }
+        var generator = SplitMix64(seed: 41)
+        func row(_ d: Int) -> [Float] {
+            (0..<d).map { i in
+                let x = Float(generator.nextStandardNormal())
+                switch generator.next() % 32 {
+                case 0: return x * 300
+                case 1: return x * 1e-30
+                case 2: return 0
+                case 3: return -0.0
+                default: return x
+                }
+            }
+        }
+        // Rows that exercise the edges: exact ties (largest 127 or 7: the scale is 1, so k + 0.5 is a tie), all
+        // zeros, NaN and infinity in one block only, subnormal blocks whose scale rounds or underflows to zero.
+        let ties127: [Float] = (0..<32).map { $0 == 0 ? 127 : Float($0 % 9) - 4.5 }
+        let ties7: [Float] = (0..<32).map { $0 == 0 ? -7 : Float($0 % 7) - 3.5 }
+        let special: [Float] = (0..<32).map { [Float.nan, .infinity, -.infinity, 5][$0 / 8] }
+        let tiny: [Float] = (0..<32).map { i in Float(bitPattern: UInt32(i % 16 + 1)) * (i < 16 ? 1 : 700) }
+        func check(_ sample: [Float], _ format: StorageFormat) {
+            var encoded = [UInt8](repeating: 0xA5, count: format.bytesPerRow(dimension: sample.count))
+            encoded.withUnsafeMutableBytes { target in
+                RowCodec(format, dimension: sample.count).encode(sample, rows: 1, into: target.baseAddress!)
+            }
+            XCTAssertEqual(encoded, documented(sample, format), "\(format) of \(sample)")
+        }
+        let edges = [ties127, ties7, [Float](repeating: 0, count: 32), special, tiny]
+        for format in [StorageFormat.int8(), .int8(blockSize: 16), .int8(blockSize: 8), .int4(), .int4(blockSize: 8)] {
+            for sample in edges + (0..<50).map({ _ in row(64) }) { check(sample, format) }
+        }
+        // 4-bit rows whose last group is short, of an even and of an odd count; blocks of 7 and of 1.
+        for (format, rowLength) in [
+            (StorageFormat.int4(blockSize: 8), 40), (.int4(blockSize: 7), 21), (.int4(blockSize: 1), 3),
+            (.int8(blockSize: 7), 21),
+        ] {
+            for _ in 0..<20 { check(row(rowLength), format) }
+        }
+    }
+
     func testEveryFormatMatchesTheReferenceOnItsStoredValues() throws {
         // Odd shapes and groupings; the cache's kernels (decode for few rows, blockwise, naive) against the Float64
         // reference on the values as the format defines them. One token of four query heads per key/value head

@@ -10,7 +10,7 @@
 // value's bits shifted into binary32 position and multiplied by 2^112 give its value exactly, normal or subnormal;
 // the exponent-31 codes (infinity, NaN) are moved to exponent 255 by a select. Encoding runs once per appended row
 // (and once per stored tensor or Float16 result): Float16 by the hardware conversion where decoding uses it, the
-// other formats by scalar code.
+// other formats by loops written to vectorize (the 8- and 4-bit ones with integer maxima and rounding by addition).
 
 import AttentionPlatform
 
@@ -70,54 +70,59 @@ package struct RowCodec: Sendable, Hashable {
         case .bfloat16:
             for i in 0..<d { target.storeBytes(of: bfloat16Bits(x[i]), toByteOffset: 2 * i, as: UInt16.self) }
         case .int8(let b):
-            let codes = target + 4 * blockCount
+            let codes = (target + 4 * blockCount).assumingMemoryBound(to: Int8.self)
             for block in 0..<blockCount {
-                let scale = blockScale(x + block * b, count: b, levels: 127)
+                let (values, out) = (x + block &* b, codes + block &* b)
+                let scale = blockScale(values, count: b, levels: 127)
                 target.storeBytes(of: scale, toByteOffset: 4 * block, as: Float.self)
-                for i in (block * b)..<((block + 1) * b) {
-                    codes.storeBytes(
-                        of: Int8(quantize(x[i], scale: scale, levels: 127)), toByteOffset: i, as: Int8.self)
-                }
+                for i in 0..<b { out[i] = Int8(truncatingIfNeeded: quantize(values[i], scale: scale, levels: 127)) }
             }
         case .int4(let b):
-            let codes = target + 4 * blockCount
-            codes.initializeMemory(as: UInt8.self, repeating: 0, count: (d + 1) / 2)
-            for block in 0..<blockCount {
-                let scale = blockScale(x + block * b, count: b, levels: 7)
-                target.storeBytes(of: scale, toByteOffset: 4 * block, as: Float.self)
-                for i in (block * b)..<((block + 1) * b) {
-                    let code = UInt8(quantize(x[i], scale: scale, levels: 7) + 8)
-                    let (byte, high) = nibblePosition(i)
-                    let old = codes.load(fromByteOffset: byte, as: UInt8.self)
-                    codes.storeBytes(of: old | (high ? code << 4 : code), toByteOffset: byte, as: UInt8.self)
+            let packed = (target + 4 * blockCount).assumingMemoryBound(to: UInt8.self)
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: d) { buffer in
+                let codes = buffer.baseAddress!
+                for block in 0..<blockCount {
+                    let (values, out) = (x + block &* b, codes + block &* b)
+                    let scale = blockScale(values, count: b, levels: 7)
+                    target.storeBytes(of: scale, toByteOffset: 4 * block, as: Float.self)
+                    for i in 0..<b {
+                        out[i] = UInt8(truncatingIfNeeded: quantize(values[i], scale: scale, levels: 7) &+ 8)
+                    }
+                }
+                // Each group of 32 values (fewer in a last short group): its first half in the low nibbles of its
+                // bytes, the second half in the high ones (see ``StorageFormat``).
+                var group = 0
+                while group < d {
+                    let t = Swift.min(32, d - group)
+                    let h = (t + 1) / 2
+                    let (low, high, out) = (codes + group, codes + (group &+ h), packed + group / 2)
+                    for j in 0..<(t / 2) { out[j] = low[j] | high[j] &<< 4 }
+                    if t % 2 == 1 { out[h - 1] = low[h - 1] }
+                    group += 32
                 }
             }
         }
     }
 
-    /// Where value `i` of a 4-bit row lives: its byte and whether it is the high nibble (see ``StorageFormat``).
-    private func nibblePosition(_ i: Int) -> (byte: Int, high: Bool) {
-        let group = i / 32 * 32
-        let t = Swift.min(32, dimension - group)
-        let h = (t + 1) / 2
-        let j = i - group
-        return j < h ? (group / 2 + j, false) : (group / 2 + j - h, true)
-    }
-
-    /// max |x| / levels over a block, or NaN when the block holds NaN or infinity.
+    /// max |x| / levels over a block, or NaN when the block holds NaN or infinity. The maximum is taken over the
+    /// magnitudes' bit patterns, whose integer order is their order as floats (and puts infinity and NaN above
+    /// every finite value): an integer reduction, which vectorizes, where a float one would not without fast-math.
     private func blockScale(_ x: UnsafePointer<Float>, count: Int, levels: Float) -> Float {
-        var largest: Float = 0
-        for i in 0..<count {
-            if !x[i].isFinite { return .nan }
-            largest = Swift.max(largest, abs(x[i]))
-        }
-        return largest / levels
+        var largest: UInt32 = 0
+        for i in 0..<count { largest = Swift.max(largest, x[i].bitPattern & 0x7fff_ffff) }
+        return largest >= 0x7f80_0000 ? .nan : Float(bitPattern: largest) / levels
     }
 
-    /// round(x / scale) within -levels...levels; 0 for a zero or NaN scale (the scale carries NaN).
-    private func quantize(_ x: Float, scale: Float, levels: Float) -> Int {
-        guard scale > 0 else { return 0 }
-        return Int(Swift.min(levels, Swift.max(-levels, (x / scale).rounded(.toNearestOrEven))))
+    /// round(x / scale) to nearest even, within -levels...levels; 0 for a zero or NaN scale (the scale carries
+    /// NaN). The rounding adds 1.5 * 2^23, which leaves the rounded quotient in the low bits (exact for
+    /// |x / scale| < 2^22; a finite block's quotients are at most levels, or 1.5 times that when the scale is a
+    /// rounded subnormal), and the scale's test is a select: a block's loop has no branch and no conversion that
+    /// could trap, so it vectorizes.
+    @inline(__always)
+    private func quantize(_ x: Float, scale: Float, levels: Int32) -> Int32 {
+        let shifted = x / scale + 12_582_912
+        let code = Int32(bitPattern: shifted.bitPattern) &- 0x4B40_0000
+        return scale > 0 ? Swift.min(levels, Swift.max(-levels, code)) : 0
     }
 
     // MARK: Decoding
