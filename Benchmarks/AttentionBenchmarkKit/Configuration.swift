@@ -135,9 +135,9 @@ public struct BenchmarkConfiguration: Equatable, Sendable {
         tokens padded to N = 2048, H = 8, d = 64, no mask and causal: one call with key and query padding
         (padded-batch; padded-into writing into a reused output) beside the eight sequences run one by one
         (per-sequence), timed in turn; GFLOP/s count the real work, and a line per case gives the medians of the
-        per-round time ratios), packed (16 sequences of 64..4096 tokens, geometric, H = 8, d = 64, no mask and causal: one
-        packedAttention call over [T, H, d] (packed; packed-into writing into a reused output) beside the sixteen
-        calls on each sequence alone (per-sequence), timed in turn, with the same lines), layouts (the
+        per-round time ratios), packed (16 sequences of 64..4096 tokens, geometric, H = 8, d = 64, no mask and
+        causal: one packedAttention call over [T, H, d] (packed; packed-into writing into a reused output) beside the
+        sixteen calls on each sequence alone (per-sequence), timed in turn, with the same lines), layouts (the
         blockwise suite's shapes on [B, H, N, d] and on [B, N, H, d] tensors read in place, timed in turn; a line
         per thread count gives the median over the shapes of each shape's median per-round ratio),
         serving (16 sequences of 1024..32768 tokens, geometric, H_q = 32, H_kv = 8, d = 128: one decode step for all
