@@ -57,6 +57,19 @@ public func measureTimes(
 package func alternateTimes(
     minimumRepetitions: Int, budget: Double, _ runs: [() throws -> Void], baseline: Int? = nil
 ) throws -> [TimingSummary] {
+    let samples = try alternateSamples(minimumRepetitions: minimumRepetitions, budget: budget, runs)
+    return samples.map { times in
+        var summary = TimingSummary(samples: times)
+        if let baseline { summary.pairedRatio = medianRatio(times, samples[baseline]) }
+        return summary
+    }
+}
+
+/// The seconds of every call `alternateTimes` makes after the warm-ups, per run, in rounds: `samples[run][round]`.
+/// With `budget` 0, exactly `minimumRepetitions` rounds.
+package func alternateSamples(
+    minimumRepetitions: Int, budget: Double, _ runs: [() throws -> Void]
+) throws -> [[Double]] {
     for run in runs { try run() }
     let clock = ContinuousClock()
     var samples = runs.map { _ in [Double]() }
@@ -70,11 +83,7 @@ package func alternateTimes(
         }
         round += 1
     }
-    return samples.map { times in
-        var summary = TimingSummary(samples: times)
-        if let baseline { summary.pairedRatio = medianRatio(times, samples[baseline]) }
-        return summary
-    }
+    return samples
 }
 
 /// The median of `numerators[i] / denominators[i]` over the pairs (rounds timed in turn).

@@ -51,30 +51,22 @@ package func pairedStorageRatios(
         return cache
     }
     let options = AttentionOptions(kernel: .decode(), threads: threads)
-    let clock = ContinuousClock()
-    func call(_ index: Int) throws -> Double {
-        try clock.measure { _ = try caches[index].partialAttention(queries: inputs.queries, options: options) }
-            .inSeconds
-    }
-    for index in caches.indices { _ = try call(index) }
-    var times = [[Double]](repeating: [], count: caches.count)
-    for round in 0..<rounds {
-        for step in caches.indices {
-            let index = (round + step) % caches.count
-            times[index].append(try call(index))
-        }
-    }
-    func median(_ x: [Double]) -> Double { TimingSummary(samples: x).median }
+    let times = try alternateSamples(
+        minimumRepetitions: rounds, budget: 0,
+        caches.indices.map { index in
+            { _ = try caches[index].partialAttention(queries: inputs.queries, options: options) }
+        })
     let parts = formats.indices.filter { $0 != base }.map { index in
-        let ratios = zip(times[index], times[base]).map { $0 / $1 }.sorted()
+        let ratios = TimingSummary(samples: zip(times[index], times[base]).map { $0 / $1 })
         return "\(formats[index].name) "
             + String(
-                format: "x%.2f (rounds %.2f-%.2f, fastest calls x%.2f)", median(ratios), ratios[0],
-                ratios[ratios.count - 1], times[index].min()! / times[base].min()!)
+                format: "x%.2f (rounds %.2f-%.2f, fastest calls x%.2f)", ratios.median, ratios.minimum,
+                ratios.maximum, times[index].min()! / times[base].min()!)
     }
     return "storage: decode paired (\(rounds) rounds, formats in turn), \(threads) thread\(threads == 1 ? "" : "s"), "
         + "\(n) keys, H \(queryHeads)/\(keyValueHeads), d \(d), time vs f32 ("
-        + String(format: "median %.2f ms", median(times[base]) * 1e3) + "): " + parts.joined(separator: ", ")
+        + String(format: "median %.2f ms", TimingSummary(samples: times[base]).median * 1e3) + "): "
+        + parts.joined(separator: ", ")
 }
 
 /// One line per blockwise-suite case over stored tensors at N = 2048 (or the longest N of the sweep below it):
@@ -97,36 +89,24 @@ package func pairedStoredPrefill(_ c: BenchmarkCase, rounds: Int) throws -> Stri
         batch: c.batch, queryHeads: c.queryHeads, keyValueHeads: c.keyValueHeads, queryLength: c.queryLength,
         keyLength: c.keyLength, headDimension: c.headDimension, seed: 7)
     let (queries, keys, values) = try storedInputs(inputs, format: storage.format)
-    let clock = ContinuousClock()
-    func tensors() throws -> Double {
-        try clock.measure {
-            _ = try partialAttention(
-                queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask, options: c.options)
-        }.inSeconds
-    }
-    func storedTensors() throws -> Double {
-        try clock.measure {
-            _ = try partialAttention(queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
-        }.inSeconds
-    }
-    _ = try tensors()
-    _ = try storedTensors()
-    var ratios: [Double] = []
-    for round in 0..<rounds {
-        // Which call goes first alternates, so neither always runs on the other's warm caches.
-        if round % 2 == 0 {
-            let base = try tensors()
-            ratios.append(base / (try storedTensors()))
-        } else {
-            let time = try storedTensors()
-            ratios.append(try tensors() / time)
-        }
-    }
-    ratios.sort()
+    // In turn, the first call of a round alternating, so that neither always runs on the other's warm caches.
+    let times = try alternateSamples(
+        minimumRepetitions: rounds, budget: 0,
+        [
+            {
+                _ = try partialAttention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, mask: c.mask,
+                    options: c.options)
+            },
+            {
+                _ = try partialAttention(
+                    queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
+            },
+        ])
+    let ratios = TimingSummary(samples: zip(times[0], times[1]).map { $0 / $1 })
     return "storage: blockwise paired (\(rounds) rounds, in turn), \(storage.name) keys and values, \(c.maskName), "
         + "H \(c.queryHeads)/\(c.keyValueHeads), N \(c.queryLength), d \(c.headDimension), \(c.threads) "
         + "thread\(c.threads == 1 ? "" : "s"): "
         + String(
-            format: "x%.2f of the Float32 rate (rounds %.2f-%.2f)", TimingSummary(samples: ratios).median, ratios[0],
-            ratios[ratios.count - 1])
+            format: "x%.2f of the Float32 rate (rounds %.2f-%.2f)", ratios.median, ratios.minimum, ratios.maximum)
 }
