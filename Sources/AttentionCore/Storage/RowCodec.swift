@@ -70,25 +70,13 @@ package struct RowCodec: Sendable, Hashable {
         case .bfloat16:
             for i in 0..<d { target.storeBytes(of: bfloat16Bits(x[i]), toByteOffset: 2 * i, as: UInt16.self) }
         case .int8(let b):
-            let codes = (target + 4 * blockCount).assumingMemoryBound(to: Int8.self)
-            for block in 0..<blockCount {
-                let (values, out) = (x + block &* b, codes + block &* b)
-                let scale = blockScale(values, count: b, levels: 127)
-                target.storeBytes(of: scale, toByteOffset: 4 * block, as: Float.self)
-                for i in 0..<b { out[i] = Int8(truncatingIfNeeded: quantize(values[i], scale: scale, levels: 127)) }
-            }
+            let codes = (target + 4 * blockCount).assumingMemoryBound(to: UInt8.self)
+            encodeBlocks(x, blockSize: b, levels: 127, offset: 0, scales: target, codes: codes)
         case .int4(let b):
             let packed = (target + 4 * blockCount).assumingMemoryBound(to: UInt8.self)
             withUnsafeTemporaryAllocation(of: UInt8.self, capacity: d) { buffer in
                 let codes = buffer.baseAddress!
-                for block in 0..<blockCount {
-                    let (values, out) = (x + block &* b, codes + block &* b)
-                    let scale = blockScale(values, count: b, levels: 7)
-                    target.storeBytes(of: scale, toByteOffset: 4 * block, as: Float.self)
-                    for i in 0..<b {
-                        out[i] = UInt8(truncatingIfNeeded: quantize(values[i], scale: scale, levels: 7) &+ 8)
-                    }
-                }
+                encodeBlocks(x, blockSize: b, levels: 7, offset: 8, scales: target, codes: codes)
                 // Each group of 32 values (fewer in a last short group): its first half in the low nibbles of its
                 // bytes, the second half in the high ones (see ``StorageFormat``).
                 var group = 0
@@ -100,6 +88,22 @@ package struct RowCodec: Sendable, Hashable {
                     if t % 2 == 1 { out[h - 1] = low[h - 1] }
                     group += 32
                 }
+            }
+        }
+    }
+
+    /// Each block's scale (Float32, at `scales`) and each value's code + `offset` as one byte (two's complement for
+    /// 8-bit codes, q + 8 for 4-bit ones), `dimension` bytes at `codes`.
+    private func encodeBlocks(
+        _ x: UnsafePointer<Float>, blockSize b: Int, levels: Int32, offset: Int32, scales: UnsafeMutableRawPointer,
+        codes: UnsafeMutablePointer<UInt8>
+    ) {
+        for block in 0..<blockCount {
+            let (values, out) = (x + block &* b, codes + block &* b)
+            let scale = blockScale(values, count: b, levels: Float(levels))
+            scales.storeBytes(of: scale, toByteOffset: 4 * block, as: Float.self)
+            for i in 0..<b {
+                out[i] = UInt8(truncatingIfNeeded: quantize(values[i], scale: scale, levels: levels) &+ offset)
             }
         }
     }
