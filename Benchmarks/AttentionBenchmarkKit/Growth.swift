@@ -39,7 +39,7 @@ public func growthSummaries(_ records: [BenchmarkRecord]) -> [String] {
 
 /// The window suite's growth timed side by side: sliding-window attention (each query sees itself and the 1023 keys
 /// before it) at the shortest and the longest N, into reused outputs, alternating one call at each length for
-/// `rounds` rounds after a warm-up call each. Returns the median of the per-round time ratios (longest / shortest)
+/// `rounds` rounds after a warm-up call each (`alternateSamples`: which length goes first alternates too). Returns the median of the per-round time ratios (longest / shortest)
 /// with their range, and the ratio of the visible work, so that a VM's slow spells, which last seconds, fall on
 /// both lengths alike (timed one length after the other, the same ratio spread 4.09-4.80 here). One line per thread
 /// count of the suite; 9 rounds (3 with --quick).
@@ -67,28 +67,20 @@ package func pairedWindowGrowth(
         return (inputs, try Tensor(zeros: [1, heads, n, headDimension]))
     }
     var (a, b) = (try setUp(short), try setUp(long))
-    let clock = ContinuousClock()
-    func call(_ x: inout (inputs: Inputs, output: Tensor)) throws -> Double {
-        try clock.measure {
-            try attention(
-                queries: x.inputs.queries, keys: x.inputs.keys, values: x.inputs.values, mask: mask, options: options,
-                into: &x.output)
-        }.inSeconds
+    func call(_ x: inout (inputs: Inputs, output: Tensor)) throws {
+        try attention(
+            queries: x.inputs.queries, keys: x.inputs.keys, values: x.inputs.values, mask: mask, options: options,
+            into: &x.output)
     }
-    _ = try call(&a)
-    _ = try call(&b)
-    var ratios: [Double] = []
-    for _ in 0..<rounds {
-        let shortTime = try call(&a)
-        ratios.append(try call(&b) / shortTime)
-    }
-    ratios.sort()
+    let samples = try alternateSamples(
+        minimumRepetitions: rounds, budget: 0, [{ try call(&a) }, { try call(&b) }])
+    let ratios = TimingSummary(samples: zip(samples[1], samples[0]).map { $0 / $1 })
     let work =
         visibleFraction(of: mask, queryLength: long, keyLength: long) * Double(long * long)
         / (visibleFraction(of: mask, queryLength: short, keyLength: short) * Double(short * short))
     return "growth: window blockwise-into win1024 paired (\(rounds) rounds alternating), \(threads) "
         + "thread\(threads == 1 ? "" : "s"), N \(short) -> \(long): "
         + String(
-            format: "time x%.2f (rounds %.2f-%.2f), visible work x%.2f", ratios[ratios.count / 2], ratios[0],
-            ratios[ratios.count - 1], work)
+            format: "time x%.2f (rounds %.2f-%.2f), visible work x%.2f", ratios.median, ratios.minimum,
+            ratios.maximum, work)
 }
