@@ -119,6 +119,44 @@ final class EdgeCaseTests: XCTestCase {
         }
     }
 
+    func testNonFiniteKeysAndValuesHiddenByAPerHeadMaskNeverReachThatHead() throws {
+        // Keys 3 and 40 of both key/value heads hold NaN and infinity, their values infinity and NaN. Three query
+        // heads hide them by their own masks (a window, sinks, a predicate): their rows are finite and match the
+        // reference. Query head 1 sees them: its rows are NaN, so the masks are what keeps the others clean.
+        for (queryLength, kernels) in [
+            (9, [AttentionKernel.naive, .blockwise(), .blockwise(queryBlock: 2, keyBlock: 8)]),
+            (1, [.decode(), .decode(keysPerSplit: 16)]),
+        ] {
+            var inputs = try attentionInputs(
+                queryHeads: 4, keyValueHeads: 2, queryLength: queryLength, keyLength: 71, headDimension: 13, seed: 43)
+            for h in 0..<2 {
+                inputs.keys[0, h, 3, 5] = .nan
+                inputs.keys[0, h, 40, 0] = .infinity
+                inputs.values[0, h, 3, 2] = .infinity
+                inputs.values[0, h, 40, 7] = .nan
+            }
+            let headMasks: [AttentionMask] = [
+                .window(left: 2, right: 0), .none, .sinks(count: 2, window: 5), .custom { _, j in j != 3 && j != 40 },
+            ]
+            for kernel in kernels {
+                let options = AttentionOptions(headMasks: headMasks, kernel: kernel)
+                let output = try attention(
+                    queries: inputs.queries, keys: inputs.keys, values: inputs.values, options: options)
+                for head in 0..<4 {
+                    for i in 0..<queryLength {
+                        let row = (0..<13).map { output[0, head, i, $0] }
+                        if head == 1 {
+                            XCTAssertTrue(row.allSatisfy(\.isNaN), "\(kernel): head 1 sees the NaN key")
+                        } else {
+                            XCTAssertTrue(row.allSatisfy(\.isFinite), "\(kernel): head \(head) row \(i)")
+                        }
+                    }
+                }
+                try assertMatchesReference(inputs, options: options)
+            }
+        }
+    }
+
     func testOnlyNaiveAllocatesInProportionToTheScoreMatrix() throws {
         // The same call at N and 8N (4N for decode): the blockwise and decode kernels' workspace does not grow
         // (decode's split partials stop growing once the keys fill its ~64 work items), naive's grows with Nq * Nk.

@@ -114,9 +114,9 @@ final class LinearBackwardTests: XCTestCase {
                 options: LinearAttentionOptions(mask: .causal, decay: [0.9, 0.95, 1, 0.8], threads: threads))
         }
         for g in results.dropFirst() {
-            XCTAssertEqual(g.queries, results[0].queries)
-            XCTAssertEqual(g.keys, results[0].keys)
-            XCTAssertEqual(g.values, results[0].values)
+            XCTAssertEqual(bitwise(g.queries), bitwise(results[0].queries))
+            XCTAssertEqual(bitwise(g.keys), bitwise(results[0].keys))
+            XCTAssertEqual(bitwise(g.values), bitwise(results[0].values))
         }
     }
 

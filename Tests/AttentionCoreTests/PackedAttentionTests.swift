@@ -101,12 +101,15 @@ final class PackedAttentionTests: XCTestCase {
                 let alone = try partialAttention(
                     queries: tokenMajor(inputs.queries, range), keys: tokenMajor(inputs.keys, range),
                     values: tokenMajor(inputs.values, range), mask: mask, options: AttentionOptions(layout: .bnhd))
-                XCTAssertEqual(tokenMajor(packed.output, range).scalars, alone.output.scalars, "sequence \(b) \(mask)")
+                XCTAssertEqual(
+                    bitwise(tokenMajor(packed.output, range).scalars), bitwise(alone.output.scalars),
+                    "sequence \(b) \(mask)")
                 let lse = try Tensor(
                     shape: [range.count, 4, 1],
                     scalars: Array(packed.logSumExp.scalars[(range.lowerBound * 4)..<(range.upperBound * 4)]))
                 XCTAssertEqual(
-                    headMajor(lse, 0..<range.count).scalars, alone.logSumExp.scalars, "sequence \(b) \(mask)")
+                    bitwise(headMajor(lse, 0..<range.count).scalars), bitwise(alone.logSumExp.scalars),
+                    "sequence \(b) \(mask)")
             }
         }
     }
@@ -131,8 +134,8 @@ final class PackedAttentionTests: XCTestCase {
                 results.append(result)
             }
             for result in results.dropFirst() {
-                XCTAssertEqual(result.output, results[0].output, "\(mask)")
-                XCTAssertEqual(result.logSumExp, results[0].logSumExp, "\(mask)")
+                XCTAssertEqual(bitwise(result.output), bitwise(results[0].output), "\(mask)")
+                XCTAssertEqual(bitwise(result.logSumExp), bitwise(results[0].logSumExp), "\(mask)")
             }
         }
     }
@@ -258,8 +261,8 @@ final class PackedAttentionTests: XCTestCase {
                 let logSumExp = try packedAttention(
                     queries: inputs.queries, keys: inputs.keys, values: inputs.values, sequences: sequences,
                     mask: .causal, options: options, into: &output)
-                XCTAssertEqual(output, expected.output, "threads \(threads)")
-                XCTAssertEqual(logSumExp, expected.logSumExp, "threads \(threads)")
+                XCTAssertEqual(bitwise(output), bitwise(expected.output), "threads \(threads)")
+                XCTAssertEqual(bitwise(logSumExp), bitwise(expected.logSumExp), "threads \(threads)")
             }
             XCTAssertTrue(alias.scalars.allSatisfy(\.isNaN))
             assertMatchesReference(
@@ -332,6 +335,19 @@ final class PackedAttentionTests: XCTestCase {
                 _ = try packedAttention(
                     queries: q, keys: kv, values: kv, sequences: sequences, options: AttentionOptions(kernel: .naive))
             }, "options.kernel")
+        // Padding and layouts: a packed batch has neither; each option alone is rejected by its own name.
+        let rejected: [(AttentionOptions, String)] = [
+            (AttentionOptions(keyPadding: .lengths([3, 5])), "options.keyPadding"),
+            (AttentionOptions(queryPadding: .lengths([3, 5])), "options.queryPadding"),
+            (AttentionOptions(layout: .bnhd), "options.layout"),
+            (AttentionOptions(outputLayout: .bnhd), "options.outputLayout"),
+        ]
+        for (options, name) in rejected {
+            XCTAssertEqual(
+                argument {
+                    _ = try packedAttention(queries: q, keys: kv, values: kv, sequences: sequences, options: options)
+                }, name)
+        }
         // A block-sparse layout fits one sequence's lengths, not the other's: the error names the sequence.
         let layout = try BlockSparseLayout(
             queryBlock: 1, keyBlock: 1, queryLength: 3, keyLength: 3, blocks: [[0], [1], [2]])

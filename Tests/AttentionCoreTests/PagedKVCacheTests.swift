@@ -110,7 +110,9 @@ final class PagedKVCacheTests: XCTestCase {
                 for threads in [1, 2] {
                     let result = try cache.attention(
                         queries: queries, sequences: ids, options: AttentionOptions(threads: threads))
-                    XCTAssertEqual(result.output.scalars, expected, "\(format) block \(blockSize) threads \(threads)")
+                    XCTAssertEqual(
+                        bitwise(result.output.scalars), bitwise(expected),
+                        "\(format) block \(blockSize) threads \(threads)")
                 }
             }
         }

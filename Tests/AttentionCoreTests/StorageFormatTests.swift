@@ -41,6 +41,24 @@ final class StorageFormatTests: XCTestCase {
         }
     }
 
+    func testAppendingNeverReencodesStoredTokens() throws {
+        // Tokens appended later, a thousand times larger, leave the stored tokens' bits as they were: every format
+        // encodes a token from its own values only (a scale shared across tokens would change them).
+        for format in Self.formats {
+            let (keys, values) = try inputs(keyValueHeads: 2, tokens: 30, dimension: 64, seed: 5)
+            var cache = try KVCache(keyValueHeads: 2, headDimension: 64, storage: CacheStorage(format))
+            try cache.append(keys: tokens(keys, 0..<12), values: tokens(values, 0..<12))
+            let before = cache.contents
+            func large(_ t: Tensor) throws -> Tensor {
+                try Tensor(shape: t.shape, scalars: t.scalars.map { $0 * 1000 })
+            }
+            try cache.append(keys: large(tokens(keys, 12..<30)), values: large(tokens(values, 12..<30)))
+            XCTAssertEqual(bitwise(tokens(cache.contents.keys, 0..<12)), bitwise(before.keys), "\(format)")
+            XCTAssertEqual(bitwise(tokens(cache.contents.values, 0..<12)), bitwise(before.values), "\(format)")
+            XCTAssertNotEqual(bitwise(tokens(cache.contents.keys, 12..<30)), bitwise(tokens(keys, 12..<30)))
+        }
+    }
+
     func testFloat16DecodingMatchesSwiftsFloat16ForEveryBitPattern() throws {
         #if !(os(macOS) && arch(x86_64))
             // All 65536 codes, decoded 16 at a time (rows of 16) and one at a time (rows of 7: the scalar tail).
@@ -245,6 +263,12 @@ final class StorageFormatTests: XCTestCase {
                     queries: all.queries, mask: .custom { _, j in j < 48 },
                     options: AttentionOptions(kernel: kernel))
                 XCTAssertTrue(hidden.scalars.allSatisfy(\.isFinite), "\(format) \(kernel)")
+                // And the answer is attention over the other keys as stored.
+                if let keys = roundedThrough(format, all.keys), let values = roundedThrough(format, all.values) {
+                    let check = checkOutput(
+                        hidden, queries: all.queries, keys: keys, values: values, mask: .custom { _, j in j < 48 })
+                    XCTAssertTrue(check.passes, "\(format) \(kernel): \(check)")
+                }
                 let seen = try cache.attention(queries: all.queries, options: AttentionOptions(kernel: kernel))
                 XCTAssertTrue(seen.scalars.allSatisfy { !$0.isFinite }, "\(format) \(kernel): \(seen.scalars)")
             }

@@ -114,40 +114,54 @@ final class SinkTokenTests: XCTestCase {
     /// blocks. At every step the output must equal the reference over exactly those values: the sinks and the
     /// 3 newest cached tokens (and the new one) exact, the older window tokens rounded as int4 defines it.
     func testQuantizedSessionKeepsSinksAndTheNewestTokensExact() throws {
+        // With `sinksInFloat32` (the default) the sinks are exact; without, they are stored in the format like the
+        // window's older tokens. The 3 newest held tokens are exact either way. A step reads its own new token as
+        // given (Float32) and stores it afterwards, so its attention sees the 3 held exact tokens plus the new one.
         let (steps, sinkCount, window, recent) = (80, 2, 9, 3)
         let all = try attentionInputs(
             queryHeads: 4, keyValueHeads: 2, queryLength: steps, keyLength: steps, headDimension: 32, seed: 23)
         let rounded = (roundedThrough(.int4(), all.keys)!, roundedThrough(.int4(), all.values)!)
-        var cache = try StreamingKVCache(
-            sinks: SinkTokens(count: sinkCount, window: window), keyValueHeads: 2, headDimension: 32,
-            storage: CacheStorage(.int4(), recentTokensInFloat32: recent))
-        for step in 0..<steps {
-            let t = step..<(step + 1)
-            let output = try cache.attend(
-                queries: tokens(all.queries, t), keys: tokens(all.keys, t), values: tokens(all.values, t))
-            let sinks = 0..<Swift.min(sinkCount, step + 1)
-            let windowStart = Swift.max(sinks.upperBound, step + 1 - window)
-            let exactStart = Swift.max(windowStart, step - recent)
-            let keys = concatenateTokens([
-                tokens(all.keys, sinks), tokens(rounded.0, windowStart..<exactStart),
-                tokens(all.keys, exactStart..<(step + 1)),
-            ])
-            let values = concatenateTokens([
-                tokens(all.values, sinks), tokens(rounded.1, windowStart..<exactStart),
-                tokens(all.values, exactStart..<(step + 1)),
-            ])
-            let check = checkOutput(output, queries: tokens(all.queries, t), keys: keys, values: values)
-            if !check.passes {
-                XCTFail("step \(step): \(check)")
-                return
+        for sinksExact in [true, false] {
+            let sinkSource = sinksExact ? (all.keys, all.values) : rounded
+            /// Sinks, the window's rounded tokens, then its exact ones up to `step`; the newest token exact if `asGiven`.
+            func held(_ step: Int, exactFrom: Int, asGiven: Bool) -> (keys: Tensor, values: Tensor) {
+                let sinks = 0..<Swift.min(sinkCount, step + 1)
+                let windowStart = Swift.max(sinks.upperBound, step + 1 - window)
+                let exactStart = Swift.max(windowStart, exactFrom)
+                let storedSinks = asGiven && step < sinkCount ? 0..<step : sinks
+                func rows(_ source: Tensor, _ roundedSource: Tensor, _ sinkTensor: Tensor) -> Tensor {
+                    concatenateTokens([
+                        tokens(sinkTensor, storedSinks), tokens(source, storedSinks.upperBound..<sinks.upperBound),
+                        tokens(roundedSource, windowStart..<exactStart), tokens(source, exactStart..<(step + 1)),
+                    ])
+                }
+                return (rows(all.keys, rounded.0, sinkSource.0), rows(all.values, rounded.1, sinkSource.1))
             }
+            var cache = try StreamingKVCache(
+                sinks: SinkTokens(count: sinkCount, window: window), keyValueHeads: 2, headDimension: 32,
+                storage: CacheStorage(.int4(), recentTokensInFloat32: recent, sinksInFloat32: sinksExact))
+            for step in 0..<steps {
+                let t = step..<(step + 1)
+                let output = try cache.attend(
+                    queries: tokens(all.queries, t), keys: tokens(all.keys, t), values: tokens(all.values, t))
+                let seen = held(step, exactFrom: step - recent, asGiven: true)
+                let stored = held(step, exactFrom: step + 1 - recent, asGiven: false)
+                let label = "step \(step), sinks exact \(sinksExact)"
+                XCTAssertEqual(bitwise(cache.contents.keys), bitwise(stored.keys), label)
+                XCTAssertEqual(bitwise(cache.contents.values), bitwise(stored.values), label)
+                let check = checkOutput(output, queries: tokens(all.queries, t), keys: seen.keys, values: seen.values)
+                if !check.passes {
+                    XCTFail("\(label): \(check)")
+                    return
+                }
+            }
+            // Held now: 2 sinks, 6 window tokens in int4, the 3 newest exact.
+            let held = concatenateTokens([
+                tokens(sinkSource.0, 0..<2), tokens(rounded.0, (steps - 9)..<(steps - 3)),
+                tokens(all.keys, (steps - 3)..<steps),
+            ])
+            XCTAssertEqual(bitwise(cache.contents.keys), bitwise(held), "sinks exact \(sinksExact)")
+            XCTAssertEqual(cache.streamPositions, Array(0..<2) + Array((steps - 9)..<steps))
         }
-        // Held now: 2 sinks, 6 window tokens in int4, the 3 newest exact.
-        let held = concatenateTokens([
-            tokens(all.keys, 0..<2), tokens(rounded.0, (steps - 9)..<(steps - 3)),
-            tokens(all.keys, (steps - 3)..<steps),
-        ])
-        XCTAssertEqual(cache.contents.keys, held)
-        XCTAssertEqual(cache.streamPositions, Array(0..<2) + Array((steps - 9)..<steps))
     }
 }

@@ -131,4 +131,28 @@ final class SlidingWindowTests: XCTestCase {
             XCTAssertEqual(cache.positions, Array(held))
         }
     }
+
+    /// With no Float32 window, a step's own token is read as given (exact) and stored in the format afterwards
+    /// (CacheStorage's "New tokens"): each step's output is attention over the held tokens as stored plus the new
+    /// one exact, and the held tokens are all stored in the format.
+    func testAStepReadsItsNewTokenAsGivenAndStoresItAfterwards() throws {
+        let (total, window) = (30, 8)
+        let all = try attentionInputs(
+            queryHeads: 2, keyValueHeads: 1, queryLength: total, keyLength: total, headDimension: 32, seed: 31)
+        let rounded = (roundedThrough(.int4(), all.keys)!, roundedThrough(.int4(), all.values)!)
+        var cache = try RollingKVCache(window: window, keyValueHeads: 1, headDimension: 32, storage: .int4)
+        for step in 0..<total {
+            let t = step..<(step + 1)
+            let output = try cache.attend(
+                queries: tokens(all.queries, t), keys: tokens(all.keys, t), values: tokens(all.values, t))
+            let seen = Swift.max(0, step + 1 - window)..<step
+            let check = checkOutput(
+                output, queries: tokens(all.queries, t),
+                keys: concatenateTokens([tokens(rounded.0, seen), tokens(all.keys, t)]),
+                values: concatenateTokens([tokens(rounded.1, seen), tokens(all.values, t)]))
+            XCTAssertTrue(check.passes, "step \(step): \(check)")
+            let held = Swift.max(0, step + 1 - window)..<(step + 1)
+            XCTAssertEqual(bitwise(cache.contents.keys), bitwise(tokens(rounded.0, held)), "step \(step)")
+        }
+    }
 }

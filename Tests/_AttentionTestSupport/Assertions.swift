@@ -110,3 +110,25 @@ public func packedReferenceFailures(
     }
     return failures
 }
+
+/// A tensor as bits: its shape and the bit pattern of every scalar. Tests that promise bitwise identity compare
+/// these (`XCTAssertEqual(bitwise(a), bitwise(b))`): `Tensor`'s own `==` compares Floats, under which +0 equals -0
+/// and NaN differs from itself.
+public struct BitwiseTensor: Equatable, CustomStringConvertible {
+    public let shape: [Int]
+    public let bits: [UInt32]
+
+    /// The shape and a checksum of the bits (a failed comparison prints both sides).
+    public var description: String {
+        let checksum = bits.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 }
+        return "\(shape) tensor, bits checksum \(String(checksum, radix: 16))"
+    }
+}
+
+/// `tensor` as bits (see `BitwiseTensor`).
+public func bitwise(_ tensor: Tensor) -> BitwiseTensor {
+    BitwiseTensor(shape: tensor.shape, bits: tensor.scalars.map(\.bitPattern))
+}
+
+/// Floats as their bit patterns.
+public func bitwise(_ scalars: [Float]) -> [UInt32] { scalars.map(\.bitPattern) }

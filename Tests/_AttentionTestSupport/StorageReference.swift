@@ -41,7 +41,9 @@ public func roundedThroughBlocks(_ scalars: [Float], rowLength: Int, blockSize: 
         }
         let scale = (block.map { abs($0) }.max() ?? 0) / levels
         for i in block.indices {
-            out[i] = scale == 0 ? 0 : (scalars[i] / scale).rounded(.toNearestOrEven) * scale
+            // q is an integer code: a negative value that rounds to code 0 decodes to +0, not -0.
+            let q = scale == 0 ? 0 : (scalars[i] / scale).rounded(.toNearestOrEven)
+            out[i] = (q == 0 ? 0 : q) * scale
         }
     }
     return out

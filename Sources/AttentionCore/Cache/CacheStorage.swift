@@ -14,6 +14,10 @@
 ///
 /// - Recent tokens: the newest `recentTokensInFloat32` tokens stay in Float32; a token is encoded in `format` once,
 ///   when it leaves that window, and never again (nothing stored is ever re-encoded).
+/// - New tokens: `RollingKVCache.attend` and `StreamingKVCache.attend` read a step's new keys and values as given
+///   (Float32) for that step's own attention and store them afterwards, so with `recentTokensInFloat32: 0` a token
+///   is exact in its own step and encoded in every later one. `KVCache.attend` appends first (`append`, then
+///   `attention`), so its new tokens are read as stored.
 /// - Sink tokens (`StreamingKVCache`): with `sinksInFloat32` (the default) the pinned sinks stay in Float32.
 /// - Hadamard rotation: every key and value row is multiplied by H / sqrt(D), H the D x D Walsh-Hadamard matrix
 ///   (D a power of two), before it is stored; queries are rotated the same way and outputs rotated back. The

@@ -85,8 +85,11 @@ public struct BlockSparseLayout: Sendable, Hashable {
     }
 
     /// The sorted key blocks that query block `queryBlock` of head `head` visits (head is ignored for a shared
-    /// layout).
+    /// layout). Like `Array`'s subscript, a query block outside 0..<queryBlocks, or a head outside 0..<heads of a
+    /// per-head layout, is a programming error and traps (it would otherwise read another head's blocks).
     public func keyBlocks(head: Int = 0, queryBlock qb: Int) -> ArraySlice<Int> {
+        precondition(qb >= 0 && qb < queryBlocks, "query block \(qb) is out of bounds for \(queryBlocks) query blocks")
+        precondition(heads == 1 || (head >= 0 && head < heads), "head \(head) is out of bounds for \(heads) heads")
         let h = heads == 1 ? 0 : head
         return indices[offsets[h * queryBlocks + qb]..<offsets[h * queryBlocks + qb + 1]]
     }

@@ -50,11 +50,17 @@ public struct PackedSequences: Sendable, Hashable {
     /// The number of sequences.
     public var count: Int { queryOffsets.count - 1 }
 
-    /// Sequence b's query tokens.
-    public func queryRange(_ b: Int) -> Range<Int> { queryOffsets[b]..<queryOffsets[b + 1] }
+    /// Sequence b's query tokens. Like `Array`'s subscript, b outside 0..<count is a programming error and traps.
+    public func queryRange(_ b: Int) -> Range<Int> {
+        precondition(b >= 0 && b < count, "sequence \(b) is out of bounds for \(count) sequences")
+        return queryOffsets[b]..<queryOffsets[b + 1]
+    }
 
-    /// Sequence b's key tokens.
-    public func keyRange(_ b: Int) -> Range<Int> { keyOffsets[b]..<keyOffsets[b + 1] }
+    /// Sequence b's key tokens (traps for b outside 0..<count, as `queryRange`).
+    public func keyRange(_ b: Int) -> Range<Int> {
+        precondition(b >= 0 && b < count, "sequence \(b) is out of bounds for \(count) sequences")
+        return keyOffsets[b]..<keyOffsets[b + 1]
+    }
 
     private static func offsets(_ lengths: [Int], _ argument: String) throws -> [Int] {
         var offsets = [0]
