@@ -39,10 +39,10 @@ public func growthSummaries(_ records: [BenchmarkRecord]) -> [String] {
 
 /// The window suite's growth timed side by side: sliding-window attention (each query sees itself and the 1023 keys
 /// before it) at the shortest and the longest N, into reused outputs, alternating one call at each length for
-/// `rounds` rounds after a warm-up call each (`alternateSamples`: which length goes first alternates too). Returns the median of the per-round time ratios (longest / shortest)
-/// with their range, and the ratio of the visible work, so that a VM's slow spells, which last seconds, fall on
-/// both lengths alike (timed one length after the other, the same ratio spread 4.09-4.80 here). One line per thread
-/// count of the suite; 9 rounds (3 with --quick).
+/// `rounds` rounds after a warm-up call each (`alternateSamples`: which length goes first alternates too). Returns
+/// the median of the per-round time ratios (longest / shortest) with their range, and the ratio of the visible
+/// work, so that a VM's slow spells, which last seconds, fall on both lengths alike (timed one length after the
+/// other, the same ratio spread 4.09-4.80 here). One line per thread count of the suite; 9 rounds (3 with --quick).
 public func pairedWindowGrowth(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [String] {
     let lengths = windowSuite(configuration, allThreads: allThreads).map(\.queryLength)
     return try threadCounts(configuration, allThreads: allThreads).compactMap { threads in

@@ -115,7 +115,7 @@ final class SinkTokenTests: XCTestCase {
     /// 3 newest cached tokens (and the new one) exact, the older window tokens rounded as int4 defines it.
     func testQuantizedSessionKeepsSinksAndTheNewestTokensExact() throws {
         // With `sinksInFloat32` (the default) the sinks are exact; without, they are stored in the format like the
-        // window's older tokens. The 3 newest held tokens are exact either way. A step reads its own new token as
+        // window's older tokens. The 3 newest window tokens are exact either way. A step reads its own new token as
         // given (Float32) and stores it afterwards, so its attention sees the 3 held exact tokens plus the new one.
         let (steps, sinkCount, window, recent) = (80, 2, 9, 3)
         let all = try attentionInputs(
@@ -123,7 +123,7 @@ final class SinkTokenTests: XCTestCase {
         let rounded = (roundedThrough(.int4(), all.keys)!, roundedThrough(.int4(), all.values)!)
         for sinksExact in [true, false] {
             let sinkSource = sinksExact ? (all.keys, all.values) : rounded
-            /// Sinks, the window's rounded tokens, then its exact ones up to `step`; the newest token exact if `asGiven`.
+            /// Sinks, the window's rounded tokens, then its exact ones up to `step`; the newest exact if `asGiven`.
             func held(_ step: Int, exactFrom: Int, asGiven: Bool) -> (keys: Tensor, values: Tensor) {
                 let sinks = 0..<Swift.min(sinkCount, step + 1)
                 let windowStart = Swift.max(sinks.upperBound, step + 1 - window)
@@ -156,11 +156,11 @@ final class SinkTokenTests: XCTestCase {
                 }
             }
             // Held now: 2 sinks, 6 window tokens in int4, the 3 newest exact.
-            let held = concatenateTokens([
+            let finalKeys = concatenateTokens([
                 tokens(sinkSource.0, 0..<2), tokens(rounded.0, (steps - 9)..<(steps - 3)),
                 tokens(all.keys, (steps - 3)..<steps),
             ])
-            XCTAssertEqual(bitwise(cache.contents.keys), bitwise(held), "sinks exact \(sinksExact)")
+            XCTAssertEqual(bitwise(cache.contents.keys), bitwise(finalKeys), "sinks exact \(sinksExact)")
             XCTAssertEqual(cache.streamPositions, Array(0..<2) + Array((steps - 9)..<steps))
         }
     }

@@ -153,6 +153,7 @@ final class SlidingWindowTests: XCTestCase {
             XCTAssertTrue(check.passes, "step \(step): \(check)")
             let held = Swift.max(0, step + 1 - window)..<(step + 1)
             XCTAssertEqual(bitwise(cache.contents.keys), bitwise(tokens(rounded.0, held)), "step \(step)")
+            XCTAssertEqual(bitwise(cache.contents.values), bitwise(tokens(rounded.1, held)), "step \(step)")
         }
     }
 }

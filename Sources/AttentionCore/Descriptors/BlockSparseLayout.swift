@@ -100,7 +100,8 @@ public struct BlockSparseLayout: Sendable, Hashable {
         return pairs == 0 ? 0 : Double(indices.count) / Double(pairs)
     }
 
-    /// The layout of one head as a shared layout (the same layout when already shared).
+    /// The layout of one head as a shared layout (the same layout when already shared). A head outside 0..<heads
+    /// of a per-head layout traps, as in `keyBlocks(head:queryBlock:)`.
     public func forHead(_ head: Int) -> BlockSparseLayout {
         if heads == 1 { return self }
         let blocks = (0..<queryBlocks).map { Array(keyBlocks(head: head, queryBlock: $0)) }
