@@ -160,7 +160,7 @@ public struct StreamingKVCache: KeyValueCache {
     /// - Throws: `AttentionError.invalidValue` naming the first size out of range or the dimension the storage does
     ///   not fit.
     ///   - rotary: a rotary embedding to apply by StreamingLLM's cache positions (see the type's documentation).
-    ///   - rotationTiming: when keys are rotated (`.whenStored` by default); `.whenLoaded` with
+    ///   - rotationTiming: when keys are rotated (`.whenStored` by default); `.whenLoaded` with `rotary` and
     ///     `storage.hadamardRotation` throws `AttentionError.invalidValue` naming `rotationTiming`.
     public init(
         sinks: SinkTokens, batch: Int = 1, keyValueHeads: Int, headDimension: Int, valueDimension: Int? = nil,

@@ -13,7 +13,9 @@
 /// ```
 ///
 /// - Recent tokens: the newest `recentTokensInFloat32` tokens stay in Float32; a token is encoded in `format` once,
-///   when it leaves that window, and never again (nothing stored is ever re-encoded).
+///   when it leaves that window, and never again (nothing stored is re-encoded, except the sinks of a
+///   `StreamingKVCache` with `rotary`, `.whenStored` and `sinksInFloat32: false`, which are encoded again from a
+///   Float32 copy whenever their rotation shifts).
 /// - New tokens: `RollingKVCache.attend` and `StreamingKVCache.attend` read a step's new keys and values as given
 ///   (Float32) for that step's own attention and store them afterwards, so with `recentTokensInFloat32: 0` a token
 ///   is exact in its own step and encoded in every later one. `KVCache.attend` appends first (`append`, then
@@ -38,7 +40,8 @@ public struct CacheStorage: Sendable, Hashable {
     ///
     /// The combination is checked when a cache is created with it (for instance `hadamardRotation` needs
     /// power-of-two key and value dimensions, `recentTokensInFloat32` must be >= 0): the cache's initializer throws
-    /// ``AttentionError/invalidValue(argument:expected:actual:)`` naming `storage` otherwise.
+    /// ``AttentionError/invalidValue(argument:expected:actual:)`` otherwise, naming what does not fit (for instance
+    /// `recentTokensInFloat32`, `headDimension` or `format.blockSize`).
     public init(
         _ format: StorageFormat, recentTokensInFloat32: Int = 0, sinksInFloat32: Bool = true,
         hadamardRotation: Bool = false

@@ -7,9 +7,11 @@
 
 /// An invalid argument to an attention kernel, tensor initializer, mask or option.
 ///
-/// Kernels validate every input before they touch memory; nothing in this package traps, hangs or silently
-/// returns a wrong answer on bad input. Switch on the case to react programmatically, or print the error:
-/// its `description` is a complete sentence naming the argument.
+/// Kernels validate every input before they touch memory; no throwing function in this package traps, hangs or
+/// silently returns a wrong answer on bad input. (Index accessors, such as `Tensor`'s subscript,
+/// `PackedSequences.queryRange(_:)` and `BlockSparseLayout.keyBlocks(head:queryBlock:)`, trap on an index out of
+/// range, as `Array`'s subscript does.) Switch on the case to react programmatically, or print the error: its
+/// `description` is a complete sentence naming the argument.
 public enum AttentionError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A tensor argument has the wrong rank or dimensions.
     /// - Parameters:
