@@ -8,6 +8,7 @@
 
 import AttentionCore
 import Foundation
+import _AttentionTestSupport
 
 /// The arguments of one external-protocol job.
 public struct ExternalJob: Equatable, Sendable {
@@ -77,7 +78,7 @@ public func runExternal(_ job: ExternalJob) throws -> String {
     let options = AttentionOptions(scale: job.scale, threads: job.threads)
     let mask: AttentionMask = job.causal ? .causal : .none
     let baseResident = residentMegabytes()
-    resetResidentHighWater()
+    resetPeakResidentSet()
     for _ in 0..<job.warmup { _ = try attention(queries: q, keys: k, values: v, mask: mask, options: options) }
     var output = q
     var times: [Double] = []
@@ -102,18 +103,12 @@ public func runExternal(_ job: ExternalJob) throws -> String {
     return String(decoding: json, as: UTF8.self)
 }
 
-/// The process's peak resident set (VmHWM) in MiB since start or the last `resetResidentHighWater`, read from
+/// The process's peak resident set (VmHWM) in MiB since start or the last `resetPeakResidentSet`, read from
 /// /proc; 0 where /proc is unavailable.
 public func residentHighWaterMegabytes() -> Double { statusMegabytes("VmHWM:") }
 
 /// The process's resident set now (VmRSS) in MiB; 0 where /proc is unavailable.
 public func residentMegabytes() -> Double { statusMegabytes("VmRSS:") }
-
-/// Resets the kernel's peak-resident mark (VmHWM) to the current resident set (Linux 4.0 and later; a no-op
-/// elsewhere, where the peak then counts from the process's start).
-public func resetResidentHighWater() {
-    try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
-}
 
 private func statusMegabytes(_ key: String) -> Double {
     Double(processStatusKilobytes(key) ?? 0) / 1024

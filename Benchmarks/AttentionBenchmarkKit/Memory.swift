@@ -71,14 +71,6 @@ public func peakResidentSetBytes() -> Int {
     #endif
 }
 
-/// The value of a "Key:  N kB" line of /proc/self/status (`key` with its colon), or nil where there is none.
-func processStatusKilobytes(_ key: String) -> Int? {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-        let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key) })
-    else { return nil }
-    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-}
-
 /// Runs in the child: builds the case's inputs, records the peak resident set, runs the call once, and returns the
 /// record (as a JSON line) with the peak's growth.
 public func runMemoryChild(_ arguments: [String]) throws -> String {

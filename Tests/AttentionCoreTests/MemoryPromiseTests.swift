@@ -25,12 +25,6 @@ final class MemoryPromiseTests: XCTestCase {
             if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil {
                 throw XCTSkip("AddressSanitizer keeps freed memory resident")
             }
-            func kilobytes(_ key: String) -> Int? {
-                guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-                    let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key) })
-                else { return nil }
-                return Int(line.split(separator: " ").dropFirst().first ?? "")
-            }
             if let thp = try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/enabled", encoding: .utf8),
                 thp.contains("[always]")
             {
@@ -41,11 +35,10 @@ final class MemoryPromiseTests: XCTestCase {
             if let trim = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") {
                 _ = unsafeBitCast(trim, to: (@convention(c) (Int) -> Int32).self)(0)
             }
-            guard (try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)) != nil,
-                let before = kilobytes("VmRSS:")
+            guard resetPeakResidentSet(), let before = processStatusKilobytes("VmRSS:")
             else { throw XCTSkip("cannot reset the peak resident mark") }
             try body()
-            guard let peak = kilobytes("VmHWM:") else { throw XCTSkip("no VmHWM in /proc/self/status") }
+            guard let peak = processStatusKilobytes("VmHWM:") else { throw XCTSkip("no VmHWM in /proc/self/status") }
             return (peak - before) * 1024
         #else
             throw XCTSkip("needs Linux's /proc to reset the peak resident mark")
