@@ -74,7 +74,7 @@ package func pairedWindowGrowth(
     }
     let samples = try alternateSamples(
         minimumRepetitions: rounds, budget: 0, [{ try call(&a) }, { try call(&b) }])
-    let ratios = TimingSummary(samples: zip(samples[1], samples[0]).map { $0 / $1 })
+    let ratios = ratioSummary(samples[1], samples[0])
     let work =
         visibleFraction(of: mask, queryLength: long, keyLength: long) * Double(long * long)
         / (visibleFraction(of: mask, queryLength: short, keyLength: short) * Double(short * short))

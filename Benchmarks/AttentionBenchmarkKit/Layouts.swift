@@ -71,7 +71,7 @@ public func layoutsSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                     threads: threads, medianSeconds: timing.median, minSeconds: timing.minimum,
                     maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9, workspaceBytes: 0,
                     maxAbsError: worst)
-                if kernel == "bnhd" { record.pairedRatio = timing.pairedRatio }
+                record.pairedRatio = timing.pairedRatio
                 records.append(record)
             }
         }

@@ -93,7 +93,7 @@ public func paddingSuite(_ configuration: BenchmarkConfiguration, allThreads: In
                         queryLength: n, keyLength: n, headDimension: d, mask: maskName, threads: threads,
                         medianSeconds: timing.median, minSeconds: timing.minimum, maxSeconds: timing.maximum,
                         gflops: flops / timing.median / 1e9, workspaceBytes: workspace, maxAbsError: worst)
-                    if kernel != "per-sequence" { record.pairedRatio = timing.pairedRatio }
+                    record.pairedRatio = timing.pairedRatio
                     records.append(record)
                 }
             }

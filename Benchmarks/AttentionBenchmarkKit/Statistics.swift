@@ -51,16 +51,17 @@ public func measureTimes(
 
 /// Times every run in turn (one warm-up each, then each once per round, the first of a round rotating so that no
 /// run always follows the same one) until each has `minimumRepetitions` samples and `budget` seconds are spent (at
-/// most 50 rounds). With `baseline` (an index into `runs`), every summary also gets the median of its run's
-/// per-round time ratios to that run (`pairedRatio`): on a shared machine whose slow spells last seconds, a ratio
-/// formed within a round compares like with like, where the ratio of two medians can pair different minutes.
+/// most 50 rounds). With `baseline` (an index into `runs`), every other run's summary also gets the median of its
+/// per-round time ratios to that run (`pairedRatio`; the baseline's own stays nil): on a shared machine whose slow
+/// spells last seconds, a ratio formed within a round compares like with like, where the ratio of two medians can
+/// pair different minutes.
 package func alternateTimes(
     minimumRepetitions: Int, budget: Double, _ runs: [() throws -> Void], baseline: Int? = nil
 ) throws -> [TimingSummary] {
     let samples = try alternateSamples(minimumRepetitions: minimumRepetitions, budget: budget, runs)
-    return samples.map { times in
-        var summary = TimingSummary(samples: times)
-        if let baseline { summary.pairedRatio = medianRatio(times, samples[baseline]) }
+    return samples.indices.map { run in
+        var summary = TimingSummary(samples: samples[run])
+        if let baseline, run != baseline { summary.pairedRatio = medianRatio(samples[run], samples[baseline]) }
         return summary
     }
 }
@@ -88,8 +89,14 @@ package func alternateSamples(
 
 /// The median of `numerators[i] / denominators[i]` over the pairs (rounds timed in turn).
 public func medianRatio(_ numerators: [Double], _ denominators: [Double]) -> Double {
+    ratioSummary(numerators, denominators).median
+}
+
+/// The ratios `numerators[i] / denominators[i]` of the pairs (rounds timed in turn) summarized: their median and
+/// range.
+package func ratioSummary(_ numerators: [Double], _ denominators: [Double]) -> TimingSummary {
     precondition(numerators.count == denominators.count && !numerators.isEmpty, "a ratio needs paired samples")
-    return TimingSummary(samples: zip(numerators, denominators).map { $0 / $1 }).median
+    return TimingSummary(samples: zip(numerators, denominators).map { $0 / $1 })
 }
 
 /// 4 * B * Hq * Nq * Nk * d * visibleFraction (see the file header).

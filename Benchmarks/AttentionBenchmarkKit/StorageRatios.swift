@@ -57,7 +57,7 @@ package func pairedStorageRatios(
             { _ = try caches[index].partialAttention(queries: inputs.queries, options: options) }
         })
     let parts = formats.indices.filter { $0 != base }.map { index in
-        let ratios = TimingSummary(samples: zip(times[index], times[base]).map { $0 / $1 })
+        let ratios = ratioSummary(times[index], times[base])
         return "\(formats[index].name) "
             + String(
                 format: "x%.2f (rounds %.2f-%.2f, fastest calls x%.2f)", ratios.median, ratios.minimum,
@@ -103,7 +103,7 @@ package func pairedStoredPrefill(_ c: BenchmarkCase, rounds: Int) throws -> Stri
                     queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
             },
         ])
-    let ratios = TimingSummary(samples: zip(times[0], times[1]).map { $0 / $1 })
+    let ratios = ratioSummary(times[0], times[1])
     return "storage: blockwise paired (\(rounds) rounds, in turn), \(storage.name) keys and values, \(c.maskName), "
         + "H \(c.queryHeads)/\(c.keyValueHeads), N \(c.queryLength), d \(c.headDimension), \(c.threads) "
         + "thread\(c.threads == 1 ? "" : "s"): "
