@@ -144,7 +144,7 @@ extension Tensor {
 }
 
 /// One backward call: the problem's dimensions, padded widths and per-head score parameters.
-private struct BackwardPass {
+struct BackwardPass {
     let problem: AttentionProblem
     /// Keys per tile and query rows per tile. 128 keys halve the passes over Q, dO and the dQ rows that 64 took:
     /// on an EPYC Zen 5 VM (2026-12-04, H = 8, N = 4096, one thread) d = 64 went from 171 to 191 GFLOP/s unmasked
@@ -313,7 +313,7 @@ private struct BackwardInputs: @unchecked Sendable {
 
 extension BackwardPass {
     /// Work item `item` = (batch entry, key/value head): all gradients of that head (see the file's legend).
-    func runItem(
+    fileprivate func runItem(
         _ item: Int, _ inputs: BackwardInputs, dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
         dV: UnsafeMutablePointer<Float>, sinkGradients: UnsafeMutablePointer<Float>,
         biasGradient: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>

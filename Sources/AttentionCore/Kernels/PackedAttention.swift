@@ -173,7 +173,7 @@ private func packedAttention(
 }
 
 /// Validates a packed call and returns one problem per sequence.
-private func packedProblems(
+func packedProblems(
     queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences, mask: AttentionMask,
     options: AttentionOptions
 ) throws -> [AttentionProblem] {
