@@ -14,7 +14,10 @@ import _AttentionTestSupport
 /// sixteen small ones), timed in turn call by call. GFLOP/s
 /// count the real work of both (sum over sequences of 4 * H * n^2 * d, halved for causal). The packed result is
 /// validated on a small shape against the Float64 reference before timing, and sampled rows of the timed output
-/// against it too.
+/// against it too. Causal, the backward as well: `packed-backward` (one `packedAttentionGradients` call) and
+/// `per-sequence-backward` (sixteen `attentionGradients` calls), timed in turn, GFLOP/s by the backward's 2.5x
+/// convention; gated on the small shape against the Float64 reference backward of each sequence alone, and the
+/// timed call's first sequence checked against it too.
 public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
     let (heads, d) = (configuration.heads, configuration.headDimensions?.first ?? 64)
     let budget = configuration.quick ? 0.5 : 2.0
@@ -31,6 +34,7 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             throw ValidationFailure(description: "packed attention with \(mask) failed validation: \(failures)")
         }
     }
+    try validatePackedBackward(queries: gq, keys: gk, values: gv, sequences: gate)
     let longest = configuration.sequenceLengths?.first ?? (configuration.quick ? 2048 : 4096)
     let shortest = Swift.max(1, longest / 64)
     let lengths = (0..<16).map { k in
@@ -98,6 +102,11 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
                 }
             }
             let flops = selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: mask)
+            if maskName == "causal" {
+                records += try packedBackwardRecords(
+                    sequences: sequences, lengths: lengths, queries: queries, keys: keys, values: values,
+                    alone: alone, forward: result, options: options, configuration: configuration, budget: budget)
+            }
             for (kernel, timing, workspace) in [
                 ("packed", timings[0], result.workspaceBytes), ("per-sequence", timings[1], 0),
                 ("per-sequence-bnhd", timings[2], 0), ("packed-into", timings[3], result.workspaceBytes),
@@ -115,10 +124,104 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
     return records
 }
 
+/// The Float64 reference backward of each sequence of a packed batch alone (head-major), with the plain Float32
+/// loop's, against `gradients`' rows of that sequence: the failing tolerance checks and the largest error.
+private func packedBackwardFailures(
+    _ gradients: AttentionGradients, queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor,
+    sequences: PackedSequences, only: [Int]? = nil
+) -> (failures: [String], worst: Double) {
+    var (failures, worst) = ([String](), 0.0)
+    for b in only ?? Array(0..<sequences.count) {
+        let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
+        let (q, k, v, dO) = (
+            headMajor(queries, qs), headMajor(keys, ks), headMajor(values, ks), headMajor(outputGradient, qs)
+        )
+        let reference = referenceBackward(
+            BackwardReferenceInputs<Double>(
+                queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: nil, bias: nil), mask: .causal)
+        let plain = referenceBackward(
+            BackwardReferenceInputs<Float>(
+                queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: nil, bias: nil), mask: .causal)
+        let checks = queryKeyValueChecks(
+            kernel: (
+                headMajor(gradients.queries, qs), headMajor(gradients.keys, ks), headMajor(gradients.values, ks)
+            ),
+            reference: (reference.queries, reference.keys, reference.values),
+            plain: (plain.queries, plain.keys, plain.values), context: "sequence \(b)")
+        failures += checks.values.filter { !$0.passes }.map(\.description)
+        worst = checks.values.map(\.kernelError).reduce(worst, Swift.max)
+    }
+    return (failures, worst)
+}
+
+/// The gate of the packed backward: causal, on the suite's small packed batch.
+private func validatePackedBackward(queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences) throws {
+    let forward = try packedAttention(
+        queries: queries, keys: keys, values: values, sequences: sequences, mask: .causal)
+    let dO = try Tensor.randomNormal(shape: forward.output.shape, seed: 14)
+    let gradients = try packedAttentionGradients(
+        queries: queries, keys: keys, values: values, sequences: sequences, result: forward, outputGradient: dO,
+        mask: .causal)
+    let failures = packedBackwardFailures(
+        gradients, queries: queries, keys: keys, values: values, outputGradient: dO, sequences: sequences
+    ).failures
+    guard failures.isEmpty else {
+        throw ValidationFailure(description: "packed attention backward failed validation: \(failures)")
+    }
+}
+
+/// The causal packed backward beside the sixteen per-sequence backward calls, timed in turn.
+private func packedBackwardRecords(
+    sequences: PackedSequences, lengths: [Int], queries: Tensor, keys: Tensor, values: Tensor, alone: [[Tensor]],
+    forward: AttentionResult, options: AttentionOptions, configuration: BenchmarkConfiguration, budget: Double
+) throws -> [BenchmarkRecord] {
+    let (heads, d) = (queries.shape[1], queries.shape[2])
+    let dO = try Tensor.randomNormal(shape: forward.output.shape, seed: 24)
+    let aloneForward = try alone.map {
+        try partialAttention(queries: $0[0], keys: $0[1], values: $0[2], mask: .causal, options: options)
+    }
+    let aloneGradient = (0..<sequences.count).map { headMajor(dO, sequences.queryRange($0)) }
+    var last: AttentionGradients? = nil
+    func runPacked() throws {
+        last = try packedAttentionGradients(
+            queries: queries, keys: keys, values: values, sequences: sequences, result: forward, outputGradient: dO,
+            mask: .causal, options: options)
+    }
+    func runEach() throws {
+        for (b, sequence) in alone.enumerated() {
+            _ = try attentionGradients(
+                queries: sequence[0], keys: sequence[1], values: sequence[2], result: aloneForward[b],
+                outputGradient: aloneGradient[b], mask: .causal, options: options)
+        }
+    }
+    let timings = try alternateTimes(
+        minimumRepetitions: configuration.minimumRepetitions, budget: budget, [runPacked, runEach], baseline: 1)
+    guard let gradients = last else { return [] }
+    // The shortest sequence's gradients against its own reference (the longest would take minutes in Float64).
+    let (failures, worst) = packedBackwardFailures(
+        gradients, queries: queries, keys: keys, values: values, outputGradient: dO, sequences: sequences,
+        only: [0])
+    guard failures.isEmpty else {
+        throw ValidationFailure(description: "the timed packed backward failed validation: \(failures)")
+    }
+    let flops = 2.5 * selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: .causal)
+    return [("packed-backward", timings[0], gradients.workspaceBytes), ("per-sequence-backward", timings[1], 0)].map {
+        kernel, timing, workspace in
+        var record = BenchmarkRecord(
+            suite: "packed", kernel: kernel, batch: 16, queryHeads: heads, keyValueHeads: heads,
+            queryLength: lengths.max() ?? 0, keyLength: lengths.max() ?? 0, headDimension: d, mask: "causal",
+            threads: options.threads ?? 1, medianSeconds: timing.median, minSeconds: timing.minimum,
+            maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9, workspaceBytes: workspace,
+            maxAbsError: worst)
+        record.pairedRatio = timing.pairedRatio
+        return record
+    }
+}
+
 /// "packed / per-sequence calls" time ratios of a run's packed-suite records, one line per case: medians of the
 /// rounds' ratios where the records carry them (`pairedRatio`), else ratios of the medians.
 public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
-    records.filter { $0.suite == "packed" && $0.kernel == "packed" }.compactMap { p in
+    let forward = records.filter { $0.suite == "packed" && $0.kernel == "packed" }.compactMap { p -> String? in
         guard
             let each = records.first(where: {
                 $0.suite == "packed" && $0.kernel == "per-sequence" && $0.mask == p.mask && $0.threads == p.threads
@@ -141,4 +244,18 @@ public func packedSummaries(_ records: [BenchmarkRecord]) -> [String] {
             } ?? "")
             + (p.pairedRatio == nil ? "" : ", medians of the per-round ratios")
     }
+    let backward = records.filter { $0.suite == "packed" && $0.kernel == "packed-backward" }.compactMap {
+        p -> String? in
+        guard
+            let each = records.first(where: {
+                $0.suite == "packed" && $0.kernel == "per-sequence-backward" && $0.threads == p.threads
+            })
+        else { return nil }
+        return "packed backward 16 sequences up to \(p.queryLength) tokens, causal, \(p.threads) thread"
+            + (p.threads == 1 ? "" : "s")
+            + String(format: ": one packedAttentionGradients call took %.2fx the time", timeRatio(p, to: each))
+            + " of the sixteen attentionGradients calls"
+            + (p.pairedRatio == nil ? "" : ", median of the per-round ratios")
+    }
+    return forward + backward
 }

@@ -73,6 +73,13 @@ final class BenchmarkKitTests: XCTestCase {
             XCTAssertEqual(packed.count, 1)
             XCTAssertTrue(packed[0].contains("took \(expected) the time of the sixteen"), packed[0])
             XCTAssertTrue(packed[0].contains(paired ? "(1.30x of the sixteen on" : "(1.50x of the sixteen on"))
+            let backward = packedSummaries([
+                record("packed", "packed-backward", seconds: 0.36, paired: paired ? 1.04 : nil),
+                record("packed", "per-sequence-backward", seconds: 0.30, paired: nil),
+            ])
+            XCTAssertEqual(backward.count, 1)
+            XCTAssertTrue(backward[0].contains("call took \(expected) the time of the sixteen"), backward[0])
+            XCTAssertEqual(backward[0].hasSuffix("median of the per-round ratios"), paired)
             let layouts = layoutSummaries([
                 record("layouts", "bhnd", seconds: 0.10, paired: nil),
                 record("layouts", "bnhd", seconds: 0.12, paired: paired ? 1.04 : nil),
