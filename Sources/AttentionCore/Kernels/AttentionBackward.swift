@@ -20,6 +20,11 @@
 // itself). The alternative (one pass for dK/dV per key tile, another for dQ per query tile) parallelizes over
 // tiles but computes S and dP twice (seven products per tile instead of five).
 //
+// Layouts: every row is addressed through `BackwardStrides`, so [B, N, H, d] tensors and a packed batch's
+// token-major rows are read and written where they are. K and V tiles are packed per key tile anyway; a work item
+// whose Q and dO rows are not consecutive copies its group's rows once into [group, Nq, d] scratch (staging), so
+// that the products read them as they read a [B, H, N, d] tensor's.
+//
 // Products are register-blocked (`accumulateProduct`: on AVX-512 4 rows x 64 columns, 16 SIMD16 accumulators, one
 // broadcast and four loads per 16 multiply-adds; 2 x 32 for 16-register targets and NEON); K and V tiles are
 // transposed once per tile so that every product streams rows. Rows are zero-padded to a multiple of 16, which
@@ -71,9 +76,9 @@ public struct AttentionGradients: Sendable {
 ///   more than one key/value head) is summed from one partial slice per (batch, key/value head) work item, in item
 ///   order, so it costs that many bias slices of scratch.
 ///   With `options.layout` / `outputLayout` `.bnhd`, the inputs, output and output gradient are read in those
-///   layouts and the query, key and value gradients come back in `options.layout`; the backward copies them
-///   head-major once per call (one pass over each; the gradients of the same values are bitwise those of `.bhnd`
-///   tensors).
+///   layouts, at their strides, and the query, key and value gradients written in `options.layout` (no head-major
+///   copy of a tensor; each work item stages its group's query and output-gradient rows, the size of its dQ
+///   buffer); the gradients of the same values are bitwise those of `.bhnd` tensors.
 /// - Throws: ``AttentionError`` as the forward does for the inputs, and a shape mismatch naming `result.output`,
 ///   `result.logSumExp` or `outputGradient`.
 public func attentionGradients(
@@ -100,47 +105,17 @@ public func attentionGradients(
             argument: "outputGradient", expected: "\(outputShape)", actual: outputGradient.shape,
             reason: "the gradient of the loss with respect to the output has the output's shape")
     }
-    if layout == .bhnd && outputLayout == .bhnd {
-        return BackwardPass(problem: problem).run(
-            queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
-            outputGradient: outputGradient)
-    }
-    var headMajor = options
-    (headMajor.layout, headMajor.outputLayout) = (.bhnd, nil)
-    let (q, k, v) = (queries.swapped(layout), keys.swapped(layout), values.swapped(layout))
-    var gradients = BackwardPass(
-        problem: try AttentionProblem(queries: q, keys: k, values: v, mask: mask, options: headMajor)
-    ).run(
-        queries: q, keys: k, values: v, output: result.output.swapped(outputLayout), logSumExp: result.logSumExp,
-        outputGradient: outputGradient.swapped(outputLayout))
-    gradients.queries = gradients.queries.swapped(layout)
-    gradients.keys = gradients.keys.swapped(layout)
-    gradients.values = gradients.values.swapped(layout)
-    return gradients
-}
-
-extension Tensor {
-    /// For `.bnhd`, this rank-4 tensor with its axes 1 and 2 swapped ([B, N, H, d] to [B, H, N, d] and back: the
-    /// swap is its own inverse); for `.bhnd`, itself. One pass, row by row.
-    fileprivate func swapped(_ layout: TensorLayout) -> Tensor {
-        guard layout == .bnhd else { return self }
-        let (n0, n1, n2, n3) = (shape[0], shape[1], shape[2], shape[3])
-        var out = [Float](repeating: 0, count: scalars.count)
-        scalars.withUnsafeBufferPointer { source in
-            out.withUnsafeMutableBufferPointer { target in
-                for i in 0..<n0 {
-                    for j in 0..<n1 {
-                        for k in 0..<n2 {
-                            let from = ((i * n1 + j) * n2 + k) * n3
-                            let to = ((i * n2 + k) * n1 + j) * n3
-                            for e in 0..<n3 { target[to + e] = source[from + e] }
-                        }
-                    }
-                }
-            }
-        }
-        return Tensor(uncheckedShape: [n0, n2, n1, n3], scalars: out)
-    }
+    // Rows are read and the gradients written at the layouts' strides: no head-major copy.
+    let p = problem
+    let strides = BackwardStrides(
+        queries: layout.strides(heads: p.queryHeads, tokens: p.queryLength, dimension: p.keyDimension),
+        keys: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.keyDimension),
+        values: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.valueDimension),
+        outputs: outputLayout.strides(heads: p.queryHeads, tokens: p.queryLength, dimension: p.valueDimension),
+        logSumExp: TensorLayout.bhnd.strides(heads: p.queryHeads, tokens: p.queryLength, dimension: 1))
+    return BackwardPass(problem: problem).run(
+        queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
+        outputGradient: outputGradient, strides: strides)
 }
 
 /// One backward call: the problem's dimensions, padded widths and per-head score parameters.
@@ -199,57 +174,83 @@ struct BackwardPass {
     }
 
     /// Per-worker scratch, in floats.
-    var scratchFloats: Int {
+    func scratchFloats(staging: Bool) -> Int {
         let group = problem.groupSize
         return 2 * keyTile * dk + 2 * keyTile * dv  // K, K^T, V, V^T
             + keyTile * dk + keyTile * dv  // dK, dV accumulators
             + rowTile * dk + rowTile * dv  // Q, dO rows
             + 3 * rowTile * keyTile  // S / P, dP, dX
             + group * problem.queryLength * (dk + 2)  // dQ rows, D and lse per row
+            + (staging ? group * problem.queryLength * (dk + dv) : 0)  // the group's Q and dO rows, staged
     }
 
+    /// Whether a work item stages its group's query and output-gradient rows (see `runItem`): when the rows are
+    /// not consecutive (a [B, N, H, d] or packed tensor).
+    func stagesRows(_ strides: BackwardStrides) -> Bool {
+        strides.queries.token != problem.keyDimension || strides.outputs.token != problem.valueDimension
+    }
+
+    /// The gradients of tensors whose rows live at `strides` (dense [B, H, N, d] or [B, N, H, d]); dQ, dK and dV
+    /// come back in the queries', keys' and values' shapes and strides.
     func run(
-        queries: Tensor, keys: Tensor, values: Tensor, output: Tensor, logSumExp: Tensor, outputGradient: Tensor
+        queries: Tensor, keys: Tensor, values: Tensor, output: Tensor, logSumExp: Tensor, outputGradient: Tensor,
+        strides: BackwardStrides
     ) -> AttentionGradients {
         let p = problem
-        let items = p.batch * p.keyValueHeads
-        let workers = Parallel.workerCount(items: items, threads: p.threads)
         var dQ = [Float](repeating: 0, count: p.batch * p.queryHeads * p.queryLength * p.keyDimension)
         var dK = [Float](repeating: 0, count: p.batch * p.keyValueHeads * p.keyLength * p.keyDimension)
         var dV = [Float](repeating: 0, count: p.batch * p.keyValueHeads * p.keyLength * p.valueDimension)
-        // Each item's sink-logit gradients, summed in item order afterwards.
-        var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
-        var scratch = [Float](repeating: 0, count: workers * scratchFloats)
-        // The bias gradient, then (if items share its slices) one partial slice per item, summed in item order.
-        var biasWork = [Float](repeating: 0, count: biasCount + (biasShared ? items * biasItemFloats : 0))
         let bias = p.options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
-        withBaseAddresses([queries, keys, values, output, logSumExp, outputGradient, bias]) { inputs in
-            let inputs = BackwardInputs(
-                q: inputs[0], k: inputs[1], v: inputs[2], o: inputs[3], lse: inputs[4], dO: inputs[5],
-                bias: biasCount > 0 ? inputs[6] : nil)
+        let (sinkGradients, biasGradient, workspace) = withBaseAddresses([
+            queries, keys, values, output, logSumExp, outputGradient, bias,
+        ]) { inputs in
             dQ.withUnsafeMutableBufferPointer { dq in
                 dK.withUnsafeMutableBufferPointer { dk in
                     dV.withUnsafeMutableBufferPointer { dv in
-                        sinkParts.withUnsafeMutableBufferPointer { sinks in
-                            scratch.withUnsafeMutableBufferPointer { work in
-                                biasWork.withUnsafeMutableBufferPointer { biasWork in
-                                    // Disjoint writes: item i writes only its own heads' rows, its sink slots, its
-                                    // bias slices (or partial) and its worker's scratch.
-                                    let targets = UncheckedSendable(
-                                        (
-                                            dq.baseAddress!, dk.baseAddress!, dv.baseAddress!, sinks.baseAddress!,
-                                            work.baseAddress!, biasWork.baseAddress!
-                                        ))
-                                    Parallel.forEach(items: items, threads: p.threads) { worker, item in
-                                        let (dq, dk, dv, sinks, work, biasWork) = targets.value
-                                        runItem(
-                                            item, inputs, dQ: dq, dK: dk, dV: dv,
-                                            sinkGradients: sinks + item * p.groupSize,
-                                            biasGradient: biasWork, scratch: work + worker * scratchFloats)
-                                    }
-                                }
-                            }
-                        }
+                        run(
+                            BackwardInputs(
+                                q: inputs[0], k: inputs[1], v: inputs[2], o: inputs[3], lse: inputs[4], dO: inputs[5],
+                                bias: biasCount > 0 ? inputs[6] : nil, strides: strides),
+                            dQ: dq.baseAddress!, dK: dk.baseAddress!, dV: dv.baseAddress!)
+                    }
+                }
+            }
+        }
+        return AttentionGradients(
+            queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
+            keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
+            values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: biasGradient,
+            workspaceBytes: workspace)
+    }
+
+    /// Runs every work item over `inputs`, writing dQ, dK and dV rows at the inputs' query, key and value strides
+    /// (rows no visible key reaches are left as they are: zero them first). Returns the sink-logit gradients (per
+    /// query head, summed over the batch), the bias gradient and the bytes of scratch.
+    func run(
+        _ inputs: BackwardInputs, dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
+        dV: UnsafeMutablePointer<Float>
+    ) -> (sinkLogits: [Float]?, bias: Tensor?, workspaceBytes: Int) {
+        let p = problem
+        let items = p.batch * p.keyValueHeads
+        let workers = Parallel.workerCount(items: items, threads: p.threads)
+        // Each item's sink-logit gradients, summed in item order afterwards.
+        var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
+        let perWorker = scratchFloats(staging: stagesRows(inputs.strides))
+        var scratch = [Float](repeating: 0, count: workers * perWorker)
+        // The bias gradient, then (if items share its slices) one partial slice per item, summed in item order.
+        var biasWork = [Float](repeating: 0, count: biasCount + (biasShared ? items * biasItemFloats : 0))
+        sinkParts.withUnsafeMutableBufferPointer { sinks in
+            scratch.withUnsafeMutableBufferPointer { work in
+                biasWork.withUnsafeMutableBufferPointer { biasWork in
+                    // Disjoint writes: item i writes only its own heads' rows, its sink slots, its bias slices (or
+                    // partial) and its worker's scratch.
+                    let targets = UncheckedSendable(
+                        (dQ, dK, dV, sinks.baseAddress!, work.baseAddress!, biasWork.baseAddress!))
+                    Parallel.forEach(items: items, threads: p.threads) { worker, item in
+                        let (dq, dk, dv, sinks, work, biasWork) = targets.value
+                        runItem(
+                            item, inputs, dQ: dq, dK: dk, dV: dv, sinkGradients: sinks + item * p.groupSize,
+                            biasGradient: biasWork, scratch: work + worker * perWorker)
                     }
                 }
             }
@@ -282,16 +283,15 @@ struct BackwardPass {
             }
             sinkGradients = sums
         }
-        return AttentionGradients(
-            queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
-            keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
-            values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: biasGradient,
-            workspaceBytes: (scratch.count + (biasShared ? items * biasItemFloats : 0)) * MemoryLayout<Float>.size)
+        return (
+            sinkGradients, biasGradient,
+            (scratch.count + (biasShared ? items * biasItemFloats : 0)) * MemoryLayout<Float>.size
+        )
     }
 }
 
 /// The base addresses of the tensors' scalars, valid inside `body`.
-private func withBaseAddresses<R>(_ tensors: [Tensor], _ body: ([UnsafePointer<Float>]) -> R) -> R {
+func withBaseAddresses<R>(_ tensors: [Tensor], _ body: ([UnsafePointer<Float>]) -> R) -> R {
     func nest(_ index: Int, _ addresses: [UnsafePointer<Float>]) -> R {
         if index == tensors.count { return body(addresses) }
         return tensors[index].withUnsafeBufferPointer { nest(index + 1, addresses + [$0.baseAddress!]) }
@@ -299,8 +299,19 @@ private func withBaseAddresses<R>(_ tensors: [Tensor], _ body: ([UnsafePointer<F
     return nest(0, [])
 }
 
-/// The read-only inputs of a backward call (dense [B, H, N, d] tensors; lse [B, Hq, Nq]).
-private struct BackwardInputs: @unchecked Sendable {
+/// Where the rows of a backward call's tensors live, in floats (`RowStrides`): queries (and dQ), keys (and dK),
+/// values (and dV), the output and its gradient dO, and the log-sum-exp (one float per row: `token` is the stride
+/// between a head's rows).
+struct BackwardStrides {
+    let queries: RowStrides
+    let keys: RowStrides
+    let values: RowStrides
+    let outputs: RowStrides
+    let logSumExp: RowStrides
+}
+
+/// The read-only inputs of a backward call, their rows at `strides`.
+struct BackwardInputs: @unchecked Sendable {
     let q: UnsafePointer<Float>
     let k: UnsafePointer<Float>
     let v: UnsafePointer<Float>
@@ -309,6 +320,7 @@ private struct BackwardInputs: @unchecked Sendable {
     let dO: UnsafePointer<Float>
     /// [B or 1, Hq or 1, Nq or 1, Nk], when the call has a bias.
     let bias: UnsafePointer<Float>?
+    let strides: BackwardStrides
 }
 
 extension BackwardPass {
@@ -337,21 +349,39 @@ extension BackwardPass {
         let rowD = dQRows + group * nq * dk  // [group, nq]
         let rowLSE = rowD + group * nq  // [group, nq], -inf for a row that sees nothing
         let firstHead = g * group
-        let kvBase = (b * p.keyValueHeads + g) * nk
+        let strides = inputs.strides
         (dQRows).update(repeating: 0, count: group * nq * dk)
+        // Rows of other heads in between (a [B, N, H, d] or packed tensor): the group's Q and dO rows are copied once
+        // into [group, nq, d] (padded to dk / dv), so that every key tile reads them consecutively, as it reads a
+        // [B, H, N, d] tensor's (packing them per key tile instead cost 6% of a packed batch's backward, Zen 3).
+        var staged: (queries: UnsafeMutablePointer<Float>, outputGradients: UnsafeMutablePointer<Float>)? = nil
+        if stagesRows(strides) {
+            let queries = rowLSE + group * nq
+            let outputGradients = queries + group * nq * dk
+            for h in 0..<group {
+                let head = firstHead + h
+                pack(
+                    inputs.q + strides.queries.offset(batch: b, head: head, token: 0), rows: nq,
+                    stride: strides.queries.token, width: kd, into: queries + h * nq * dk, padded: dk, tileRows: nq)
+                pack(
+                    inputs.dO + strides.outputs.offset(batch: b, head: head, token: 0), rows: nq,
+                    stride: strides.outputs.token, width: vd, into: outputGradients + h * nq * dv, padded: dv,
+                    tileRows: nq)
+            }
+            staged = (queries, outputGradients)
+        }
 
         // D = rowsum(dO * O) per row, the row's log-sum-exp, and the sink-logit gradients.
         for h in 0..<group {
             let head = firstHead + h
-            let rowBase = (b * p.queryHeads + head) * nq
             var sinkGradient: Float = 0
             for r in 0..<nq {
-                let o = inputs.o + (rowBase + r) * vd
-                let dO = inputs.dO + (rowBase + r) * vd
+                let row = strides.outputs.offset(batch: b, head: head, token: r)
+                let (o, dO) = (inputs.o + row, inputs.dO + row)
                 var d: Float = 0
                 for c in 0..<vd { d += dO[c] * o[c] }
                 rowD[h * nq + r] = d
-                let lse = inputs.lse[rowBase + r]
+                let lse = inputs.lse[strides.logSumExp.offset(batch: b, head: head, token: r)]
                 rowLSE[h * nq + r] = lse
                 if let sinks = p.options.sinkLogits, lse.isFinite {
                     sinkGradient -= VectorMath.exp(SIMD16(repeating: sinks[head] - lse))[0] * d
@@ -392,11 +422,11 @@ extension BackwardPass {
             }
             if visits.isEmpty { continue }
             pack(
-                inputs.k + (kvBase + keys.lowerBound) * kd, rows: keys.count, width: kd, into: kTile, padded: dk,
-                tileRows: keyTile)
+                inputs.k + strides.keys.offset(batch: b, head: g, token: keys.lowerBound), rows: keys.count,
+                stride: strides.keys.token, width: kd, into: kTile, padded: dk, tileRows: keyTile)
             pack(
-                inputs.v + (kvBase + keys.lowerBound) * vd, rows: keys.count, width: vd, into: vTile, padded: dv,
-                tileRows: keyTile)
+                inputs.v + strides.values.offset(batch: b, head: g, token: keys.lowerBound), rows: keys.count,
+                stride: strides.values.token, width: vd, into: vTile, padded: dv, tileRows: keyTile)
             transpose(kTile, rows: keyTile, width: dk, into: kT)
             transpose(vTile, rows: keyTile, width: dv, into: vT)
             let keysFinite = allFinite(kTile, count: keyTile * dk)
@@ -404,23 +434,20 @@ extension BackwardPass {
             dVTile.update(repeating: 0, count: keyTile * dv)
             for visit in visits {
                 let head = firstHead + visit.h
-                let rowBase = (b * p.queryHeads + head) * nq
                 let rows = visit.rows
-                // Query and output-gradient rows, read in place when their width is already a multiple of 16.
-                var qRows = UnsafePointer(qPacked)
-                var dORows = UnsafePointer(dOPacked)
-                let (qSource, dOSource) = (
-                    inputs.q + (rowBase + rows.lowerBound) * kd, inputs.dO + (rowBase + rows.lowerBound) * vd
-                )
-                if kd == dk {
-                    qRows = qSource
+                // Query and output-gradient rows: staged, or in place when their width is already a multiple of 16,
+                // else packed.
+                let (qRows, dORows): (UnsafePointer<Float>, UnsafePointer<Float>)
+                if let staged {
+                    qRows = UnsafePointer(staged.queries + (visit.h * nq + rows.lowerBound) * dk)
+                    dORows = UnsafePointer(staged.outputGradients + (visit.h * nq + rows.lowerBound) * dv)
                 } else {
-                    pack(qSource, rows: rows.count, width: kd, into: qPacked, padded: dk, tileRows: rows.count)
-                }
-                if vd == dv {
-                    dORows = dOSource
-                } else {
-                    pack(dOSource, rows: rows.count, width: vd, into: dOPacked, padded: dv, tileRows: rows.count)
+                    qRows = paddedRows(
+                        inputs.q + strides.queries.offset(batch: b, head: head, token: rows.lowerBound),
+                        rows: rows.count, width: kd, padded: dk, buffer: qPacked)
+                    dORows = paddedRows(
+                        inputs.dO + strides.outputs.offset(batch: b, head: head, token: rows.lowerBound),
+                        rows: rows.count, width: vd, padded: dv, buffer: dOPacked)
                 }
                 // S = Q K^T, then P (probabilities) in place; dX keeps scale * softcap'(s) for now.
                 accumulateProduct(
@@ -479,16 +506,15 @@ extension BackwardPass {
                 }
             }
             for (t, key) in keys.enumerated() {
-                let kOut = dK + (kvBase + key) * kd
-                let vOut = dV + (kvBase + key) * vd
+                let kOut = dK + strides.keys.offset(batch: b, head: g, token: key)
+                let vOut = dV + strides.values.offset(batch: b, head: g, token: key)
                 for e in 0..<kd { kOut[e] = dKTile[t * dk + e] }
                 for e in 0..<vd { vOut[e] = dVTile[t * dv + e] }
             }
         }
         for h in 0..<group {
-            let rowBase = (b * p.queryHeads + firstHead + h) * nq
             for r in 0..<nq {
-                let out = dQ + (rowBase + r) * kd
+                let out = dQ + strides.queries.offset(batch: b, head: firstHead + h, token: r)
                 for e in 0..<kd { out[e] = dQRows[(h * nq + r) * dk + e] }
             }
         }
@@ -579,15 +605,25 @@ extension BackwardPass {
         }
     }
 
-    /// Copies `rows` rows of `width` floats into rows of `padded` floats, zeros in the padding and in rows
-    /// `rows ..< tileRows`.
+    /// `rows` consecutive rows of `width` floats at `source` as rows of `padded` floats: in place when the width is
+    /// already a multiple of 16, else packed into `buffer`.
+    func paddedRows(
+        _ source: UnsafePointer<Float>, rows: Int, width: Int, padded: Int, buffer: UnsafeMutablePointer<Float>
+    ) -> UnsafePointer<Float> {
+        if width == padded { return source }
+        pack(source, rows: rows, stride: width, width: width, into: buffer, padded: padded, tileRows: rows)
+        return UnsafePointer(buffer)
+    }
+
+    /// Copies `rows` rows of `width` floats, `stride` floats apart, into rows of `padded` floats, zeros in the
+    /// padding and in rows `rows ..< tileRows`.
     func pack(
-        _ source: UnsafePointer<Float>, rows: Int, width: Int, into target: UnsafeMutablePointer<Float>, padded: Int,
-        tileRows: Int
+        _ source: UnsafePointer<Float>, rows: Int, stride: Int, width: Int, into target: UnsafeMutablePointer<Float>,
+        padded: Int, tileRows: Int
     ) {
         target.update(repeating: 0, count: tileRows * padded)
         for r in 0..<rows {
-            (target + r * padded).update(from: source + r * width, count: width)
+            (target + r * padded).update(from: source + r * stride, count: width)
         }
     }
 }

@@ -1,16 +1,17 @@
 // PackedAttentionBackward: the gradients of a packed (variable-length) batch, FlashAttention's varlen backward.
 //
-// Each sequence is its own backward problem, exactly as in the forward (`packedAttention`): its rows of Q, K, V, the
-// output, dO and the log-sum-exp are copied head-major ([1, H, n, d], one pass over each), run through the dense
-// backward (`BackwardPass`, which owns every gradient row of a key/value head in one work item), and its gradients
-// written back into the packed dQ, dK and dV. So a sequence's gradients are bitwise those of `attentionGradients`
-// on that sequence alone, and bitwise identical for every thread count; the sink-logit gradients are summed over
-// the sequences in order.
+// Each sequence is its own backward problem, exactly as in the forward (`packedAttention`): the dense backward
+// (`BackwardPass`, which owns every gradient row of a key/value head in one work item) reads its rows of Q, K, V,
+// the output, dO and the log-sum-exp where they are, at the packed tensors' token-major strides (packing each tile's
+// rows into its scratch, as it does for a [B, N, H, d] call), and writes its dQ, dK and dV rows in place. So a
+// sequence's gradients are bitwise those of `attentionGradients` on that sequence alone, and bitwise identical for
+// every thread count; the sink-logit gradients are summed over the sequences in order.
 //
 // Scheduling: with at least as many key/value heads as threads, the sequences run one after another, each on all
 // the threads (its heads are the work items); with fewer, the sequences themselves run in parallel, longest first
 // (by Nq x Nk), one thread each, so that a batch of many short sequences and few heads still fills the cores.
-// Memory beyond the gradients: each running sequence's head-major copies and its backward scratch.
+// Memory beyond the gradients: each running sequence's backward scratch (O(Nq * d) per worker, with its staged
+// query and output-gradient rows).
 
 /// The gradients of a packed batch's attention (``packedAttention(queries:keys:values:sequences:mask:options:)``)
 /// with respect to its queries, keys, values and learned sink logits.
@@ -77,38 +78,45 @@ public func packedAttentionGradients(
         let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
         return costA != costB ? costA > costB : $0 < $1
     }
-    dQ.withUnsafeMutableBufferPointer { queryGradients in
-        dK.withUnsafeMutableBufferPointer { keyGradients in
-            dV.withUnsafeMutableBufferPointer { valueGradients in
-                sinkParts.withUnsafeMutableBufferPointer { sinks in
-                    workspace.withUnsafeMutableBufferPointer { bytes in
-                        // Disjoint writes: sequence b writes only its own tokens' gradient rows, its sink slots and
-                        // its workspace slot.
-                        let targets = UncheckedSendable(
-                            (
-                                queryGradients.baseAddress!, keyGradients.baseAddress!, valueGradients.baseAddress!,
-                                sinks.baseAddress, bytes.baseAddress!
-                            ))
-                        Parallel.forEach(items: order.count, threads: acrossSequences ? threads : 1) { _, index in
-                            let b = order[index]
-                            let (queryGradients, keyGradients, valueGradients, sinks, bytes) = targets.value
-                            let problem = perSequence[b]
-                            let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
-                            if qs.isEmpty || ks.isEmpty { return }
-                            let gradients = BackwardPass(problem: problem).run(
-                                queries: queries.headMajorTokens(qs), keys: keys.headMajorTokens(ks),
-                                values: values.headMajorTokens(ks), output: result.output.headMajorTokens(qs),
-                                logSumExp: result.logSumExp.headMajorTokens(qs),
-                                outputGradient: outputGradient.headMajorTokens(qs))
-                            gradients.queries.scatterTokens(into: queryGradients, at: qs.lowerBound)
-                            gradients.keys.scatterTokens(into: keyGradients, at: ks.lowerBound)
-                            gradients.values.scatterTokens(into: valueGradients, at: ks.lowerBound)
-                            if let part = gradients.sinkLogits, let sinks {
-                                for h in 0..<hq { sinks[b * hq + h] = part[h] }
+    // Token-major rows: a sequence's row (head h, token t) is h * d + t * H * d floats past its first token's.
+    let strides = BackwardStrides(
+        queries: RowStrides(batch: 0, head: dk, token: hq * dk),
+        keys: RowStrides(batch: 0, head: dk, token: hkv * dk),
+        values: RowStrides(batch: 0, head: dv, token: hkv * dv),
+        outputs: RowStrides(batch: 0, head: dv, token: hq * dv),
+        logSumExp: RowStrides(batch: 0, head: 1, token: hq))
+    let inputTensors = [queries, keys, values, result.output, result.logSumExp, outputGradient]
+    withBaseAddresses(inputTensors) { inputs in
+        dQ.withUnsafeMutableBufferPointer { queryGradients in
+            dK.withUnsafeMutableBufferPointer { keyGradients in
+                dV.withUnsafeMutableBufferPointer { valueGradients in
+                    sinkParts.withUnsafeMutableBufferPointer { sinks in
+                        workspace.withUnsafeMutableBufferPointer { bytes in
+                            // Disjoint writes: sequence b writes only its own tokens' gradient rows, its sink slots
+                            // and its workspace slot.
+                            let shared = UncheckedSendable(
+                                (
+                                    inputs, queryGradients.baseAddress!, keyGradients.baseAddress!,
+                                    valueGradients.baseAddress!, sinks.baseAddress, bytes.baseAddress!
+                                ))
+                            Parallel.forEach(items: order.count, threads: acrossSequences ? threads : 1) { _, index in
+                                let b = order[index]
+                                let (inputs, dQ, dK, dV, sinks, bytes) = shared.value
+                                let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
+                                if qs.isEmpty || ks.isEmpty { return }
+                                let (q, k) = (qs.lowerBound, ks.lowerBound)
+                                let run = BackwardPass(problem: perSequence[b]).run(
+                                    BackwardInputs(
+                                        q: inputs[0] + q * hq * dk, k: inputs[1] + k * hkv * dk,
+                                        v: inputs[2] + k * hkv * dv, o: inputs[3] + q * hq * dv,
+                                        lse: inputs[4] + q * hq, dO: inputs[5] + q * hq * dv, bias: nil,
+                                        strides: strides),
+                                    dQ: dQ + q * hq * dk, dK: dK + k * hkv * dk, dV: dV + k * hkv * dv)
+                                if let part = run.sinkLogits, let sinks {
+                                    for h in 0..<hq { sinks[b * hq + h] = part[h] }
+                                }
+                                bytes[b] = run.workspaceBytes
                             }
-                            // The copies in and out (inputs and gradients) and the backward's scratch.
-                            let copies = 2 * (qs.count * hq * (dk + 2 * dv + 1) + ks.count * hkv * (dk + dv))
-                            bytes[b] = gradients.workspaceBytes + copies * MemoryLayout<Float>.stride
                         }
                     }
                 }
@@ -122,45 +130,11 @@ public func packedAttentionGradients(
         for b in 0..<sequences.count { for h in 0..<hq { sums[h] += sinkParts[b * hq + h] } }
         sinkGradients = sums
     }
-    // Concurrent sequences hold their copies and scratch at once; the largest ones bound it.
+    // Concurrent sequences hold their scratch at once; the largest ones bound it.
     let concurrent = acrossSequences ? Parallel.workerCount(items: sequences.count, threads: threads) : 1
     return AttentionGradients(
         queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
         keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
         values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: nil,
         workspaceBytes: workspace.sorted(by: >).prefix(concurrent).reduce(0, +))
-}
-
-extension Tensor {
-    /// Tokens `range` of a packed [T, H, d] tensor (or [T, H], as [T, H, 1]) as a head-major [1, H, n, d] tensor
-    /// ([1, H, n] for [T, H]).
-    fileprivate func headMajorTokens(_ range: Range<Int>) -> Tensor {
-        let (h, d) = (shape[1], rank == 3 ? shape[2] : 1)
-        var out = [Float](repeating: 0, count: range.count * h * d)
-        scalars.withUnsafeBufferPointer { source in
-            out.withUnsafeMutableBufferPointer { target in
-                for (t, token) in range.enumerated() {
-                    for head in 0..<h {
-                        let (from, to) = ((token * h + head) * d, (head * range.count + t) * d)
-                        for e in 0..<d { target[to + e] = source[from + e] }
-                    }
-                }
-            }
-        }
-        let headMajorShape = rank == 3 ? [1, h, range.count, d] : [1, h, range.count]
-        return Tensor(uncheckedShape: headMajorShape, scalars: out)
-    }
-
-    /// Writes this head-major [1, H, n, d] tensor into the packed [T, H, d] rows starting at token `start`.
-    fileprivate func scatterTokens(into packed: UnsafeMutablePointer<Float>, at start: Int) {
-        let (h, n, d) = (shape[1], shape[2], shape[3])
-        scalars.withUnsafeBufferPointer { source in
-            for head in 0..<h {
-                for t in 0..<n {
-                    let (from, to) = ((head * n + t) * d, ((start + t) * h + head) * d)
-                    for e in 0..<d { packed[to + e] = source[from + e] }
-                }
-            }
-        }
-    }
 }
