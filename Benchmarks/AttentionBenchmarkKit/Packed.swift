@@ -15,9 +15,10 @@ import _AttentionTestSupport
 /// count the real work of both (sum over sequences of 4 * H * n^2 * d, halved for causal). The packed result is
 /// validated on a small shape against the Float64 reference before timing, and sampled rows of the timed output
 /// against it too. Causal, the backward as well: `packed-backward` (one `packedAttentionGradients` call) and
-/// `per-sequence-backward` (sixteen `attentionGradients` calls), timed in turn, GFLOP/s by the backward's 2.5x
-/// convention; gated on the small shape against the Float64 reference backward of each sequence alone, and the
-/// timed call's first sequence checked against it too.
+/// `per-sequence-backward` (sixteen `attentionGradients` calls; workspace: the largest call's), timed in turn,
+/// GFLOP/s by the backward's 2.5x convention; gated on the small shape against the Float64 reference backward of
+/// each sequence alone, the timed call's shortest sequence checked against it too, and the per-sequence call of that
+/// sequence against the packed call's rows, bit for bit.
 public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [BenchmarkRecord] {
     let (heads, d) = (configuration.heads, configuration.headDimensions?.first ?? 64)
     let budget = configuration.quick ? 0.5 : 2.0
@@ -104,8 +105,9 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
             let flops = selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: mask)
             if maskName == "causal" {
                 records += try packedBackwardRecords(
-                    sequences: sequences, lengths: lengths, queries: queries, keys: keys, values: values,
-                    alone: alone, forward: result, options: options, configuration: configuration, budget: budget)
+                    sequences: sequences, lengths: lengths, longest: longest, queries: queries, keys: keys,
+                    values: values, alone: alone, forward: result, options: options, configuration: configuration,
+                    budget: budget)
             }
             for (kernel, timing, workspace) in [
                 ("packed", timings[0], result.workspaceBytes), ("per-sequence", timings[1], 0),
@@ -172,8 +174,9 @@ private func validatePackedBackward(queries: Tensor, keys: Tensor, values: Tenso
 
 /// The causal packed backward beside the sixteen per-sequence backward calls, timed in turn.
 private func packedBackwardRecords(
-    sequences: PackedSequences, lengths: [Int], queries: Tensor, keys: Tensor, values: Tensor, alone: [[Tensor]],
-    forward: AttentionResult, options: AttentionOptions, configuration: BenchmarkConfiguration, budget: Double
+    sequences: PackedSequences, lengths: [Int], longest: Int, queries: Tensor, keys: Tensor, values: Tensor,
+    alone: [[Tensor]], forward: AttentionResult, options: AttentionOptions, configuration: BenchmarkConfiguration,
+    budget: Double
 ) throws -> [BenchmarkRecord] {
     let (heads, d) = (queries.shape[1], queries.shape[2])
     let dO = try Tensor.randomNormal(shape: forward.output.shape, seed: 24)
@@ -187,11 +190,14 @@ private func packedBackwardRecords(
             queries: queries, keys: keys, values: values, sequences: sequences, result: forward, outputGradient: dO,
             mask: .causal, options: options)
     }
+    var (eachWorkspace, shortest): (Int, AttentionGradients?) = (0, nil)
     func runEach() throws {
         for (b, sequence) in alone.enumerated() {
-            _ = try attentionGradients(
+            let gradients = try attentionGradients(
                 queries: sequence[0], keys: sequence[1], values: sequence[2], result: aloneForward[b],
                 outputGradient: aloneGradient[b], mask: .causal, options: options)
+            eachWorkspace = Swift.max(eachWorkspace, gradients.workspaceBytes)
+            if b == 0 { shortest = gradients }
         }
     }
     let timings = try alternateTimes(
@@ -204,12 +210,22 @@ private func packedBackwardRecords(
     guard failures.isEmpty else {
         throw ValidationFailure(description: "the timed packed backward failed validation: \(failures)")
     }
+    // The per-sequence call of that sequence gives the packed call's rows bit for bit (the package's promise).
+    let (queryRows, keyRows) = (sequences.queryRange(0), sequences.keyRange(0))
+    guard let shortest, bitwise(headMajor(gradients.queries, queryRows)) == bitwise(shortest.queries),
+        bitwise(headMajor(gradients.keys, keyRows)) == bitwise(shortest.keys),
+        bitwise(headMajor(gradients.values, keyRows)) == bitwise(shortest.values)
+    else {
+        throw ValidationFailure(description: "the per-sequence backward differs from the packed one's rows")
+    }
     let flops = 2.5 * selfAttentionFLOPs(lengths: lengths, heads: heads, headDimension: d, mask: .causal)
-    return [("packed-backward", timings[0], gradients.workspaceBytes), ("per-sequence-backward", timings[1], 0)].map {
+    return [
+        ("packed-backward", timings[0], gradients.workspaceBytes), ("per-sequence-backward", timings[1], eachWorkspace),
+    ].map {
         kernel, timing, workspace in
         var record = BenchmarkRecord(
             suite: "packed", kernel: kernel, batch: 16, queryHeads: heads, keyValueHeads: heads,
-            queryLength: lengths.max() ?? 0, keyLength: lengths.max() ?? 0, headDimension: d, mask: "causal",
+            queryLength: longest, keyLength: longest, headDimension: d, mask: "causal",
             threads: options.threads ?? 1, medianSeconds: timing.median, minSeconds: timing.minimum,
             maxSeconds: timing.maximum, gflops: flops / timing.median / 1e9, workspaceBytes: workspace,
             maxAbsError: worst)

@@ -439,5 +439,17 @@ final class BackwardTests: XCTestCase {
                 XCTAssertEqual((error as? AttentionError)?.argument, "outputGradient")
             }
         }
+        // Head-major inputs with a token-major output: only the output-gradient rows are staged.
+        var mixed = options
+        mixed.outputLayout = .bnhd
+        let mixedForward = try partialAttention(
+            queries: x.queries, keys: x.keys, values: x.values, mask: .causal, options: mixed)
+        let m = try attentionGradients(
+            queries: x.queries, keys: x.keys, values: x.values, result: mixedForward,
+            outputGradient: try tokenMajor(x.outputGradient), mask: .causal, options: mixed)
+        XCTAssertEqual(bitwise(m.queries), bitwise(expected.queries))
+        XCTAssertEqual(bitwise(m.keys), bitwise(expected.keys))
+        XCTAssertEqual(bitwise(m.values), bitwise(expected.values))
+        XCTAssertEqual(m.sinkLogits.map(bitwise), expected.sinkLogits.map(bitwise))
     }
 }

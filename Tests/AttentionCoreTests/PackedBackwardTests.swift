@@ -3,9 +3,9 @@ import XCTest
 import _AttentionTestSupport
 
 /// `packedAttentionGradients` against the Float64 reference backward of each sequence alone (test support's
-/// textbook backward on that sequence's head-major rows); bitwise equality with `attentionGradients` per sequence and
-/// across thread counts (both schedules: sequences in turn on all threads, and sequences in parallel); nothing
-/// crosses a sequence boundary; empty sequences; errors.
+/// textbook backward on that sequence's head-major rows); bitwise equality with `attentionGradients` per sequence
+/// (sink gradients: their sum) and across thread counts; nothing crosses a sequence boundary; empty sequences;
+/// errors.
 final class PackedBackwardTests: XCTestCase {
     /// A packed batch: queries [Tq, Hq, dk], keys [Tk, Hkv, dk], values [Tk, Hkv, dv], dO [Tq, Hq, dv].
     struct Batch {
@@ -39,56 +39,73 @@ final class PackedBackwardTests: XCTestCase {
     func rows(_ packed: Tensor, _ range: Range<Int>) -> [Float] { headMajor(packed, range).scalars }
 
     func testEverySequenceMatchesItsOwnReference() throws {
-        // Odd lengths (a sequence with more keys than queries: a cached prefix), GQA, every mask kind, sinks,
-        // softcap and ALiBi; each sequence's dQ, dK, dV against the Float64 reference backward of it alone, and the
-        // sink gradients against the reference's summed over the sequences.
-        let x = try batch(
-            queryLengths: [5, 70, 1, 33], keyLengths: [5, 90, 40, 33], queryHeads: 6, keyValueHeads: 2,
-            headDimension: 24, valueDimension: 17, seed: 3)
-        var options = AttentionOptions(softcap: 20, threads: 2)
-        options.sinkLogits = [0.5, -1, 0, 2, 1, -0.5]
-        options.alibiSlopes = [0.1, 0.2, 0.05, 0.3, 0, 0.15]
-        for mask in [AttentionMask.none, .causal, .window(left: 9, right: 2), .sinks(count: 3, window: 12)] {
-            let kernel = try gradients(x, mask: mask, options: options)
-            var (referenceSinks, plainSinks) = ([Double](repeating: 0, count: 6), [Float](repeating: 0, count: 6))
-            for b in 0..<x.sequences.count {
-                let (qs, ks) = (x.sequences.queryRange(b), x.sequences.keyRange(b))
-                let (q, k, v, dO) = (
-                    headMajor(x.queries, qs), headMajor(x.keys, ks), headMajor(x.values, ks),
-                    headMajor(x.outputGradient, qs)
-                )
-                let reference = referenceBackward(
-                    BackwardReferenceInputs<Double>(
-                        queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
-                    mask: mask, options: options)
-                let plain = referenceBackward(
-                    BackwardReferenceInputs<Float>(
-                        queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
-                    mask: mask, options: options)
-                let checks = queryKeyValueChecks(
-                    kernel: (
-                        try Tensor(shape: q.shape, scalars: rows(kernel.queries, qs)),
-                        try Tensor(shape: k.shape, scalars: rows(kernel.keys, ks)),
-                        try Tensor(shape: v.shape, scalars: rows(kernel.values, ks))
-                    ),
-                    reference: (reference.queries, reference.keys, reference.values),
-                    plain: (plain.queries, plain.keys, plain.values), context: "\(mask) sequence \(b)")
-                for (name, check) in checks.sorted(by: { $0.key < $1.key }) {
-                    XCTAssertTrue(check.passes, "\(name): \(check)")
-                }
-                for h in 0..<6 {
-                    referenceSinks[h] += reference.sinkLogits![h]
-                    plainSinks[h] += plain.sinkLogits![h]
-                }
+        // Odd lengths (a sequence with more keys than queries: a cached prefix), GQA (token-major rows of several
+        // heads, staged per item) and one head (consecutive rows, read in place), masks of every shape a packed
+        // call takes (none, causal, window, sinks, a predicate, an intersection, per-head masks), sinks, softcap
+        // and ALiBi; each sequence's dQ, dK, dV against the Float64 reference backward of it alone, and the sink
+        // gradients against the reference's summed over the sequences.
+        for (hq, hkv) in [(6, 2), (1, 1)] {
+            let x = try batch(
+                queryLengths: [5, 70, 1, 33], keyLengths: [5, 90, 40, 33], queryHeads: hq, keyValueHeads: hkv,
+                headDimension: 24, valueDimension: 17, seed: UInt64(3 + hq))
+            var options = AttentionOptions(softcap: 20, threads: 2)
+            options.sinkLogits = Array([0.5, -1, 0, 2, 1, -0.5].prefix(hq))
+            options.alibiSlopes = Array([0.1, 0.2, 0.05, 0.3, 0, 0.15].prefix(hq))
+            var perHead = options
+            perHead.headMasks = (0..<hq).map { $0 % 2 == 0 ? .window(left: 4, right: 0) : .none }
+            let masks: [(AttentionMask, AttentionOptions)] = [
+                (.none, options), (.causal, options), (.window(left: 9, right: 2), options),
+                (.sinks(count: 3, window: 12), options), (.custom { q, k in (q + k) % 3 != 0 }, options),
+                (.intersection(.causal, .custom { _, k in k % 4 != 1 }), options), (.causal, perHead),
+            ]
+            for (mask, options) in masks {
+                try checkSequences(x, mask: mask, options: options, heads: hq)
             }
-            let sinks = toleranceCheck(
-                kernel: kernel.sinkLogits ?? [], reference: referenceSinks, plain: plainSinks, context: "\(mask) dSink")
-            XCTAssertTrue(sinks.passes, "\(sinks)")
         }
     }
 
+    /// Each sequence's gradients (and the summed sink gradients) against the Float64 reference of it alone.
+    func checkSequences(_ x: Batch, mask: AttentionMask, options: AttentionOptions, heads hq: Int) throws {
+        let kernel = try gradients(x, mask: mask, options: options)
+        var (referenceSinks, plainSinks) = ([Double](repeating: 0, count: hq), [Float](repeating: 0, count: hq))
+        for b in 0..<x.sequences.count {
+            let (qs, ks) = (x.sequences.queryRange(b), x.sequences.keyRange(b))
+            let (q, k, v, dO) = (
+                headMajor(x.queries, qs), headMajor(x.keys, ks), headMajor(x.values, ks),
+                headMajor(x.outputGradient, qs)
+            )
+            let reference = referenceBackward(
+                BackwardReferenceInputs<Double>(
+                    queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
+                mask: mask, options: options)
+            let plain = referenceBackward(
+                BackwardReferenceInputs<Float>(
+                    queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
+                mask: mask, options: options)
+            let checks = queryKeyValueChecks(
+                kernel: (
+                    try Tensor(shape: q.shape, scalars: rows(kernel.queries, qs)),
+                    try Tensor(shape: k.shape, scalars: rows(kernel.keys, ks)),
+                    try Tensor(shape: v.shape, scalars: rows(kernel.values, ks))
+                ),
+                reference: (reference.queries, reference.keys, reference.values),
+                plain: (plain.queries, plain.keys, plain.values), context: "\(mask) H \(hq) sequence \(b)")
+            for (name, check) in checks.sorted(by: { $0.key < $1.key }) {
+                XCTAssertTrue(check.passes, "\(name): \(check)")
+            }
+            for h in 0..<hq {
+                referenceSinks[h] += reference.sinkLogits![h]
+                plainSinks[h] += plain.sinkLogits![h]
+            }
+        }
+        let sinks = toleranceCheck(
+            kernel: kernel.sinkLogits ?? [], reference: referenceSinks, plain: plainSinks,
+            context: "\(mask) H \(hq) dSink")
+        XCTAssertTrue(sinks.passes, "\(sinks)")
+    }
+
     func testEachSequenceIsBitwiseItsOwnCallForEveryThreadCount() throws {
-        // Two key/value heads: one and two threads run the sequences in turn, three and eight run them in parallel.
+        // Two key/value heads, 1, 2, 3 and 8 threads: the (sequence, head) items land on different workers.
         let x = try batch(
             queryLengths: [64, 3, 130, 0, 17], keyLengths: [64, 40, 130, 7, 0], queryHeads: 4, keyValueHeads: 2,
             headDimension: 16, seed: 11)
@@ -105,6 +122,7 @@ final class PackedBackwardTests: XCTestCase {
             XCTAssertEqual(run.sinkLogits.map(bitwise), runs[0].sinkLogits.map(bitwise))
         }
         options.threads = 1
+        var ownSinks = [Float](repeating: 0, count: 4)
         for b in 0..<x.sequences.count {
             let (qs, ks) = (x.sequences.queryRange(b), x.sequences.keyRange(b))
             if qs.isEmpty || ks.isEmpty {
@@ -122,7 +140,10 @@ final class PackedBackwardTests: XCTestCase {
             XCTAssertEqual(bitwise(rows(runs[0].queries, qs)), bitwise(own.queries.scalars), "sequence \(b)")
             XCTAssertEqual(bitwise(rows(runs[0].keys, ks)), bitwise(own.keys.scalars), "sequence \(b)")
             XCTAssertEqual(bitwise(rows(runs[0].values, ks)), bitwise(own.values.scalars), "sequence \(b)")
+            ownSinks = zip(ownSinks, own.sinkLogits!).map { $0 + $1 }
         }
+        // The sink gradients: the per-sequence calls' summed in sequence order.
+        XCTAssertEqual(runs[0].sinkLogits.map(bitwise), bitwise(ownSinks))
     }
 
     func testNoGradientCrossesASequenceBoundary() throws {

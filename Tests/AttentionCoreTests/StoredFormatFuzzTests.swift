@@ -6,13 +6,13 @@ import _AttentionTestSupport
 /// Random stored-format configurations against the Float64 reference on the values as each format defines them
 /// (test support's independent rounding, never the package's codec), in three kinds: KV caches in every format with
 /// random block sizes (odd ones too), dimensions the format allows, Float32 windows of the newest tokens, appends in
-/// pieces, batch entries and head groupings, through every kernel and mask; paged caches in every format, their batch
-/// entries as sequences attended in one packed call; stored-tensor attention with keys, values and queries each in
-/// its own format. The fixed-shape tests in StorageFormatTests and StoredTensorTests name the paths they mean to
-/// reach; these draw shapes those do not (four-row decode groups over odd key counts, 8-bit blocks of 8 against
-/// 16-column value passes, 4-bit rows with short nibble groups, Float32 windows straddling a tile, pages of a few
-/// tokens). 300 cases of each kind by default; ATTENTION_FUZZ_CASES and ATTENTION_FUZZ_SEED as in
-/// RandomizedDifferentialTests. Every failure prints its seed and configuration.
+/// pieces, batch entries and head groupings, through every kernel and the none, causal, window and sink masks;
+/// paged caches in every format, their batch entries as sequences attended in one packed call; stored-tensor
+/// attention with keys, values and queries each in its own format. The fixed-shape tests in StorageFormatTests and
+/// StoredTensorTests name the paths they mean to reach; these draw shapes those do not (four-row decode groups over
+/// odd key counts, 8-bit blocks of 8 against 16-column value passes, 4-bit rows with short nibble groups, Float32
+/// windows straddling a tile, pages of a few tokens). 300 cases of each kind by default; ATTENTION_FUZZ_CASES and
+/// ATTENTION_FUZZ_SEED as in RandomizedDifferentialTests. Every failure prints its seed and configuration.
 final class StoredFormatFuzzTests: XCTestCase {
     /// What holds the keys and values.
     enum Kind {
@@ -42,8 +42,8 @@ final class StoredFormatFuzzTests: XCTestCase {
         var description: String {
             "seed=\(seed) keys=\(keyFormat) values=\(valueFormat) queries=\(queryFormat) B=\(batch) "
                 + "Hkv=\(keyValueHeads) G=\(group) Nq=\(queryLength) appends=\(appends) Dk=\(keyDimension) "
-                + "Dv=\(valueDimension) recent=\(recentTokensInFloat32) pageSize=\(pageSize) mask=\(maskName) kernel=\(options.kernel) "
-                + "threads=\(options.threads ?? 0)"
+                + "Dv=\(valueDimension) recent=\(recentTokensInFloat32) pageSize=\(pageSize) mask=\(maskName) "
+                + "kernel=\(options.kernel) threads=\(options.threads ?? 0)"
         }
     }
 

@@ -34,19 +34,20 @@ import AttentionPlatform
 
 /// The gradients of one attention call (see `attentionGradients`).
 public struct AttentionGradients: Sendable {
-    /// dL/dQ, [batch, queryHeads, queryLength, headDimension].
+    /// dL/dQ, in the shape and layout of the queries passed.
     public var queries: Tensor
-    /// dL/dK, [batch, keyValueHeads, keyLength, headDimension]: summed over the query heads of each group.
+    /// dL/dK, in the shape and layout of the keys passed: summed over the query heads of each group.
     public var keys: Tensor
-    /// dL/dV, [batch, keyValueHeads, keyLength, valueDimension].
+    /// dL/dV, in the shape and layout of the values passed.
     public var values: Tensor
     /// dL/d(sink logit) per query head, when `options.sinkLogits` was given; summed over batch entries and rows.
     public var sinkLogits: [Float]?
     /// dL/d(bias), when `options.bias` was given: the bias's own shape, summed over its size-1 (broadcast) axes;
     /// zero where the bias is -infinity or the mask or padding removes the pair.
     public var bias: Tensor?
-    /// Bytes of scratch memory the call allocated (tiles, per-worker dQ rows and, for a bias that several
-    /// (batch, key/value head) work items share, one bias slice per item), excluding the gradients.
+    /// Bytes of scratch memory the call allocated (tiles, per-worker dQ rows, the staged query and output-gradient
+    /// rows of tensors whose rows are not consecutive and, for a bias that several (batch, key/value head) work
+    /// items share, one bias slice per item), excluding the gradients.
     public var workspaceBytes: Int
 }
 
@@ -77,8 +78,9 @@ public struct AttentionGradients: Sendable {
 ///   order, so it costs that many bias slices of scratch.
 ///   With `options.layout` / `outputLayout` `.bnhd`, the inputs, output and output gradient are read in those
 ///   layouts, at their strides, and the query, key and value gradients written in `options.layout` (no head-major
-///   copy of a tensor; each work item stages its group's query and output-gradient rows, the size of its dQ
-///   buffer); the gradients of the same values are bitwise those of `.bhnd` tensors.
+///   copy of a tensor; a work item copies its group's query rows, and output-gradient rows, once into scratch
+///   when they are not consecutive: O(Nq * d) per worker); the gradients of the same values are bitwise those of
+///   `.bhnd` tensors.
 /// - Throws: ``AttentionError`` as the forward does for the inputs, and a shape mismatch naming `result.output`,
 ///   `result.logSumExp` or `outputGradient`.
 public func attentionGradients(
@@ -108,11 +110,9 @@ public func attentionGradients(
     // Rows are read and the gradients written at the layouts' strides: no head-major copy.
     let p = problem
     let strides = BackwardStrides(
-        queries: layout.strides(heads: p.queryHeads, tokens: p.queryLength, dimension: p.keyDimension),
+        problem,
         keys: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.keyDimension),
-        values: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.valueDimension),
-        outputs: outputLayout.strides(heads: p.queryHeads, tokens: p.queryLength, dimension: p.valueDimension),
-        logSumExp: TensorLayout.bhnd.strides(heads: p.queryHeads, tokens: p.queryLength, dimension: 1))
+        values: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.valueDimension))
     return BackwardPass(problem: problem).run(
         queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
         outputGradient: outputGradient, strides: strides)
@@ -174,20 +174,21 @@ struct BackwardPass {
     }
 
     /// Per-worker scratch, in floats.
-    func scratchFloats(staging: Bool) -> Int {
-        let group = problem.groupSize
+    func scratchFloats(_ strides: BackwardStrides) -> Int {
+        let (group, nq) = (problem.groupSize, problem.queryLength)
+        let staged = stagedRows(strides)
         return 2 * keyTile * dk + 2 * keyTile * dv  // K, K^T, V, V^T
             + keyTile * dk + keyTile * dv  // dK, dV accumulators
             + rowTile * dk + rowTile * dv  // Q, dO rows
             + 3 * rowTile * keyTile  // S / P, dP, dX
-            + group * problem.queryLength * (dk + 2)  // dQ rows, D and lse per row
-            + (staging ? group * problem.queryLength * (dk + dv) : 0)  // the group's Q and dO rows, staged
+            + group * nq * (dk + 2)  // dQ rows, D and lse per row
+            + (staged.queries ? group * nq * dk : 0) + (staged.outputGradients ? group * nq * dv : 0)
     }
 
-    /// Whether a work item stages its group's query and output-gradient rows (see `runItem`): when the rows are
-    /// not consecutive (a [B, N, H, d] or packed tensor).
-    func stagesRows(_ strides: BackwardStrides) -> Bool {
-        strides.queries.token != problem.keyDimension || strides.outputs.token != problem.valueDimension
+    /// Whether a work item stages its group's query rows, and its output-gradient rows (see `runItem`): those that
+    /// are not consecutive (a [B, N, H, d] or packed tensor).
+    func stagedRows(_ strides: BackwardStrides) -> (queries: Bool, outputGradients: Bool) {
+        (strides.queries.token != problem.keyDimension, strides.outputs.token != problem.valueDimension)
     }
 
     /// The gradients of tensors whose rows live at `strides` (dense [B, H, N, d] or [B, N, H, d]); dQ, dK and dV
@@ -223,9 +224,10 @@ struct BackwardPass {
             workspaceBytes: workspace)
     }
 
-    /// Runs every work item over `inputs`, writing dQ, dK and dV rows at the inputs' query, key and value strides
-    /// (rows no visible key reaches are left as they are: zero them first). Returns the sink-logit gradients (per
-    /// query head, summed over the batch), the bias gradient and the bytes of scratch.
+    /// Runs every work item over `inputs`, writing dQ, dK and dV rows at the inputs' query, key and value strides.
+    /// Every dQ row is written; the dK and dV rows of a key tile that no query row sees are not (zero them first).
+    /// Returns the sink-logit gradients (per query head, summed over the batch), the bias gradient and the bytes
+    /// of scratch.
     func run(
         _ inputs: BackwardInputs, dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
         dV: UnsafeMutablePointer<Float>
@@ -235,7 +237,7 @@ struct BackwardPass {
         let workers = Parallel.workerCount(items: items, threads: p.threads)
         // Each item's sink-logit gradients, summed in item order afterwards.
         var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
-        let perWorker = scratchFloats(staging: stagesRows(inputs.strides))
+        let perWorker = scratchFloats(inputs.strides)
         var scratch = [Float](repeating: 0, count: workers * perWorker)
         // The bias gradient, then (if items share its slices) one partial slice per item, summed in item order.
         var biasWork = [Float](repeating: 0, count: biasCount + (biasShared ? items * biasItemFloats : 0))
@@ -308,6 +310,12 @@ struct BackwardStrides {
     let values: RowStrides
     let outputs: RowStrides
     let logSumExp: RowStrides
+
+    /// The problem's query, output and log-sum-exp strides (the forward's), and the keys' and values'.
+    init(_ problem: AttentionProblem, keys: RowStrides, values: RowStrides) {
+        (queries, outputs, logSumExp) = (problem.queryStrides, problem.outputStrides, problem.logSumExpStrides)
+        (self.keys, self.values) = (keys, values)
+    }
 }
 
 /// The read-only inputs of a backward call, their rows at `strides`.
@@ -325,7 +333,7 @@ struct BackwardInputs: @unchecked Sendable {
 
 extension BackwardPass {
     /// Work item `item` = (batch entry, key/value head): all gradients of that head (see the file's legend).
-    fileprivate func runItem(
+    func runItem(
         _ item: Int, _ inputs: BackwardInputs, dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
         dV: UnsafeMutablePointer<Float>, sinkGradients: UnsafeMutablePointer<Float>,
         biasGradient: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
@@ -351,24 +359,30 @@ extension BackwardPass {
         let firstHead = g * group
         let strides = inputs.strides
         (dQRows).update(repeating: 0, count: group * nq * dk)
-        // Rows of other heads in between (a [B, N, H, d] or packed tensor): the group's Q and dO rows are copied once
-        // into [group, nq, d] (padded to dk / dv), so that every key tile reads them consecutively, as it reads a
-        // [B, H, N, d] tensor's (packing them per key tile instead cost 6% of a packed batch's backward, Zen 3).
-        var staged: (queries: UnsafeMutablePointer<Float>, outputGradients: UnsafeMutablePointer<Float>)? = nil
-        if stagesRows(strides) {
-            let queries = rowLSE + group * nq
-            let outputGradients = queries + group * nq * dk
+        // Rows of other heads in between (a [B, N, H, d] or packed tensor): the group's Q rows, and its dO rows, are
+        // copied once into [group, nq, d] (padded to dk / dv), so that every key tile reads them consecutively, as it
+        // reads a [B, H, N, d] tensor's (packing them per key tile instead cost 6% of a packed batch's backward,
+        // Zen 3).
+        let staging = stagedRows(strides)
+        var staged = rowLSE + group * nq
+        var stagedQueries: UnsafeMutablePointer<Float>? = nil
+        var stagedOutputGradients: UnsafeMutablePointer<Float>? = nil
+        if staging.queries {
+            stagedQueries = staged
             for h in 0..<group {
-                let head = firstHead + h
                 pack(
-                    inputs.q + strides.queries.offset(batch: b, head: head, token: 0), rows: nq,
-                    stride: strides.queries.token, width: kd, into: queries + h * nq * dk, padded: dk, tileRows: nq)
-                pack(
-                    inputs.dO + strides.outputs.offset(batch: b, head: head, token: 0), rows: nq,
-                    stride: strides.outputs.token, width: vd, into: outputGradients + h * nq * dv, padded: dv,
-                    tileRows: nq)
+                    inputs.q + strides.queries.offset(batch: b, head: firstHead + h, token: 0), rows: nq,
+                    stride: strides.queries.token, width: kd, into: staged + h * nq * dk, padded: dk, tileRows: nq)
             }
-            staged = (queries, outputGradients)
+            staged += group * nq * dk
+        }
+        if staging.outputGradients {
+            stagedOutputGradients = staged
+            for h in 0..<group {
+                pack(
+                    inputs.dO + strides.outputs.offset(batch: b, head: firstHead + h, token: 0), rows: nq,
+                    stride: strides.outputs.token, width: vd, into: staged + h * nq * dv, padded: dv, tileRows: nq)
+            }
         }
 
         // D = rowsum(dO * O) per row, the row's log-sum-exp, and the sink-logit gradients.
@@ -437,18 +451,16 @@ extension BackwardPass {
                 let rows = visit.rows
                 // Query and output-gradient rows: staged, or in place when their width is already a multiple of 16,
                 // else packed.
-                let (qRows, dORows): (UnsafePointer<Float>, UnsafePointer<Float>)
-                if let staged {
-                    qRows = UnsafePointer(staged.queries + (visit.h * nq + rows.lowerBound) * dk)
-                    dORows = UnsafePointer(staged.outputGradients + (visit.h * nq + rows.lowerBound) * dv)
-                } else {
-                    qRows = paddedRows(
+                let qRows =
+                    stagedQueries.map { UnsafePointer($0 + (visit.h * nq + rows.lowerBound) * dk) }
+                    ?? paddedRows(
                         inputs.q + strides.queries.offset(batch: b, head: head, token: rows.lowerBound),
                         rows: rows.count, width: kd, padded: dk, buffer: qPacked)
-                    dORows = paddedRows(
+                let dORows =
+                    stagedOutputGradients.map { UnsafePointer($0 + (visit.h * nq + rows.lowerBound) * dv) }
+                    ?? paddedRows(
                         inputs.dO + strides.outputs.offset(batch: b, head: head, token: rows.lowerBound),
                         rows: rows.count, width: vd, padded: dv, buffer: dOPacked)
-                }
                 // S = Q K^T, then P (probabilities) in place; dX keeps scale * softcap'(s) for now.
                 accumulateProduct(
                     into: probabilities, ldc: keyTile, a: qRows, am: dk, ak: 1, b: kT, ldb: keyTile, rows: rows.count,

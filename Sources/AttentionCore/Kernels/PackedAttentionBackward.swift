@@ -1,17 +1,16 @@
 // PackedAttentionBackward: the gradients of a packed (variable-length) batch, FlashAttention's varlen backward.
 //
-// Each sequence is its own backward problem, exactly as in the forward (`packedAttention`): the dense backward
-// (`BackwardPass`, which owns every gradient row of a key/value head in one work item) reads its rows of Q, K, V,
-// the output, dO and the log-sum-exp where they are, at the packed tensors' token-major strides (packing each tile's
-// rows into its scratch, as it does for a [B, N, H, d] call), and writes its dQ, dK and dV rows in place. So a
-// sequence's gradients are bitwise those of `attentionGradients` on that sequence alone, and bitwise identical for
-// every thread count; the sink-logit gradients are summed over the sequences in order.
+// Each sequence is its own backward problem, exactly as in the forward (`packedAttention`), and its work items are
+// the dense backward's (`BackwardPass.runItem`: one per key/value head, owning every gradient row of that head):
+// they read the sequence's rows of Q, K, V, the output, dO and the log-sum-exp where they are, at the packed
+// tensors' token-major strides (K and V packed per key tile, as always; Q and dO rows staged once per item when
+// several heads interleave), and write its dQ, dK and dV rows in place. An item computes the same whichever worker
+// runs it, so a sequence's gradients are bitwise those of `attentionGradients` on that sequence alone, for every
+// thread count; the sink-logit gradients are summed over the sequences in order.
 //
-// Scheduling: with at least as many key/value heads as threads, the sequences run one after another, each on all
-// the threads (its heads are the work items); with fewer, the sequences themselves run in parallel, longest first
-// (by Nq x Nk), one thread each, so that a batch of many short sequences and few heads still fills the cores.
-// Memory beyond the gradients: each running sequence's backward scratch (O(Nq * d) per worker, with its staged
-// query and output-gradient rows).
+// Scheduling, as the forward's: one parallel loop over the (sequence, key/value head) items of every sequence, the
+// longest sequences first (by Nq x Nk), so that short sequences fill the gaps the long ones leave.
+// Memory beyond the gradients: one scratch per worker, sized for the longest sequence (O(Nq * d)).
 
 /// The gradients of a packed batch's attention (``packedAttention(queries:keys:values:sequences:mask:options:)``)
 /// with respect to its queries, keys, values and learned sink logits.
@@ -32,6 +31,8 @@
 ///   gradients summed over the sequences. Sequence b's gradients are bitwise those of
 ///   ``attentionGradients(queries:keys:values:result:outputGradient:mask:options:)`` on sequence b alone
 ///   ([1, H, n, d] tensors), for every thread count; a sequence with no keys or no queries gets zero gradients.
+///   2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the longest
+///   sequence's), nothing of size Nq x Nk.
 /// - Throws: what the forward throws for these inputs (an option or mask invalid for some sequence names the
 ///   sequence), and a shape mismatch naming `result.output`, `result.logSumExp` or `outputGradient`.
 ///
@@ -47,8 +48,6 @@ public func packedAttentionGradients(
     outputGradient: Tensor, mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionGradients {
     let threads = options.threads ?? Parallel.defaultThreadCount
-    var single = options
-    single.threads = 1
     let problems = try packedProblems(
         queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
     let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.shape[1])
@@ -61,61 +60,58 @@ public func packedAttentionGradients(
     ] where shape != expected {
         throw AttentionError.shapeMismatch(argument: name, expected: "\(expected)", actual: shape, reason: reason)
     }
-    // Sequences across threads when the heads alone cannot fill them.
-    let acrossSequences = hkv < threads && sequences.count > 1
-    let perSequence =
-        acrossSequences
-        ? try packedProblems(
-            queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: single)
-        : problems
+    let passes = problems.map(BackwardPass.init(problem:))
+    // Token-major rows: a sequence's row (head h, token t) is h * d + t * H * d floats past its first token's.
+    let strides = problems.map {
+        BackwardStrides(
+            $0, keys: RowStrides(batch: 0, head: dk, token: hkv * dk),
+            values: RowStrides(batch: 0, head: dv, token: hkv * dv))
+    }
+    // Every (sequence, key/value head) item of the sequences with queries and keys, longest sequences first.
+    let items = (0..<sequences.count).filter { problems[$0].queryLength > 0 && problems[$0].keyLength > 0 }
+        .sorted {
+            let (a, b) = (problems[$0], problems[$1])
+            let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
+            return costA != costB ? costA > costB : $0 < $1
+        }
+        .flatMap { b in (0..<hkv).map { (sequence: b, head: $0) } }
+    let perWorker = zip(passes, strides).map { $0.scratchFloats($1) }.max() ?? 0
+    var scratch = [Float](repeating: 0, count: Parallel.workerCount(items: items.count, threads: threads) * perWorker)
     var dQ = [Float](repeating: 0, count: totalQueries * hq * dk)
     var dK = [Float](repeating: 0, count: keys.shape[0] * hkv * dk)
     var dV = [Float](repeating: 0, count: keys.shape[0] * hkv * dv)
-    var sinkParts = [Float](repeating: 0, count: options.sinkLogits == nil ? 0 : sequences.count * hq)
-    var workspace = [Int](repeating: 0, count: sequences.count)
-    let order = (0..<sequences.count).sorted {
-        let (a, b) = (problems[$0], problems[$1])
-        let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
-        return costA != costB ? costA > costB : $0 < $1
-    }
-    // Token-major rows: a sequence's row (head h, token t) is h * d + t * H * d floats past its first token's.
-    let strides = BackwardStrides(
-        queries: RowStrides(batch: 0, head: dk, token: hq * dk),
-        keys: RowStrides(batch: 0, head: dk, token: hkv * dk),
-        values: RowStrides(batch: 0, head: dv, token: hkv * dv),
-        outputs: RowStrides(batch: 0, head: dv, token: hq * dv),
-        logSumExp: RowStrides(batch: 0, head: 1, token: hq))
+    // Each sequence's sink-logit gradients per query head ([sequence][head]: item (b, g) writes its group's).
+    var sinkParts = [Float](repeating: 0, count: sequences.count * hq)
+    let group = hq / hkv
     let inputTensors = [queries, keys, values, result.output, result.logSumExp, outputGradient]
     withBaseAddresses(inputTensors) { inputs in
         dQ.withUnsafeMutableBufferPointer { queryGradients in
             dK.withUnsafeMutableBufferPointer { keyGradients in
                 dV.withUnsafeMutableBufferPointer { valueGradients in
                     sinkParts.withUnsafeMutableBufferPointer { sinks in
-                        workspace.withUnsafeMutableBufferPointer { bytes in
-                            // Disjoint writes: sequence b writes only its own tokens' gradient rows, its sink slots
-                            // and its workspace slot.
+                        scratch.withUnsafeMutableBufferPointer { work in
+                            // Disjoint writes: item (b, g) writes only sequence b's rows of head g (and of its
+                            // group's query heads), its sink slots and its worker's scratch.
                             let shared = UncheckedSendable(
                                 (
                                     inputs, queryGradients.baseAddress!, keyGradients.baseAddress!,
-                                    valueGradients.baseAddress!, sinks.baseAddress, bytes.baseAddress!
+                                    valueGradients.baseAddress!, sinks.baseAddress!, work.baseAddress!
                                 ))
-                            Parallel.forEach(items: order.count, threads: acrossSequences ? threads : 1) { _, index in
-                                let b = order[index]
-                                let (inputs, dQ, dK, dV, sinks, bytes) = shared.value
-                                let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
-                                if qs.isEmpty || ks.isEmpty { return }
-                                let (q, k) = (qs.lowerBound, ks.lowerBound)
-                                let run = BackwardPass(problem: perSequence[b]).run(
+                            Parallel.forEach(items: items.count, threads: threads) { worker, index in
+                                let (b, g) = items[index]
+                                let (inputs, dQ, dK, dV, sinks, work) = shared.value
+                                let (q, k) = (sequences.queryRange(b).lowerBound, sequences.keyRange(b).lowerBound)
+                                passes[b].runItem(
+                                    g,
                                     BackwardInputs(
                                         q: inputs[0] + q * hq * dk, k: inputs[1] + k * hkv * dk,
                                         v: inputs[2] + k * hkv * dv, o: inputs[3] + q * hq * dv,
                                         lse: inputs[4] + q * hq, dO: inputs[5] + q * hq * dv, bias: nil,
-                                        strides: strides),
-                                    dQ: dQ + q * hq * dk, dK: dK + k * hkv * dk, dV: dV + k * hkv * dv)
-                                if let part = run.sinkLogits, let sinks {
-                                    for h in 0..<hq { sinks[b * hq + h] = part[h] }
-                                }
-                                bytes[b] = run.workspaceBytes
+                                        strides: strides[b]),
+                                    dQ: dQ + q * hq * dk, dK: dK + k * hkv * dk, dV: dV + k * hkv * dv,
+                                    // (A packed batch has no bias: runItem never writes biasGradient.)
+                                    sinkGradients: sinks + b * hq + g * group, biasGradient: work + worker * perWorker,
+                                    scratch: work + worker * perWorker)
                             }
                         }
                     }
@@ -130,11 +126,9 @@ public func packedAttentionGradients(
         for b in 0..<sequences.count { for h in 0..<hq { sums[h] += sinkParts[b * hq + h] } }
         sinkGradients = sums
     }
-    // Concurrent sequences hold their scratch at once; the largest ones bound it.
-    let concurrent = acrossSequences ? Parallel.workerCount(items: sequences.count, threads: threads) : 1
     return AttentionGradients(
         queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
         keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
         values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: nil,
-        workspaceBytes: workspace.sorted(by: >).prefix(concurrent).reduce(0, +))
+        workspaceBytes: (scratch.count + sinkParts.count) * MemoryLayout<Float>.stride)
 }
