@@ -10,7 +10,7 @@
 //
 // Scheduling, as the forward's: one parallel loop over the (sequence, key/value head) items of every sequence, the
 // longest sequences first (by Nq x Nk), so that short sequences fill the gaps the long ones leave.
-// Memory beyond the gradients: one scratch per worker, sized for the longest sequence (O(Nq * d)).
+// Memory beyond the gradients: one scratch per worker, sized for the sequence with the most queries (O(Nq * d)).
 
 /// The gradients of a packed batch's attention (``packedAttention(queries:keys:values:sequences:mask:options:)``)
 /// with respect to its queries, keys, values and learned sink logits.
@@ -31,8 +31,8 @@
 ///   gradients summed over the sequences. Sequence b's gradients are bitwise those of
 ///   ``attentionGradients(queries:keys:values:result:outputGradient:mask:options:)`` on sequence b alone
 ///   ([1, H, n, d] tensors), for every thread count; a sequence with no keys or no queries gets zero gradients.
-///   2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the longest
-///   sequence's), nothing of size Nq x Nk.
+///   2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the most queries of
+///   any sequence), nothing of size Nq x Nk.
 /// - Throws: what the forward throws for these inputs (an option or mask invalid for some sequence names the
 ///   sequence), and a shape mismatch naming `result.output`, `result.logSumExp` or `outputGradient`.
 ///
@@ -68,14 +68,14 @@ public func packedAttentionGradients(
             values: RowStrides(batch: 0, head: dv, token: hkv * dv))
     }
     // Every (sequence, key/value head) item of the sequences with queries and keys, longest sequences first.
-    let items = (0..<sequences.count).filter { problems[$0].queryLength > 0 && problems[$0].keyLength > 0 }
-        .sorted {
-            let (a, b) = (problems[$0], problems[$1])
-            let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
-            return costA != costB ? costA > costB : $0 < $1
-        }
-        .flatMap { b in (0..<hkv).map { (sequence: b, head: $0) } }
-    let perWorker = zip(passes, strides).map { $0.scratchFloats($1) }.max() ?? 0
+    let active = (0..<sequences.count).filter { problems[$0].queryLength > 0 && problems[$0].keyLength > 0 }
+    let items = active.sorted {
+        let (a, b) = (problems[$0], problems[$1])
+        let (costA, costB) = (a.queryLength * a.keyLength, b.queryLength * b.keyLength)
+        return costA != costB ? costA > costB : $0 < $1
+    }
+    .flatMap { b in (0..<hkv).map { (sequence: b, head: $0) } }
+    let perWorker = active.map { passes[$0].scratchFloats(strides[$0]) }.max() ?? 0
     var scratch = [Float](repeating: 0, count: Parallel.workerCount(items: items.count, threads: threads) * perWorker)
     var dQ = [Float](repeating: 0, count: totalQueries * hq * dk)
     var dK = [Float](repeating: 0, count: keys.shape[0] * hkv * dk)
@@ -130,5 +130,5 @@ public func packedAttentionGradients(
         queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
         keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
         values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: nil,
-        workspaceBytes: (scratch.count + sinkParts.count) * MemoryLayout<Float>.stride)
+        workspaceBytes: scratch.count * MemoryLayout<Float>.stride)
 }
