@@ -364,26 +364,25 @@ extension BackwardPass {
         // reads a [B, H, N, d] tensor's (packing them per key tile instead cost 6% of a packed batch's backward,
         // Zen 3).
         let staging = stagedRows(strides)
-        var staged = rowLSE + group * nq
-        var stagedQueries: UnsafeMutablePointer<Float>? = nil
-        var stagedOutputGradients: UnsafeMutablePointer<Float>? = nil
-        if staging.queries {
-            stagedQueries = staged
+        // The group's rows of `source` (at `rows`) copied into [group, nq, padded] at `target`, once per item.
+        func stage(
+            _ source: UnsafePointer<Float>, _ rows: RowStrides, width: Int, padded: Int,
+            into target: UnsafeMutablePointer<Float>
+        ) -> UnsafeMutablePointer<Float> {
             for h in 0..<group {
                 pack(
-                    inputs.q + strides.queries.offset(batch: b, head: firstHead + h, token: 0), rows: nq,
-                    stride: strides.queries.token, width: kd, into: staged + h * nq * dk, padded: dk, tileRows: nq)
+                    source + rows.offset(batch: b, head: firstHead + h, token: 0), rows: nq, stride: rows.token,
+                    width: width, into: target + h * nq * padded, padded: padded, tileRows: nq)
             }
-            staged += group * nq * dk
+            return target
         }
-        if staging.outputGradients {
-            stagedOutputGradients = staged
-            for h in 0..<group {
-                pack(
-                    inputs.dO + strides.outputs.offset(batch: b, head: firstHead + h, token: 0), rows: nq,
-                    stride: strides.outputs.token, width: vd, into: staged + h * nq * dv, padded: dv, tileRows: nq)
-            }
-        }
+        let stagedQueries =
+            staging.queries ? stage(inputs.q, strides.queries, width: kd, padded: dk, into: rowLSE + group * nq) : nil
+        let stagedOutputGradients =
+            staging.outputGradients
+            ? stage(
+                inputs.dO, strides.outputs, width: vd, padded: dv,
+                into: rowLSE + group * nq + (staging.queries ? group * nq * dk : 0)) : nil
 
         // D = rowsum(dO * O) per row, the row's log-sum-exp, and the sink-logit gradients.
         for h in 0..<group {
