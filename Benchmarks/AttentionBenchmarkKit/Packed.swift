@@ -126,34 +126,17 @@ public func packedSuite(_ configuration: BenchmarkConfiguration, allThreads: Int
     return records
 }
 
-/// The Float64 reference backward of each sequence of a packed batch alone (head-major), with the plain Float32
-/// loop's, against `gradients`' rows of that sequence: the failing tolerance checks and the largest error.
+/// The causal packed backward's gradients against the Float64 reference backward of each sequence alone
+/// (`packedGradientChecks`): the failing checks and the largest error.
 private func packedBackwardFailures(
     _ gradients: AttentionGradients, queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor,
     sequences: PackedSequences, only: [Int]? = nil
 ) -> (failures: [String], worst: Double) {
-    var (failures, worst) = ([String](), 0.0)
-    for b in only ?? Array(0..<sequences.count) {
-        let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
-        let (q, k, v, dO) = (
-            headMajor(queries, qs), headMajor(keys, ks), headMajor(values, ks), headMajor(outputGradient, qs)
-        )
-        let reference = referenceBackward(
-            BackwardReferenceInputs<Double>(
-                queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: nil, bias: nil), mask: .causal)
-        let plain = referenceBackward(
-            BackwardReferenceInputs<Float>(
-                queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: nil, bias: nil), mask: .causal)
-        let checks = queryKeyValueChecks(
-            kernel: (
-                headMajor(gradients.queries, qs), headMajor(gradients.keys, ks), headMajor(gradients.values, ks)
-            ),
-            reference: (reference.queries, reference.keys, reference.values),
-            plain: (plain.queries, plain.keys, plain.values), context: "sequence \(b)")
-        failures += checks.values.filter { !$0.passes }.map(\.description)
-        worst = checks.values.map(\.kernelError).reduce(worst, Swift.max)
-    }
-    return (failures, worst)
+    let checks = packedGradientChecks(
+        gradients, queries: queries, keys: keys, values: values, outputGradient: outputGradient,
+        sequences: sequences, mask: .causal, options: AttentionOptions(), only: only
+    ).values
+    return (checks.filter { !$0.passes }.map(\.description), checks.map(\.kernelError).max() ?? 0)
 }
 
 /// The gate of the packed backward: causal, on the suite's small packed batch.

@@ -66,42 +66,13 @@ final class PackedBackwardTests: XCTestCase {
 
     /// Each sequence's gradients (and the summed sink gradients) against the Float64 reference of it alone.
     func checkSequences(_ x: Batch, mask: AttentionMask, options: AttentionOptions, heads hq: Int) throws {
-        let kernel = try gradients(x, mask: mask, options: options)
-        var (referenceSinks, plainSinks) = ([Double](repeating: 0, count: hq), [Float](repeating: 0, count: hq))
-        for b in 0..<x.sequences.count {
-            let (qs, ks) = (x.sequences.queryRange(b), x.sequences.keyRange(b))
-            let (q, k, v, dO) = (
-                headMajor(x.queries, qs), headMajor(x.keys, ks), headMajor(x.values, ks),
-                headMajor(x.outputGradient, qs)
-            )
-            let reference = referenceBackward(
-                BackwardReferenceInputs<Double>(
-                    queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
-                mask: mask, options: options)
-            let plain = referenceBackward(
-                BackwardReferenceInputs<Float>(
-                    queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
-                mask: mask, options: options)
-            let checks = queryKeyValueChecks(
-                kernel: (
-                    try Tensor(shape: q.shape, scalars: rows(kernel.queries, qs)),
-                    try Tensor(shape: k.shape, scalars: rows(kernel.keys, ks)),
-                    try Tensor(shape: v.shape, scalars: rows(kernel.values, ks))
-                ),
-                reference: (reference.queries, reference.keys, reference.values),
-                plain: (plain.queries, plain.keys, plain.values), context: "\(mask) H \(hq) sequence \(b)")
-            for (name, check) in checks.sorted(by: { $0.key < $1.key }) {
-                XCTAssertTrue(check.passes, "\(name): \(check)")
-            }
-            for h in 0..<hq {
-                referenceSinks[h] += reference.sinkLogits![h]
-                plainSinks[h] += plain.sinkLogits![h]
-            }
+        let checks = packedGradientChecks(
+            try gradients(x, mask: mask, options: options), queries: x.queries, keys: x.keys, values: x.values,
+            outputGradient: x.outputGradient, sequences: x.sequences, mask: mask, options: options)
+        XCTAssertEqual(checks.count, 3 * x.sequences.count + (options.sinkLogits == nil ? 0 : 1))
+        for (name, check) in checks.sorted(by: { $0.key < $1.key }) {
+            XCTAssertTrue(check.passes, "\(name): \(check)")
         }
-        let sinks = toleranceCheck(
-            kernel: kernel.sinkLogits ?? [], reference: referenceSinks, plain: plainSinks,
-            context: "\(mask) H \(hq) dSink")
-        XCTAssertTrue(sinks.passes, "\(sinks)")
     }
 
     func testEachSequenceIsBitwiseItsOwnCallForEveryThreadCount() throws {

@@ -111,6 +111,51 @@ public func packedReferenceFailures(
     return failures
 }
 
+/// Checks a packed batch's gradients (dQ [Tq, Hq, Dk], dK [Tk, Hkv, Dk], dV [Tk, Hkv, Dv]) sequence by sequence
+/// against the Float64 reference backward of that sequence alone, with the tolerance rule (the plain Float32
+/// reference as the comparator), keyed "sequence b dQ" (dK, dV); with sink logits and every sequence checked, also
+/// "dSink" against the references' gradients summed over the sequences. `only` limits the sequences checked.
+public func packedGradientChecks(
+    _ gradients: AttentionGradients, queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor,
+    sequences: PackedSequences, mask: AttentionMask, options: AttentionOptions, only: [Int]? = nil
+) -> [String: ToleranceCheck] {
+    var checks: [String: ToleranceCheck] = [:]
+    let heads = queries.shape[1]
+    var (referenceSinks, plainSinks) = ([Double](repeating: 0, count: heads), [Float](repeating: 0, count: heads))
+    for b in only ?? Array(0..<sequences.count) {
+        let (qs, ks) = (sequences.queryRange(b), sequences.keyRange(b))
+        let (q, k, v, dO) = (
+            headMajor(queries, qs), headMajor(keys, ks), headMajor(values, ks), headMajor(outputGradient, qs)
+        )
+        let reference = referenceBackward(
+            BackwardReferenceInputs<Double>(
+                queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
+            mask: mask, options: options)
+        let plain = referenceBackward(
+            BackwardReferenceInputs<Float>(
+                queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
+            mask: mask, options: options)
+        let context = "\(mask) H \(heads) sequence \(b)"
+        for (name, check) in queryKeyValueChecks(
+            kernel: (headMajor(gradients.queries, qs), headMajor(gradients.keys, ks), headMajor(gradients.values, ks)),
+            reference: (reference.queries, reference.keys, reference.values),
+            plain: (plain.queries, plain.keys, plain.values), context: context)
+        {
+            checks["sequence \(b) \(name)"] = check
+        }
+        for h in 0..<heads where options.sinkLogits != nil {
+            referenceSinks[h] += reference.sinkLogits![h]
+            plainSinks[h] += plain.sinkLogits![h]
+        }
+    }
+    if options.sinkLogits != nil && only == nil {
+        checks["dSink"] = toleranceCheck(
+            kernel: gradients.sinkLogits ?? [], reference: referenceSinks, plain: plainSinks,
+            context: "\(mask) H \(heads) dSink")
+    }
+    return checks
+}
+
 /// A tensor as bits: its shape and the bit pattern of every scalar. Tests that promise bitwise identity compare
 /// these (`XCTAssertEqual(bitwise(a), bitwise(b))`): `Tensor`'s own `==` compares Floats, under which +0 equals -0
 /// and NaN differs from itself.
