@@ -110,3 +110,71 @@ package func pairedStoredPrefill(_ c: BenchmarkCase, rounds: Int) throws -> Stri
         + String(
             format: "x%.2f of the Float32 rate (rounds %.2f-%.2f)", ratios.median, ratios.minimum, ratios.maximum)
 }
+
+/// One line per thread count of the backward suite: `attentionGradients` over BFloat16 queries, keys, values and
+/// output gradient beside the Float32 call on the same (decoded) values, causal, H 8 (--heads), d 64 (the first
+/// --head-dim), N 2048 (or the longest of the sweep below it), called in turn for 7 rounds (3 with --quick) after a
+/// warm-up call each: the median of the per-round ratios of the stored call's time to the Float32 call's, with
+/// their range. Validated first: the stored call's gradients are bitwise the Float32 call's (the package's
+/// promise), and a small case of each format mix is checked against the Float64 reference on the stored values.
+/// Empty when --kernels leaves out the backward.
+public func pairedStoredBackward(_ configuration: BenchmarkConfiguration, allThreads: Int) throws -> [String] {
+    guard configuration.kernels?.contains("backward") ?? true else { return [] }
+    for formats in [
+        (StorageFormat.bfloat16, StorageFormat.bfloat16, StorageFormat.bfloat16, StorageFormat.bfloat16),
+        (.bfloat16, .int8(blockSize: 8), .int4(blockSize: 8), .float32),
+    ] {
+        let x = try attentionInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: 70, keyLength: 90, headDimension: 24, seed: 3)
+        let dO = try Tensor.randomNormal(shape: [1, 4, 70, 24], seed: 4)
+        for (name, check) in try checkStoredGradients(
+            queries: x.queries, keys: x.keys, values: x.values, outputGradient: dO, formats: formats, mask: .causal)
+            ?? [:] where !check.passes
+        {
+            throw ValidationFailure(description: "stored backward \(name) failed validation: \(check)")
+        }
+    }
+    let lengths = (configuration.sequenceLengths ?? [2048]).filter { $0 <= 2048 }
+    guard let n = lengths.max() else { return [] }
+    let (heads, d) = (configuration.heads, configuration.headDimensions?.first ?? 64)
+    let x = try attentionInputs(queryHeads: heads, queryLength: n, keyLength: n, headDimension: d, seed: 15)
+    let (queries, keys, values) = try storedInputs(x, format: .bfloat16)
+    let storedGradient = try StoredTensor(Tensor.randomNormal(shape: [1, heads, n, d], seed: 16), format: .bfloat16)
+    let (decodedQ, decodedK, decodedV, decodedGradient) = (
+        Tensor(queries), Tensor(keys), Tensor(values), Tensor(storedGradient)
+    )
+    let rounds = configuration.quick ? 3 : 7
+    return try threadCounts(configuration, allThreads: allThreads).map { threads in
+        let options = AttentionOptions(threads: threads)
+        let forward = try partialAttention(
+            queries: queries, keys: keys, values: values, mask: .causal, options: options)
+        var (tensorGradients, storedGradients): (AttentionGradients?, AttentionGradients?) = (nil, nil)
+        let times = try alternateSamples(
+            minimumRepetitions: rounds, budget: 0,
+            [
+                {
+                    tensorGradients = try attentionGradients(
+                        queries: decodedQ, keys: decodedK, values: decodedV, result: forward,
+                        outputGradient: decodedGradient, mask: .causal, options: options)
+                },
+                {
+                    storedGradients = try attentionGradients(
+                        queries: queries, keys: keys, values: values, result: forward, outputGradient: storedGradient,
+                        mask: .causal, options: options)
+                },
+            ])
+        guard let tensorGradients, let storedGradients,
+            bitwise(storedGradients.queries) == bitwise(tensorGradients.queries),
+            bitwise(storedGradients.keys) == bitwise(tensorGradients.keys),
+            bitwise(storedGradients.values) == bitwise(tensorGradients.values)
+        else {
+            throw ValidationFailure(description: "the stored backward differs from the Float32 one on the same values")
+        }
+        let ratios = ratioSummary(times[1], times[0])
+        return "storage: backward paired (\(rounds) rounds, in turn), bf16 queries, keys, values and output "
+            + "gradient, causal, H \(heads), N \(n), d \(d), \(threads) thread\(threads == 1 ? "" : "s"): "
+            + String(
+                format: "x%.2f the Float32 call's time (rounds %.2f-%.2f; Float32 median %.1f ms)", ratios.median,
+                ratios.minimum, ratios.maximum, TimingSummary(samples: times[0]).median * 1e3)
+    }
+}

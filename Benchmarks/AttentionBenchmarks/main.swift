@@ -192,6 +192,7 @@ notePaired("decode", "paired storage ratios") { try pairedStorageRatios(configur
 notePaired("blockwise", "paired stored prefill") {
     try pairedStoredPrefill(blockwiseSuite(configuration, allThreads: allThreads), quick: configuration.quick)
 }
+notePaired("backward", "paired stored backward") { try pairedStoredBackward(configuration, allThreads: allThreads) }
 
 if !memoryCases.isEmpty {
     let executable = currentExecutablePath()

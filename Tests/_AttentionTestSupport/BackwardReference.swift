@@ -190,6 +190,41 @@ public func checkGradients(
     let kernel = try attentionGradients(
         queries: queries, keys: keys, values: values, result: forward, outputGradient: outputGradient, mask: mask,
         options: options)
+    return gradientChecks(
+        kernel, queries: queries, keys: keys, values: values, outputGradient: outputGradient, mask: mask,
+        options: options)
+}
+
+/// `checkGradients` for the stored-tensor backward: the inputs encoded in `formats`, the forward and backward run
+/// on the stored tensors, and the gradients checked against the reference on the values the formats hold, rounded
+/// by test support (`roundedThrough`), not by the package's codec. Nil where the platform has no `Float16`.
+public func checkStoredGradients(
+    queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor,
+    formats: (queries: StorageFormat, keys: StorageFormat, values: StorageFormat, outputGradient: StorageFormat),
+    mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
+) throws -> [String: ToleranceCheck]? {
+    guard let q = roundedThrough(formats.queries, queries), let k = roundedThrough(formats.keys, keys),
+        let v = roundedThrough(formats.values, values),
+        let dO = roundedThrough(formats.outputGradient, outputGradient)
+    else { return nil }
+    let (storedQ, storedK, storedV) = (
+        try StoredTensor(queries, format: formats.queries), try StoredTensor(keys, format: formats.keys),
+        try StoredTensor(values, format: formats.values)
+    )
+    let forward = try partialAttention(
+        queries: storedQ, keys: storedK, values: storedV, mask: mask, options: options)
+    let kernel = try attentionGradients(
+        queries: storedQ, keys: storedK, values: storedV, result: forward,
+        outputGradient: try StoredTensor(outputGradient, format: formats.outputGradient), mask: mask,
+        options: options)
+    return gradientChecks(kernel, queries: q, keys: k, values: v, outputGradient: dO, mask: mask, options: options)
+}
+
+/// A kernel's gradients against the Float64 reference backward on these inputs, under the tolerance rule.
+private func gradientChecks(
+    _ kernel: AttentionGradients, queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor,
+    mask: AttentionMask, options: AttentionOptions
+) -> [String: ToleranceCheck] {
     let reference = referenceBackward(
         BackwardReferenceInputs<Double>(
             queries: queries, keys: keys, values: values, outputGradient: outputGradient,

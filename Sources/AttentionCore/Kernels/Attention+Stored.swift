@@ -87,6 +87,70 @@ public func blockSparseAttention(
     return try attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
+/// The gradients of the stored-tensor ``partialAttention(queries:keys:values:mask:options:)-(StoredTensor,_,_,_,_)``
+/// with respect to its queries, keys and values (and learned sink logits, and the bias), as Float32 tensors: the
+/// backward of a mixed-precision training step, whose activations are Float16 or BFloat16 and whose gradients are
+/// accumulated in Float32.
+///
+/// The gradients are bitwise those of
+/// ``attentionGradients(queries:keys:values:result:outputGradient:mask:options:)-(Tensor,_,_,_,_,_,_)`` on the
+/// decoded tensors (`Tensor(queries)` ...), computed without a Float32 copy of any input: each work item decodes its
+/// group's query and output-gradient rows once (O(Nq * d) per worker, as that call stages [B, N, H, d] rows) and
+/// the key and value tiles as it packs them, which it does for Float32 tensors too. So the call costs what the
+/// Float32 one does plus one pass of decoding. Quantized keys and values get the gradients with respect to their
+/// stored (dequantized) values. To keep a gradient in 16 bits, encode it:
+/// `StoredTensor(gradients.queries, format: .bfloat16)`.
+///
+/// - Parameters:
+///   - queries: the forward call's queries, `.float32`, `.float16` or `.bfloat16`.
+///   - keys: the forward call's keys, any format.
+///   - values: the forward call's values, any format.
+///   - result: the forward's Float32 output and log-sum-exp (the stored-tensor `partialAttention` returns them).
+///   - outputGradient: dL/d(output), [B, Hq, Nq, Dv], `.float32`, `.float16` or `.bfloat16`.
+///   - mask: the forward call's mask.
+///   - options: the forward call's options ([B, H, N, d] layout, as for every stored tensor).
+/// - Returns: dQ, dK and dV in Float32, the shapes of `queries`, `keys` and `values`; bitwise identical for every
+///   thread count.
+/// - Throws: ``AttentionError`` as the Float32 call does, and for quantized queries or output gradient (naming
+///   `queries.format` or `outputGradient.format`).
+///
+/// ```swift
+/// let result = try partialAttention(queries: q, keys: k, values: v, mask: .causal)   // q, k, v in .bfloat16
+/// let dO = try StoredTensor(lossGradient(result.output), format: .bfloat16)
+/// let grads = try attentionGradients(
+///     queries: q, keys: k, values: v, result: result, outputGradient: dO, mask: .causal)
+/// ```
+public func attentionGradients(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, result: AttentionResult,
+    outputGradient: StoredTensor, mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
+) throws -> AttentionGradients {
+    try requireFloatFormat(queries.format, "queries.format")
+    try requireFloatFormat(outputGradient.format, "outputGradient.format")
+    let problem = try AttentionProblem(
+        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, mask: mask, options: options)
+    let strides = try BackwardStrides(problem, result: result, outputGradientShape: outputGradient.shape)
+    let bias = options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
+    return queries.withRows { q in
+        keys.withRows { k in
+            values.withRows { v in
+                outputGradient.withRows { dO in
+                    withBaseAddresses([result.output, result.logSumExp, bias]) { floats in
+                        // A tensor without rows (no queries or no keys) is never read: any address serves.
+                        let none = UnsafeRawPointer(floats[0])
+                        return BackwardPass(problem: problem).gradients(
+                            BackwardInputs(
+                                q: .encoded(q ?? none, queries.codec), k: .encoded(k ?? none, keys.codec),
+                                v: .encoded(v ?? none, values.codec), o: floats[0], lse: floats[1],
+                                dO: .encoded(dO ?? none, outputGradient.codec),
+                                bias: bias.scalars.isEmpty ? nil : floats[2], strides: strides),
+                            queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape)
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Queries as Float32, after checking that their format is one queries may have: decoded on up to `threads`
 /// workers (see the file header).
 private func decodedQueries(_ queries: StoredTensor, threads: Int) throws -> Tensor {

@@ -88,34 +88,15 @@ public func attentionGradients(
     mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionGradients {
     let problem = try AttentionProblem(queries: queries, keys: keys, values: values, mask: mask, options: options)
-    let (layout, outputLayout) = (options.layout, options.outputLayout ?? options.layout)
-    let outputShape = outputLayout.shape(
-        batch: problem.batch, heads: problem.queryHeads, tokens: problem.queryLength, dimension: problem.valueDimension)
-    let lseShape = [problem.batch, problem.queryHeads, problem.queryLength]
-    guard result.output.shape == outputShape else {
-        throw AttentionError.shapeMismatch(
-            argument: "result.output", expected: "\(outputShape)", actual: result.output.shape,
-            reason: "the forward's output for these queries and values")
+    let strides = try BackwardStrides(problem, result: result, outputGradientShape: outputGradient.shape)
+    let bias = options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
+    return withBaseAddresses([queries, keys, values, result.output, result.logSumExp, outputGradient, bias]) {
+        BackwardPass(problem: problem).gradients(
+            BackwardInputs(
+                q: .float32($0[0]), k: .float32($0[1]), v: .float32($0[2]), o: $0[3], lse: $0[4], dO: .float32($0[5]),
+                bias: bias.scalars.isEmpty ? nil : $0[6], strides: strides),
+            queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape)
     }
-    guard result.logSumExp.shape == lseShape else {
-        throw AttentionError.shapeMismatch(
-            argument: "result.logSumExp", expected: "\(lseShape)",
-            actual: result.logSumExp.shape, reason: "one log-sum-exp per query row")
-    }
-    guard outputGradient.shape == outputShape else {
-        throw AttentionError.shapeMismatch(
-            argument: "outputGradient", expected: "\(outputShape)", actual: outputGradient.shape,
-            reason: "the gradient of the loss with respect to the output has the output's shape")
-    }
-    // Rows are read and the gradients written at the layouts' strides: no head-major copy.
-    let p = problem
-    let strides = BackwardStrides(
-        problem,
-        keys: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.keyDimension),
-        values: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.valueDimension))
-    return BackwardPass(problem: problem).run(
-        queries: queries, keys: keys, values: values, output: result.output, logSumExp: result.logSumExp,
-        outputGradient: outputGradient, strides: strides)
 }
 
 /// One backward call: the problem's dimensions, padded widths and per-head score parameters.
@@ -174,9 +155,11 @@ struct BackwardPass {
     }
 
     /// Per-worker scratch, in floats.
-    func scratchFloats(_ strides: BackwardStrides) -> Int {
+    func scratchFloats(_ strides: BackwardStrides, encoded: (queries: Bool, outputGradients: Bool) = (false, false))
+        -> Int
+    {
         let (group, nq) = (problem.groupSize, problem.queryLength)
-        let staged = stagedRows(strides)
+        let staged = stagedRows(strides, encoded: encoded)
         return 2 * keyTile * dk + 2 * keyTile * dv  // K, K^T, V, V^T
             + keyTile * dk + keyTile * dv  // dK, dV accumulators
             + rowTile * dk + rowTile * dv  // Q, dO rows
@@ -186,41 +169,36 @@ struct BackwardPass {
     }
 
     /// Whether a work item stages its group's query rows, and its output-gradient rows (see `runItem`): those that
-    /// are not consecutive (a [B, N, H, d] or packed tensor).
-    func stagedRows(_ strides: BackwardStrides) -> (queries: Bool, outputGradients: Bool) {
-        (strides.queries.token != problem.keyDimension, strides.outputs.token != problem.valueDimension)
+    /// are not consecutive (a [B, N, H, d] or packed tensor) or are encoded (decoded once per item).
+    func stagedRows(_ strides: BackwardStrides, encoded: (queries: Bool, outputGradients: Bool) = (false, false))
+        -> (queries: Bool, outputGradients: Bool)
+    {
+        (
+            encoded.queries || strides.queries.token != problem.keyDimension,
+            encoded.outputGradients || strides.outputs.token != problem.valueDimension
+        )
     }
 
-    /// The gradients of tensors whose rows live at `strides` (dense [B, H, N, d] or [B, N, H, d]); dQ, dK and dV
-    /// come back in the queries', keys' and values' shapes and strides.
-    func run(
-        queries: Tensor, keys: Tensor, values: Tensor, output: Tensor, logSumExp: Tensor, outputGradient: Tensor,
-        strides: BackwardStrides
-    ) -> AttentionGradients {
+    /// The gradients of the rows `inputs` addresses (dense [B, H, N, d] or [B, N, H, d]), as Float32 tensors of the
+    /// given shapes at the inputs' strides.
+    func gradients(_ inputs: BackwardInputs, queryShape: [Int], keyShape: [Int], valueShape: [Int])
+        -> AttentionGradients
+    {
         let p = problem
         var dQ = [Float](repeating: 0, count: p.batch * p.queryHeads * p.queryLength * p.keyDimension)
         var dK = [Float](repeating: 0, count: p.batch * p.keyValueHeads * p.keyLength * p.keyDimension)
         var dV = [Float](repeating: 0, count: p.batch * p.keyValueHeads * p.keyLength * p.valueDimension)
-        let bias = p.options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
-        let (sinkGradients, biasGradient, workspace) = withBaseAddresses([
-            queries, keys, values, output, logSumExp, outputGradient, bias,
-        ]) { inputs in
-            dQ.withUnsafeMutableBufferPointer { dq in
-                dK.withUnsafeMutableBufferPointer { dk in
-                    dV.withUnsafeMutableBufferPointer { dv in
-                        run(
-                            BackwardInputs(
-                                q: inputs[0], k: inputs[1], v: inputs[2], o: inputs[3], lse: inputs[4], dO: inputs[5],
-                                bias: biasCount > 0 ? inputs[6] : nil, strides: strides),
-                            dQ: dq.baseAddress!, dK: dk.baseAddress!, dV: dv.baseAddress!)
-                    }
+        let (sinkGradients, biasGradient, workspace) = dQ.withUnsafeMutableBufferPointer { dq in
+            dK.withUnsafeMutableBufferPointer { dk in
+                dV.withUnsafeMutableBufferPointer { dv in
+                    run(inputs, dQ: dq.baseAddress!, dK: dk.baseAddress!, dV: dv.baseAddress!)
                 }
             }
         }
         return AttentionGradients(
-            queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
-            keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
-            values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: biasGradient,
+            queries: Tensor(uncheckedShape: queryShape, scalars: dQ),
+            keys: Tensor(uncheckedShape: keyShape, scalars: dK),
+            values: Tensor(uncheckedShape: valueShape, scalars: dV), sinkLogits: sinkGradients, bias: biasGradient,
             workspaceBytes: workspace)
     }
 
@@ -237,7 +215,7 @@ struct BackwardPass {
         let workers = Parallel.workerCount(items: items, threads: p.threads)
         // Each item's sink-logit gradients, summed in item order afterwards.
         var sinkParts = [Float](repeating: 0, count: items * p.groupSize)
-        let perWorker = scratchFloats(inputs.strides)
+        let perWorker = scratchFloats(inputs.strides, encoded: (inputs.q.isEncoded, inputs.dO.isEncoded))
         var scratch = [Float](repeating: 0, count: workers * perWorker)
         // The bias gradient, then (if items share its slices) one partial slice per item, summed in item order.
         var biasWork = [Float](repeating: 0, count: biasCount + (biasShared ? items * biasItemFloats : 0))
@@ -316,16 +294,83 @@ struct BackwardStrides {
         (queries, outputs, logSumExp) = (problem.queryStrides, problem.outputStrides, problem.logSumExpStrides)
         (self.keys, self.values) = (keys, values)
     }
+
+    /// The strides of a dense call in `problem.options.layout` (keys, values, the gradients) and `outputLayout`
+    /// (output, output gradient), after checking that the forward's result and the output gradient have the shapes
+    /// the problem's output has.
+    init(_ problem: AttentionProblem, result: AttentionResult, outputGradientShape: [Int]) throws {
+        let p = problem
+        let (layout, outputLayout) = (p.options.layout, p.options.outputLayout ?? p.options.layout)
+        let outputShape = outputLayout.shape(
+            batch: p.batch, heads: p.queryHeads, tokens: p.queryLength, dimension: p.valueDimension)
+        let lseShape = [p.batch, p.queryHeads, p.queryLength]
+        guard result.output.shape == outputShape else {
+            throw AttentionError.shapeMismatch(
+                argument: "result.output", expected: "\(outputShape)", actual: result.output.shape,
+                reason: "the forward's output for these queries and values")
+        }
+        guard result.logSumExp.shape == lseShape else {
+            throw AttentionError.shapeMismatch(
+                argument: "result.logSumExp", expected: "\(lseShape)",
+                actual: result.logSumExp.shape, reason: "one log-sum-exp per query row")
+        }
+        guard outputGradientShape == outputShape else {
+            throw AttentionError.shapeMismatch(
+                argument: "outputGradient", expected: "\(outputShape)", actual: outputGradientShape,
+                reason: "the gradient of the loss with respect to the output has the output's shape")
+        }
+        // Rows are read and the gradients written at the layouts' strides: no head-major copy.
+        self.init(
+            problem, keys: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.keyDimension),
+            values: layout.strides(heads: p.keyValueHeads, tokens: p.keyLength, dimension: p.valueDimension))
+    }
 }
 
-/// The read-only inputs of a backward call, their rows at `strides`.
+/// Where one input's rows live: Float32 scalars, or rows encoded in a storage format (a `StoredTensor`'s). Offsets
+/// are in floats either way, as if the tensor were Float32: every row starts at a multiple of its width, and the
+/// row at float offset o of an encoded tensor is at byte o / width * rowBytes.
+enum BackwardRows {
+    case float32(UnsafePointer<Float>)
+    case encoded(UnsafeRawPointer, RowCodec)
+
+    var isEncoded: Bool {
+        if case .encoded = self { return true }
+        return false
+    }
+
+    /// The `rows` rows starting at float offset `offset`, `stride` floats apart, as rows of `padded` floats at
+    /// `target` (copied, or decoded: exactly the values the format holds), zeros in the padding and in rows
+    /// `rows ..< tileRows`.
+    func pack(
+        at offset: Int, rows: Int, stride: Int, width: Int, into target: UnsafeMutablePointer<Float>, padded: Int,
+        tileRows: Int
+    ) {
+        target.update(repeating: 0, count: tileRows * padded)
+        switch self {
+        case .float32(let scalars):
+            for r in 0..<rows { (target + r * padded).update(from: scalars + offset + r * stride, count: width) }
+        case .encoded(let base, let codec):
+            let first = base + offset / width * codec.rowBytes
+            if padded == width {
+                codec.decode(first, rows: rows, rowStride: stride / width * codec.rowBytes, into: target)
+            } else {
+                for r in 0..<rows {
+                    codec.decode(first + r * (stride / width) * codec.rowBytes, rows: 1, into: target + r * padded)
+                }
+            }
+        }
+    }
+}
+
+/// The read-only inputs of a backward call, their rows at `strides`: queries, keys, values and the output gradient
+/// in any format (`BackwardRows`), the forward's output and log-sum-exp in Float32.
 struct BackwardInputs: @unchecked Sendable {
-    let q: UnsafePointer<Float>
-    let k: UnsafePointer<Float>
-    let v: UnsafePointer<Float>
+    let q: BackwardRows
+    let k: BackwardRows
+    let v: BackwardRows
     let o: UnsafePointer<Float>
     let lse: UnsafePointer<Float>
-    let dO: UnsafePointer<Float>
+    let dO: BackwardRows
     /// [B or 1, Hq or 1, Nq or 1, Nk], when the call has a bias.
     let bias: UnsafePointer<Float>?
     let strides: BackwardStrides
@@ -362,16 +407,16 @@ extension BackwardPass {
         // Rows of other heads in between (a [B, N, H, d] or packed tensor): the group's Q rows, and its dO rows, are
         // copied once into [group, nq, d] (padded to dk / dv), so that every key tile reads them consecutively, as it
         // reads a [B, H, N, d] tensor's (packing them per key tile instead cost 6% of a packed batch's backward,
-        // Zen 3).
-        let staging = stagedRows(strides)
+        // Zen 3). Encoded rows are decoded there, once per item, whatever their layout.
+        let staging = stagedRows(strides, encoded: (inputs.q.isEncoded, inputs.dO.isEncoded))
         // The group's rows of `source` (at `rows`) copied into [group, nq, padded] at `target`, once per item.
         func stage(
-            _ source: UnsafePointer<Float>, _ rows: RowStrides, width: Int, padded: Int,
+            _ source: BackwardRows, _ rows: RowStrides, width: Int, padded: Int,
             into target: UnsafeMutablePointer<Float>
         ) -> UnsafeMutablePointer<Float> {
             for h in 0..<group {
-                pack(
-                    source + rows.offset(batch: b, head: firstHead + h, token: 0), rows: nq, stride: rows.token,
+                source.pack(
+                    at: rows.offset(batch: b, head: firstHead + h, token: 0), rows: nq, stride: rows.token,
                     width: width, into: target + h * nq * padded, padded: padded, tileRows: nq)
             }
             return target
@@ -384,13 +429,20 @@ extension BackwardPass {
                 inputs.dO, strides.outputs, width: vd, padded: dv,
                 into: rowLSE + group * nq + (staging.queries ? group * nq * dk : 0)) : nil
 
+        // Row r of query head h of the group in the output gradient (at float offset `offset` in the tensor).
+        func outputGradientRow(_ h: Int, _ r: Int, _ offset: Int) -> UnsafePointer<Float> {
+            if let staged = stagedOutputGradients { return UnsafePointer(staged + (h * nq + r) * dv) }
+            guard case .float32(let scalars) = inputs.dO else { preconditionFailure("encoded rows are staged") }
+            return scalars + offset
+        }
         // D = rowsum(dO * O) per row, the row's log-sum-exp, and the sink-logit gradients.
         for h in 0..<group {
             let head = firstHead + h
             var sinkGradient: Float = 0
             for r in 0..<nq {
                 let row = strides.outputs.offset(batch: b, head: head, token: r)
-                let (o, dO) = (inputs.o + row, inputs.dO + row)
+                let o = inputs.o + row
+                let dO = outputGradientRow(h, r, row)
                 var d: Float = 0
                 for c in 0..<vd { d += dO[c] * o[c] }
                 rowD[h * nq + r] = d
@@ -434,11 +486,11 @@ extension BackwardPass {
                 }
             }
             if visits.isEmpty { continue }
-            pack(
-                inputs.k + strides.keys.offset(batch: b, head: g, token: keys.lowerBound), rows: keys.count,
+            inputs.k.pack(
+                at: strides.keys.offset(batch: b, head: g, token: keys.lowerBound), rows: keys.count,
                 stride: strides.keys.token, width: kd, into: kTile, padded: dk, tileRows: keyTile)
-            pack(
-                inputs.v + strides.values.offset(batch: b, head: g, token: keys.lowerBound), rows: keys.count,
+            inputs.v.pack(
+                at: strides.values.offset(batch: b, head: g, token: keys.lowerBound), rows: keys.count,
                 stride: strides.values.token, width: vd, into: vTile, padded: dv, tileRows: keyTile)
             transpose(kTile, rows: keyTile, width: dk, into: kT)
             transpose(vTile, rows: keyTile, width: dv, into: vT)
@@ -453,12 +505,12 @@ extension BackwardPass {
                 let qRows =
                     stagedQueries.map { UnsafePointer($0 + (visit.h * nq + rows.lowerBound) * dk) }
                     ?? paddedRows(
-                        inputs.q + strides.queries.offset(batch: b, head: head, token: rows.lowerBound),
+                        inputs.q, at: strides.queries.offset(batch: b, head: head, token: rows.lowerBound),
                         rows: rows.count, width: kd, padded: dk, buffer: qPacked)
                 let dORows =
                     stagedOutputGradients.map { UnsafePointer($0 + (visit.h * nq + rows.lowerBound) * dv) }
                     ?? paddedRows(
-                        inputs.dO + strides.outputs.offset(batch: b, head: head, token: rows.lowerBound),
+                        inputs.dO, at: strides.outputs.offset(batch: b, head: head, token: rows.lowerBound),
                         rows: rows.count, width: vd, padded: dv, buffer: dOPacked)
                 // S = Q K^T, then P (probabilities) in place; dX keeps scale * softcap'(s) for now.
                 accumulateProduct(
@@ -616,26 +668,15 @@ extension BackwardPass {
         }
     }
 
-    /// `rows` consecutive rows of `width` floats at `source` as rows of `padded` floats: in place when the width is
-    /// already a multiple of 16, else packed into `buffer`.
+    /// `rows` consecutive rows of `width` floats at float offset `offset` of `source` as rows of `padded` floats:
+    /// in place when they are Float32 and the width is already a multiple of 16, else packed into `buffer`.
     func paddedRows(
-        _ source: UnsafePointer<Float>, rows: Int, width: Int, padded: Int, buffer: UnsafeMutablePointer<Float>
+        _ source: BackwardRows, at offset: Int, rows: Int, width: Int, padded: Int,
+        buffer: UnsafeMutablePointer<Float>
     ) -> UnsafePointer<Float> {
-        if width == padded { return source }
-        pack(source, rows: rows, stride: width, width: width, into: buffer, padded: padded, tileRows: rows)
+        if case .float32(let scalars) = source, width == padded { return scalars + offset }
+        source.pack(at: offset, rows: rows, stride: width, width: width, into: buffer, padded: padded, tileRows: rows)
         return UnsafePointer(buffer)
-    }
-
-    /// Copies `rows` rows of `width` floats, `stride` floats apart, into rows of `padded` floats, zeros in the
-    /// padding and in rows `rows ..< tileRows`.
-    func pack(
-        _ source: UnsafePointer<Float>, rows: Int, stride: Int, width: Int, into target: UnsafeMutablePointer<Float>,
-        padded: Int, tileRows: Int
-    ) {
-        target.update(repeating: 0, count: tileRows * padded)
-        for r in 0..<rows {
-            (target + r * padded).update(from: source + r * stride, count: width)
-        }
     }
 }
 

@@ -29,9 +29,9 @@
 /// - Returns: dQ [totalQueries, queryHeads, headDimension], dK [totalKeys, keyValueHeads, headDimension],
 ///   dV [totalKeys, keyValueHeads, valueDimension] (summed over each group's query heads), and the sink logits'
 ///   gradients summed over the sequences. Sequence b's gradients are bitwise those of
-///   ``attentionGradients(queries:keys:values:result:outputGradient:mask:options:)`` on sequence b alone
-///   ([1, H, n, d] tensors), for every thread count; a sequence with no keys or no queries gets zero gradients.
-///   2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the most queries of
+///   ``attentionGradients(queries:keys:values:result:outputGradient:mask:options:)-(Tensor,_,_,_,_,_,_)`` on
+///   sequence b alone ([1, H, n, d] tensors), for every thread count; a sequence with no keys or no queries gets
+///   zero gradients. 2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the most queries of
 ///   any sequence), nothing of size Nq x Nk.
 /// - Throws: what the forward throws for these inputs (an option or mask invalid for some sequence names the
 ///   sequence), and a shape mismatch naming `result.output`, `result.logSumExp` or `outputGradient`.
@@ -104,9 +104,9 @@ public func packedAttentionGradients(
                                 passes[b].runItem(
                                     g,
                                     BackwardInputs(
-                                        q: inputs[0] + q * hq * dk, k: inputs[1] + k * hkv * dk,
-                                        v: inputs[2] + k * hkv * dv, o: inputs[3] + q * hq * dv,
-                                        lse: inputs[4] + q * hq, dO: inputs[5] + q * hq * dv, bias: nil,
+                                        q: .float32(inputs[0] + q * hq * dk), k: .float32(inputs[1] + k * hkv * dk),
+                                        v: .float32(inputs[2] + k * hkv * dv), o: inputs[3] + q * hq * dv,
+                                        lse: inputs[4] + q * hq, dO: .float32(inputs[5] + q * hq * dv), bias: nil,
                                         strides: strides[b]),
                                     dQ: dQ + q * hq * dk, dK: dK + k * hkv * dk, dV: dV + k * hkv * dv,
                                     // (A packed batch has no bias: runItem never writes biasGradient.)
