@@ -25,6 +25,11 @@
 // whose Q and dO rows are not consecutive copies its group's rows once into [group, Nq, d] scratch (staging), so
 // that the products read them as they read a [B, H, N, d] tensor's.
 //
+// Storage formats (`attentionGradients` over `StoredTensor`s): Q, K, V and dO are `BackwardRows`, Float32 or
+// encoded. An encoded operand is decoded exactly where a Float32 one is copied: K and V tiles as they are packed,
+// Q and dO rows into the staging scratch (always staged when encoded), so the products see the same Float32 values
+// either way and the gradients are bitwise those of the decoded tensors.
+//
 // Products are register-blocked (`accumulateProduct`: on AVX-512 4 rows x 64 columns, 16 SIMD16 accumulators, one
 // broadcast and four loads per 16 multiply-adds; 2 x 32 for 16-register targets and NEON); K and V tiles are
 // transposed once per tile so that every product streams rows. Rows are zero-padded to a multiple of 16, which
@@ -46,8 +51,8 @@ public struct AttentionGradients: Sendable {
     /// zero where the bias is -infinity or the mask or padding removes the pair.
     public var bias: Tensor?
     /// Bytes of scratch memory the call allocated (tiles, per-worker dQ rows, the staged query and output-gradient
-    /// rows of tensors whose rows are not consecutive and, for a bias that several (batch, key/value head) work
-    /// items share, one bias slice per item), excluding the gradients.
+    /// rows of tensors whose rows are not consecutive or that are `StoredTensor`s and, for a bias that several
+    /// (batch, key/value head) work items share, one bias slice per item), excluding the gradients.
     public var workspaceBytes: Int
 }
 

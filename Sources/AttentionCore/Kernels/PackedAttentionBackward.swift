@@ -31,8 +31,8 @@
 ///   gradients summed over the sequences. Sequence b's gradients are bitwise those of
 ///   ``attentionGradients(queries:keys:values:result:outputGradient:mask:options:)-(Tensor,_,_,_,_,_,_)`` on
 ///   sequence b alone ([1, H, n, d] tensors), for every thread count; a sequence with no keys or no queries gets
-///   zero gradients. 2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the most queries of
-///   any sequence), nothing of size Nq x Nk.
+///   zero gradients. 2.5x the forward's multiply-adds; O(Nq * d) scratch per worker beyond the gradients (Nq the
+///   most queries of any sequence), nothing of size Nq x Nk.
 /// - Throws: what the forward throws for these inputs (an option or mask invalid for some sequence names the
 ///   sequence), and a shape mismatch naming `result.output`, `result.logSumExp` or `outputGradient`.
 ///
