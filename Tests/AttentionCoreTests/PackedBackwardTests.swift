@@ -75,6 +75,82 @@ final class PackedBackwardTests: XCTestCase {
         }
     }
 
+    func testStoredBatchesAreTheDecodedBatchesBitwiseAndMatchTheReference() throws {
+        // Stored packed tensors (Float16 / BFloat16 queries and output gradient, keys and values in every format):
+        // the forward and the backward are bitwise the Float32 packed calls on the decoded tensors for 1 and 3
+        // threads, and each sequence's gradients match the Float64 reference on the stored values (rounded by test
+        // support). Quantized queries or output gradient are refused by name.
+        let x = try batch(
+            queryLengths: [5, 70, 1, 33], keyLengths: [5, 90, 40, 33], queryHeads: 6, keyValueHeads: 2,
+            headDimension: 24, valueDimension: 16, seed: 41)
+        let formats: [(StorageFormat, StorageFormat, StorageFormat)] = [
+            (.bfloat16, .bfloat16, .bfloat16), (.float16, .int8(blockSize: 8), .int4(blockSize: 8)),
+            (.bfloat16, .float16, .float32),
+        ]
+        var checked = 0
+        for (activations, keyFormat, valueFormat) in formats {
+            guard let roundedQ = roundedThrough(activations, x.queries) else { continue }  // no Float16 here
+            let label = "\(activations) / \(keyFormat) / \(valueFormat)"
+            let q = try StoredTensor(x.queries, format: activations)
+            let k = try StoredTensor(x.keys, format: keyFormat)
+            let v = try StoredTensor(x.values, format: valueFormat)
+            let dO = try StoredTensor(x.outputGradient, format: activations)
+            let decoded = Batch(
+                sequences: x.sequences, queries: Tensor(q), keys: Tensor(k), values: Tensor(v),
+                outputGradient: Tensor(dO))
+            var options = AttentionOptions(threads: 1)
+            options.sinkLogits = [0.5, -1, 0, 2, 1, -0.5]
+            let expectedForward = try packedAttention(
+                queries: decoded.queries, keys: decoded.keys, values: decoded.values, sequences: x.sequences,
+                mask: .causal, options: options)
+            let expected = try gradients(decoded, mask: .causal, options: options)
+            for threads in [1, 3] {
+                options.threads = threads
+                let forward = try packedAttention(
+                    queries: q, keys: k, values: v, sequences: x.sequences, mask: .causal, options: options)
+                XCTAssertEqual(bitwise(forward.output), bitwise(expectedForward.output), label)
+                XCTAssertEqual(bitwise(forward.logSumExp), bitwise(expectedForward.logSumExp), label)
+                let stored = try packedAttentionGradients(
+                    queries: q, keys: k, values: v, sequences: x.sequences, result: forward, outputGradient: dO,
+                    mask: .causal, options: options)
+                XCTAssertEqual(bitwise(stored.queries), bitwise(expected.queries), label)
+                XCTAssertEqual(bitwise(stored.keys), bitwise(expected.keys), label)
+                XCTAssertEqual(bitwise(stored.values), bitwise(expected.values), label)
+                XCTAssertEqual(stored.sinkLogits.map(bitwise), expected.sinkLogits.map(bitwise), label)
+                if threads == 1 {
+                    let checks = packedGradientChecks(
+                        stored, queries: roundedQ, keys: roundedThrough(keyFormat, x.keys)!,
+                        values: roundedThrough(valueFormat, x.values)!,
+                        outputGradient: roundedThrough(activations, x.outputGradient)!, sequences: x.sequences,
+                        mask: .causal, options: options)
+                    XCTAssertEqual(checks.count, 3 * x.sequences.count + 1, label)
+                    for (name, check) in checks.sorted(by: { $0.key < $1.key }) {
+                        XCTAssertTrue(check.passes, "\(label), \(name): \(check)")
+                    }
+                }
+            }
+            checked += 1
+            let forward = try packedAttention(queries: q, keys: k, values: v, sequences: x.sequences)
+            func argument(_ body: () throws -> Void) -> String? {
+                do {
+                    try body()
+                    return nil
+                } catch { return (error as? AttentionError)?.argument }
+            }
+            let quantized = try StoredTensor(x.queries, format: .int8(blockSize: 8))
+            XCTAssertEqual(
+                argument { _ = try packedAttention(queries: quantized, keys: k, values: v, sequences: x.sequences) },
+                "queries.format")
+            XCTAssertEqual(
+                argument {
+                    _ = try packedAttentionGradients(
+                        queries: q, keys: k, values: v, sequences: x.sequences, result: forward,
+                        outputGradient: try StoredTensor(x.outputGradient, format: .int4(blockSize: 8)))
+                }, "outputGradient.format")
+        }
+        XCTAssertGreaterThanOrEqual(checked, 2)
+    }
+
     func testEachSequenceIsBitwiseItsOwnCallForEveryThreadCount() throws {
         // Two key/value heads, 1, 2, 3 and 8 threads: the (sequence, head) items land on different workers.
         let x = try batch(

@@ -143,7 +143,8 @@ final class StoredBackwardTests: XCTestCase {
         XCTAssertTrue(grads.values.scalars[(d)..<(2 * d)].contains { $0 != 0 })
     }
 
-    /// Quantized queries or output gradient, a [B, N, H, d] layout, shapes that do not fit: each names its argument.
+    /// Quantized queries or output gradient, shapes that do not fit (also in the [B, N, H, d] layout): each names its
+    /// argument.
     func testBadInputNamesTheArgument() throws {
         let x = try inputs(
             queryHeads: 2, keyValueHeads: 1, queryLength: 4, keyLength: 6, headDimension: 8, valueDimension: 8,
@@ -180,9 +181,10 @@ final class StoredBackwardTests: XCTestCase {
             "result.logSumExp")
         XCTAssertEqual(
             argument(keys: try StoredTensor(Tensor(zeros: [1, 1, 6, 16]), format: .bfloat16)), "keys")
+        // [B, H, N, d] tensors passed as [B, N, H, d]: the keys' 6 "heads" do not divide the queries' 4.
         var layout = AttentionOptions()
         layout.layout = .bnhd
-        XCTAssertEqual(argument(options: layout), "options.layout")
+        XCTAssertEqual(argument(options: layout), "keys")
     }
 
     /// No queries, or no keys: zero gradients of the right shapes, as the Float32 call gives.

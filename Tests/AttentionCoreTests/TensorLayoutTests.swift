@@ -100,6 +100,84 @@ final class TensorLayoutTests: XCTestCase {
         XCTAssertEqual(sparseTokenMajor, swapped(sparse))
     }
 
+    func testStoredTensorsInTokenMajorLayoutEqualHeadMajorBitwise() throws {
+        // Stored keys and values in every format (8- and 4-bit in blocks of 8), queries in Float16 / BFloat16, read
+        // as [B, N, H, d]: the forward (blockwise, naive, decode, block-sparse) and the backward equal the
+        // [B, H, N, d] stored call bit for bit, in both output layouts.
+        let shapes: [(b: Int, hq: Int, hkv: Int, nq: Int, nk: Int, d: Int)] = [
+            (2, 4, 2, 37, 140, 24), (1, 8, 2, 1, 150, 40), (1, 4, 2, 64, 64, 16),
+        ]
+        let formats: [(StorageFormat, StorageFormat)] = [
+            (.bfloat16, .bfloat16), (.bfloat16, .int8(blockSize: 8)), (.float16, .int4(blockSize: 8)),
+            (.bfloat16, .float32),
+        ]
+        for (index, shape) in shapes.enumerated() {
+            let inputs = try attentionInputs(
+                batch: shape.b, queryHeads: shape.hq, keyValueHeads: shape.hkv, queryLength: shape.nq,
+                keyLength: shape.nk, headDimension: shape.d, seed: UInt64(51 + index))
+            let dO = try Tensor.randomNormal(shape: [shape.b, shape.hq, shape.nq, shape.d], seed: 57)
+            for (queryFormat, format) in formats {
+                if queryFormat == .float16 && roundedThroughFloat16(0) == nil { continue }
+                let label = "shape \(index), \(queryFormat) / \(format)"
+                func stored(_ t: Tensor, _ f: StorageFormat) throws -> (StoredTensor, StoredTensor) {
+                    (try StoredTensor(t, format: f), try StoredTensor(swapped(t), format: f))
+                }
+                let (q, qT) = try stored(inputs.queries, queryFormat)
+                let (k, kT) = try stored(inputs.keys, format)
+                let (v, vT) = try stored(inputs.values, format)
+                let (g, gT) = try stored(dO, queryFormat)
+                var kernels: [AttentionKernel] = [.automatic, .naive, .blockwise(queryBlock: 5, keyBlock: 7)]
+                if shape.hq / shape.hkv * shape.nq <= 16 { kernels.append(.decode(keysPerSplit: 32)) }
+                for kernel in kernels {
+                    let options = AttentionOptions(kernel: kernel, threads: 2)
+                    let expected = try partialAttention(queries: q, keys: k, values: v, mask: .causal, options: options)
+                    let tokenMajor = try partialAttention(
+                        queries: qT, keys: kT, values: vT, mask: .causal,
+                        options: AttentionOptions(layout: .bnhd, kernel: kernel, threads: 2))
+                    XCTAssertEqual(bitwise(tokenMajor.output), bitwise(swapped(expected.output)), "\(label), \(kernel)")
+                    XCTAssertEqual(bitwise(tokenMajor.logSumExp), bitwise(expected.logSumExp), "\(label), \(kernel)")
+                    let headMajorOut = try attention(
+                        queries: qT, keys: kT, values: vT, mask: .causal,
+                        options: AttentionOptions(layout: .bnhd, outputLayout: .bhnd, kernel: kernel))
+                    XCTAssertEqual(bitwise(headMajorOut), bitwise(expected.output), "\(label), \(kernel)")
+                }
+                let blocks = try BlockSparseLayout.local(length: shape.nk, blockSize: 16, windowBlocks: 1)
+                if shape.nq == shape.nk {
+                    XCTAssertEqual(
+                        try blockSparseAttention(
+                            queries: qT, keys: kT, values: vT, layout: blocks, options: AttentionOptions(layout: .bnhd)),
+                        swapped(try blockSparseAttention(queries: q, keys: k, values: v, layout: blocks)), label)
+                }
+                var options = AttentionOptions(threads: 2)
+                let forward = try partialAttention(queries: q, keys: k, values: v, mask: .causal, options: options)
+                let expected = try attentionGradients(
+                    queries: q, keys: k, values: v, result: forward, outputGradient: g, mask: .causal, options: options)
+                options.layout = .bnhd
+                let tokenForward = try partialAttention(
+                    queries: qT, keys: kT, values: vT, mask: .causal, options: options)
+                let gradients = try attentionGradients(
+                    queries: qT, keys: kT, values: vT, result: tokenForward, outputGradient: gT, mask: .causal,
+                    options: options)
+                XCTAssertEqual(bitwise(gradients.queries), bitwise(swapped(expected.queries)), label)
+                XCTAssertEqual(bitwise(gradients.keys), bitwise(swapped(expected.keys)), label)
+                XCTAssertEqual(bitwise(gradients.values), bitwise(swapped(expected.values)), label)
+            }
+        }
+        // And the reference: one [B, N, H, d] stored call against the Float64 reference on the stored values.
+        let inputs = try attentionInputs(
+            batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 33, keyLength: 70, headDimension: 16, seed: 61)
+        let keys = try StoredTensor(swapped(inputs.keys), format: .int8(blockSize: 8))
+        let values = try StoredTensor(swapped(inputs.values), format: .bfloat16)
+        let output = try attention(
+            queries: try StoredTensor(swapped(inputs.queries), format: .float32), keys: keys, values: values,
+            mask: .causal, options: AttentionOptions(layout: .bnhd))
+        let check = checkOutput(
+            swapped(output), queries: inputs.queries,
+            keys: roundedThrough(.int8(blockSize: 8), inputs.keys)!, values: roundedThrough(.bfloat16, inputs.values)!,
+            mask: .causal, options: AttentionOptions())
+        XCTAssertTrue(check.passes, "\(check)")
+    }
+
     func testLayoutErrorsNameTheArgument() throws {
         let inputs = try attentionInputs(queryHeads: 4, queryLength: 5, keyLength: 6, headDimension: 8, seed: 1)
         // Keys given head-major while the call says token-major: [1, 4, 6, 8] read as 6 heads of 4 tokens.

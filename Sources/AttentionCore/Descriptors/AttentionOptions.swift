@@ -68,7 +68,7 @@ public struct AttentionOptions: Sendable {
     public var headMasks: [AttentionMask]?
     /// The axis order of the queries, keys and values given to `attention` / `partialAttention` on tensors
     /// (default [batch, heads, tokens, d]); `.bnhd` reads [batch, tokens, heads, d] in place, without a transpose.
-    /// Caches and stored tensors hold `.bhnd` and reject `.bnhd`.
+    /// Stored tensors (`StoredTensor`) take either layout; caches hold `.bhnd` and reject `.bnhd`.
     public var layout: TensorLayout
     /// The output's axis order; nil means the same as `layout`. (Log-sum-exp is always [batch, heads, tokens].)
     public var outputLayout: TensorLayout?

@@ -45,11 +45,21 @@ package struct AttentionProblem: Sendable {
     package init(
         queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask, options: AttentionOptions
     ) throws {
+        try self.init(
+            shapesInLayout: queries.shape, keys.shape, values.shape, mask: mask, options: options)
+    }
+
+    /// Validates queries, keys and values of the given shapes, in `options.layout`, held in any storage format (the
+    /// tensor init above, and stored tensors).
+    package init(
+        shapesInLayout queryShape: [Int], _ keyShape: [Int], _ valueShape: [Int], mask: AttentionMask,
+        options: AttentionOptions
+    ) throws {
         let layout = options.layout
         do {
             try self.init(
-                queryShape: layout.canonical(queries.shape), keyShape: layout.canonical(keys.shape),
-                valueShape: layout.canonical(values.shape), mask: mask, options: options, layoutAware: true)
+                queryShape: layout.canonical(queryShape), keyShape: layout.canonical(keyShape),
+                valueShape: layout.canonical(valueShape), mask: mask, options: options, layoutAware: true)
         } catch AttentionError.shapeMismatch(let argument, let expected, let actual, let reason) where layout != .bhnd {
             throw AttentionError.shapeMismatch(
                 argument: argument, expected: expected, actual: actual,
@@ -57,15 +67,6 @@ package struct AttentionProblem: Sendable {
         }
         queryStrides = layout.strides(heads: queryHeads, tokens: queryLength, dimension: keyDimension)
         outputStrides = outputLayout.strides(heads: queryHeads, tokens: queryLength, dimension: valueDimension)
-    }
-
-    /// Validates queries against keys and values of the given shapes (held in any storage format), all [B, H, N, d].
-    package init(
-        queries: Tensor, keyShape: [Int], valueShape: [Int], mask: AttentionMask, options: AttentionOptions
-    ) throws {
-        try self.init(
-            queryShape: queries.shape, keyShape: keyShape, valueShape: valueShape, mask: mask, options: options,
-            layoutAware: false)
     }
 
     private init(
@@ -172,7 +173,7 @@ package struct AttentionProblem: Sendable {
             for (name, layout) in [("options.layout", options.layout), ("options.outputLayout", options.outputLayout)]
             where layout != nil && layout != .bhnd {
                 throw AttentionError.invalidValue(
-                    argument: name, expected: ".bhnd (caches and stored tensors hold [batch, heads, tokens, d])",
+                    argument: name, expected: ".bhnd (caches hold [batch, heads, tokens, d])",
                     actual: ".bnhd")
             }
         }

@@ -67,8 +67,8 @@ public func partialAttention(
 ) throws -> AttentionResult {
     let q = try decodedQueries(queries, threads: Swift.max(1, options.threads ?? Parallel.defaultThreadCount))
     let problem = try AttentionProblem(
-        queries: q, keyShape: keys.shape, valueShape: values.shape, mask: mask, options: options)
-    return try withKeyValueSegments(keys: keys, values: values) { segments in
+        shapesInLayout: q.shape, keys.shape, values.shape, mask: mask, options: options)
+    return try withKeyValueSegments(keys: keys, values: values, layout: options.layout) { segments in
         try runAttention(problem, queries: q, segments: segments)
     }
 }
@@ -83,7 +83,7 @@ public func blockSparseAttention(
 ) throws -> Tensor {
     let (mask, options) = try blockSparseDescription(
         layout: layout, mask: mask, options: options,
-        queryHeads: queries.shape.count == 4 ? queries.shape[1] : 0)
+        queryHeads: queries.shape.count == 4 ? options.layout.canonical(queries.shape)[1] : 0)
     return try attention(queries: queries, keys: keys, values: values, mask: mask, options: options)
 }
 
@@ -108,7 +108,8 @@ public func blockSparseAttention(
 ///   - result: the forward's Float32 output and log-sum-exp (the stored-tensor `partialAttention` returns them).
 ///   - outputGradient: dL/d(output), [B, Hq, Nq, Dv], `.float32`, `.float16` or `.bfloat16`.
 ///   - mask: the forward call's mask.
-///   - options: the forward call's options ([B, H, N, d] layout, as for every stored tensor).
+///   - options: the forward call's options (either layout: with `.bnhd` the tensors are [B, N, H, d] and the
+///     gradients come back so).
 /// - Returns: dQ, dK and dV in Float32, the shapes of `queries`, `keys` and `values`; bitwise identical for every
 ///   thread count.
 /// - Throws: ``AttentionError`` as the Float32 call does, and for quantized queries or output gradient (naming
@@ -127,23 +128,88 @@ public func attentionGradients(
     try requireFloatFormat(queries.format, "queries.format")
     try requireFloatFormat(outputGradient.format, "outputGradient.format")
     let problem = try AttentionProblem(
-        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, mask: mask, options: options)
+        shapesInLayout: queries.shape, keys.shape, values.shape, mask: mask, options: options)
     let strides = try BackwardStrides(problem, result: result, outputGradientShape: outputGradient.shape)
-    let bias = options.bias ?? Tensor(uncheckedShape: [0], scalars: [])
-    return queries.withRows { q in
+    let bias = options.bias.flatMap { $0.scalars.isEmpty ? nil : $0 }
+    return withStoredRows(queries, keys, values, outputGradient, result: result, bias: bias) { rows, floats in
+        BackwardPass(problem: problem).gradients(
+            BackwardInputs(
+                q: rows.q, k: rows.k, v: rows.v, o: floats[0], lse: floats[1], dO: rows.dO,
+                bias: bias != nil ? floats[2] : nil, strides: strides),
+            queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape)
+    }
+}
+
+/// ``packedAttention(queries:keys:values:sequences:mask:options:)-(Tensor,_,_,_,_,_)`` over stored tensors: queries
+/// [totalQueries, queryHeads, headDimension] in `.float32`, `.float16` or `.bfloat16`, keys and values [totalKeys,
+/// keyValueHeads, d] in any format. As for the dense stored call, the queries are decoded once and each sequence's key
+/// and value tiles as the kernels load them; each sequence's result is bitwise that of the Float32 packed call on the
+/// decoded tensors.
+/// - Returns: output [totalQueries, queryHeads, valueDimension] (Float32) and log-sum-exp [totalQueries, queryHeads].
+/// - Throws: what the Float32 packed call throws, and for quantized queries (named `queries.format`).
+public func packedAttention(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, sequences: PackedSequences,
+    mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
+) throws -> AttentionResult {
+    try requireFloatFormat(queries.format, "queries.format")
+    let problems = try packedProblems(
+        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, sequences: sequences, mask: mask,
+        options: options)
+    let q = try decodedQueries(queries, threads: Swift.max(1, options.threads ?? Parallel.defaultThreadCount))
+    var fresh: [Float]? = nil
+    return keys.withRows { k in
+        values.withRows { v in
+            packedAttention(
+                problems, queries: q,
+                keys: PackedRows(base: k, codec: keys.codec, tokens: keys.shape[0], heads: keys.shape[1]),
+                values: PackedRows(base: v, codec: values.codec, tokens: values.shape[0], heads: values.shape[1]),
+                sequences: sequences, options: options, reusing: &fresh)
+        }
+    }
+}
+
+/// The packed backward over stored tensors: the gradients of the stored
+/// ``packedAttention(queries:keys:values:sequences:mask:options:)-(StoredTensor,_,_,_,_,_)``, rows decoded as the
+/// dense stored backward decodes them. Float32 gradients in the packed shapes, each sequence's bitwise those of the
+/// Float32 packed backward on the decoded tensors.
+/// - Throws: what the Float32 packed backward throws, and for quantized queries or output gradient (named
+///   `queries.format` or `outputGradient.format`).
+public func packedAttentionGradients(
+    queries: StoredTensor, keys: StoredTensor, values: StoredTensor, sequences: PackedSequences,
+    result: AttentionResult, outputGradient: StoredTensor, mask: AttentionMask = .none,
+    options: AttentionOptions = AttentionOptions()
+) throws -> AttentionGradients {
+    try requireFloatFormat(queries.format, "queries.format")
+    try requireFloatFormat(outputGradient.format, "outputGradient.format")
+    let problems = try packedBackwardProblems(
+        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, sequences: sequences,
+        result: result, outputGradientShape: outputGradient.shape, mask: mask, options: options)
+    return withStoredRows(queries, keys, values, outputGradient, result: result, bias: nil) { rows, floats in
+        packedGradients(
+            problems, sequences: sequences, q: rows.q, k: rows.k, v: rows.v, o: floats[0], lse: floats[1],
+            dO: rows.dO, queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, options: options)
+    }
+}
+
+/// Calls `body` with the encoded rows of a stored backward's queries, keys, values and output gradient, and the
+/// base addresses of the forward's output, log-sum-exp and (if given) the bias.
+private func withStoredRows<R>(
+    _ queries: StoredTensor, _ keys: StoredTensor, _ values: StoredTensor, _ outputGradient: StoredTensor,
+    result: AttentionResult, bias: Tensor?,
+    _ body: ((q: BackwardRows, k: BackwardRows, v: BackwardRows, dO: BackwardRows), [UnsafePointer<Float>]) -> R
+) -> R {
+    queries.withRows { q in
         keys.withRows { k in
             values.withRows { v in
                 outputGradient.withRows { dO in
-                    withBaseAddresses([result.output, result.logSumExp, bias]) { floats in
+                    withBaseAddresses([result.output, result.logSumExp] + (bias.map { [$0] } ?? [])) { floats in
                         // A tensor without rows (no queries or no keys) is never read: any address serves.
                         let none = UnsafeRawPointer(floats[0])
-                        return BackwardPass(problem: problem).gradients(
-                            BackwardInputs(
-                                q: .encoded(q ?? none, queries.codec), k: .encoded(k ?? none, keys.codec),
-                                v: .encoded(v ?? none, values.codec), o: floats[0], lse: floats[1],
-                                dO: .encoded(dO ?? none, outputGradient.codec),
-                                bias: bias.scalars.isEmpty ? nil : floats[2], strides: strides),
-                            queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape)
+                        return body(
+                            (
+                                .encoded(q ?? none, queries.codec), .encoded(k ?? none, keys.codec),
+                                .encoded(v ?? none, values.codec), .encoded(dO ?? none, outputGradient.codec)
+                            ), floats)
                     }
                 }
             }

@@ -343,6 +343,14 @@ enum BackwardRows {
         return false
     }
 
+    /// The rows from float offset `floats` on (a multiple of the row width).
+    func advanced(by floats: Int) -> BackwardRows {
+        switch self {
+        case .float32(let scalars): return .float32(scalars + floats)
+        case .encoded(let base, let codec): return .encoded(base + floats / codec.dimension * codec.rowBytes, codec)
+        }
+    }
+
     /// The `rows` rows starting at float offset `offset`, `stride` floats apart, as rows of `padded` floats at
     /// `target` (copied, or decoded: exactly the values the format holds), zeros in the padding and in rows
     /// `rows ..< tileRows`.

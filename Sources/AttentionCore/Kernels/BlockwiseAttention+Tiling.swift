@@ -173,13 +173,27 @@ package func withKeyValueSegments<R>(
 /// Calls `body` with the single segment of stored [B, Hkv, Nk, D] keys and values, read in their formats (none
 /// when Nk = 0 or either holds no bytes).
 package func withKeyValueSegments<R>(
-    keys: StoredTensor, values: StoredTensor, _ body: ([KeyValueSegment]) throws -> R
+    keys: StoredTensor, values: StoredTensor, layout: TensorLayout = .bhnd, _ body: ([KeyValueSegment]) throws -> R
 ) rethrows -> R {
-    try keys.withRows { k in
+    let (keyShape, valueShape) = (layout.canonical(keys.shape), layout.canonical(values.shape))
+    return try keys.withRows { k in
         try values.withRows { v in
-            try body(
-                wholeTensorSegments(
-                    keys: k, values: v, keyShape: keys.shape, keyCodec: keys.codec, valueCodec: values.codec))
+            guard layout == .bnhd, keyShape.count == 4, valueShape.count == 4 else {
+                return try body(
+                    wholeTensorSegments(
+                        keys: k, values: v, keyShape: keys.shape, keyCodec: keys.codec, valueCodec: values.codec))
+            }
+            // [B, N, Hkv, d]: a head's rows are Hkv rows apart, read through the tile walk's decoding (as every
+            // stored tile is).
+            guard let k, let v, keyShape[2] > 0 else { return try body([]) }
+            let (hkv, nk) = (keyShape[1], keyShape[2])
+            let (keyRow, valueRow) = (keys.codec.rowBytes, values.codec.rowBytes)
+            return try body([
+                KeyValueSegment(
+                    keys: k, values: v, keyCodec: keys.codec, valueCodec: values.codec,
+                    keyStrides: (hkv * nk * keyRow, keyRow, hkv * keyRow),
+                    valueStrides: (hkv * nk * valueRow, valueRow, hkv * valueRow), start: 0, count: nk)
+            ])
         }
     }
 }

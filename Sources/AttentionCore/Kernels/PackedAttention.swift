@@ -44,22 +44,25 @@ public func packedAttention(
     options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionResult {
     let problems = try packedProblems(
-        queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
+        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, sequences: sequences, mask: mask,
+        options: options)
     var fresh: [Float]? = nil
-    return packedAttention(
-        problems, queries: queries, keys: keys, values: values, sequences: sequences, options: options,
-        reusing: &fresh)
+    return withPackedRows(keys, values) { keys, values in
+        packedAttention(
+            problems, queries: queries, keys: keys, values: values, sequences: sequences, options: options,
+            reusing: &fresh)
+    }
 }
 
-/// ``packedAttention(queries:keys:values:sequences:mask:options:)`` writing the output into `output` instead of a new
-/// tensor, for a caller that runs packed batches of the same token count repeatedly (every layer of a prefill) and
-/// keeps one output buffer. As for ``attention(queries:keys:values:mask:options:into:)``, a large new output is
-/// fresh memory that the operating system maps and zeroes as it is first written; writing into a tensor written
-/// before skips that (the README's "Real batches" section gives what it measured). Every element of `output` is
+/// ``packedAttention(queries:keys:values:sequences:mask:options:)-(Tensor,_,_,_,_,_)`` writing the output into `output`
+/// instead of a new tensor, for a caller that runs packed batches of the same token count repeatedly (every layer of a
+/// prefill) and keeps one output buffer. As for ``attention(queries:keys:values:mask:options:into:)``, a large new
+/// output is fresh memory that the operating system maps and zeroes as it is first written; writing into a tensor
+/// written before skips that (the README's "Real batches" section gives what it measured). Every element of `output` is
 /// overwritten; if its storage is shared with another tensor it is copied first.
 ///
 /// - Returns: the log-sum-exp, [totalQueries, queryHeads], for merging with another chunk's result.
-/// - Throws: what ``packedAttention(queries:keys:values:sequences:mask:options:)`` throws, and
+/// - Throws: what ``packedAttention(queries:keys:values:sequences:mask:options:)-(Tensor,_,_,_,_,_)`` throws, and
 ///   ``AttentionError/shapeMismatch(argument:expected:actual:reason:)`` unless `output.shape` is [totalQueries,
 ///   queryHeads, valueDimension]; `output` is untouched when it throws.
 ///
@@ -76,7 +79,8 @@ public func packedAttention(
     options: AttentionOptions = AttentionOptions(), into output: inout Tensor
 ) throws -> Tensor {
     let problems = try packedProblems(
-        queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
+        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, sequences: sequences, mask: mask,
+        options: options)
     let expected = [queries.shape[0], queries.shape[1], values.shape[2]]
     guard output.shape == expected else {
         throw AttentionError.shapeMismatch(
@@ -86,21 +90,48 @@ public func packedAttention(
     // Move the storage out so that it is uniquely referenced (no copy on write) unless the caller shares it.
     var storage: [Float]? = output.scalars
     output = Tensor(uncheckedShape: [0], scalars: [])
-    let result = packedAttention(
-        problems, queries: queries, keys: keys, values: values, sequences: sequences, options: options,
-        reusing: &storage)
+    let result = withPackedRows(keys, values) { keys, values in
+        packedAttention(
+            problems, queries: queries, keys: keys, values: values, sequences: sequences, options: options,
+            reusing: &storage)
+    }
     output = result.output
     return result.logSumExp
 }
 
+/// A packed key or value tensor's rows, [tokens, heads, d] rows of `codec` from `base` (nil when it has none):
+/// a Float32 tensor's or a stored tensor's.
+struct PackedRows {
+    let base: UnsafeRawPointer?
+    let codec: RowCodec
+    let tokens: Int
+    let heads: Int
+}
+
+/// Calls `body` with the rows of Float32 packed keys and values.
+private func withPackedRows<R>(_ keys: Tensor, _ values: Tensor, _ body: (PackedRows, PackedRows) -> R) -> R {
+    keys.withUnsafeBufferPointer { k in
+        values.withUnsafeBufferPointer { v in
+            body(
+                PackedRows(
+                    base: k.baseAddress.map(UnsafeRawPointer.init), codec: RowCodec(.float32, dimension: keys.shape[2]),
+                    tokens: keys.shape[0], heads: keys.shape[1]),
+                PackedRows(
+                    base: v.baseAddress.map(UnsafeRawPointer.init),
+                    codec: RowCodec(.float32, dimension: values.shape[2]), tokens: values.shape[0],
+                    heads: values.shape[1]))
+        }
+    }
+}
+
 /// The packed kernel on validated `problems`, writing into `reused` when it has the output's element count (taken,
-/// leaving nil), else into new storage.
-private func packedAttention(
-    _ problems: [AttentionProblem], queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences,
-    options: AttentionOptions, reusing reused: inout [Float]?
+/// leaving nil), else into new storage. Keys and values in any format (`PackedRows`); Float32 queries.
+func packedAttention(
+    _ problems: [AttentionProblem], queries: Tensor, keys: PackedRows, values: PackedRows,
+    sequences: PackedSequences, options: AttentionOptions, reusing reused: inout [Float]?
 ) -> AttentionResult {
-    let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.shape[1])
-    let (dk, dv) = (queries.shape[2], values.shape[2])
+    let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.heads)
+    let (dk, dv) = (queries.shape[2], values.codec.dimension)
     let threads = options.threads ?? Parallel.defaultThreadCount
 
     let tilings = sequenceTilings(problems)
@@ -111,58 +142,52 @@ private func packedAttention(
         tiling.layout == .stripes ? (problem.queryLength + tiling.queryBlock - 1) / tiling.queryBlock : 1
     }
     let reuse = reuses.max() ?? 1
-    let float = MemoryLayout<Float>.stride
     // Every output row is written by the finalize of the work item that owns it: no zero fill needed.
     var output =
         reused?.count == totalQueries * hq * dv
         ? reused.take()! : overwrittenScalars(count: totalQueries * hq * dv)
     var logSumExp = [Float](repeating: 0, count: totalQueries * hq)
     let workspace = queries.withUnsafeBufferPointer { q in
-        keys.withUnsafeBufferPointer { k in
-            values.withUnsafeBufferPointer { v in
-                output.withUnsafeMutableBufferPointer { o in
-                    logSumExp.withUnsafeMutableBufferPointer { lse in
-                        // All the keys as one segment of one batch entry; each sequence reads its part of it.
-                        var whole: [KeyValueSegment] = []
-                        if let kBase = k.baseAddress, let vBase = v.baseAddress, keys.shape[0] > 0 {
-                            whole.append(
-                                KeyValueSegment(
-                                    keys: UnsafeRawPointer(kBase), values: UnsafeRawPointer(vBase),
-                                    keyCodec: RowCodec(.float32, dimension: dk),
-                                    valueCodec: RowCodec(.float32, dimension: dv),
-                                    keyStrides: (0, dk * float, hkv * dk * float),
-                                    valueStrides: (0, dv * float, hkv * dv * float), start: 0, count: keys.shape[0]))
-                        }
-                        // Each sequence's (key/value head) rows staged by the worker that runs them when there
-                        // are groups enough to balance the workers (`RowStaging`), else one copy for the call.
-                        let groups = problems.count * hkv
-                        let stages =
-                            RowStaging(
-                                whole, reuse: reuse, keyDimension: dk, valueDimension: dv, groups: groups,
-                                threads: threads) != nil
-                        return withHeadMajorRows(
-                            whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv,
-                            reuse: stages ? 1 : reuse, threads: threads
-                        ) { whole, copyBytes in
-                            let runBytes = runSequenceProblems(
-                                problems, tilings: tilings, queryOffsets: sequences.queryOffsets,
-                                queries: q.baseAddress, output: o.baseAddress, logSumExp: lse.baseAddress,
-                                threads: threads, staging: stages ? reuses : nil
-                            ) { b in
-                                let keyStart = sequences.keyOffsets[b]
-                                return whole.prefix(problems[b].keyLength > 0 ? 1 : 0).map { all in
-                                    KeyValueSegment(
-                                        keys: all.keys + keyStart * all.keyRowStride,
-                                        values: all.values + keyStart * all.valueRowStride, keyCodec: all.keyCodec,
-                                        valueCodec: all.valueCodec,
-                                        keyStrides: (0, all.keyHeadStride, all.keyRowStride),
-                                        valueStrides: (0, all.valueHeadStride, all.valueRowStride), start: 0,
-                                        count: problems[b].keyLength)
-                                }
-                            }
-                            return runBytes + copyBytes
+        output.withUnsafeMutableBufferPointer { o in
+            logSumExp.withUnsafeMutableBufferPointer { lse in
+                // All the keys as one segment of one batch entry; each sequence reads its part of it.
+                var whole: [KeyValueSegment] = []
+                if let kBase = keys.base, let vBase = values.base, keys.tokens > 0 {
+                    let (keyRow, valueRow) = (keys.codec.rowBytes, values.codec.rowBytes)
+                    whole.append(
+                        KeyValueSegment(
+                            keys: kBase, values: vBase, keyCodec: keys.codec, valueCodec: values.codec,
+                            keyStrides: (0, keyRow, hkv * keyRow), valueStrides: (0, valueRow, hkv * valueRow),
+                            start: 0, count: keys.tokens))
+                }
+                // Each sequence's (key/value head) rows staged by the worker that runs them when there
+                // are groups enough to balance the workers (`RowStaging`), else one copy for the call.
+                let groups = problems.count * hkv
+                let stages =
+                    RowStaging(
+                        whole, reuse: reuse, keyDimension: dk, valueDimension: dv, groups: groups,
+                        threads: threads) != nil
+                return withHeadMajorRows(
+                    whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv,
+                    reuse: stages ? 1 : reuse, threads: threads
+                ) { whole, copyBytes in
+                    let runBytes = runSequenceProblems(
+                        problems, tilings: tilings, queryOffsets: sequences.queryOffsets,
+                        queries: q.baseAddress, output: o.baseAddress, logSumExp: lse.baseAddress,
+                        threads: threads, staging: stages ? reuses : nil
+                    ) { b in
+                        let keyStart = sequences.keyOffsets[b]
+                        return whole.prefix(problems[b].keyLength > 0 ? 1 : 0).map { all in
+                            KeyValueSegment(
+                                keys: all.keys + keyStart * all.keyRowStride,
+                                values: all.values + keyStart * all.valueRowStride, keyCodec: all.keyCodec,
+                                valueCodec: all.valueCodec,
+                                keyStrides: (0, all.keyHeadStride, all.keyRowStride),
+                                valueStrides: (0, all.valueHeadStride, all.valueRowStride), start: 0,
+                                count: problems[b].keyLength)
                         }
                     }
+                    return runBytes + copyBytes
                 }
             }
         }
@@ -172,38 +197,37 @@ private func packedAttention(
         logSumExp: Tensor(uncheckedShape: [totalQueries, hq], scalars: logSumExp), workspaceBytes: workspace)
 }
 
-/// Validates a packed call and returns one problem per sequence.
+/// Validates a packed call (tensors of these shapes, in any format) and returns one problem per sequence.
 func packedProblems(
-    queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences, mask: AttentionMask,
+    queryShape: [Int], keyShape: [Int], valueShape: [Int], sequences: PackedSequences, mask: AttentionMask,
     options: AttentionOptions
 ) throws -> [AttentionProblem] {
     let (totalQueries, totalKeys) = (sequences.queryOffsets[sequences.count], sequences.keyOffsets[sequences.count])
-    guard queries.rank == 3, queries.shape[0] == totalQueries, queries.shape[1] >= 1, queries.shape[2] >= 1 else {
+    guard queryShape.count == 3, queryShape[0] == totalQueries, queryShape[1] >= 1, queryShape[2] >= 1 else {
         throw AttentionError.shapeMismatch(
-            argument: "queries", expected: "[\(totalQueries), H, D] with H, D >= 1", actual: queries.shape,
+            argument: "queries", expected: "[\(totalQueries), H, D] with H, D >= 1", actual: queryShape,
             reason:
                 "packed queries are [totalQueries, heads, headDimension], sequences.queryOffsets ending at the total")
     }
-    let (hq, dk) = (queries.shape[1], queries.shape[2])
-    guard keys.rank == 3, keys.shape[0] == totalKeys, keys.shape[1] >= 1, hq % keys.shape[1] == 0,
-        keys.shape[2] == dk
+    let (hq, dk) = (queryShape[1], queryShape[2])
+    guard keyShape.count == 3, keyShape[0] == totalKeys, keyShape[1] >= 1, hq % keyShape[1] == 0, keyShape[2] == dk
     else {
         throw AttentionError.shapeMismatch(
-            argument: "keys", expected: "[\(totalKeys), H, \(dk)] with H >= 1 dividing \(hq)", actual: keys.shape,
+            argument: "keys", expected: "[\(totalKeys), H, \(dk)] with H >= 1 dividing \(hq)", actual: keyShape,
             reason:
                 "packed keys are [totalKeys, heads, headDimension], sequences.keyOffsets ending at the total, with "
                 + "the queries' head dimension and a head count that divides theirs")
     }
-    let hkv = keys.shape[1]
-    guard values.rank == 3, values.shape[0] == totalKeys, values.shape[1] == hkv, values.shape[2] >= 1 else {
+    let hkv = keyShape[1]
+    guard valueShape.count == 3, valueShape[0] == totalKeys, valueShape[1] == hkv, valueShape[2] >= 1 else {
         throw AttentionError.shapeMismatch(
-            argument: "values", expected: "[\(totalKeys), \(hkv), D] with D >= 1", actual: values.shape,
+            argument: "values", expected: "[\(totalKeys), \(hkv), D] with D >= 1", actual: valueShape,
             reason: "packed values have the keys' token and head counts")
     }
     return try sequenceProblems(
         queryHeads: hq, keyValueHeads: hkv, queryLengths: (0..<sequences.count).map { sequences.queryRange($0).count },
         keyLengths: (0..<sequences.count).map { sequences.keyRange($0).count }, keyDimension: dk,
-        valueDimension: values.shape[2], mask: mask, options: options, batchName: "the packed batch")
+        valueDimension: valueShape[2], mask: mask, options: options, batchName: "the packed batch")
 }
 
 /// One problem per sequence of a sequence batch (packed, or a paged cache's), after rejecting the options such a

@@ -12,8 +12,9 @@
 // longest sequences first (by Nq x Nk), so that short sequences fill the gaps the long ones leave.
 // Memory beyond the gradients: one scratch per worker, sized for the sequence with the most queries (O(Nq * d)).
 
-/// The gradients of a packed batch's attention (``packedAttention(queries:keys:values:sequences:mask:options:)``)
-/// with respect to its queries, keys, values and learned sink logits.
+/// The gradients of a packed batch's attention
+/// (``packedAttention(queries:keys:values:sequences:mask:options:)-(Tensor,_,_,_,_,_)``) with respect to its queries,
+/// keys, values and learned sink logits.
 ///
 /// - Parameters:
 ///   - queries: the forward call's queries, [totalQueries, queryHeads, headDimension].
@@ -47,19 +48,48 @@ public func packedAttentionGradients(
     queries: Tensor, keys: Tensor, values: Tensor, sequences: PackedSequences, result: AttentionResult,
     outputGradient: Tensor, mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
 ) throws -> AttentionGradients {
-    let threads = options.threads ?? Parallel.defaultThreadCount
+    let problems = try packedBackwardProblems(
+        queryShape: queries.shape, keyShape: keys.shape, valueShape: values.shape, sequences: sequences,
+        result: result, outputGradientShape: outputGradient.shape, mask: mask, options: options)
+    return withBaseAddresses([queries, keys, values, result.output, result.logSumExp, outputGradient]) {
+        packedGradients(
+            problems, sequences: sequences, q: .float32($0[0]), k: .float32($0[1]), v: .float32($0[2]), o: $0[3],
+            lse: $0[4], dO: .float32($0[5]), queryShape: queries.shape, keyShape: keys.shape,
+            valueShape: values.shape, options: options)
+    }
+}
+
+/// Validates a packed backward call (tensors of these shapes, in any format): one problem per sequence.
+func packedBackwardProblems(
+    queryShape: [Int], keyShape: [Int], valueShape: [Int], sequences: PackedSequences, result: AttentionResult,
+    outputGradientShape: [Int], mask: AttentionMask, options: AttentionOptions
+) throws -> [AttentionProblem] {
     let problems = try packedProblems(
-        queries: queries, keys: keys, values: values, sequences: sequences, mask: mask, options: options)
-    let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.shape[1])
-    let (dk, dv) = (queries.shape[2], values.shape[2])
+        queryShape: queryShape, keyShape: keyShape, valueShape: valueShape, sequences: sequences, mask: mask,
+        options: options)
+    let (totalQueries, hq, dv) = (queryShape[0], queryShape[1], valueShape[2])
     let outputShape = [totalQueries, hq, dv]
     for (name, shape, expected, reason) in [
         ("result.output", result.output.shape, outputShape, "the forward's output for these queries and values"),
         ("result.logSumExp", result.logSumExp.shape, [totalQueries, hq], "one log-sum-exp per query token and head"),
-        ("outputGradient", outputGradient.shape, outputShape, "the gradient of the loss has the output's shape"),
+        ("outputGradient", outputGradientShape, outputShape, "the gradient of the loss has the output's shape"),
     ] where shape != expected {
         throw AttentionError.shapeMismatch(argument: name, expected: "\(expected)", actual: shape, reason: reason)
     }
+    return problems
+}
+
+/// The packed backward on validated `problems`, over rows of queries, keys, values and output gradient in any
+/// format (`BackwardRows`, at float offsets into [tokens, heads, d] tensors) and the forward's Float32 output and
+/// log-sum-exp.
+func packedGradients(
+    _ problems: [AttentionProblem], sequences: PackedSequences, q: BackwardRows, k: BackwardRows, v: BackwardRows,
+    o: UnsafePointer<Float>, lse: UnsafePointer<Float>, dO: BackwardRows, queryShape: [Int], keyShape: [Int],
+    valueShape: [Int], options: AttentionOptions
+) -> AttentionGradients {
+    let threads = options.threads ?? Parallel.defaultThreadCount
+    let (totalQueries, hq, hkv) = (queryShape[0], queryShape[1], keyShape[1])
+    let (dk, dv) = (queryShape[2], valueShape[2])
     let passes = problems.map(BackwardPass.init(problem:))
     // Token-major rows: a sequence's row (head h, token t) is h * d + t * H * d floats past its first token's.
     let strides = problems.map {
@@ -75,44 +105,46 @@ public func packedAttentionGradients(
         return costA != costB ? costA > costB : $0 < $1
     }
     .flatMap { b in (0..<hkv).map { (sequence: b, head: $0) } }
-    let perWorker = active.map { passes[$0].scratchFloats(strides[$0]) }.max() ?? 0
+    let encoded = (q.isEncoded, dO.isEncoded)
+    let perWorker = active.map { passes[$0].scratchFloats(strides[$0], encoded: encoded) }.max() ?? 0
     var scratch = [Float](repeating: 0, count: Parallel.workerCount(items: items.count, threads: threads) * perWorker)
     var dQ = [Float](repeating: 0, count: totalQueries * hq * dk)
-    var dK = [Float](repeating: 0, count: keys.shape[0] * hkv * dk)
-    var dV = [Float](repeating: 0, count: keys.shape[0] * hkv * dv)
+    var dK = [Float](repeating: 0, count: keyShape[0] * hkv * dk)
+    var dV = [Float](repeating: 0, count: keyShape[0] * hkv * dv)
     // Each sequence's sink-logit gradients per query head ([sequence][head]: item (b, g) writes its group's).
     var sinkParts = [Float](repeating: 0, count: sequences.count * hq)
     let group = hq / hkv
-    let inputTensors = [queries, keys, values, result.output, result.logSumExp, outputGradient]
-    withBaseAddresses(inputTensors) { inputs in
-        dQ.withUnsafeMutableBufferPointer { queryGradients in
-            dK.withUnsafeMutableBufferPointer { keyGradients in
-                dV.withUnsafeMutableBufferPointer { valueGradients in
-                    sinkParts.withUnsafeMutableBufferPointer { sinks in
-                        scratch.withUnsafeMutableBufferPointer { work in
-                            // Disjoint writes: item (b, g) writes only sequence b's rows of head g (and of its
-                            // group's query heads), its sink slots and its worker's scratch.
-                            let shared = UncheckedSendable(
-                                (
-                                    inputs, queryGradients.baseAddress!, keyGradients.baseAddress!,
-                                    valueGradients.baseAddress!, sinks.baseAddress!, work.baseAddress!
-                                ))
-                            Parallel.forEach(items: items.count, threads: threads) { worker, index in
-                                let (b, g) = items[index]
-                                let (inputs, dQ, dK, dV, sinks, work) = shared.value
-                                let (q, k) = (sequences.queryRange(b).lowerBound, sequences.keyRange(b).lowerBound)
-                                passes[b].runItem(
-                                    g,
-                                    BackwardInputs(
-                                        q: .float32(inputs[0] + q * hq * dk), k: .float32(inputs[1] + k * hkv * dk),
-                                        v: .float32(inputs[2] + k * hkv * dv), o: inputs[3] + q * hq * dv,
-                                        lse: inputs[4] + q * hq, dO: .float32(inputs[5] + q * hq * dv), bias: nil,
-                                        strides: strides[b]),
-                                    dQ: dQ + q * hq * dk, dK: dK + k * hkv * dk, dV: dV + k * hkv * dv,
-                                    // (A packed batch has no bias: runItem never writes biasGradient.)
-                                    sinkGradients: sinks + b * hq + g * group, biasGradient: work + worker * perWorker,
-                                    scratch: work + worker * perWorker)
-                            }
+    let inputs = UncheckedSendable((q, k, v, o, lse, dO))
+    dQ.withUnsafeMutableBufferPointer { queryGradients in
+        dK.withUnsafeMutableBufferPointer { keyGradients in
+            dV.withUnsafeMutableBufferPointer { valueGradients in
+                sinkParts.withUnsafeMutableBufferPointer { sinks in
+                    scratch.withUnsafeMutableBufferPointer { work in
+                        // Disjoint writes: item (b, g) writes only sequence b's rows of head g (and of its group's
+                        // query heads), its sink slots and its worker's scratch.
+                        let shared = UncheckedSendable(
+                            (
+                                queryGradients.baseAddress!, keyGradients.baseAddress!, valueGradients.baseAddress!,
+                                sinks.baseAddress!, work.baseAddress!
+                            ))
+                        Parallel.forEach(items: items.count, threads: threads) { worker, index in
+                            let (b, g) = items[index]
+                            let (q, k, v, o, lse, dO) = inputs.value
+                            let (dQ, dK, dV, sinks, work) = shared.value
+                            let (first, firstKey) = (
+                                sequences.queryRange(b).lowerBound, sequences.keyRange(b).lowerBound
+                            )
+                            passes[b].runItem(
+                                g,
+                                BackwardInputs(
+                                    q: q.advanced(by: first * hq * dk), k: k.advanced(by: firstKey * hkv * dk),
+                                    v: v.advanced(by: firstKey * hkv * dv), o: o + first * hq * dv,
+                                    lse: lse + first * hq, dO: dO.advanced(by: first * hq * dv), bias: nil,
+                                    strides: strides[b]),
+                                dQ: dQ + first * hq * dk, dK: dK + firstKey * hkv * dk, dV: dV + firstKey * hkv * dv,
+                                // (A packed batch has no bias: runItem never writes biasGradient.)
+                                sinkGradients: sinks + b * hq + g * group, biasGradient: work + worker * perWorker,
+                                scratch: work + worker * perWorker)
                         }
                     }
                 }
@@ -127,8 +159,8 @@ public func packedAttentionGradients(
         sinkGradients = sums
     }
     return AttentionGradients(
-        queries: Tensor(uncheckedShape: queries.shape, scalars: dQ),
-        keys: Tensor(uncheckedShape: keys.shape, scalars: dK),
-        values: Tensor(uncheckedShape: values.shape, scalars: dV), sinkLogits: sinkGradients, bias: nil,
+        queries: Tensor(uncheckedShape: queryShape, scalars: dQ),
+        keys: Tensor(uncheckedShape: keyShape, scalars: dK),
+        values: Tensor(uncheckedShape: valueShape, scalars: dV), sinkLogits: sinkGradients, bias: nil,
         workspaceBytes: scratch.count * MemoryLayout<Float>.stride)
 }
