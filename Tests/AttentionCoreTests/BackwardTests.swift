@@ -295,6 +295,72 @@ final class BackwardTests: XCTestCase {
         }
     }
 
+    /// Every row sees exactly one key (its diagonal, `.window(left: 0, right: 0)`): then P = 1, dZ = P (dP - D) = 0
+    /// and dQ = dK = 0 in exact arithmetic, and the plain Float32 loop gets exactly 0 too (its D and dP are the same
+    /// sum in the same order), so the tolerance rule has no comparator. The kernel computes dP = dO . v in its
+    /// blocked product and D = dO . O row by row, so dQ and dK hold that cancellation's rounding. Bound (Higham's
+    /// gamma_n = n u / (1 - n u), u = 2^-24): |dP - D| <= 2 gamma_Dv sum_c |dO_c v_c| with O = v, so each dQ element
+    /// is at most scale * 2 gamma_Dv * S * max|k| (S the largest sum_c |dO_c v_c|) and each dK element the group's
+    /// sum of such terms with max|q|; checked with a factor 2 of slack for the rounding of P, the scale and the
+    /// products. dV is each key's group of dO rows, summed, each weighted by P = exp(z - lse) = 1 up to the rounding
+    /// of z and of the forward's lse (a few ulps of max(1, |z|)).
+    func testSingleVisibleKeyGradientsAreCancellationNoise() throws {
+        let (n, group, d, dv) = (37, 2, 64, 48)
+        let x = try gradientInputs(
+            queryHeads: 4, keyValueHeads: 2, queryLength: n, keyLength: n, headDimension: d, valueDimension: dv,
+            seed: 19)
+        let mask = AttentionMask.window(left: 0, right: 0)
+        let forward = try partialAttention(queries: x.queries, keys: x.keys, values: x.values, mask: mask)
+        let g = try attentionGradients(
+            queries: x.queries, keys: x.keys, values: x.values, result: forward, outputGradient: x.outputGradient,
+            mask: mask)
+        let u = Double(Float.ulpOfOne) / 2
+        let gamma = Double(dv) * u / (1 - Double(dv) * u)
+        let scale = 1 / Double(d).squareRoot()
+        var largestSum = 0.0
+        for head in 0..<4 {
+            for i in 0..<n {
+                var sum = 0.0
+                for c in 0..<dv {
+                    sum += abs(Double(x.outputGradient[0, head, i, c] * x.values[0, head / group, i, c]))
+                }
+                largestSum = max(largestSum, sum)
+            }
+        }
+        let largestKey = x.keys.scalars.map { abs(Double($0)) }.max()!
+        let largestQuery = x.queries.scalars.map { abs(Double($0)) }.max()!
+        let dZBound = 2 * gamma * largestSum
+        let queryBound = 2 * scale * dZBound * largestKey
+        let keyBound = 2 * Double(group) * scale * dZBound * largestQuery
+        let worstQuery = g.queries.scalars.map { abs(Double($0)) }.max()!
+        let worstKey = g.keys.scalars.map { abs(Double($0)) }.max()!
+        XCTAssertLessThanOrEqual(worstQuery, queryBound)
+        XCTAssertLessThanOrEqual(worstKey, keyBound)
+        // Not vacuous: the bounds are far below a gradient that kept dP (scale * dP * k is of order 1 here).
+        XCTAssertLessThan(queryBound, 1e-3)
+        XCTAssertLessThan(keyBound, 1e-3)
+        var largestScore = 0.0
+        for head in 0..<4 {
+            for i in 0..<n {
+                var dot = 0.0
+                for c in 0..<d { dot += Double(x.queries[0, head, i, c]) * Double(x.keys[0, head / group, i, c]) }
+                largestScore = max(largestScore, abs(scale * dot))
+            }
+        }
+        let weightError = 8 * u * max(1, largestScore)
+        for kv in 0..<2 {
+            for j in 0..<n {
+                for c in 0..<dv {
+                    let terms = (0..<group).map { Double(x.outputGradient[0, kv * group + $0, j, c]) }
+                    let magnitude = terms.map(abs).reduce(0, +)
+                    XCTAssertEqual(
+                        Double(g.values[0, kv, j, c]), terms.reduce(0, +),
+                        accuracy: (weightError + 2 * u) * magnitude)
+                }
+            }
+        }
+    }
+
     /// A query that sees no key gets zero gradients (and its keys get nothing from it); no NaN anywhere.
     func testRowsThatSeeNothingGetZeroGradients() throws {
         let x = try gradientInputs(

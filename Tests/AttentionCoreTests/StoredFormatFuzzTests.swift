@@ -8,7 +8,8 @@ import _AttentionTestSupport
 /// random block sizes (odd ones too), dimensions the format allows, Float32 windows of the newest tokens, appends in
 /// pieces, batch entries and head groupings, through every kernel and the none, causal, window and sink masks;
 /// paged caches in every format, their batch entries as sequences attended in one packed call; stored-tensor
-/// attention with keys, values and queries each in its own format. The fixed-shape tests in StorageFormatTests and
+/// attention with keys, values and queries each in its own format, [B, H, N, d] or [B, N, H, d], and for some
+/// configurations the stored backward (dQ, dK, dV) against the reference backward. The fixed-shape tests in StorageFormatTests and
 /// StoredTensorTests name the paths they mean to reach; these draw shapes those do not (four-row decode groups over
 /// odd key counts, 8-bit blocks of 8 against 16-column value passes, 4-bit rows with short nibble groups, Float32
 /// windows straddling a tile, pages of a few tokens). 300 cases of each kind by default; ATTENTION_FUZZ_CASES and
@@ -36,6 +37,8 @@ final class StoredFormatFuzzTests: XCTestCase {
         var mask = AttentionMask.causal
         var maskName = "causal"
         var options = AttentionOptions()
+        /// Stored tensors: also check the backward (dQ, dK, dV against the reference backward on the stored values).
+        var backward = false
 
         var keyLength: Int { appends.reduce(0, +) }
 
@@ -43,7 +46,8 @@ final class StoredFormatFuzzTests: XCTestCase {
             "seed=\(seed) keys=\(keyFormat) values=\(valueFormat) queries=\(queryFormat) B=\(batch) "
                 + "Hkv=\(keyValueHeads) G=\(group) Nq=\(queryLength) appends=\(appends) Dk=\(keyDimension) "
                 + "Dv=\(valueDimension) recent=\(recentTokensInFloat32) pageSize=\(pageSize) mask=\(maskName) "
-                + "kernel=\(options.kernel) threads=\(options.threads ?? 0)"
+                + "kernel=\(options.kernel) threads=\(options.threads ?? 0) layout=\(options.layout) "
+                + "backward=\(backward)"
         }
     }
 
@@ -104,6 +108,10 @@ final class StoredFormatFuzzTests: XCTestCase {
         default: c.options.kernel = rows <= 16 ? .decode(keysPerSplit: [nil, 16, 40, 128][pick(0...3)]) : .automatic
         }
         c.options.threads = pick(1...3)
+        if tensors {
+            c.options.layout = chance(40) ? .bnhd : .bhnd
+            c.backward = c.options.layout == .bhnd && chance(30)
+        }
         return c
     }
 
@@ -113,6 +121,12 @@ final class StoredFormatFuzzTests: XCTestCase {
         let n = tensor.shape[2]
         let boundary = Swift.max(0, n - recent)
         return concatenateTokens([tokens(rounded, 0..<boundary), tokens(tensor, boundary..<n)])
+    }
+
+    /// Axes 1 and 2 swapped: [B, H, N, d] <-> [B, N, H, d].
+    static func swapped(_ t: Tensor) -> Tensor {
+        let s = t.shape
+        return try! Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
     }
 
     /// Batch entry `b` of a rank-4 tensor, as [1, H, N, d].
@@ -195,13 +209,42 @@ final class StoredFormatFuzzTests: XCTestCase {
                         if !check.passes { fail(seed, "\(c) sequence \(b) :: \(check)") }
                     }
                 case .tensors:
+                    // [B, N, H, d] tensors are the same values with axes 1 and 2 swapped; the output comes back so.
+                    let tokenMajor = c.options.layout == .bnhd
+                    let laidOut = { (t: Tensor) in tokenMajor ? Self.swapped(t) : t }
                     let output = try attention(
-                        queries: StoredTensor(all.queries, format: c.queryFormat),
-                        keys: StoredTensor(all.keys, format: c.keyFormat),
-                        values: StoredTensor(all.values, format: c.valueFormat), mask: c.mask, options: c.options)
+                        queries: StoredTensor(laidOut(all.queries), format: c.queryFormat),
+                        keys: StoredTensor(laidOut(all.keys), format: c.keyFormat),
+                        values: StoredTensor(laidOut(all.values), format: c.valueFormat), mask: c.mask,
+                        options: c.options)
+                    var headMajorOptions = c.options
+                    headMajorOptions.layout = .bhnd
                     let check = checkOutput(
-                        output, queries: queries, keys: keys, values: values, mask: c.mask, options: c.options)
+                        laidOut(output), queries: queries, keys: keys, values: values, mask: c.mask,
+                        options: headMajorOptions)
                     if !check.passes { fail(seed, "\(c) :: \(check)") }
+                    // Where no row sees two keys, dQ and dK are exactly zero and the plain Float32 loop computes
+                    // them exactly (D and dP are the same sum in the same order), so the tolerance rule has no
+                    // comparator; the kernel's blocked products leave rounding-level noise there, which
+                    // BackwardTests.testSingleVisibleKeyGradientsAreCancellationNoise bounds instead.
+                    let seesTwoKeys = (0..<c.queryLength).contains { i in
+                        (0..<c.keyLength).lazy.filter {
+                            textbookVisible(
+                                c.mask, query: i, key: $0, queryLength: c.queryLength, keyLength: c.keyLength)
+                        }.count >= 2
+                    }
+                    if c.backward && seesTwoKeys {
+                        let outputGradient = try Tensor.randomNormal(
+                            shape: [c.batch, c.keyValueHeads * c.group, c.queryLength, c.valueDimension],
+                            seed: seed &+ 7)
+                        let checks = try checkStoredGradients(
+                            queries: all.queries, keys: all.keys, values: all.values, outputGradient: outputGradient,
+                            formats: (c.queryFormat, c.keyFormat, c.valueFormat, c.queryFormat), mask: c.mask,
+                            options: c.options)
+                        for (name, check) in (checks ?? [:]).sorted(by: { $0.key < $1.key }) where !check.passes {
+                            fail(seed, "\(c) \(name) :: \(check)")
+                        }
+                    }
                 }
             } catch {
                 fail(seed, "\(c) threw \(error)")

@@ -134,7 +134,7 @@ public func packedGradientChecks(
         let plain = referenceBackward(
             BackwardReferenceInputs<Float>(
                 queries: q, keys: k, values: v, outputGradient: dO, sinkLogits: options.sinkLogits, bias: nil),
-            mask: mask, options: options)
+            mask: mask, options: options, deltaFromOutput: true)
         let context = "\(mask) H \(heads) sequence \(b)"
         for (name, check) in queryKeyValueChecks(
             kernel: (headMajor(gradients.queries, qs), headMajor(gradients.keys, ks), headMajor(gradients.values, ks)),

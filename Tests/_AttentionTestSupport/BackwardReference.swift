@@ -109,9 +109,14 @@ private func rowScores<Scalar: ReferenceScalar>(
     return scores
 }
 
-/// The reference forward and backward over every row.
+/// The reference forward and backward over every row. D = sum_j P_j dP_j, the textbook form; with
+/// `deltaFromOutput`, D = dO . O from this forward's own output instead (FlashAttention's form, the same number in
+/// exact arithmetic): the plain Float32 comparator of the tolerance rule uses it, because every backward that takes
+/// the forward's output computes D so (the kernel does), and in Float32 the textbook form is exact where the other
+/// cannot be: with one visible key its D and dP are the same sum in the same order, so dQ and dK come out exactly 0.
 public func referenceBackward<Scalar: ReferenceScalar>(
-    _ x: BackwardReferenceInputs<Scalar>, mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions()
+    _ x: BackwardReferenceInputs<Scalar>, mask: AttentionMask = .none, options: AttentionOptions = AttentionOptions(),
+    deltaFromOutput: Bool = false
 ) -> BackwardReferenceResult<Scalar> {
     let scale = options.scale.map { Scalar($0) } ?? 1 / Scalar(x.keyDimension).squareRoot()
     var result = BackwardReferenceResult<Scalar>(
@@ -149,6 +154,10 @@ public func referenceBackward<Scalar: ReferenceScalar>(
                         dP[n] += x.outputGradient[row * dv + c] * x.values[kv * dv + c]
                     }
                     D += weights[n] * dP[n]
+                }
+                if deltaFromOutput {
+                    D = 0
+                    for c in 0..<dv { D += x.outputGradient[row * dv + c] * result.output[row * dv + c] }
                 }
                 if let sink { result.sinkLogits![h] -= Scalar.exponential(sink - lse) * D }
                 for (n, s) in scores.enumerated() {
@@ -232,7 +241,7 @@ private func gradientChecks(
     let plain = referenceBackward(
         BackwardReferenceInputs<Float>(
             queries: queries, keys: keys, values: values, outputGradient: outputGradient,
-            sinkLogits: options.sinkLogits, bias: options.bias), mask: mask, options: options)
+            sinkLogits: options.sinkLogits, bias: options.bias), mask: mask, options: options, deltaFromOutput: true)
     let context =
         SweepContext.description + " q\(queries.shape) k\(keys.shape) v\(values.shape) mask=\(mask)"
     var checks = queryKeyValueChecks(
