@@ -102,8 +102,8 @@ final class TensorLayoutTests: XCTestCase {
 
     func testStoredTensorsInTokenMajorLayoutEqualHeadMajorBitwise() throws {
         // Stored keys and values in every format (8- and 4-bit in blocks of 8), queries in Float16 / BFloat16, read
-        // as [B, N, H, d]: the forward (blockwise, naive, decode, block-sparse) and the backward equal the
-        // [B, H, N, d] stored call bit for bit, in both output layouts.
+        // as [B, N, H, d]: the forward (blockwise, naive, decode, block-sparse; rows staged per worker and read at
+        // their stride) and the backward equal the [B, H, N, d] stored call bit for bit, in both output layouts.
         let shapes: [(b: Int, hq: Int, hkv: Int, nq: Int, nk: Int, d: Int)] = [
             (2, 4, 2, 37, 140, 24), (1, 8, 2, 1, 150, 40), (1, 4, 2, 64, 64, 16),
         ]
@@ -131,11 +131,16 @@ final class TensorLayoutTests: XCTestCase {
                 for kernel in kernels {
                     let options = AttentionOptions(kernel: kernel, threads: 2)
                     let expected = try partialAttention(queries: q, keys: k, values: v, mask: .causal, options: options)
-                    let tokenMajor = try partialAttention(
-                        queries: qT, keys: kT, values: vT, mask: .causal,
-                        options: AttentionOptions(layout: .bnhd, kernel: kernel, threads: 2))
-                    XCTAssertEqual(bitwise(tokenMajor.output), bitwise(swapped(expected.output)), "\(label), \(kernel)")
-                    XCTAssertEqual(bitwise(tokenMajor.logSumExp), bitwise(expected.logSumExp), "\(label), \(kernel)")
+                    // One thread stages each (batch, head) group's encoded rows per worker (`RowStaging`); two read
+                    // them at their stride (too few groups to stage).
+                    for threads in [1, 2] {
+                        let tokenMajor = try partialAttention(
+                            queries: qT, keys: kT, values: vT, mask: .causal,
+                            options: AttentionOptions(layout: .bnhd, kernel: kernel, threads: threads))
+                        let context = "\(label), \(kernel), \(threads) threads"
+                        XCTAssertEqual(bitwise(tokenMajor.output), bitwise(swapped(expected.output)), context)
+                        XCTAssertEqual(bitwise(tokenMajor.logSumExp), bitwise(expected.logSumExp), context)
+                    }
                     let headMajorOut = try attention(
                         queries: qT, keys: kT, values: vT, mask: .causal,
                         options: AttentionOptions(layout: .bnhd, outputLayout: .bhnd, kernel: kernel))

@@ -532,15 +532,17 @@ struct TilePrefetch {
 
 /// Float32 key and value rows interleaved with other heads' ([B, N, H, d], packed batches, fused projections),
 /// copied head-major once per call when the prefill kernel will read every key more than once (unless the workers
-/// stage them group by group instead, see `RowStaging`).
+/// stage them group by group instead, see `RowStaging`). A stored tensor's encoded rows are not copied here: the
+/// tile walk decodes them tile by tile at their stride (copying their bytes head-major first made a [B, N, H, d]
+/// BFloat16 prefill slower: N 1024, d 64, causal, two threads, 1.13x the [B, H, N, d] time against 1.07-1.08x
+/// without, alternating binaries, Zen 3, 2026-12-08; even at N 2048).
 ///
 /// Read in place, such rows are H * d floats apart, so a 64-key tile touches 64 pages of keys and 64 of values
 /// (4 KiB pages; a 2048-token K tensor of 8 x 64 heads alone spans 1024 pages, more than the second-level TLB
 /// holds), and the hardware prefetchers, which stop at page boundaries, cannot stream them. Measured with
 /// `attention-bench --suite layouts` (Intel Xeon model 167, 2026-12-03): reading them in place took 1.21x the time
 /// of head-major tensors (median of 17 shapes, 1.00-1.46x). The copy runs in parallel over chunks of 64 tokens,
-/// reading the source in memory order; it costs one pass over K and V and `K + V` floats of workspace, never
-/// Nq x Nk.
+/// reading the source in memory order; it costs one pass over K and V and their bytes in workspace, never Nq x Nk.
 /// The decode kernel reads each key once and gathers tiles instead (see `TileWalk`).
 ///
 /// - Parameters:
@@ -548,12 +550,20 @@ struct TilePrefetch {
 ///     gain and `body` gets the segments as they are.
 /// - Returns: what `body` returns; `body` also gets the bytes of the copies.
 package func withHeadMajorRows<R>(
-    _ segments: [KeyValueSegment], batch: Int, keyValueHeads: Int, keyDimension dk: Int, valueDimension dv: Int,
-    reuse: Int, threads: Int, _ body: ([KeyValueSegment], Int) -> R
+    _ segments: [KeyValueSegment], batch: Int, keyValueHeads: Int, reuse: Int, threads: Int,
+    _ body: ([KeyValueSegment], Int) -> R
 ) -> R {
-    let strided = segments.map { reuse > 1 && $0.hasInterleavedFloatRows }
+    let strided = segments.map {
+        reuse > 1 && $0.hasInterleavedRows && $0.keyCodec.format == .float32 && $0.valueCodec.format == .float32
+    }
     guard strided.contains(true) else { return body(segments, 0) }
-    let floats = zip(segments, strided).reduce(0) { $0 + ($1.1 ? batch * keyValueHeads * $1.0.count * (dk + dv) : 0) }
+    let rows = batch * keyValueHeads
+    let floats = zip(segments, strided).reduce(0) {
+        $0
+            + ($1.1
+                ? RowStaging.floats(rows: rows * $1.0.count, $1.0.keyCodec)
+                    + RowStaging.floats(rows: rows * $1.0.count, $1.0.valueCodec) : 0)
+    }
     // Every float is written before it is read; storage of 4 MiB or more faults in 2 MiB pages (see
     // `overwrittenScalars`: a packed batch of 16 sequences up to 4096 tokens, d 64, copies 67 MiB per call).
     var storage = overwrittenScalars(count: Swift.max(1, floats))
@@ -561,9 +571,10 @@ package func withHeadMajorRows<R>(
         var result = segments
         var next = buffer.baseAddress!
         for (index, segment) in segments.enumerated() where strided[index] {
-            let n = segment.count
-            let (keys, values) = (next, next + batch * keyValueHeads * n * dk)
-            next = values + batch * keyValueHeads * n * dv
+            let (n, keyCodec, valueCodec) = (segment.count, segment.keyCodec, segment.valueCodec)
+            let keys = UnsafeMutableRawPointer(next)
+            let values = UnsafeMutableRawPointer(next + RowStaging.floats(rows: rows * n, keyCodec))
+            next += RowStaging.floats(rows: rows * n, keyCodec) + RowStaging.floats(rows: rows * n, valueCodec)
             // In chunks of tokens, each token's heads in turn: the source is read in memory order when a token's
             // heads are adjacent ([B, N, H, d], fused projections, packed batches), and the destination is one
             // stream per head. Copied head by head instead, every row of d 128 starts a new page of the source,
@@ -577,48 +588,44 @@ package func withHeadMajorRows<R>(
                 let (segment, keys, values) = shared.value
                 let (b, first) = item.quotientAndRemainder(dividingBy: chunks)
                 let tokens = (first * chunk)..<Swift.min(n, first * chunk + chunk)
-                /// Rows `tokens` of every head of batch entry b, token by token, into [heads, n, width] at `target`.
+                /// Rows `tokens` of every head of batch entry b, token by token, into [heads, n] rows at `target`.
                 func copy(
-                    _ source: UnsafeRawPointer, headStride: Int, rowStride: Int, codec: RowCodec,
-                    into target: UnsafeMutablePointer<Float>
+                    _ source: UnsafeRawPointer, headStride: Int, rowStride: Int, rowBytes: Int,
+                    into target: UnsafeMutableRawPointer
                 ) {
                     for t in tokens {
                         for h in 0..<keyValueHeads {
-                            codec.decode(
-                                source + h * headStride + t * rowStride, rows: 1, rowStride: rowStride,
-                                into: target + (h * n + t) * codec.dimension)
+                            (target + (h * n + t) * rowBytes).copyMemory(
+                                from: source + h * headStride + t * rowStride, byteCount: rowBytes)
                         }
                     }
                 }
+                let (keyBytes, valueBytes) = (segment.keyCodec.rowBytes, segment.valueCodec.rowBytes)
                 copy(
                     segment.keys + b * segment.keyBatchStride, headStride: segment.keyHeadStride,
-                    rowStride: segment.keyRowStride, codec: segment.keyCodec, into: keys + b * keyValueHeads * n * dk)
+                    rowStride: segment.keyRowStride, rowBytes: keyBytes, into: keys + b * keyValueHeads * n * keyBytes)
                 copy(
                     segment.values + b * segment.valueBatchStride, headStride: segment.valueHeadStride,
-                    rowStride: segment.valueRowStride, codec: segment.valueCodec,
-                    into: values + b * keyValueHeads * n * dv)
+                    rowStride: segment.valueRowStride, rowBytes: valueBytes,
+                    into: values + b * keyValueHeads * n * valueBytes)
             }
             result[index] = KeyValueSegment(
-                keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
-                valueCodec: segment.valueCodec, keyHeadStride: n * segment.keyCodec.rowBytes,
-                valueHeadStride: n * segment.valueCodec.rowBytes, heads: keyValueHeads, start: segment.start, count: n)
+                keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: keyCodec,
+                valueCodec: valueCodec, keyHeadStride: n * keyCodec.rowBytes, valueHeadStride: n * valueCodec.rowBytes,
+                heads: keyValueHeads, start: segment.start, count: n)
             result[index].keyRotation = segment.keyRotation
         }
         return body(result, floats * MemoryLayout<Float>.size)
     }
 }
 
-extension KeyValueSegment {
-    /// Float32 key and value rows not `rowBytes` apart (interleaved with other heads' rows): the rows the prefill
-    /// kernel reads from a head-major copy (`withHeadMajorRows`, `RowStaging`).
-    var hasInterleavedFloatRows: Bool {
-        keyCodec.format == .float32 && valueCodec.format == .float32 && hasInterleavedRows
-    }
-}
-
-/// Interleaved Float32 rows (see `withHeadMajorRows`) copied head-major one (batch entry, key/value head) group at
-/// a time, into a buffer of the worker that then runs all of that group's work items, instead of all at once into
-/// a copy for the whole call.
+/// Interleaved rows (see `withHeadMajorRows`) copied head-major one (batch entry, key/value head) group at a time,
+/// into a buffer of the worker that then runs all of that group's work items, instead of all at once into a copy
+/// for the whole call. Rows are copied as stored: Float32 rows as they are, a stored tensor's encoded rows as its
+/// bytes (half a Float32 copy for 16-bit formats), which the tile walk then decodes tile by tile from consecutive
+/// rows, as it does for [B, H, N, d] stored tensors. (Decoded per tile from the interleaved rows instead, the
+/// [B, N, H, d] BFloat16 prefill took 1.07-1.13x the time of the [B, H, N, d] one at N 2048, H 8, one thread, Zen 3,
+/// 2026-12-08; each key tile is decoded once per query block, 32 times here.)
 ///
 /// The call-wide copy is K + V floats of fresh memory each call: a packed batch of 16 sequences up to 4096
 /// tokens (8 heads, d 64) copied 67 MiB, whose page faults took 3.7% of a causal call and the copy itself 2.9%
@@ -632,20 +639,19 @@ extension KeyValueSegment {
 package struct RowStaging {
     /// Floats of one worker's buffer: the interleaved segments' key and value rows of one group.
     package let floatsPerWorker: Int
-    let keyDimension: Int
-    let valueDimension: Int
 
     /// Nil when no segment has interleaved rows, when each key is read once (`reuse` 1: nothing to gain), or when
     /// `groups` (batch entries x key/value heads of every job in the parallel loop) are fewer than 16 per thread.
-    package init?(
-        _ segments: [KeyValueSegment], reuse: Int, keyDimension dk: Int, valueDimension dv: Int, groups: Int,
-        threads: Int
-    ) {
-        let interleaved = segments.filter(\.hasInterleavedFloatRows)
+    package init?(_ segments: [KeyValueSegment], reuse: Int, groups: Int, threads: Int) {
+        let interleaved = segments.filter(\.hasInterleavedRows)
         guard reuse > 1, !interleaved.isEmpty, threads <= 1 || groups >= 16 * threads else { return nil }
-        floatsPerWorker = interleaved.reduce(0) { $0 + $1.count * (dk + dv) }
-        (keyDimension, valueDimension) = (dk, dv)
+        floatsPerWorker = interleaved.reduce(0) {
+            $0 + Self.floats(rows: $1.count, $1.keyCodec) + Self.floats(rows: $1.count, $1.valueCodec)
+        }
     }
+
+    /// Floats that hold `rows` rows of `codec` as stored.
+    static func floats(rows: Int, _ codec: RowCodec) -> Int { (rows * codec.rowBytes + 3) / 4 }
 
     /// Copies the interleaved segments' rows of (`batch`, `keyValueHead`) into `buffer` (`floatsPerWorker`
     /// floats), head-major, and returns the segments with those reading the copy (their batch and head strides 0,
@@ -653,23 +659,23 @@ package struct RowStaging {
     func stage(
         _ segments: [KeyValueSegment], batch b: Int, keyValueHead h: Int, into buffer: UnsafeMutablePointer<Float>
     ) -> [KeyValueSegment] {
-        let (dk, dv) = (keyDimension, valueDimension)
         var next = buffer
         return segments.map { segment in
-            guard segment.hasInterleavedFloatRows else { return segment }
-            let n = segment.count
-            let (keys, values) = (next, next + n * dk)
-            next = values + n * dv
-            segment.keyCodec.decode(
+            guard segment.hasInterleavedRows else { return segment }
+            let (n, keyCodec, valueCodec) = (segment.count, segment.keyCodec, segment.valueCodec)
+            let keys = UnsafeMutableRawPointer(next)
+            let values = UnsafeMutableRawPointer(next + Self.floats(rows: n, keyCodec))
+            next += Self.floats(rows: n, keyCodec) + Self.floats(rows: n, valueCodec)
+            keyCodec.copyRows(
                 segment.keys + b * segment.keyBatchStride + h * segment.keyHeadStride, rows: n,
                 rowStride: segment.keyRowStride, into: keys)
-            segment.valueCodec.decode(
+            valueCodec.copyRows(
                 segment.values + b * segment.valueBatchStride + h * segment.valueHeadStride, rows: n,
                 rowStride: segment.valueRowStride, into: values)
             var staged = KeyValueSegment(
-                keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: segment.keyCodec,
-                valueCodec: segment.valueCodec, keyStrides: (0, 0, dk * 4), valueStrides: (0, 0, dv * 4),
-                start: segment.start, count: n)
+                keys: UnsafeRawPointer(keys), values: UnsafeRawPointer(values), keyCodec: keyCodec,
+                valueCodec: valueCodec, keyStrides: (0, 0, keyCodec.rowBytes),
+                valueStrides: (0, 0, valueCodec.rowBytes), start: segment.start, count: n)
             staged.keyRotation = segment.keyRotation
             return staged
         }

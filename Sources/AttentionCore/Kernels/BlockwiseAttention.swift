@@ -108,11 +108,10 @@ package func tiledAttention(
     let reuse = tiling.layout == .stripes ? queryBlocks : 1
     // Interleaved rows: copied group by group by the workers when there are groups enough, else once for the call.
     let staging = RowStaging(
-        segments, reuse: reuse, keyDimension: problem.keyDimension, valueDimension: problem.valueDimension,
-        groups: problem.batch * problem.keyValueHeads, threads: problem.threads)
+        segments, reuse: reuse, groups: problem.batch * problem.keyValueHeads, threads: problem.threads)
     return withHeadMajorRows(
-        segments, batch: problem.batch, keyValueHeads: problem.keyValueHeads, keyDimension: problem.keyDimension,
-        valueDimension: problem.valueDimension, reuse: staging == nil ? reuse : 1, threads: problem.threads
+        segments, batch: problem.batch, keyValueHeads: problem.keyValueHeads, reuse: staging == nil ? reuse : 1,
+        threads: problem.threads
     ) { segments, copyBytes in
         let plan = TiledJobPlan(
             problem, tiling: tiling,

@@ -131,7 +131,7 @@ func packedAttention(
     sequences: PackedSequences, options: AttentionOptions, reusing reused: inout [Float]?
 ) -> AttentionResult {
     let (totalQueries, hq, hkv) = (queries.shape[0], queries.shape[1], keys.heads)
-    let (dk, dv) = (queries.shape[2], values.codec.dimension)
+    let dv = values.codec.dimension
     let threads = options.threads ?? Parallel.defaultThreadCount
 
     let tilings = sequenceTilings(problems)
@@ -164,12 +164,9 @@ func packedAttention(
                 // are groups enough to balance the workers (`RowStaging`), else one copy for the call.
                 let groups = problems.count * hkv
                 let stages =
-                    RowStaging(
-                        whole, reuse: reuse, keyDimension: dk, valueDimension: dv, groups: groups,
-                        threads: threads) != nil
+                    RowStaging(whole, reuse: reuse, groups: groups, threads: threads) != nil
                 return withHeadMajorRows(
-                    whole, batch: 1, keyValueHeads: hkv, keyDimension: dk, valueDimension: dv,
-                    reuse: stages ? 1 : reuse, threads: threads
+                    whole, batch: 1, keyValueHeads: hkv, reuse: stages ? 1 : reuse, threads: threads
                 ) { whole, copyBytes in
                     let runBytes = runSequenceProblems(
                         problems, tilings: tilings, queryOffsets: sequences.queryOffsets,
@@ -308,8 +305,7 @@ package func runSequenceProblems(
             scores: nil, partials: partials,
             staging: reuses.flatMap {
                 RowStaging(
-                    sequenceSegments[b], reuse: $0[b], keyDimension: problem.keyDimension,
-                    valueDimension: problem.valueDimension, groups: problems.count * problem.keyValueHeads,
+                    sequenceSegments[b], reuse: $0[b], groups: problems.count * problem.keyValueHeads,
                     threads: threads)
             })
     }

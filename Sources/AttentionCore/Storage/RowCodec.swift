@@ -142,10 +142,7 @@ package struct RowCodec: Sendable, Hashable {
     ) {
         if rowStride == rowBytes { return decode(source, rows: rows, into: target) }
         for row in 0..<rows {
-            if row + 8 < rows {
-                let ahead = source + (row + 8) * rowStride
-                for line in stride(from: 0, to: rowBytes, by: 64) { prefetchToL2(ahead + line) }
-            }
+            hintRow(row + 8, of: rows, source, rowStride: rowStride)
             let (from, to) = (source + row * rowStride, target + row * dimension)
             if format == .float32 {
                 to.update(from: from.assumingMemoryBound(to: Float.self), count: dimension)
@@ -153,6 +150,23 @@ package struct RowCodec: Sendable, Hashable {
                 decode(from, rows: 1, into: to)
             }
         }
+    }
+
+    /// Copies `rows` stored rows `rowStride` bytes apart to consecutive rows at `target`, as stored (not
+    /// decoded), hinting rows eight ahead as `decode(_:rows:rowStride:into:)` does.
+    package func copyRows(_ source: UnsafeRawPointer, rows: Int, rowStride: Int, into target: UnsafeMutableRawPointer) {
+        for row in 0..<rows {
+            hintRow(row + 8, of: rows, source, rowStride: rowStride)
+            (target + row * rowBytes).copyMemory(from: source + row * rowStride, byteCount: rowBytes)
+        }
+    }
+
+    /// Prefetches the lines of row `row` (if it is one of the `rows`) of rows `rowStride` bytes apart.
+    @inline(__always)
+    private func hintRow(_ row: Int, of rows: Int, _ source: UnsafeRawPointer, rowStride: Int) {
+        guard row < rows else { return }
+        let ahead = source + row * rowStride
+        for line in stride(from: 0, to: rowBytes, by: 64) { prefetchToL2(ahead + line) }
     }
 
     /// Decodes `rows` consecutive stored rows at `source` into `rows * dimension` floats at `target`. Called once
