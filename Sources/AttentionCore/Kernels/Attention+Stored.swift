@@ -1,11 +1,13 @@
 // Attention over stored tensors: queries, keys and values in Float16, BFloat16 (keys and values also in 8- and
-// 4-bit blocks), with the output in Float32 or a 16-bit format, through the same kernels as Float32 tensors.
+// 4-bit blocks), with the output in Float32 or a 16-bit format, through the same kernels as Float32 tensors; the
+// same for packed batches, and the backward of both (Float32 gradients, see `attentionGradients` below).
 //
 // Where each operand is converted:
 // - keys and values: tile by tile in the tile walk, into a per-worker tile of Bc rows that the micro-kernels read
 //   (keys before the scores, values after them); the kernels accumulate in Float32. No Float32 copy of K or V
 //   exists at any time, so K and V cost their stored bytes only. Every kernel reads them this way: blockwise,
-//   decode, naive and block-sparse.
+//   decode, naive and block-sparse. [B, N, H, d] rows are decoded at their stride, or, when the workers stage
+//   (batch, head) groups (`RowStaging`), from a per-worker copy of one group's encoded rows.
 // - queries: decoded once per call into a Float32 tensor of the queries' shape (Nq * Dk floats per head). Each
 //   work item copies its query rows into scratch (scaled, in its micro-kernel layout) anyway, so this adds one pass
 //   over Q; its memory is what Float32 queries would take, at most the output's size for Dk = Dv. The pass runs on
@@ -16,7 +18,9 @@
 //   thread: 0.92-0.98x either way.
 // - output: written in Float32 by the kernel, then encoded into the requested format (one pass, rounded to nearest
 //   even). The Float32 result exists until the call returns.
-// Shapes are those of `attention(queries:keys:values:mask:options:)`.
+// - the backward: Q and dO rows decoded once per work item into its staging scratch, K and V tiles as the
+//   backward packs them (`BackwardRows`); gradients are Float32.
+// Shapes are those of `attention(queries:keys:values:mask:options:)` in either layout, and of `packedAttention`.
 
 /// Attention with queries, keys and values held in any ``StorageFormat``, returning a Float32 output.
 ///

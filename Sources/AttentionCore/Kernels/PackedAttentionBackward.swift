@@ -11,6 +11,8 @@
 // Scheduling, as the forward's: one parallel loop over the (sequence, key/value head) items of every sequence, the
 // longest sequences first (by Nq x Nk), so that short sequences fill the gaps the long ones leave.
 // Memory beyond the gradients: one scratch per worker, sized for the sequence with the most queries (O(Nq * d)).
+// Stored tensors (`packedAttentionGradients` over `StoredTensor`s, Attention+Stored.swift) run the same items on
+// encoded rows (`BackwardRows`).
 
 /// The gradients of a packed batch's attention
 /// (``packedAttention(queries:keys:values:sequences:mask:options:)-(Tensor,_,_,_,_,_)``) with respect to its queries,
