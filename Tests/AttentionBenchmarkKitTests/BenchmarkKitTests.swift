@@ -86,6 +86,22 @@ final class BenchmarkKitTests: XCTestCase {
             ])
             XCTAssertEqual(layouts.count, 1)
             XCTAssertTrue(layouts[0].contains("took \(expected) the time of [B, H, N, d]"), layouts[0])
+            // Stored-tensor records get a line of their own, never mixed with the Float32 shapes' ratios.
+            func stored(_ r: BenchmarkRecord) -> BenchmarkRecord {
+                var r = r
+                r.storage = "bf16"
+                return r
+            }
+            let mixed = layoutSummaries([
+                record("layouts", "bhnd", seconds: 0.10, paired: nil),
+                record("layouts", "bnhd", seconds: 0.12, paired: paired ? 1.04 : nil),
+                stored(record("layouts", "bhnd", seconds: 0.10, paired: nil)),
+                stored(record("layouts", "bnhd", seconds: 0.15, paired: paired ? 1.07 : nil)),
+            ])
+            XCTAssertEqual(mixed.count, 2)
+            XCTAssertTrue(mixed[0].hasPrefix("layouts, 2 threads") && mixed[0].contains("took \(expected)"), mixed[0])
+            XCTAssertTrue(mixed[1].hasPrefix("layouts (bf16 stored tensors), 2 threads"), mixed[1])
+            XCTAssertTrue(mixed[1].contains("took \(paired ? "1.07x" : "1.50x")"), mixed[1])
         }
     }
 
