@@ -17,9 +17,13 @@ update=""
 [[ "${1:-}" == "--update-surface" ]] && update="--update"
 docc=$(command -v docc || echo "$(dirname "$(readlink -f "$(command -v swift)")")/docc")
 
-# Not emptied between runs: an incremental build re-emits only the graphs of the modules it recompiles.
+# Not emptied between runs: an incremental build re-emits only the graphs of the modules it recompiles. The
+# umbrella module's graph carries the core's symbols it re-exports, but a change to the core alone (a new symbol, a
+# doc comment) does not always recompile the umbrella, which left its graph stale; its one small file is recompiled
+# every run.
 graphs="$PWD/$out/symbol-graphs"
 mkdir -p "$graphs"
+rm -rf "$out"/*/debug/Attention.build
 swift build --build-path "$out" --target Attention \
     -Xswiftc -emit-symbol-graph -Xswiftc -emit-symbol-graph-dir -Xswiftc "$graphs"
 python3 scripts/check-docs.py "$graphs" docs/public-api.txt $update
