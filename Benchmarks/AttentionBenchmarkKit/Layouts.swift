@@ -67,11 +67,10 @@ private func layoutRecords(
     let inputs = try attentionInputs(
         queryHeads: shape.hq, keyValueHeads: shape.hkv, queryLength: shape.n, keyLength: shape.n,
         headDimension: shape.d, seed: seed)
-    func tokenMajor(_ t: Tensor) throws -> Tensor {
-        let s = t.shape
-        return try Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
-    }
-    let (q, k, v) = (try tokenMajor(inputs.queries), try tokenMajor(inputs.keys), try tokenMajor(inputs.values))
+    let (q, k, v) = (
+        swappingHeadsAndTokens(inputs.queries), swappingHeadsAndTokens(inputs.keys),
+        swappingHeadsAndTokens(inputs.values)
+    )
     let headMajorOptions = AttentionOptions(kernel: .blockwise(), threads: threads)
     var tokenMajorOptions = headMajorOptions
     tokenMajorOptions.layout = .bnhd
@@ -107,7 +106,7 @@ private func layoutRecords(
     let timings = try alternateTimes(
         minimumRepetitions: configuration.minimumRepetitions, budget: budget, calls, baseline: 0)
     guard let headMajor = outputs[0], let tokenMajorOutput = outputs[1] else { return [] }
-    guard try tokenMajor(headMajor).scalars == tokenMajorOutput.scalars else {
+    guard swappingHeadsAndTokens(headMajor).scalars == tokenMajorOutput.scalars else {
         throw ValidationFailure(
             description: "layouts: the .bnhd output differs from the .bhnd one at \(shape.n) x \(shape.d)")
     }

@@ -461,19 +461,8 @@ final class BackwardTests: XCTestCase {
     func testModelLayoutsGiveTheSameGradients() throws {
         let x = try gradientInputs(
             batch: 2, queryHeads: 4, keyValueHeads: 2, queryLength: 33, keyLength: 47, headDimension: 24, seed: 17)
-        // [B, H, N, d] -> [B, N, H, d], written out here.
-        func tokenMajor(_ t: Tensor) throws -> Tensor {
-            let (b, h, n, d) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
-            var out = [Float](repeating: 0, count: t.scalars.count)
-            for i in 0..<b {
-                for j in 0..<h {
-                    for k in 0..<n {
-                        for e in 0..<d { out[((i * n + k) * h + j) * d + e] = t.scalars[((i * h + j) * n + k) * d + e] }
-                    }
-                }
-            }
-            return try Tensor(shape: [b, n, h, d], scalars: out)
-        }
+        // [B, H, N, d] -> [B, N, H, d].
+        func tokenMajor(_ t: Tensor) throws -> Tensor { swappingHeadsAndTokens(t) }
         var options = AttentionOptions(threads: 2)
         options.sinkLogits = [0.5, -1, 1, 0]
         let forward = try partialAttention(

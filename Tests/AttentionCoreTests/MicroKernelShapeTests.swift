@@ -12,9 +12,7 @@ final class MicroKernelShapeTests: XCTestCase {
         tiling: BlockwiseTiling, layout: TensorLayout = .bhnd
     ) throws -> AttentionResult {
         func inLayout(_ t: Tensor) throws -> Tensor {
-            guard layout == .bnhd else { return t }
-            let s = t.shape
-            return try Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
+            layout == .bnhd ? swappingHeadsAndTokens(t) : t
         }
         var options = options
         options.layout = layout

@@ -123,12 +123,6 @@ final class StoredFormatFuzzTests: XCTestCase {
         return concatenateTokens([tokens(rounded, 0..<boundary), tokens(tensor, boundary..<n)])
     }
 
-    /// Axes 1 and 2 swapped: [B, H, N, d] <-> [B, N, H, d].
-    static func swapped(_ t: Tensor) -> Tensor {
-        let s = t.shape
-        return try! Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
-    }
-
     /// Batch entry `b` of a rank-4 tensor, as [1, H, N, d].
     static func entry(_ tensor: Tensor, _ b: Int) -> Tensor {
         let s = tensor.shape
@@ -211,7 +205,7 @@ final class StoredFormatFuzzTests: XCTestCase {
                 case .tensors:
                     // [B, N, H, d] tensors are the same values with axes 1 and 2 swapped; the output comes back so.
                     let tokenMajor = c.options.layout == .bnhd
-                    let laidOut = { (t: Tensor) in tokenMajor ? Self.swapped(t) : t }
+                    let laidOut = { (t: Tensor) in tokenMajor ? swappingHeadsAndTokens(t) : t }
                     let output = try attention(
                         queries: StoredTensor(laidOut(all.queries), format: c.queryFormat),
                         keys: StoredTensor(laidOut(all.keys), format: c.keyFormat),

@@ -5,10 +5,7 @@ import _AttentionTestSupport
 /// [B, N, H, d] inputs and outputs (`AttentionOptions.layout`, `outputLayout`), read and written in place.
 final class TensorLayoutTests: XCTestCase {
     /// Axes 1 and 2 swapped: [B, H, N, d] <-> [B, N, H, d].
-    func swapped(_ t: Tensor) -> Tensor {
-        let s = t.shape
-        return try! Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
-    }
+    func swapped(_ t: Tensor) -> Tensor { swappingHeadsAndTokens(t) }
 
     func testTokenMajorInputsEqualHeadMajorBitwise() throws {
         // Every kernel, masks, grouping and odd sizes: the [B, N, H, d] call equals the [B, H, N, d] call on the

@@ -62,6 +62,12 @@ public func attendInChunks(
     return concatenateTokens(outputs)
 }
 
+/// A rank-4 tensor with axes 1 and 2 swapped: [B, H, N, d] as [B, N, H, d] (`TensorLayout.bnhd`), and back.
+public func swappingHeadsAndTokens(_ t: Tensor) -> Tensor {
+    let s = t.shape
+    return try! Tensor(shape: [s[0], s[2], s[1], s[3]]) { i in t[i[0], i[2], i[1], i[3]] }
+}
+
 /// Tokens `range` of a packed [T, H, d] tensor as a [1, H, n, d] tensor (what the reference reads).
 public func headMajor(_ packed: Tensor, _ range: Range<Int>) -> Tensor {
     let (h, d) = (packed.shape[1], packed.shape[2])

@@ -558,12 +558,7 @@ package func withHeadMajorRows<R>(
     }
     guard strided.contains(true) else { return body(segments, 0) }
     let rows = batch * keyValueHeads
-    let floats = zip(segments, strided).reduce(0) {
-        $0
-            + ($1.1
-                ? RowStaging.floats(rows: rows * $1.0.count, $1.0.keyCodec)
-                    + RowStaging.floats(rows: rows * $1.0.count, $1.0.valueCodec) : 0)
-    }
+    let floats = zip(segments, strided).filter(\.1).reduce(0) { $0 + $1.0.storedFloats(rows: rows * $1.0.count).all }
     // Every float is written before it is read; storage of 4 MiB or more faults in 2 MiB pages (see
     // `overwrittenScalars`: a packed batch of 16 sequences up to 4096 tokens, d 64, copies 67 MiB per call).
     var storage = overwrittenScalars(count: Swift.max(1, floats))
@@ -573,8 +568,9 @@ package func withHeadMajorRows<R>(
         for (index, segment) in segments.enumerated() where strided[index] {
             let (n, keyCodec, valueCodec) = (segment.count, segment.keyCodec, segment.valueCodec)
             let keys = UnsafeMutableRawPointer(next)
-            let values = UnsafeMutableRawPointer(next + RowStaging.floats(rows: rows * n, keyCodec))
-            next += RowStaging.floats(rows: rows * n, keyCodec) + RowStaging.floats(rows: rows * n, valueCodec)
+            let sizes = segment.storedFloats(rows: rows * n)
+            let values = UnsafeMutableRawPointer(next + sizes.keys)
+            next += sizes.all
             // In chunks of tokens, each token's heads in turn: the source is read in memory order when a token's
             // heads are adjacent ([B, N, H, d], fused projections, packed batches), and the destination is one
             // stream per head. Copied head by head instead, every row of d 128 starts a new page of the source,
@@ -619,6 +615,16 @@ package func withHeadMajorRows<R>(
     }
 }
 
+extension KeyValueSegment {
+    /// Floats that hold `rows` of this segment's key rows, then `rows` value rows, as stored (a head-major copy's
+    /// buffer; each part rounded up to whole floats).
+    func storedFloats(rows: Int) -> (keys: Int, values: Int, all: Int) {
+        let keys = (rows * keyCodec.rowBytes + 3) / 4
+        let values = (rows * valueCodec.rowBytes + 3) / 4
+        return (keys, values, keys + values)
+    }
+}
+
 /// Interleaved rows (see `withHeadMajorRows`) copied head-major one (batch entry, key/value head) group at a time,
 /// into a buffer of the worker that then runs all of that group's work items, instead of all at once into a copy
 /// for the whole call. Rows are copied as stored: Float32 rows as they are, a stored tensor's encoded rows as its
@@ -646,12 +652,9 @@ package struct RowStaging {
         let interleaved = segments.filter(\.hasInterleavedRows)
         guard reuse > 1, !interleaved.isEmpty, threads <= 1 || groups >= 16 * threads else { return nil }
         floatsPerWorker = interleaved.reduce(0) {
-            $0 + Self.floats(rows: $1.count, $1.keyCodec) + Self.floats(rows: $1.count, $1.valueCodec)
+            $0 + $1.storedFloats(rows: $1.count).all
         }
     }
-
-    /// Floats that hold `rows` rows of `codec` as stored.
-    static func floats(rows: Int, _ codec: RowCodec) -> Int { (rows * codec.rowBytes + 3) / 4 }
 
     /// Copies the interleaved segments' rows of (`batch`, `keyValueHead`) into `buffer` (`floatsPerWorker`
     /// floats), head-major, and returns the segments with those reading the copy (their batch and head strides 0,
@@ -664,8 +667,9 @@ package struct RowStaging {
             guard segment.hasInterleavedRows else { return segment }
             let (n, keyCodec, valueCodec) = (segment.count, segment.keyCodec, segment.valueCodec)
             let keys = UnsafeMutableRawPointer(next)
-            let values = UnsafeMutableRawPointer(next + Self.floats(rows: n, keyCodec))
-            next += Self.floats(rows: n, keyCodec) + Self.floats(rows: n, valueCodec)
+            let sizes = segment.storedFloats(rows: n)
+            let values = UnsafeMutableRawPointer(next + sizes.keys)
+            next += sizes.all
             keyCodec.copyRows(
                 segment.keys + b * segment.keyBatchStride + h * segment.keyHeadStride, rows: n,
                 rowStride: segment.keyRowStride, into: keys)
